@@ -1,0 +1,254 @@
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::{current_session, random_token};
+use crate::error::ApiError;
+use crate::oidc::OidcError;
+use crate::server::AppState;
+use crate::session::{
+    EndReason, NewSession, PendingLogin, SessionKey, SessionStore, Tokens, cookie, now_secs,
+};
+
+#[derive(Deserialize)]
+pub struct LoginQuery {
+    #[serde(rename = "returnUrl")]
+    return_url: Option<String>,
+}
+
+/// `GET /bff/login?returnUrl=/path`: starts a login and redirects to the provider.
+pub async fn login(
+    State(state): State<AppState>,
+    Query(query): Query<LoginQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let gw = &state.gw;
+    let return_url = match query.return_url.as_deref() {
+        None => "/".to_owned(),
+        Some(url) => crate::security::validate_return_url(url, &gw.config.server.public_origin)
+            .map_err(ApiError::invalid)?,
+    };
+    let meta = gw.oidc.metadata().await.map_err(provider_down)?;
+
+    let login_state = random_token();
+    let nonce = random_token();
+    let verifier = random_token();
+    let challenge = URL_SAFE_NO_PAD.encode(aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
+        verifier.as_bytes(),
+    ));
+
+    // One binding cookie per browser, shared by every tab that logs in at once.
+    let binding = cookie::find(&headers, cookie::LOGIN_COOKIE)
+        .filter(|v| {
+            v.len() == 43
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+        .map(str::to_owned)
+        .unwrap_or_else(random_token);
+    let ttl = gw.config.oidc.pending_login_ttl.as_secs() as i64;
+    let pending = PendingLogin {
+        binding: hash_b64(&binding),
+        pkce_verifier: verifier,
+        nonce: nonce.clone(),
+        return_url,
+        expires_at: now_secs() + ttl,
+    };
+    gw.sessions
+        .store()
+        .put_pending(
+            SessionKey::hash(login_state.as_bytes()),
+            pending,
+            gw.config.oidc.max_pending_logins,
+        )
+        .await?;
+
+    let location = gw
+        .oidc
+        .authorize_url(&meta, &login_state, &nonce, &challenge);
+    Ok(redirect(&location, [cookie::login_binding(&binding, ttl)]))
+}
+
+#[derive(Deserialize)]
+pub struct CallbackQuery {
+    state: Option<String>,
+    code: Option<String>,
+    iss: Option<String>,
+    error: Option<String>,
+    error_description: Option<String>,
+}
+
+/// `GET /bff/callback`: finishes a login. Any failure is a 400 and makes no session.
+pub async fn callback(
+    State(state): State<AppState>,
+    Query(query): Query<CallbackQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let gw = &state.gw;
+    let login_state = query
+        .state
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .ok_or(ApiError::invalid("state is missing"))?;
+    let pending = gw
+        .sessions
+        .store()
+        .take_pending(&SessionKey::hash(login_state.as_bytes()), now_secs())
+        .await?
+        .ok_or(ApiError::invalid("unknown, used or expired login state"))?;
+    let binding_ok = cookie::find(&headers, cookie::LOGIN_COOKIE).is_some_and(|b| {
+        crate::oidc::constant_time_eq(hash_b64(b).as_bytes(), pending.binding.as_bytes())
+    });
+    if !binding_ok {
+        return Err(ApiError::invalid(
+            "the login was not started in this browser",
+        ));
+    }
+
+    let meta = gw.oidc.metadata().await.map_err(provider_down)?;
+    // RFC 9207 / RFC 9700 §4.4: the response must come from the issuer we sent the user to.
+    match query.iss.as_deref() {
+        Some(iss) if iss != gw.oidc.issuer() => {
+            return Err(ApiError::invalid(
+                "iss does not match the issuer (possible mix-up attack)",
+            ));
+        }
+        None if meta.authorization_response_iss_parameter_supported => {
+            return Err(ApiError::invalid(
+                "iss is missing from the authorization response",
+            ));
+        }
+        _ => {}
+    }
+    if let Some(error) = &query.error {
+        tracing::warn!(
+            error = %error,
+            error_description = query.error_description.as_deref().unwrap_or_default(),
+            "the provider refused the login"
+        );
+        return Err(ApiError::InvalidRequest(format!(
+            "the provider refused the login: {error}"
+        )));
+    }
+    let code = query
+        .code
+        .as_deref()
+        .filter(|c| !c.is_empty())
+        .ok_or(ApiError::invalid("code is missing"))?;
+
+    let response = gw
+        .oidc
+        .exchange_code(code, &pending.pkce_verifier)
+        .await
+        .map_err(login_failed)?;
+    let id_token = response
+        .id_token
+        .as_deref()
+        .ok_or(ApiError::invalid("the provider sent no ID token"))?;
+    let id = gw
+        .oidc
+        .validate_id_token(id_token, &pending.nonce)
+        .await
+        .map_err(login_failed)?;
+
+    let mut claims = user_claims(id.all);
+    if gw.oidc.wants_userinfo() {
+        let info = gw
+            .oidc
+            .userinfo(&response.access_token, &id.sub)
+            .await
+            .map_err(login_failed)?;
+        for (k, v) in info {
+            claims.entry(k).or_insert(v);
+        }
+    }
+
+    // A new id at every login; the session this browser had before ends.
+    if let Some((_, old)) = current_session(gw, &headers).await? {
+        gw.sessions.end(&old.key, EndReason::Replaced).await?;
+    }
+    let now = now_secs();
+    let tokens = Tokens {
+        access_expires_at: response.expires_in.map(|s| now + s),
+        access_token: response.access_token,
+        token_type: response.token_type,
+        refresh_token: response.refresh_token,
+        id_token: response.id_token,
+        scope: response.scope,
+    };
+    let (session_id, record) = gw
+        .sessions
+        .create(NewSession {
+            sub: id.sub,
+            sid: id.sid,
+            claims,
+            tokens,
+            refresh_expires_at: response
+                .refresh_expires_in
+                .filter(|s| *s > 0)
+                .map(|s| now + s),
+        })
+        .await?;
+    crate::telemetry::audit_login(&record);
+
+    let session_cookie = cookie::session(
+        &gw.config.session.cookie_name,
+        &session_id.to_cookie_value(),
+        gw.config.session.same_site,
+    );
+    Ok(redirect(&pending.return_url, [session_cookie]))
+}
+
+/// Claims that describe the user, without the protocol's bookkeeping.
+fn user_claims(mut claims: Map<String, Value>) -> Map<String, Value> {
+    for protocol in [
+        "nonce", "at_hash", "c_hash", "s_hash", "exp", "iat", "nbf", "aud", "azp", "jti",
+    ] {
+        claims.remove(protocol);
+    }
+    claims
+}
+
+fn hash_b64(value: &str) -> String {
+    URL_SAFE_NO_PAD.encode(aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
+        value.as_bytes(),
+    ))
+}
+
+fn provider_down(e: OidcError) -> ApiError {
+    ApiError::IdpUnavailable(e.to_string())
+}
+
+/// A failed code exchange or token validation: the provider being down is a 503,
+/// everything else a 400 with the reason in the log.
+fn login_failed(e: OidcError) -> ApiError {
+    match e {
+        OidcError::Unavailable(_) => ApiError::IdpUnavailable(e.to_string()),
+        other => {
+            tracing::warn!(error = %other, "login failed");
+            ApiError::InvalidRequest("the login could not be completed".into())
+        }
+    }
+}
+
+pub(super) fn redirect<const N: usize>(location: &str, cookies: [HeaderValue; N]) -> Response {
+    let mut response = StatusCode::FOUND.into_response();
+    let h = response.headers_mut();
+    match HeaderValue::try_from(location) {
+        Ok(v) => h.insert(header::LOCATION, v),
+        Err(_) => {
+            return ApiError::Internal("redirect location is not a header value".into())
+                .into_response();
+        }
+    };
+    for c in cookies {
+        h.append(header::SET_COOKIE, c);
+    }
+    response
+}

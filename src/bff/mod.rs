@@ -1,0 +1,64 @@
+//! The `/bff/*` endpoints: login, callback, user, logout, and health.
+//!
+//! Login is started by a top-level navigation to `/bff/login` and finished by the
+//! provider's redirect to `/bff/callback`. A pending login lives server-side, keyed
+//! by the hash of its `state`, single-use, with a TTL and a global cap, and bound to
+//! the browser by the login-binding cookie. No endpoint here ever returns a token.
+
+mod login;
+mod user;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::http::HeaderMap;
+use axum::routing::get;
+
+pub use login::{callback, login};
+pub use user::{logout, user};
+
+use crate::error::ApiError;
+use crate::server::{AppState, Gateway};
+use crate::session::{SessionId, SessionRecord, cookie};
+
+/// The `/bff` router (mounted by `server::app`).
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/bff/login", get(login))
+        .route("/bff/callback", get(callback))
+        .route("/bff/user", get(user))
+        .route("/bff/logout", get(logout))
+}
+
+/// The session named by the request's cookie, if it is live.
+pub async fn current_session(
+    gw: &Gateway,
+    headers: &HeaderMap,
+) -> Result<Option<(SessionId, Arc<SessionRecord>)>, ApiError> {
+    let Some(id) = cookie::find(headers, &gw.config.session.cookie_name).and_then(SessionId::parse)
+    else {
+        return Ok(None);
+    };
+    Ok(gw.sessions.load(&id).await?.map(|record| (id, record)))
+}
+
+/// The value `/bff/logout?sid=` must carry for this session: the provider's `sid`
+/// when there is one, else a value derived from the session key. Only `/bff/user`
+/// (which needs `X-CSRF`) reveals it, so a cross-site page can't log the user out.
+pub fn logout_sid(record: &SessionRecord) -> String {
+    match &record.sid {
+        Some(sid) => sid.clone(),
+        None => {
+            use base64::Engine;
+            let mut input = b"portcullis-logout:".to_vec();
+            input.extend_from_slice(record.key.as_bytes());
+            let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &input);
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&d.as_ref()[..18])
+        }
+    }
+}
+
+/// A random 256-bit value, base64url: state, nonce, PKCE verifier, binding cookie.
+pub(crate) fn random_token() -> String {
+    crate::session::SessionId::generate().to_cookie_value()
+}

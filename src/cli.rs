@@ -1,0 +1,210 @@
+//! The command line: `serve` (default), `check`, `keygen`, `sessions`.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+use crate::session::{SessionFilter, SessionStore, Sessions};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "portcullis",
+    version,
+    about = "A Backend-for-Frontend authentication gateway"
+)]
+pub struct Cli {
+    /// The configuration file (TOML).
+    #[arg(
+        long,
+        short,
+        global = true,
+        env = "PORTCULLIS_CONFIG",
+        default_value = "portcullis.toml"
+    )]
+    pub config: PathBuf,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway (the default).
+    Serve,
+    /// Validate the config, fetch discovery and JWKS, and print a summary.
+    Check,
+    /// Print a fresh random 256-bit key (base64url) for `session.keys`.
+    Keygen,
+    /// Administer sessions in the configured store.
+    #[command(subcommand)]
+    Sessions(SessionsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SessionsCommand {
+    /// List sessions (one JSON object per line; never ids or tokens).
+    List {
+        #[arg(long)]
+        sub: Option<String>,
+    },
+    /// End sessions.
+    Revoke {
+        #[arg(long, conflicts_with_all = ["sub", "all"])]
+        sid: Option<String>,
+        #[arg(long, conflicts_with = "all")]
+        sub: Option<String>,
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+/// Runs the command; the error text is printed and the exit code is 1.
+pub fn run(cli: Cli) -> Result<(), String> {
+    if let Some(Command::Keygen) = cli.command {
+        println!("{}", crate::session::cipher::generate_key());
+        return Ok(());
+    }
+    let config =
+        Config::load(&cli.config, std::env::vars()).map_err(|e| format!("config error: {e}"))?;
+    match cli.command {
+        None | Some(Command::Serve) => {
+            crate::telemetry::init_logging();
+            crate::server::serve(config)
+        }
+        Some(Command::Check) => runtime()?.block_on(check(config)),
+        Some(Command::Sessions(cmd)) => runtime()?.block_on(sessions(config, cmd)),
+        Some(Command::Keygen) => unreachable!("handled above"),
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+async fn check(config: Config) -> Result<(), String> {
+    let oidc = crate::oidc::Oidc::new(&config.oidc, config.redirect_uri())?;
+    let meta = oidc
+        .metadata()
+        .await
+        .map_err(|e| format!("oidc.issuer: discovery failed: {e}"))?;
+    let jwks = oidc
+        .jwks()
+        .refresh(&meta.jwks_uri)
+        .await
+        .map_err(|e| format!("oidc.issuer: JWKS at {} failed: {e}", meta.jwks_uri))?;
+    let yes_no = |b: bool| if b { "yes" } else { "no" };
+    let opt = |o: &Option<String>| o.clone().unwrap_or_else(|| "(none)".into());
+    println!("config:                  ok ({})", config_summary(&config));
+    println!("issuer:                  {}", meta.issuer);
+    println!("authorization endpoint:  {}", meta.authorization_endpoint);
+    println!("token endpoint:          {}", meta.token_endpoint);
+    println!("userinfo endpoint:       {}", opt(&meta.userinfo_endpoint));
+    println!(
+        "end-session endpoint:    {}",
+        opt(&meta.end_session_endpoint)
+    );
+    println!(
+        "revocation endpoint:     {}",
+        opt(&meta.revocation_endpoint)
+    );
+    println!(
+        "PAR endpoint:            {}",
+        opt(&meta.pushed_authorization_request_endpoint)
+    );
+    println!(
+        "iss parameter (RFC 9207): {}",
+        yes_no(meta.authorization_response_iss_parameter_supported)
+    );
+    println!(
+        "back-channel logout:     {} (sid: {})",
+        yes_no(meta.backchannel_logout_supported),
+        yes_no(meta.backchannel_logout_session_supported)
+    );
+    println!(
+        "PKCE methods:            {}",
+        meta.code_challenge_methods_supported.join(", ")
+    );
+    let kids: Vec<String> = jwks
+        .keys
+        .iter()
+        .map(|k| k.common.key_id.as_deref().unwrap_or("(no kid)").to_owned())
+        .collect();
+    println!(
+        "JWKS:                    {} key(s): {}",
+        jwks.keys.len(),
+        kids.join(", ")
+    );
+    println!("redirect URI to register: {}", config.redirect_uri());
+    println!(
+        "back-channel logout URI:  {}/bff/backchannel-logout",
+        config.public_origin()
+    );
+    if !meta.authorization_response_iss_parameter_supported {
+        println!(
+            "note: the provider does not advertise RFC 9207; mix-up defence relies on per-issuer state"
+        );
+    }
+    Ok(())
+}
+
+fn config_summary(config: &Config) -> String {
+    format!(
+        "store {:?}, {} route(s), public origin {}",
+        config.session.store,
+        config.routes.len(),
+        config.public_origin()
+    )
+}
+
+async fn sessions(config: Config, cmd: SessionsCommand) -> Result<(), String> {
+    if config.session.store == crate::config::StoreKind::Memory {
+        return Err(
+            "session.store: the memory store lives inside the running gateway; \
+                    sessions can't be administered from outside"
+                .into(),
+        );
+    }
+    let sessions = Sessions::open(&config.session).await?;
+    let store = sessions.store();
+    match cmd {
+        SessionsCommand::List { sub } => {
+            let filter = sub.map_or(SessionFilter::All, SessionFilter::Sub);
+            for r in store.find(&filter).await.map_err(|e| e.to_string())? {
+                let line = serde_json::json!({
+                    "session": r.key.log_label(),
+                    "sub": r.sub,
+                    "sid": r.sid,
+                    "created_at": r.created_at,
+                    "last_seen": r.last_seen,
+                    "expires_at": r.expires_at,
+                });
+                println!("{line}");
+            }
+            Ok(())
+        }
+        SessionsCommand::Revoke { sid, sub, all } => {
+            let filter = match (sid, sub, all) {
+                (Some(sid), None, false) => SessionFilter::Sid(sid),
+                (None, Some(sub), false) => SessionFilter::Sub(sub),
+                (None, None, true) => SessionFilter::All,
+                _ => return Err("give exactly one of --sid, --sub, --all".into()),
+            };
+            let mut n = 0;
+            for r in store.find(&filter).await.map_err(|e| e.to_string())? {
+                if sessions
+                    .end(&r.key, crate::session::EndReason::Revoked)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .is_some()
+                {
+                    n += 1;
+                }
+            }
+            println!("revoked {n} session(s)");
+            Ok(())
+        }
+    }
+}

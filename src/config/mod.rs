@@ -1,0 +1,594 @@
+//! The configuration: one serde tree, loaded from TOML with an environment overlay,
+//! then checked by [`Config::validate`].
+//!
+//! Every key can be overridden by `PORTCULLIS_<SECTION>__<KEY>` (for example
+//! `PORTCULLIS_OIDC__CLIENT_SECRET`). This module is the only place that turns
+//! environment variables into settings, and it takes them as an argument so tests
+//! never touch the process environment. Secrets are wrapped in [`Secret`], whose
+//! `Debug` never prints the value.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Format, Serialized, Toml};
+use figment::value::Value;
+use ipnet::IpNet;
+use serde::Deserialize;
+use url::Url;
+
+mod secret;
+pub use secret::Secret;
+
+/// A configuration that can't be used, naming the key and what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{key}: {problem}")]
+    Invalid { key: String, problem: String },
+    #[error("{0}")]
+    Parse(String),
+}
+
+fn invalid(key: &str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_owned(),
+        problem: problem.into(),
+    }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub oidc: OidcConfig,
+    #[serde(default)]
+    pub session: SessionConfig,
+    #[serde(default)]
+    pub tokens: TokensConfig,
+    /// API routes proxied to upstreams, matched by the longest prefix.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    /// The SPA's files, served at `/` (optional).
+    #[serde(default, rename = "static")]
+    pub static_files: Option<StaticConfig>,
+}
+
+/// `[server]`: listeners and how the gateway is seen from outside.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Browser-facing address. Default `127.0.0.1:8080`.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// The origin the browser sees (scheme, host, port; no path). Must be https unless
+    /// the host is loopback. The redirect URI is `{public_origin}/bff/callback`.
+    pub public_origin: Url,
+    /// Address of the admin listener (`/metrics`, `/healthz`, `/readyz`). Optional.
+    #[serde(default)]
+    pub admin_listen: Option<SocketAddr>,
+    /// CIDRs whose `X-Forwarded-*` headers are believed. Default none.
+    #[serde(default)]
+    pub trusted_proxies: Vec<IpNet>,
+    /// Worker threads, each a current-thread runtime with its own listener. Default: one per core.
+    #[serde(default)]
+    pub workers: Option<usize>,
+    /// How long in-flight requests may take to finish at shutdown. Default `30s`.
+    #[serde(default = "default_drain", with = "humantime_serde")]
+    pub drain_timeout: Duration,
+}
+
+/// `[oidc]`: the provider and this client's registration at it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcConfig {
+    /// The provider's issuer identifier; discovery is fetched from
+    /// `{issuer}/.well-known/openid-configuration` and must name this exact issuer
+    /// (compared as a string, so write it exactly as the provider does).
+    pub issuer: String,
+    pub client_id: String,
+    /// The client secret. Prefer `client_secret_file` or `PORTCULLIS_OIDC__CLIENT_SECRET`.
+    #[serde(default)]
+    pub client_secret: Option<Secret>,
+    /// A file holding the client secret (surrounding whitespace is trimmed).
+    #[serde(default)]
+    pub client_secret_file: Option<PathBuf>,
+    /// How the client authenticates at the token endpoint. Default `client_secret_basic`.
+    #[serde(default)]
+    pub auth_method: AuthMethod,
+    /// Scopes requested at login. Must contain `openid`.
+    #[serde(default = "default_scopes")]
+    pub scopes: Vec<String>,
+    /// Where the provider sends the browser after logout; absolute, registered at the provider.
+    #[serde(default)]
+    pub post_logout_redirect_uri: Option<Url>,
+    /// Merge the userinfo endpoint's claims into `/bff/user`. Default `false`.
+    #[serde(default)]
+    pub userinfo: bool,
+    /// Signature algorithms accepted on ID tokens. Asymmetric only; never `none`.
+    #[serde(default = "default_algorithms")]
+    pub id_token_algorithms: Vec<String>,
+    /// Allowed clock difference with the provider. Default `60s`.
+    #[serde(default = "default_skew", with = "humantime_serde")]
+    pub clock_skew: Duration,
+    /// Timeout of each call to the provider. Default `10s`.
+    #[serde(default = "default_http_timeout", with = "humantime_serde")]
+    pub http_timeout: Duration,
+    /// How long a started login may take before its callback. Default `10m`.
+    #[serde(default = "default_pending_ttl", with = "humantime_serde")]
+    pub pending_login_ttl: Duration,
+    /// Most pending logins kept at once (protects memory). Default `10000`.
+    #[serde(default = "default_max_pending")]
+    pub max_pending_logins: usize,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMethod {
+    #[default]
+    ClientSecretBasic,
+    ClientSecretPost,
+    PrivateKeyJwt,
+}
+
+/// `[session]`: where sessions live and how the cookie looks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionConfig {
+    /// `memory`, `sqlite` (default) or `redis`.
+    #[serde(default)]
+    pub store: StoreKind,
+    /// SQLite database file. Default `portcullis.db`.
+    #[serde(default = "default_sqlite_path")]
+    pub sqlite_path: PathBuf,
+    /// Redis URL, for `store = "redis"`.
+    #[serde(default)]
+    pub redis_url: Option<Secret>,
+    /// Session cookie name. Default `__Host-portcullis`.
+    #[serde(default = "default_cookie_name")]
+    pub cookie_name: String,
+    /// `strict` (default) or `lax`.
+    #[serde(default)]
+    pub same_site: SameSite,
+    /// A session unused this long ends. Default `30m`.
+    #[serde(default = "default_idle", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// A session ends this long after login, used or not. Default `12h`.
+    #[serde(default = "default_absolute", with = "humantime_serde")]
+    pub absolute_timeout: Duration,
+    /// Token encryption keys (base64url, 32 bytes each): the first encrypts, all decrypt.
+    #[serde(default)]
+    pub keys: Vec<Secret>,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            store: StoreKind::default(),
+            sqlite_path: default_sqlite_path(),
+            redis_url: None,
+            cookie_name: default_cookie_name(),
+            same_site: SameSite::default(),
+            idle_timeout: default_idle(),
+            absolute_timeout: default_absolute(),
+            keys: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreKind {
+    Memory,
+    #[default]
+    Sqlite,
+    Redis,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SameSite {
+    #[default]
+    Strict,
+    Lax,
+}
+
+/// `[tokens]`: the token lifecycle.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokensConfig {
+    /// Refresh an access token this long before it expires (at most half its lifetime). Default `60s`.
+    #[serde(default = "default_refresh_before", with = "humantime_serde")]
+    pub refresh_before: Duration,
+}
+
+impl Default for TokensConfig {
+    fn default() -> Self {
+        Self {
+            refresh_before: default_refresh_before(),
+        }
+    }
+}
+
+/// `[[routes]]`: one API prefix proxied to one upstream.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Path prefix, matched on segment boundaries (`/api` matches `/api/x`, not `/apix`).
+    pub prefix: String,
+    /// Upstream base URL (`http://` or `https://`), optionally with a base path.
+    pub upstream: Url,
+    /// Which token goes upstream. Default `user`.
+    #[serde(default)]
+    pub token: TokenKind,
+    /// Remove the prefix from the path before forwarding. Default `false`.
+    #[serde(default)]
+    pub strip_prefix: bool,
+    /// Time for the upstream to answer with its headers, connecting included
+    /// (→ 504 `upstream_timeout`). Default `30s`.
+    #[serde(default = "default_upstream_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenKind {
+    #[default]
+    User,
+    UserOrNone,
+    Client,
+    UserOrClient,
+    None,
+}
+
+/// `[static]`: the SPA's built files.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticConfig {
+    pub dir: PathBuf,
+    /// Unknown GET navigations get `index.html`. Default `true`.
+    #[serde(default = "yes")]
+    pub spa_fallback: bool,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_drain() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_scopes() -> Vec<String> {
+    vec!["openid".into()]
+}
+fn default_algorithms() -> Vec<String> {
+    [
+        "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+fn default_skew() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_http_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_pending_ttl() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_max_pending() -> usize {
+    10_000
+}
+fn default_sqlite_path() -> PathBuf {
+    PathBuf::from("portcullis.db")
+}
+fn default_cookie_name() -> String {
+    "__Host-portcullis".into()
+}
+fn default_idle() -> Duration {
+    Duration::from_secs(30 * 60)
+}
+fn default_absolute() -> Duration {
+    Duration::from_secs(12 * 3600)
+}
+fn default_refresh_before() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_upstream_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn yes() -> bool {
+    true
+}
+
+/// The environment variable prefix of overrides.
+pub const ENV_PREFIX: &str = "PORTCULLIS_";
+
+/// Keys whose override is always taken as a string, even when it looks like a number.
+const STRING_KEYS: &[&str] = &[
+    "client_id",
+    "client_secret",
+    "redis_url",
+    "issuer",
+    "cookie_name",
+];
+
+impl Config {
+    /// Loads `path`, applies the `PORTCULLIS_*` overrides found in `env`, reads secret
+    /// files and validates. `env` is normally `std::env::vars()`.
+    pub fn load(
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        if !path.exists() {
+            return Err(invalid(
+                "--config",
+                format!("file {} not found", path.display()),
+            ));
+        }
+        Self::from_figment(Figment::from(Toml::file_exact(path)), env)
+    }
+
+    /// Parses a TOML text (tests and examples), with overrides from `env`.
+    pub fn from_toml(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        Self::from_figment(Figment::from(Toml::string(text)), env)
+    }
+
+    fn from_figment(
+        mut figment: Figment,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        for (name, raw) in env {
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let key = rest.to_ascii_lowercase().replace("__", ".");
+            let leaf = key.rsplit('.').next().unwrap_or_default();
+            let value = if STRING_KEYS.contains(&leaf) {
+                Value::from(raw)
+            } else {
+                raw.parse::<Value>().unwrap_or_else(|never| match never {})
+            };
+            figment = figment.merge(Serialized::default(&key, value));
+        }
+        let mut config: Config = figment.extract().map_err(|e| {
+            ConfigError::Parse(
+                e.into_iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )
+        })?;
+        config.read_secret_files()?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn read_secret_files(&mut self) -> Result<(), ConfigError> {
+        if let Some(file) = &self.oidc.client_secret_file {
+            if self.oidc.client_secret.is_some() {
+                return Err(invalid(
+                    "oidc.client_secret_file",
+                    "set either client_secret or client_secret_file, not both",
+                ));
+            }
+            let text = std::fs::read_to_string(file).map_err(|e| {
+                invalid(
+                    "oidc.client_secret_file",
+                    format!("cannot read {}: {e}", file.display()),
+                )
+            })?;
+            self.oidc.client_secret = Some(Secret::new(text.trim().to_owned()));
+        }
+        Ok(())
+    }
+
+    /// Checks what types can't: relations between keys, URL shapes, key material.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let origin = &self.server.public_origin;
+        if !matches!(origin.scheme(), "http" | "https") {
+            return Err(invalid("server.public_origin", "must be an http(s) origin"));
+        }
+        if origin.path() != "/" || origin.query().is_some() || origin.fragment().is_some() {
+            return Err(invalid(
+                "server.public_origin",
+                "must be an origin only, without a path",
+            ));
+        }
+        if origin.scheme() == "http" && !is_loopback_host(origin) {
+            return Err(invalid(
+                "server.public_origin",
+                "must be https unless the host is loopback (the session cookie is Secure)",
+            ));
+        }
+        if origin.host_str().is_none() {
+            return Err(invalid("server.public_origin", "has no host"));
+        }
+
+        let oidc = &self.oidc;
+        let issuer = Url::parse(&oidc.issuer)
+            .map_err(|e| invalid("oidc.issuer", format!("is not a URL: {e}")))?;
+        if !matches!(issuer.scheme(), "http" | "https") || issuer.query().is_some() {
+            return Err(invalid(
+                "oidc.issuer",
+                "must be an http(s) URL without a query",
+            ));
+        }
+        if issuer.scheme() == "http" && !is_loopback_host(&issuer) {
+            return Err(invalid(
+                "oidc.issuer",
+                "must be https unless the host is loopback",
+            ));
+        }
+        if oidc.client_id.is_empty() {
+            return Err(invalid("oidc.client_id", "must not be empty"));
+        }
+        match oidc.auth_method {
+            AuthMethod::ClientSecretBasic | AuthMethod::ClientSecretPost => {
+                if oidc
+                    .client_secret
+                    .as_ref()
+                    .is_none_or(|s| s.expose().is_empty())
+                {
+                    return Err(invalid(
+                        "oidc.client_secret",
+                        "is required for auth_method client_secret_basic/client_secret_post \
+                         (set client_secret, client_secret_file or PORTCULLIS_OIDC__CLIENT_SECRET)",
+                    ));
+                }
+            }
+            AuthMethod::PrivateKeyJwt => {
+                return Err(invalid(
+                    "oidc.auth_method",
+                    "private_key_jwt is not supported by this version",
+                ));
+            }
+        }
+        if !oidc.scopes.iter().any(|s| s == "openid") {
+            return Err(invalid("oidc.scopes", "must contain \"openid\""));
+        }
+        if let Some(uri) = &oidc.post_logout_redirect_uri
+            && !matches!(uri.scheme(), "http" | "https")
+        {
+            return Err(invalid(
+                "oidc.post_logout_redirect_uri",
+                "must be an absolute http(s) URL",
+            ));
+        }
+        if oidc.id_token_algorithms.is_empty() {
+            return Err(invalid("oidc.id_token_algorithms", "must not be empty"));
+        }
+        for alg in &oidc.id_token_algorithms {
+            crate::oidc::parse_asymmetric_algorithm(alg)
+                .map_err(|why| invalid("oidc.id_token_algorithms", format!("{alg:?}: {why}")))?;
+        }
+        if oidc.max_pending_logins == 0 {
+            return Err(invalid("oidc.max_pending_logins", "must be at least 1"));
+        }
+
+        let session = &self.session;
+        if session.keys.is_empty() {
+            return Err(invalid(
+                "session.keys",
+                "at least one key is required (generate one with `portcullis keygen`)",
+            ));
+        }
+        for (i, key) in session.keys.iter().enumerate() {
+            crate::session::cipher::decode_key(key.expose())
+                .map_err(|why| invalid(&format!("session.keys[{i}]"), why))?;
+        }
+        if !session.cookie_name.starts_with("__Host-") {
+            return Err(invalid(
+                "session.cookie_name",
+                "must start with \"__Host-\" (the browser then pins it to this origin)",
+            ));
+        }
+        if session.cookie_name.len() <= "__Host-".len()
+            || !session
+                .cookie_name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            return Err(invalid(
+                "session.cookie_name",
+                "must be a plain token (letters, digits, -_.)",
+            ));
+        }
+        if session.idle_timeout.is_zero() {
+            return Err(invalid("session.idle_timeout", "must be positive"));
+        }
+        if session.absolute_timeout < session.idle_timeout {
+            return Err(invalid(
+                "session.absolute_timeout",
+                "must not be shorter than idle_timeout",
+            ));
+        }
+        match session.store {
+            StoreKind::Redis => {
+                return Err(invalid(
+                    "session.store",
+                    "redis is not supported by this version",
+                ));
+            }
+            StoreKind::Sqlite if session.sqlite_path.as_os_str().is_empty() => {
+                return Err(invalid("session.sqlite_path", "must not be empty"));
+            }
+            _ => {}
+        }
+
+        for (i, route) in self.routes.iter().enumerate() {
+            let key = |field: &str| format!("routes[{i}].{field}");
+            if !route.prefix.starts_with('/') || route.prefix.len() < 2 {
+                return Err(invalid(
+                    &key("prefix"),
+                    "must start with '/' and not be '/' alone",
+                ));
+            }
+            if route.prefix.ends_with('/') {
+                return Err(invalid(&key("prefix"), "must not end with '/'"));
+            }
+            if route.prefix == "/bff" || route.prefix.starts_with("/bff/") {
+                return Err(invalid(&key("prefix"), "/bff is reserved for Portcullis"));
+            }
+            if route.upstream.scheme() != "http" {
+                return Err(invalid(
+                    &key("upstream"),
+                    "must be an http:// URL in this version",
+                ));
+            }
+            if route.upstream.host_str().is_none() {
+                return Err(invalid(&key("upstream"), "has no host"));
+            }
+            if route.upstream.query().is_some() || route.upstream.fragment().is_some() {
+                return Err(invalid(
+                    &key("upstream"),
+                    "must not have a query or fragment",
+                ));
+            }
+            if matches!(route.token, TokenKind::Client | TokenKind::UserOrClient) {
+                return Err(invalid(
+                    &key("token"),
+                    "client tokens are not supported by this version",
+                ));
+            }
+            if self.routes[..i].iter().any(|r| r.prefix == route.prefix) {
+                return Err(invalid(&key("prefix"), "is used by another route"));
+            }
+        }
+        if let Some(s) = &self.static_files
+            && !s.dir.is_dir()
+        {
+            return Err(invalid(
+                "static.dir",
+                format!("{} is not a directory", s.dir.display()),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The redirect URI registered at the provider: `{public_origin}/bff/callback`.
+    pub fn redirect_uri(&self) -> String {
+        format!("{}/bff/callback", self.public_origin())
+    }
+
+    /// The public origin without a trailing slash.
+    pub fn public_origin(&self) -> &str {
+        self.server.public_origin.as_str().trim_end_matches('/')
+    }
+}
+
+fn is_loopback_host(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d == "localhost" || d.ends_with(".localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,142 @@
+//! The stable JSON error of the interface contract, and who is at fault.
+//!
+//! Every failure a client can see is one [`ApiError`]. The variant decides the
+//! status code and the `error` code; the detail goes to the log (never a token,
+//! cookie or secret), the client gets only the stable code and a short text.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+/// Who caused a failure: decides the status, the metric label and whether a retry can help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    Client,
+    Provider,
+    Upstream,
+    Store,
+    Internal,
+}
+
+/// A failure answered to the browser with the contract's JSON error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApiError {
+    /// Malformed or unacceptable input (bad `returnUrl`, failed callback, wrong `sid`).
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// No session, or the cookie does not name a live session.
+    #[error("not logged in")]
+    Unauthenticated,
+    /// The session existed but has ended (timeout, revoked grant).
+    #[error("session expired")]
+    SessionExpired,
+    /// A CSRF defence refused the request; the text names which one.
+    #[error("csrf check failed: {0}")]
+    Csrf(&'static str),
+    /// Too many requests from one client.
+    #[error("rate limited")]
+    RateLimited { retry_after_secs: u64 },
+    /// The upstream could not be reached or broke the connection.
+    #[error("upstream unavailable: {0}")]
+    UpstreamUnavailable(String),
+    /// The upstream did not answer within the route's timeout.
+    #[error("upstream timeout")]
+    UpstreamTimeout,
+    /// The identity provider is unreachable, slow or answering 5xx.
+    #[error("identity provider unavailable: {0}")]
+    IdpUnavailable(String),
+    /// The session store is unreachable.
+    #[error("session store unavailable: {0}")]
+    StoreUnavailable(String),
+    /// A bug or an impossible state; logged in full, answered as 500.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn invalid(why: impl Into<String>) -> Self {
+        Self::InvalidRequest(why.into())
+    }
+
+    /// The stable `error` code of the contract.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidRequest(_) => "invalid_request",
+            Self::Unauthenticated => "unauthenticated",
+            Self::SessionExpired => "session_expired",
+            Self::Csrf(_) => "csrf",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::UpstreamUnavailable(_) => "upstream_unavailable",
+            Self::UpstreamTimeout => "upstream_timeout",
+            Self::IdpUnavailable(_) => "idp_unavailable",
+            Self::StoreUnavailable(_) => "store_unavailable",
+            Self::Internal(_) => "internal_error",
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthenticated | Self::SessionExpired => StatusCode::UNAUTHORIZED,
+            Self::Csrf(_) => StatusCode::FORBIDDEN,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
+            Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::IdpUnavailable(_) | Self::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn fault(&self) -> Fault {
+        match self {
+            Self::InvalidRequest(_)
+            | Self::Unauthenticated
+            | Self::SessionExpired
+            | Self::Csrf(_)
+            | Self::RateLimited { .. } => Fault::Client,
+            Self::UpstreamUnavailable(_) | Self::UpstreamTimeout => Fault::Upstream,
+            Self::IdpUnavailable(_) => Fault::Provider,
+            Self::StoreUnavailable(_) => Fault::Store,
+            Self::Internal(_) => Fault::Internal,
+        }
+    }
+
+    /// The short text the client sees. Details stay in the log.
+    fn description(&self) -> &str {
+        match self {
+            Self::InvalidRequest(why) => why,
+            Self::Unauthenticated => "no valid session",
+            Self::SessionExpired => "the session has ended; log in again",
+            Self::Csrf(why) => why,
+            Self::RateLimited { .. } => "too many requests",
+            Self::UpstreamUnavailable(_) => "the upstream service is unavailable",
+            Self::UpstreamTimeout => "the upstream service did not answer in time",
+            Self::IdpUnavailable(_) => "the identity provider is unavailable",
+            Self::StoreUnavailable(_) => "the session store is unavailable",
+            Self::Internal(_) => "internal error",
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match self.fault() {
+            Fault::Client => tracing::info!(error = self.code(), detail = %self, "request refused"),
+            Fault::Internal => {
+                tracing::error!(error = self.code(), detail = %self, "request failed")
+            }
+            _ => tracing::warn!(error = self.code(), detail = %self, "request failed"),
+        }
+        let body = serde_json::json!({
+            "error": self.code(),
+            "error_description": self.description(),
+        });
+        let mut response = (self.status(), axum::Json(body)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let Self::RateLimited { retry_after_secs } = self {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+        }
+        response
+    }
+}

@@ -1,0 +1,375 @@
+//! The OpenID Connect client: discovery, the JWKS cache, the authorization request,
+//! the code exchange, ID token validation, userinfo, RP-initiated logout and token
+//! revocation.
+//!
+//! Portcullis is a confidential client: it authenticates at the token endpoint and
+//! is the only party that ever sees tokens. Provider calls go through `reqwest`;
+//! JWT signatures through `jsonwebtoken` (aws-lc-rs). Only asymmetric algorithms from
+//! an allow-list are accepted — never `none`, never an HMAC keyed with the client
+//! secret. Every validation failure names what failed, for the log; the browser sees
+//! only a generic `invalid_request`.
+
+mod discovery;
+mod jwks;
+mod tokens;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jsonwebtoken::Algorithm;
+use serde::Deserialize;
+
+pub use discovery::ProviderMetadata;
+pub use jwks::JwksCache;
+pub use tokens::{IdTokenClaims, TokenResponse, constant_time_eq};
+
+use crate::config::{AuthMethod, OidcConfig, Secret};
+
+/// Parses an algorithm name from the allow-list. Symmetric and `none` are refused.
+pub fn parse_asymmetric_algorithm(name: &str) -> Result<Algorithm, &'static str> {
+    let alg: Algorithm = name.parse().map_err(|_| "unknown algorithm")?;
+    match alg {
+        Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => {
+            Err("HMAC algorithms are not accepted (they would be keyed with the client secret)")
+        }
+        _ => Ok(alg),
+    }
+}
+
+/// A failed exchange with the provider, by who is at fault.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OidcError {
+    /// Network failure, timeout or a 5xx: the provider is unavailable; retry later.
+    #[error("provider unavailable: {0}")]
+    Unavailable(String),
+    /// The provider refused with an OAuth error (`invalid_grant`, …).
+    #[error("provider refused: {error}{}", description.as_deref().map(|d| format!(" ({d})")).unwrap_or_default())]
+    Refused {
+        error: String,
+        description: Option<String>,
+    },
+    /// The provider answered something that breaks the protocol.
+    #[error("invalid provider response: {0}")]
+    InvalidResponse(String),
+    /// A token failed validation; the text says which check.
+    #[error("invalid token: {0}")]
+    InvalidToken(String),
+}
+
+impl OidcError {
+    pub fn is_invalid_grant(&self) -> bool {
+        matches!(self, Self::Refused { error, .. } if error == "invalid_grant")
+    }
+}
+
+impl From<reqwest::Error> for OidcError {
+    fn from(e: reqwest::Error) -> Self {
+        // The URL may carry nothing secret (tokens go in bodies and headers), but keep it short.
+        Self::Unavailable(e.without_url().to_string())
+    }
+}
+
+/// The OAuth error body of a 4xx answer.
+#[derive(Debug, Deserialize)]
+struct ErrorBody {
+    error: String,
+    #[serde(default)]
+    error_description: Option<String>,
+}
+
+/// The OIDC client of one provider registration.
+pub struct Oidc {
+    issuer: String,
+    client_id: String,
+    client_secret: Option<Secret>,
+    auth_method: AuthMethod,
+    scopes: String,
+    redirect_uri: String,
+    post_logout_redirect_uri: Option<String>,
+    userinfo: bool,
+    algorithms: Vec<Algorithm>,
+    skew: Duration,
+    http: reqwest::Client,
+    metadata: discovery::MetadataCache,
+    jwks: JwksCache,
+}
+
+impl Oidc {
+    pub fn new(config: &OidcConfig, redirect_uri: String) -> Result<Self, String> {
+        let http = reqwest::Client::builder()
+            .timeout(config.http_timeout)
+            .connect_timeout(config.http_timeout.min(Duration::from_secs(5)))
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("portcullis/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| format!("http client: {e}"))?;
+        let algorithms = config
+            .id_token_algorithms
+            .iter()
+            .map(|a| {
+                parse_asymmetric_algorithm(a)
+                    .map_err(|e| format!("oidc.id_token_algorithms: {a}: {e}"))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            issuer: config.issuer.clone(),
+            client_id: config.client_id.clone(),
+            client_secret: config.client_secret.clone(),
+            auth_method: config.auth_method,
+            scopes: config.scopes.join(" "),
+            redirect_uri,
+            post_logout_redirect_uri: config
+                .post_logout_redirect_uri
+                .as_ref()
+                .map(|u| u.to_string()),
+            userinfo: config.userinfo,
+            algorithms,
+            skew: config.clock_skew,
+            http: http.clone(),
+            metadata: discovery::MetadataCache::new(),
+            jwks: JwksCache::new(http),
+        })
+    }
+
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    pub fn wants_userinfo(&self) -> bool {
+        self.userinfo
+    }
+
+    /// The provider's metadata, fetched on first use and kept. Concurrent first uses
+    /// share one fetch.
+    pub async fn metadata(&self) -> Result<Arc<ProviderMetadata>, OidcError> {
+        self.metadata.get_or_fetch(&self.http, &self.issuer).await
+    }
+
+    /// Whether metadata and keys have been loaded (readiness).
+    pub fn is_loaded(&self) -> bool {
+        self.metadata.loaded() && self.jwks.loaded()
+    }
+
+    /// Fetches discovery and the JWKS now (startup, readiness, `portcullis check`).
+    pub async fn load(&self) -> Result<Arc<ProviderMetadata>, OidcError> {
+        let meta = self.metadata().await?;
+        self.jwks.refresh(&meta.jwks_uri).await?;
+        Ok(meta)
+    }
+
+    pub fn jwks(&self) -> &JwksCache {
+        &self.jwks
+    }
+
+    /// The authorization request URL (code flow, PKCE S256, state, nonce).
+    pub fn authorize_url(
+        &self,
+        meta: &ProviderMetadata,
+        state: &str,
+        nonce: &str,
+        code_challenge: &str,
+    ) -> String {
+        let mut url =
+            url::Url::parse(&meta.authorization_endpoint).expect("validated at discovery");
+        url.query_pairs_mut()
+            .append_pair("response_type", "code")
+            .append_pair("client_id", &self.client_id)
+            .append_pair("redirect_uri", &self.redirect_uri)
+            .append_pair("scope", &self.scopes)
+            .append_pair("state", state)
+            .append_pair("nonce", nonce)
+            .append_pair("code_challenge", code_challenge)
+            .append_pair("code_challenge_method", "S256");
+        url.into()
+    }
+
+    /// Adds client authentication to a request to the token or revocation endpoint.
+    fn authenticate(
+        &self,
+        request: reqwest::RequestBuilder,
+        form: &mut Vec<(&'static str, String)>,
+    ) -> reqwest::RequestBuilder {
+        let secret = self
+            .client_secret
+            .as_ref()
+            .map(Secret::expose)
+            .unwrap_or_default();
+        match self.auth_method {
+            AuthMethod::ClientSecretBasic => {
+                // RFC 6749 §2.3.1: both parts are form-urlencoded before Basic encoding.
+                let id: String =
+                    form_urlencoded::byte_serialize(self.client_id.as_bytes()).collect();
+                let secret: String = form_urlencoded::byte_serialize(secret.as_bytes()).collect();
+                request.basic_auth(id, Some(secret))
+            }
+            AuthMethod::ClientSecretPost | AuthMethod::PrivateKeyJwt => {
+                form.push(("client_id", self.client_id.clone()));
+                form.push(("client_secret", secret.to_owned()));
+                request
+            }
+        }
+    }
+
+    async fn token_request(
+        &self,
+        mut form: Vec<(&'static str, String)>,
+    ) -> Result<TokenResponse, OidcError> {
+        let meta = self.metadata().await?;
+        let request = self
+            .http
+            .post(&meta.token_endpoint)
+            .header("accept", "application/json");
+        let request = self.authenticate(request, &mut form);
+        let response = request.form(&form).send().await?;
+        parse_json_answer(response).await
+    }
+
+    /// Exchanges an authorization code (with its PKCE verifier) for tokens.
+    pub async fn exchange_code(
+        &self,
+        code: &str,
+        verifier: &str,
+    ) -> Result<TokenResponse, OidcError> {
+        let tokens = self
+            .token_request(vec![
+                ("grant_type", "authorization_code".into()),
+                ("code", code.into()),
+                ("redirect_uri", self.redirect_uri.clone()),
+                ("code_verifier", verifier.into()),
+            ])
+            .await?;
+        tokens.check_bearer()?;
+        Ok(tokens)
+    }
+
+    /// Uses a refresh token. The caller must make sure a refresh token is sent once.
+    pub async fn refresh(&self, refresh_token: &str) -> Result<TokenResponse, OidcError> {
+        let tokens = self
+            .token_request(vec![
+                ("grant_type", "refresh_token".into()),
+                ("refresh_token", refresh_token.into()),
+            ])
+            .await?;
+        tokens.check_bearer()?;
+        Ok(tokens)
+    }
+
+    /// Validates an ID token (OIDC Core §3.1.3.7) and returns its claims.
+    pub async fn validate_id_token(
+        &self,
+        id_token: &str,
+        expected_nonce: &str,
+    ) -> Result<IdTokenClaims, OidcError> {
+        tokens::validate_id_token(self, id_token, expected_nonce).await
+    }
+
+    /// Fetches userinfo with the access token. Its `sub` must equal the ID token's.
+    pub async fn userinfo(
+        &self,
+        access_token: &str,
+        sub: &str,
+    ) -> Result<serde_json::Map<String, serde_json::Value>, OidcError> {
+        let meta = self.metadata().await?;
+        let Some(endpoint) = &meta.userinfo_endpoint else {
+            return Ok(Default::default());
+        };
+        let response = self
+            .http
+            .get(endpoint)
+            .bearer_auth(access_token)
+            .header("accept", "application/json")
+            .send()
+            .await?;
+        let claims: serde_json::Map<String, serde_json::Value> =
+            parse_json_answer(response).await?;
+        match claims.get("sub").and_then(|s| s.as_str()) {
+            Some(s) if s == sub => Ok(claims),
+            _ => Err(OidcError::InvalidResponse(
+                "userinfo sub does not match the ID token".into(),
+            )),
+        }
+    }
+
+    /// The provider's end-session URL for RP-initiated logout, if it has one.
+    pub async fn end_session_url(&self, id_token_hint: Option<&str>) -> Option<String> {
+        let meta = self.metadata().await.ok()?;
+        let mut url = url::Url::parse(meta.end_session_endpoint.as_deref()?).ok()?;
+        {
+            let mut q = url.query_pairs_mut();
+            if let Some(hint) = id_token_hint {
+                q.append_pair("id_token_hint", hint);
+            }
+            q.append_pair("client_id", &self.client_id);
+            if let Some(uri) = &self.post_logout_redirect_uri {
+                q.append_pair("post_logout_redirect_uri", uri);
+            }
+        }
+        Some(url.into())
+    }
+
+    pub fn post_logout_redirect_uri(&self) -> Option<&str> {
+        self.post_logout_redirect_uri.as_deref()
+    }
+
+    /// Revokes a refresh token (RFC 7009) when the provider has a revocation endpoint.
+    /// Returns `Ok(false)` when there is none.
+    pub async fn revoke_refresh_token(&self, refresh_token: &str) -> Result<bool, OidcError> {
+        let meta = self.metadata().await?;
+        let Some(endpoint) = &meta.revocation_endpoint else {
+            return Ok(false);
+        };
+        let mut form = vec![
+            ("token", refresh_token.to_owned()),
+            ("token_type_hint", "refresh_token".to_owned()),
+        ];
+        let request = self.authenticate(self.http.post(endpoint), &mut form);
+        let response = request.form(&form).send().await?;
+        let status = response.status();
+        if status.is_success() {
+            Ok(true)
+        } else if status.is_server_error() {
+            Err(OidcError::Unavailable(format!(
+                "revocation answered {status}"
+            )))
+        } else {
+            Err(error_from_body(status, response).await)
+        }
+    }
+}
+
+/// Reads a JSON answer: 2xx → `T`; 4xx with an OAuth error → `Refused`; 5xx → `Unavailable`.
+async fn parse_json_answer<T: serde::de::DeserializeOwned>(
+    response: reqwest::Response,
+) -> Result<T, OidcError> {
+    let status = response.status();
+    if status.is_server_error() {
+        return Err(OidcError::Unavailable(format!("answered {status}")));
+    }
+    if !status.is_success() {
+        return Err(error_from_body(status, response).await);
+    }
+    let bytes = response.bytes().await?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| OidcError::InvalidResponse(format!("malformed JSON: {e}")))
+}
+
+async fn error_from_body(status: reqwest::StatusCode, response: reqwest::Response) -> OidcError {
+    match response.json::<ErrorBody>().await {
+        Ok(body) => OidcError::Refused {
+            error: body.error,
+            description: body.error_description,
+        },
+        Err(_) => OidcError::Refused {
+            error: format!("http_{}", status.as_u16()),
+            description: None,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,108 @@
+//! The API reverse proxy: the route table, the upstream client, header hygiene and
+//! token injection.
+//!
+//! A proxied request goes through named phases, each a function of its own:
+//! [`RouteTable::matching`] → [`authorize`] (session, CSRF, token) →
+//! [`rewrite::rewrite_request`] → forward → [`rewrite::clean_response`] → stream back.
+//! Bodies stream both ways; nothing is buffered. An API route is never answered
+//! with a redirect: failures are the contract's JSON errors. The upstream client is
+//! per runtime (thread-per-core), so its connection pool never crosses threads.
+
+pub mod rewrite;
+mod routes;
+
+use std::net::SocketAddr;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request};
+use axum::http::HeaderValue;
+use axum::response::Response;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+pub use routes::{Route, RouteTable};
+
+use crate::config::TokenKind;
+use crate::error::ApiError;
+use crate::server::{AppState, Gateway};
+
+/// The pooled HTTP/1.1 client to upstreams of one runtime.
+pub type UpstreamClient = Client<HttpConnector, Body>;
+
+/// Idle connections kept per upstream: at least the expected concurrency, or
+/// connections churn under load.
+const POOL_IDLE_PER_HOST: usize = 1024;
+
+pub fn upstream_client() -> UpstreamClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
+    connector.enforce_http(true);
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(POOL_IDLE_PER_HOST)
+        .pool_idle_timeout(std::time::Duration::from_secs(60))
+        .build(connector)
+}
+
+/// Proxies `request` over `route`.
+pub async fn proxy(
+    state: &AppState,
+    route: &Route,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let (mut parts, body) = request.into_parts();
+    let token = authorize(&state.gw, route, &parts.headers).await?;
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    rewrite::rewrite_request(&mut parts, route, token, peer, &state.gw.rewrite)?;
+    let request = Request::from_parts(parts, body);
+
+    let response = match tokio::time::timeout(route.timeout, state.upstream.request(request)).await
+    {
+        Err(_) => return Err(ApiError::UpstreamTimeout),
+        Ok(Err(e)) => {
+            let detail = match std::error::Error::source(&e) {
+                Some(cause) => format!("{} ({e}: {cause})", route.upstream_label()),
+                None => format!("{} ({e})", route.upstream_label()),
+            };
+            return Err(ApiError::UpstreamUnavailable(detail));
+        }
+        Ok(Ok(response)) => response,
+    };
+    let (mut parts, body) = response.into_parts();
+    rewrite::clean_response(&mut parts.headers);
+    Ok(Response::from_parts(parts, Body::new(body)))
+}
+
+/// Phase: decide which token the request carries. Routes that use the session
+/// require `X-CSRF: 1`; `user` routes require a live session.
+pub async fn authorize(
+    gw: &Gateway,
+    route: &Route,
+    headers: &axum::http::HeaderMap,
+) -> Result<Option<HeaderValue>, ApiError> {
+    match route.token {
+        TokenKind::None => Ok(None),
+        TokenKind::User | TokenKind::UserOrNone | TokenKind::UserOrClient | TokenKind::Client => {
+            let session = crate::bff::current_session(gw, headers).await?;
+            let Some((_, record)) = session else {
+                return match route.token {
+                    TokenKind::UserOrNone => Ok(None),
+                    _ => Err(ApiError::Unauthenticated),
+                };
+            };
+            crate::security::check_csrf_header(headers)?;
+            let tokens = gw.tokens.user_tokens(&gw.sessions, &record)?;
+            let mut value = String::with_capacity(7 + tokens.access_token.len());
+            value.push_str("Bearer ");
+            value.push_str(&tokens.access_token);
+            let mut value = HeaderValue::try_from(value)
+                .map_err(|_| ApiError::Internal("access token is not a header value".into()))?;
+            value.set_sensitive(true);
+            Ok(Some(value))
+        }
+    }
+}

@@ -1,0 +1,326 @@
+//! Header hygiene between the browser and upstreams.
+//!
+//! Dropped on the way up: hop-by-hop headers (RFC 9110 §7.6.1: `Connection` and what
+//! it names, `Keep-Alive`, `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`,
+//! `Proxy-*`), the browser's `Authorization` (only Portcullis decides what token an
+//! upstream sees), Portcullis's own cookies, and — unless the peer is a trusted proxy
+//! — inbound `X-Forwarded-*`/`Forwarded` (RFC 9700 §4.13: a proxy sanitises the
+//! headers it sets itself). Dropped on the way down: hop-by-hop headers.
+
+use std::net::IpAddr;
+
+use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use axum::http::request::Parts;
+use axum::http::uri::{PathAndQuery, Uri};
+use ipnet::IpNet;
+
+use super::Route;
+use crate::error::ApiError;
+use crate::session::cookie::LOGIN_COOKIE;
+
+/// What the rewrite needs from the configuration, prepared once.
+#[derive(Debug, Clone)]
+pub struct RewriteConfig {
+    pub trusted_proxies: Vec<IpNet>,
+    pub session_cookie: String,
+    /// `http` or `https`: the scheme the browser used.
+    pub public_proto: HeaderValue,
+    pub public_host: HeaderValue,
+}
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Removes hop-by-hop headers, including those `Connection` names.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+        headers.remove(header::CONNECTION);
+    }
+    for name in [
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &header::TE,
+        &header::TRAILER,
+        &header::TRANSFER_ENCODING,
+        &header::UPGRADE,
+        &header::PROXY_AUTHENTICATE,
+        &header::PROXY_AUTHORIZATION,
+    ] {
+        headers.remove(name);
+    }
+}
+
+/// Phase: turn the browser's request into the upstream's.
+pub fn rewrite_request(
+    parts: &mut Parts,
+    route: &Route,
+    token: Option<HeaderValue>,
+    peer: Option<IpAddr>,
+    config: &RewriteConfig,
+) -> Result<(), ApiError> {
+    parts.uri = upstream_uri(&parts.uri, route)?;
+    parts.version = axum::http::Version::HTTP_11;
+    let headers = &mut parts.headers;
+    let host = headers.remove(header::HOST);
+    remove_hop_by_hop(headers);
+    headers.remove(header::AUTHORIZATION);
+    strip_own_cookies(headers, &config.session_cookie);
+    if let Some(token) = token {
+        headers.insert(header::AUTHORIZATION, token);
+    }
+
+    let trusted = peer.is_some_and(|ip| config.trusted_proxies.iter().any(|net| net.contains(&ip)));
+    if trusted {
+        append_forwarded_for(headers, peer);
+        if !headers.contains_key(&X_FORWARDED_PROTO) {
+            headers.insert(X_FORWARDED_PROTO.clone(), config.public_proto.clone());
+        }
+        if !headers.contains_key(&X_FORWARDED_HOST) {
+            headers.insert(
+                X_FORWARDED_HOST.clone(),
+                host.unwrap_or_else(|| config.public_host.clone()),
+            );
+        }
+    } else {
+        headers.remove(&X_FORWARDED_FOR);
+        headers.remove(header::FORWARDED);
+        append_forwarded_for(headers, peer);
+        headers.insert(X_FORWARDED_PROTO.clone(), config.public_proto.clone());
+        headers.insert(
+            X_FORWARDED_HOST.clone(),
+            host.unwrap_or_else(|| config.public_host.clone()),
+        );
+    }
+    Ok(())
+}
+
+fn append_forwarded_for(headers: &mut HeaderMap, peer: Option<IpAddr>) {
+    let Some(ip) = peer else { return };
+    let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(existing) => format!("{existing}, {ip}"),
+        None => ip.to_string(),
+    };
+    if let Ok(v) = HeaderValue::try_from(value) {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+}
+
+/// Removes the session and login-binding cookies from `Cookie`, keeping the others.
+pub fn strip_own_cookies(headers: &mut HeaderMap, session_cookie: &str) {
+    if !headers.contains_key(header::COOKIE) {
+        return;
+    }
+    let is_ours = |pair: &str| {
+        let name = pair.split_once('=').map_or(pair, |(n, _)| n).trim();
+        name == session_cookie || name == LOGIN_COOKIE
+    };
+    let mut kept = String::new();
+    let mut any_ours = false;
+    for value in headers.get_all(header::COOKIE) {
+        let Ok(value) = value.to_str() else {
+            any_ours = true; // unreadable: drop rather than forward something we can't inspect
+            continue;
+        };
+        for pair in value.split(';') {
+            let pair = pair.trim();
+            if pair.is_empty() {
+                continue;
+            }
+            if is_ours(pair) {
+                any_ours = true;
+                continue;
+            }
+            if !kept.is_empty() {
+                kept.push_str("; ");
+            }
+            kept.push_str(pair);
+        }
+    }
+    if !any_ours && headers.get_all(header::COOKIE).iter().count() == 1 {
+        return;
+    }
+    headers.remove(header::COOKIE);
+    if !kept.is_empty()
+        && let Ok(v) = HeaderValue::try_from(kept)
+    {
+        headers.insert(header::COOKIE, v);
+    }
+}
+
+/// The upstream URI: the route's scheme and authority, its base path, and the
+/// request's path (without the prefix when `strip_prefix`) and query, unchanged.
+pub fn upstream_uri(uri: &Uri, route: &Route) -> Result<Uri, ApiError> {
+    let path = uri.path();
+    let rest = if route.strip_prefix {
+        &path[route.prefix.len()..]
+    } else {
+        path
+    };
+    let mut pq = String::with_capacity(
+        route.base_path.len() + rest.len() + 1 + uri.query().map_or(0, str::len),
+    );
+    pq.push_str(&route.base_path);
+    if !rest.starts_with('/') {
+        pq.push('/');
+    }
+    pq.push_str(rest);
+    if let Some(q) = uri.query() {
+        pq.push('?');
+        pq.push_str(q);
+    }
+    let pq = PathAndQuery::try_from(pq).map_err(|_| ApiError::invalid("invalid request path"))?;
+    Uri::builder()
+        .scheme(route.scheme.clone())
+        .authority(route.authority.clone())
+        .path_and_query(pq)
+        .build()
+        .map_err(|_| ApiError::invalid("invalid request path"))
+}
+
+/// Phase: clean the upstream's response headers.
+pub fn clean_response(headers: &mut HeaderMap) {
+    remove_hop_by_hop(headers);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::TokenKind;
+
+    fn route(prefix: &str, upstream: &str, strip: bool) -> Route {
+        let c = crate::config::RouteConfig {
+            prefix: prefix.into(),
+            upstream: url::Url::parse(upstream).unwrap(),
+            token: TokenKind::User,
+            strip_prefix: strip,
+            timeout: std::time::Duration::from_secs(1),
+        };
+        Route::from_config(&c).unwrap()
+    }
+
+    fn config() -> RewriteConfig {
+        RewriteConfig {
+            trusted_proxies: vec!["10.0.0.0/8".parse().unwrap()],
+            session_cookie: "__Host-portcullis".into(),
+            public_proto: HeaderValue::from_static("https"),
+            public_host: HeaderValue::from_static("app.example.com"),
+        }
+    }
+
+    #[test]
+    fn uris_keep_path_and_query() {
+        let r = route("/api", "http://up:9100", false);
+        let u = upstream_uri(&"/api/items?a=1&b=%2F".parse().unwrap(), &r).unwrap();
+        assert_eq!(u.to_string(), "http://up:9100/api/items?a=1&b=%2F");
+        let s = route("/api", "http://up:9100/v1/", true);
+        assert_eq!(
+            upstream_uri(&"/api/items".parse().unwrap(), &s)
+                .unwrap()
+                .to_string(),
+            "http://up:9100/v1/items"
+        );
+        assert_eq!(
+            upstream_uri(&"/api".parse().unwrap(), &s)
+                .unwrap()
+                .to_string(),
+            "http://up:9100/v1/"
+        );
+        assert_eq!(
+            upstream_uri(&"/api?x".parse().unwrap(), &s)
+                .unwrap()
+                .to_string(),
+            "http://up:9100/v1/?x"
+        );
+    }
+
+    #[test]
+    fn hygiene_on_the_way_up() {
+        let mut req = axum::http::Request::builder()
+            .uri("/api/x")
+            .header("host", "app.example.com")
+            .header("connection", "keep-alive, x-secret-hop")
+            .header("x-secret-hop", "1")
+            .header("keep-alive", "timeout=5")
+            .header("te", "trailers")
+            .header("upgrade", "websocket")
+            .header("proxy-authorization", "Basic x")
+            .header("authorization", "Bearer from-browser")
+            .header(
+                "cookie",
+                "__Host-portcullis=sess; theme=dark; __Host-portcullis-login=b",
+            )
+            .header("x-forwarded-for", "6.6.6.6")
+            .header("forwarded", "for=6.6.6.6")
+            .header("x-forwarded-host", "evil.com")
+            .header("x-end-to-end", "kept")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        let token = HeaderValue::from_static("Bearer AT");
+        rewrite_request(
+            &mut req,
+            &route("/api", "http://up:1", false),
+            Some(token),
+            Some("192.0.2.1".parse().unwrap()),
+            &config(),
+        )
+        .unwrap();
+        let h = &req.headers;
+        for gone in [
+            "connection",
+            "x-secret-hop",
+            "keep-alive",
+            "te",
+            "upgrade",
+            "proxy-authorization",
+            "forwarded",
+            "host",
+        ] {
+            assert!(!h.contains_key(gone), "{gone} forwarded");
+        }
+        assert_eq!(h["authorization"], "Bearer AT");
+        assert_eq!(h["cookie"], "theme=dark");
+        assert_eq!(h["x-forwarded-for"], "192.0.2.1");
+        assert_eq!(h["x-forwarded-host"], "app.example.com");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-end-to-end"], "kept");
+    }
+
+    #[test]
+    fn trusted_proxies_may_supply_forwarded_headers() {
+        let mut req = axum::http::Request::builder()
+            .uri("/api/x")
+            .header("x-forwarded-for", "203.0.113.9")
+            .header("x-forwarded-proto", "https")
+            .header("cookie", "__Host-portcullis=only")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        rewrite_request(
+            &mut req,
+            &route("/api", "http://up:1", false),
+            None,
+            Some("10.1.2.3".parse().unwrap()),
+            &config(),
+        )
+        .unwrap();
+        assert_eq!(req.headers["x-forwarded-for"], "203.0.113.9, 10.1.2.3");
+        assert!(!req.headers.contains_key("cookie"));
+        assert!(!req.headers.contains_key("authorization"));
+    }
+}

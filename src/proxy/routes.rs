@@ -1,0 +1,117 @@
+use std::time::Duration;
+
+use axum::http::uri::{Authority, Scheme};
+
+use crate::config::{RouteConfig, TokenKind};
+
+/// One API route, prepared for the hot path.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub prefix: String,
+    pub token: TokenKind,
+    pub strip_prefix: bool,
+    pub timeout: Duration,
+    pub scheme: Scheme,
+    pub authority: Authority,
+    /// The upstream URL's path without a trailing slash ("" for the root).
+    pub base_path: String,
+}
+
+impl Route {
+    pub fn from_config(c: &RouteConfig) -> Result<Self, String> {
+        let scheme = Scheme::try_from(c.upstream.scheme()).map_err(|e| e.to_string())?;
+        let host = c.upstream.host_str().ok_or("upstream has no host")?;
+        let authority = match c.upstream.port() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_owned(),
+        };
+        let authority = Authority::try_from(authority.as_str()).map_err(|e| e.to_string())?;
+        Ok(Self {
+            prefix: c.prefix.clone(),
+            token: c.token,
+            strip_prefix: c.strip_prefix,
+            timeout: c.timeout,
+            scheme,
+            authority,
+            base_path: c.upstream.path().trim_end_matches('/').to_owned(),
+        })
+    }
+
+    /// Does this route serve `path`? Prefixes match on segment boundaries.
+    pub fn serves(&self, path: &str) -> bool {
+        path.strip_prefix(self.prefix.as_str())
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    }
+
+    /// For logs: the upstream's address, nothing more.
+    pub fn upstream_label(&self) -> String {
+        format!("{}://{}", self.scheme, self.authority)
+    }
+}
+
+/// Routes, longest prefix first.
+#[derive(Debug, Clone, Default)]
+pub struct RouteTable {
+    routes: Vec<Route>,
+}
+
+impl RouteTable {
+    pub fn from_config(routes: &[RouteConfig]) -> Result<Self, String> {
+        let mut routes = routes
+            .iter()
+            .map(Route::from_config)
+            .collect::<Result<Vec<_>, _>>()?;
+        routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
+        Ok(Self { routes })
+    }
+
+    /// Phase: the route serving `path`, if any.
+    pub fn matching(&self, path: &str) -> Option<&Route> {
+        self.routes.iter().find(|r| r.serves(path))
+    }
+
+    /// Is `path` under any route prefix? (Such paths never fall back to the SPA.)
+    pub fn covers(&self, path: &str) -> bool {
+        self.matching(path).is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> RouteTable {
+        let toml = r#"
+            [server]
+            public_origin = "http://127.0.0.1:8080"
+            [oidc]
+            issuer = "http://127.0.0.1:9090"
+            client_id = "c"
+            client_secret = "s"
+            [session]
+            keys = ["AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"]
+            [[routes]]
+            prefix = "/api"
+            upstream = "http://127.0.0.1:9100"
+            [[routes]]
+            prefix = "/api/admin"
+            upstream = "http://127.0.0.1:9200/base/"
+            token = "none"
+        "#;
+        let config = crate::config::Config::from_toml(toml, []).unwrap();
+        RouteTable::from_config(&config.routes).unwrap()
+    }
+
+    #[test]
+    fn longest_prefix_on_segment_boundaries() {
+        let t = table();
+        assert_eq!(t.matching("/api").unwrap().prefix, "/api");
+        assert_eq!(t.matching("/api/x").unwrap().prefix, "/api");
+        assert_eq!(t.matching("/api/admin/users").unwrap().prefix, "/api/admin");
+        assert_eq!(t.matching("/api/adminx").unwrap().prefix, "/api");
+        assert!(t.matching("/apix").is_none());
+        assert!(t.matching("/").is_none());
+        assert!(t.matching("/ap").is_none());
+        assert_eq!(t.matching("/api/admin").unwrap().base_path, "/base");
+    }
+}

@@ -1,0 +1,170 @@
+//! Browser-facing defences: return-URL validation (no open redirector), the CSRF
+//! header check, and the security headers on everything Portcullis answers itself.
+//!
+//! CSRF model: the session cookie is `SameSite=Strict`, and every call that uses the
+//! session must carry `X-CSRF: 1`. A custom header can't be sent cross-origin without
+//! a CORS preflight, which Portcullis never approves for foreign origins, so a forged
+//! cross-site request never carries it. This module must never trust a header for
+//! anything but a refusal.
+
+use axum::extract::Request;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::Response;
+
+use crate::error::ApiError;
+
+/// Longest accepted `returnUrl`.
+const MAX_RETURN_URL: usize = 2048;
+
+/// Accepts `returnUrl` only when it is a path on this origin.
+///
+/// Refused: anything that does not start with a single `/` (absolute URLs, schemes,
+/// `//host`), backslashes (`/\host` is `//host` to browsers), control characters and
+/// whitespace (browsers strip tabs and newlines, so `/\t/host` would become `//host`),
+/// non-ASCII, and anything that still resolves off-origin when joined to the public
+/// origin.
+pub fn validate_return_url(value: &str, origin: &url::Url) -> Result<String, &'static str> {
+    if value.is_empty() {
+        return Err("returnUrl is empty");
+    }
+    if value.len() > MAX_RETURN_URL {
+        return Err("returnUrl is too long");
+    }
+    if !value.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+        return Err("returnUrl contains whitespace, control or non-ASCII characters");
+    }
+    if value.contains('\\') {
+        return Err("returnUrl contains a backslash");
+    }
+    if !value.starts_with('/') || value.starts_with("//") {
+        return Err("returnUrl must be a local path starting with a single '/'");
+    }
+    let lower = value.to_ascii_lowercase();
+    if lower.starts_with("/%2f") || lower.starts_with("/%5c") {
+        return Err("returnUrl must be a local path starting with a single '/'");
+    }
+    let joined = origin
+        .join(value)
+        .map_err(|_| "returnUrl is not a valid path")?;
+    if joined.origin() != origin.origin() {
+        return Err("returnUrl leaves this origin");
+    }
+    Ok(value.to_owned())
+}
+
+/// The CSRF header every call that uses the session must carry.
+pub const CSRF_HEADER: HeaderName = HeaderName::from_static("x-csrf");
+
+/// Requires `X-CSRF: 1`.
+pub fn check_csrf_header(headers: &HeaderMap) -> Result<(), ApiError> {
+    match headers.get(&CSRF_HEADER) {
+        Some(v) if v.as_bytes() == b"1" => Ok(()),
+        Some(_) => Err(ApiError::Csrf("the X-CSRF header must be \"1\"")),
+        None => Err(ApiError::Csrf("the X-CSRF: 1 header is required")),
+    }
+}
+
+/// Headers on every `/bff/*` answer: never cached, never framed, never sniffed,
+/// no referrer (codes and state must not leak).
+pub async fn bff_headers(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let h = response.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    frame_and_sniff(h);
+    response
+}
+
+/// Headers on everything Portcullis serves itself: never framed, never sniffed.
+pub fn frame_and_sniff(h: &mut HeaderMap) {
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    if !h.contains_key(header::CONTENT_SECURITY_POLICY) {
+        h.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("frame-ancestors 'none'"),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn origin() -> url::Url {
+        url::Url::parse("https://app.example.com").unwrap()
+    }
+
+    #[test]
+    fn local_paths_are_accepted() {
+        for ok in [
+            "/",
+            "/dashboard",
+            "/a/b?c=d&e=%2F#frag",
+            "/path;x=1",
+            "/~user",
+            "/a//b",
+        ] {
+            assert_eq!(
+                validate_return_url(ok, &origin()).as_deref(),
+                Ok(ok),
+                "{ok}"
+            );
+        }
+    }
+
+    #[test]
+    fn anything_that_can_leave_the_origin_is_refused() {
+        let attacks = [
+            "https://evil.com",
+            "http://evil.com/",
+            "//evil.com",
+            "///evil.com",
+            "/\\evil.com",
+            "\\\\evil.com",
+            "\\/evil.com",
+            "javascript:alert(1)",
+            "data:text/html,x",
+            "evil.com",
+            "/\t/evil.com",
+            "/\n/evil.com",
+            "/\r\n/evil.com",
+            "\u{0}/",
+            " /",
+            "/ ",
+            "/%2F%2Fevil.com",
+            "/%2f/evil.com",
+            "/%5Cevil.com",
+            "/\u{3000}/evil.com",
+            "/ƒoo",
+            "",
+            "https:evil.com",
+            "HTTPS://EVIL.COM",
+        ];
+        for bad in attacks {
+            assert!(
+                validate_return_url(bad, &origin()).is_err(),
+                "accepted {bad:?}"
+            );
+        }
+        assert!(validate_return_url(&format!("/{}", "a".repeat(3000)), &origin()).is_err());
+    }
+
+    #[test]
+    fn csrf_header_must_be_exactly_one() {
+        let mut h = HeaderMap::new();
+        assert!(check_csrf_header(&h).is_err());
+        h.insert(CSRF_HEADER, HeaderValue::from_static("0"));
+        assert!(check_csrf_header(&h).is_err());
+        h.insert(CSRF_HEADER, HeaderValue::from_static("1"));
+        assert!(check_csrf_header(&h).is_ok());
+    }
+}

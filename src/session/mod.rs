@@ -1,0 +1,211 @@
+//! Sessions: the record, the [`SessionStore`] trait and its backends, the cookie, and
+//! encryption of tokens at rest.
+//!
+//! The browser holds only an opaque 256-bit random id ([`SessionId`]). Stores never
+//! see that id: they key sessions by its SHA-256 ([`SessionKey`]), so a copy of the
+//! store can't be replayed as cookies. Tokens are sealed with AES-256-GCM
+//! ([`cipher`]) before they reach any store, bound to the session key. This module
+//! must never log an id, a cookie value or a token.
+
+pub mod cipher;
+pub mod cookie;
+mod memory;
+mod record;
+mod sqlite;
+mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use memory::MemoryStore;
+pub use record::{PendingLogin, SessionId, SessionKey, SessionRecord, Tokens, now_secs};
+pub use sqlite::SqliteStore;
+pub use store::{SessionFilter, SessionStore, Store, StoreError};
+
+use crate::config::{SessionConfig, StoreKind};
+use cipher::{CipherError, TokenCipher};
+
+/// Why a session ended; the audit log and metrics carry it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    Logout,
+    Replaced,
+    Revoked,
+    IdleTimeout,
+    AbsoluteTimeout,
+    Unreadable,
+}
+
+impl EndReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Logout => "logout",
+            Self::Replaced => "replaced_by_login",
+            Self::Revoked => "revoked",
+            Self::IdleTimeout => "idle_timeout",
+            Self::AbsoluteTimeout => "absolute_timeout",
+            Self::Unreadable => "unreadable",
+        }
+    }
+}
+
+/// What a new session is made of, after a successful login.
+pub struct NewSession {
+    pub sub: String,
+    pub sid: Option<String>,
+    pub claims: serde_json::Map<String, serde_json::Value>,
+    pub tokens: Tokens,
+    /// When the refresh token expires, if the provider said; caps the session.
+    pub refresh_expires_at: Option<i64>,
+}
+
+/// Sessions as the rest of Portcullis sees them: the store plus the rules
+/// (timeouts, encryption, touch policy).
+pub struct Sessions {
+    store: Store,
+    cipher: TokenCipher,
+    idle: i64,
+    absolute: i64,
+    /// Rewrite `last_seen` only when it is at least this old: a read-mostly hot path
+    /// instead of a write per request, at the price of an idle timeout that may run
+    /// up to this much longer.
+    touch_after: i64,
+}
+
+impl Sessions {
+    pub fn new(store: Store, cipher: TokenCipher, config: &SessionConfig) -> Self {
+        let idle = secs(config.idle_timeout);
+        Self {
+            store,
+            cipher,
+            idle,
+            absolute: secs(config.absolute_timeout),
+            touch_after: (idle / 30).clamp(1, 60),
+        }
+    }
+
+    /// Opens the configured store.
+    pub async fn open(config: &SessionConfig) -> Result<Self, String> {
+        let cipher = TokenCipher::from_config(&config.keys)?;
+        let store = match config.store {
+            StoreKind::Memory => Store::Memory(MemoryStore::new()),
+            StoreKind::Sqlite => Store::Sqlite(
+                SqliteStore::open(&config.sqlite_path)
+                    .await
+                    .map_err(|e| format!("session.sqlite_path: {e}"))?,
+            ),
+            StoreKind::Redis => return Err("session.store: redis is not supported yet".into()),
+        };
+        Ok(Self::new(store, cipher, config))
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn idle_timeout_secs(&self) -> i64 {
+        self.idle
+    }
+
+    /// Creates a session with a fresh id and stores it.
+    pub async fn create(
+        &self,
+        new: NewSession,
+    ) -> Result<(SessionId, Arc<SessionRecord>), StoreError> {
+        let id = SessionId::generate();
+        let key = id.key();
+        let now = now_secs();
+        let mut expires_at = now + self.absolute;
+        if let Some(refresh_end) = new.refresh_expires_at {
+            expires_at = expires_at.min(refresh_end);
+        }
+        let sealed = self.seal_tokens(&key, &new.tokens);
+        let record = SessionRecord {
+            key,
+            sub: new.sub,
+            sid: new.sid,
+            claims: serde_json::Value::Object(new.claims).to_string(),
+            sealed_tokens: sealed,
+            created_at: now,
+            last_seen: now,
+            expires_at,
+            version: 1,
+        };
+        let record = Arc::new(record);
+        self.store.insert(record.clone()).await?;
+        Ok((id, record))
+    }
+
+    /// Loads the live session named by `id`. An expired session is deleted and
+    /// reported as absent; a used one has its idle clock reset (see `touch_after`).
+    pub async fn load(&self, id: &SessionId) -> Result<Option<Arc<SessionRecord>>, StoreError> {
+        let key = id.key();
+        let Some(record) = self.store.get(&key).await? else {
+            return Ok(None);
+        };
+        let now = now_secs();
+        if let Some(reason) = self.expired(&record, now) {
+            if self.store.remove(&key).await?.is_some() {
+                crate::telemetry::audit_session_ended(reason, &record);
+            }
+            return Ok(None);
+        }
+        if now - record.last_seen >= self.touch_after {
+            self.store.touch(&key, now).await?;
+        }
+        Ok(Some(record))
+    }
+
+    fn expired(&self, record: &SessionRecord, now: i64) -> Option<EndReason> {
+        if now >= record.expires_at {
+            Some(EndReason::AbsoluteTimeout)
+        } else if now >= record.last_seen + self.idle {
+            Some(EndReason::IdleTimeout)
+        } else {
+            None
+        }
+    }
+
+    /// Seconds until the session ends if it stays idle from now on.
+    pub fn expires_in(&self, record: &SessionRecord) -> i64 {
+        let now = now_secs();
+        (record.expires_at.min(now + self.idle) - now).max(0)
+    }
+
+    /// Ends a session. Returns the removed record, if it was there.
+    pub async fn end(
+        &self,
+        key: &SessionKey,
+        reason: EndReason,
+    ) -> Result<Option<Arc<SessionRecord>>, StoreError> {
+        let removed = self.store.remove(key).await?;
+        if let Some(record) = &removed {
+            crate::telemetry::audit_session_ended(reason, record);
+        }
+        Ok(removed)
+    }
+
+    pub fn open_tokens(&self, record: &SessionRecord) -> Result<Tokens, CipherError> {
+        let plain = self
+            .cipher
+            .open(&record.sealed_tokens, record.key.as_bytes())?;
+        serde_json::from_slice(&plain).map_err(|_| CipherError::Malformed)
+    }
+
+    fn seal_tokens(&self, key: &SessionKey, tokens: &Tokens) -> Vec<u8> {
+        let plain = serde_json::to_vec(tokens).expect("tokens serialize");
+        self.cipher.seal(&plain, key.as_bytes())
+    }
+
+    /// Deletes sessions past their idle or absolute timeout; returns how many.
+    pub async fn sweep(&self) -> Result<usize, StoreError> {
+        self.store.remove_expired(now_secs(), self.idle).await
+    }
+}
+
+fn secs(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX / 4)
+}
+
+#[cfg(test)]
+mod store_tests;

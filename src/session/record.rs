@@ -1,0 +1,208 @@
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use aws_lc_rs::digest;
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::{Deserialize, Serialize};
+
+/// Seconds since the Unix epoch.
+pub fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// The opaque session id the browser holds: 256 random bits, base64url in the cookie.
+/// Its `Debug` never prints it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SessionId([u8; 32]);
+
+impl SessionId {
+    pub fn generate() -> Self {
+        let mut id = [0u8; 32];
+        SystemRandom::new()
+            .fill(&mut id)
+            .expect("the system random generator failed");
+        Self(id)
+    }
+
+    /// Parses a cookie value; anything but 43 base64url characters of 32 bytes is refused.
+    pub fn parse(value: &str) -> Option<Self> {
+        if value.len() != 43 {
+            return None;
+        }
+        let mut id = [0u8; 32];
+        let n = URL_SAFE_NO_PAD.decode_slice(value, &mut id).ok()?;
+        (n == 32).then_some(Self(id))
+    }
+
+    pub fn to_cookie_value(&self) -> String {
+        URL_SAFE_NO_PAD.encode(self.0)
+    }
+
+    /// The key under which stores keep this session: SHA-256 of the id.
+    pub fn key(&self) -> SessionKey {
+        SessionKey::hash(&self.0)
+    }
+}
+
+impl std::fmt::Debug for SessionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionId(***)")
+    }
+}
+
+/// SHA-256 of a session id (or of a login `state`): what stores key by.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SessionKey([u8; 32]);
+
+impl SessionKey {
+    pub fn hash(secret: &[u8]) -> Self {
+        let mut key = [0u8; 32];
+        key.copy_from_slice(digest::digest(&digest::SHA256, secret).as_ref());
+        Self(key)
+    }
+
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// A short, non-reversible label for logs: the first 8 bytes of SHA-256 of the
+    /// key, hex. Never the id, never the key itself.
+    pub fn log_label(&self) -> String {
+        let d = digest::digest(&digest::SHA256, &self.0);
+        d.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+impl std::fmt::Debug for SessionKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SessionKey({})", self.log_label())
+    }
+}
+
+/// A session as stores keep it. Tokens are sealed; claims are plain JSON text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    pub key: SessionKey,
+    /// The user's subject identifier at the provider.
+    pub sub: String,
+    /// The provider's session id (`sid` claim), for back-channel logout.
+    pub sid: Option<String>,
+    /// The user's claims (ID token + userinfo) as a JSON object, without tokens.
+    pub claims: String,
+    /// The [`Tokens`], sealed by the token cipher with `key` as associated data.
+    pub sealed_tokens: Vec<u8>,
+    pub created_at: i64,
+    pub last_seen: i64,
+    /// Absolute end: login time + absolute timeout, capped by the refresh token's lifetime.
+    pub expires_at: i64,
+    /// Bumped on every token update.
+    pub version: u64,
+}
+
+/// The user's tokens; only ever stored sealed. `Debug` prints no token.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Tokens {
+    pub access_token: String,
+    #[serde(default)]
+    pub token_type: String,
+    /// When the access token expires (Unix seconds), if the provider said.
+    #[serde(default)]
+    pub access_expires_at: Option<i64>,
+    #[serde(default)]
+    pub refresh_token: Option<String>,
+    #[serde(default)]
+    pub id_token: Option<String>,
+    #[serde(default)]
+    pub scope: Option<String>,
+}
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokens")
+            .field("token_type", &self.token_type)
+            .field("access_expires_at", &self.access_expires_at)
+            .field("has_refresh_token", &self.refresh_token.is_some())
+            .field("scope", &self.scope)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A login in progress, from `/bff/login` to `/bff/callback`, keyed by the hash of its `state`.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PendingLogin {
+    /// SHA-256 of the browser-binding cookie's value (base64url).
+    pub binding: String,
+    pub pkce_verifier: String,
+    pub nonce: String,
+    pub return_url: String,
+    pub expires_at: i64,
+}
+
+impl std::fmt::Debug for PendingLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingLogin")
+            .field("return_url", &self.return_url)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_round_trip_through_the_cookie_value() {
+        let id = SessionId::generate();
+        let value = id.to_cookie_value();
+        assert_eq!(value.len(), 43);
+        assert!(
+            value
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        );
+        assert_eq!(SessionId::parse(&value), Some(id.clone()));
+        assert_eq!(SessionId::parse(&value).unwrap().key(), id.key());
+        assert_ne!(SessionId::generate(), id);
+    }
+
+    #[test]
+    fn malformed_cookie_values_are_refused() {
+        let good = SessionId::generate().to_cookie_value();
+        for bad in [
+            "",
+            "abc",
+            &good[..42],
+            &format!("{good}A"),
+            &good.replace(|_| true, "!"),
+        ] {
+            assert!(SessionId::parse(bad).is_none(), "{bad:?}");
+        }
+        let padded = format!("{}=", &good[..42]);
+        assert!(SessionId::parse(&padded).is_none());
+    }
+
+    #[test]
+    fn debug_never_prints_secrets() {
+        let id = SessionId::generate();
+        assert!(!format!("{id:?}").contains(&id.to_cookie_value()));
+        let t = Tokens {
+            access_token: "AT-secret".into(),
+            token_type: "Bearer".into(),
+            access_expires_at: None,
+            refresh_token: Some("RT-secret".into()),
+            id_token: Some("IDT-secret".into()),
+            scope: None,
+        };
+        let shown = format!("{t:?}");
+        assert!(!shown.contains("secret"), "{shown}");
+    }
+}

@@ -1,0 +1,276 @@
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{PendingLogin, SessionFilter, SessionKey, SessionRecord, SessionStore, StoreError};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS sessions (
+    key         BLOB PRIMARY KEY,
+    sub         TEXT NOT NULL,
+    sid         TEXT,
+    claims      TEXT NOT NULL,
+    tokens      BLOB NOT NULL,
+    created_at  INTEGER NOT NULL,
+    last_seen   INTEGER NOT NULL,
+    expires_at  INTEGER NOT NULL,
+    version     INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS sessions_sub ON sessions(sub);
+CREATE INDEX IF NOT EXISTS sessions_sid ON sessions(sid) WHERE sid IS NOT NULL;
+CREATE INDEX IF NOT EXISTS sessions_expires ON sessions(expires_at);
+CREATE TABLE IF NOT EXISTS pending_logins (
+    key         BLOB PRIMARY KEY,
+    data        TEXT NOT NULL,
+    expires_at  INTEGER NOT NULL
+) WITHOUT ROWID;
+";
+
+/// Sessions in a SQLite file (WAL). Survives restarts; one host only.
+///
+/// rusqlite is blocking, so every operation runs on tokio's blocking pool with a
+/// connection taken from a small pool (WAL lets readers run beside the writer).
+pub struct SqliteStore {
+    pool: Arc<Pool>,
+}
+
+struct Pool {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl Pool {
+    fn connect(path: &Path) -> rusqlite::Result<Connection> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        Ok(conn)
+    }
+
+    fn run<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+        let conn = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let conn = match conn {
+            Some(c) => c,
+            None => Self::connect(&self.path).map_err(unavailable)?,
+        };
+        let result = f(&conn).map_err(unavailable);
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < 8 {
+            idle.push(conn);
+        }
+        result
+    }
+}
+
+fn unavailable(e: rusqlite::Error) -> StoreError {
+    StoreError::Unavailable(format!("sqlite: {e}"))
+}
+
+impl SqliteStore {
+    pub async fn open(path: &Path) -> Result<Self, String> {
+        let path = path.to_owned();
+        tokio::task::spawn_blocking(move || {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            }
+            let conn =
+                Pool::connect(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+            conn.execute_batch(SCHEMA)
+                .map_err(|e| format!("cannot create schema: {e}"))?;
+            Ok(Self {
+                pool: Arc::new(Pool {
+                    path,
+                    idle: Mutex::new(vec![conn]),
+                }),
+            })
+        })
+        .await
+        .map_err(|e| format!("open task failed: {e}"))?
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let pool = self.pool.clone();
+        tokio::task::spawn_blocking(move || pool.run(f))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("sqlite task failed: {e}")))?
+    }
+}
+
+const COLUMNS: &str = "key, sub, sid, claims, tokens, created_at, last_seen, expires_at, version";
+
+fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<Arc<SessionRecord>> {
+    let key: Vec<u8> = row.get(0)?;
+    let key = <[u8; 32]>::try_from(key.as_slice()).map_err(|_| {
+        rusqlite::Error::FromSqlConversionFailure(
+            0,
+            rusqlite::types::Type::Blob,
+            "key is not 32 bytes".into(),
+        )
+    })?;
+    Ok(Arc::new(SessionRecord {
+        key: SessionKey::from_bytes(key),
+        sub: row.get(1)?,
+        sid: row.get(2)?,
+        claims: row.get(3)?,
+        sealed_tokens: row.get(4)?,
+        created_at: row.get(5)?,
+        last_seen: row.get(6)?,
+        expires_at: row.get(7)?,
+        version: row.get::<_, i64>(8)? as u64,
+    }))
+}
+
+impl SessionStore for SqliteStore {
+    async fn get(&self, key: &SessionKey) -> Result<Option<Arc<SessionRecord>>, StoreError> {
+        let key = *key;
+        self.blocking(move |c| {
+            c.prepare_cached(&format!("SELECT {COLUMNS} FROM sessions WHERE key = ?1"))?
+                .query_row([key.as_bytes().as_slice()], row_to_record)
+                .optional()
+        })
+        .await
+    }
+
+    async fn insert(&self, record: Arc<SessionRecord>) -> Result<(), StoreError> {
+        self.blocking(move |c| {
+            c.prepare_cached(&format!(
+                "INSERT OR REPLACE INTO sessions ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+            ))?
+            .execute(params![
+                record.key.as_bytes().as_slice(),
+                record.sub,
+                record.sid,
+                record.claims,
+                record.sealed_tokens,
+                record.created_at,
+                record.last_seen,
+                record.expires_at,
+                record.version as i64,
+            ])
+            .map(drop)
+        })
+        .await
+    }
+
+    async fn touch(&self, key: &SessionKey, last_seen: i64) -> Result<(), StoreError> {
+        let key = *key;
+        self.blocking(move |c| {
+            c.prepare_cached("UPDATE sessions SET last_seen = max(last_seen, ?2) WHERE key = ?1")?
+                .execute(params![key.as_bytes().as_slice(), last_seen])
+                .map(drop)
+        })
+        .await
+    }
+
+    async fn remove(&self, key: &SessionKey) -> Result<Option<Arc<SessionRecord>>, StoreError> {
+        let key = *key;
+        self.blocking(move |c| {
+            c.prepare_cached(&format!(
+                "DELETE FROM sessions WHERE key = ?1 RETURNING {COLUMNS}"
+            ))?
+            .query_row([key.as_bytes().as_slice()], row_to_record)
+            .optional()
+        })
+        .await
+    }
+
+    async fn find(&self, filter: &SessionFilter) -> Result<Vec<Arc<SessionRecord>>, StoreError> {
+        let filter = filter.clone();
+        self.blocking(move |c| {
+            let (sql, arg) = match &filter {
+                SessionFilter::All => (format!("SELECT {COLUMNS} FROM sessions"), None),
+                SessionFilter::Sid(sid) => (
+                    format!("SELECT {COLUMNS} FROM sessions WHERE sid = ?1"),
+                    Some(sid),
+                ),
+                SessionFilter::Sub(sub) => (
+                    format!("SELECT {COLUMNS} FROM sessions WHERE sub = ?1"),
+                    Some(sub),
+                ),
+            };
+            let mut stmt = c.prepare_cached(&sql)?;
+            let rows = match arg {
+                Some(a) => stmt
+                    .query_map([a], row_to_record)?
+                    .collect::<rusqlite::Result<Vec<_>>>()?,
+                None => stmt
+                    .query_map([], row_to_record)?
+                    .collect::<rusqlite::Result<Vec<_>>>()?,
+            };
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn remove_expired(&self, now: i64, idle: i64) -> Result<usize, StoreError> {
+        self.blocking(move |c| {
+            let n = c.execute(
+                "DELETE FROM sessions WHERE expires_at <= ?1 OR last_seen + ?2 <= ?1",
+                params![now, idle],
+            )?;
+            c.execute("DELETE FROM pending_logins WHERE expires_at <= ?1", [now])?;
+            Ok(n)
+        })
+        .await
+    }
+
+    async fn put_pending(
+        &self,
+        key: SessionKey,
+        pending: PendingLogin,
+        max: usize,
+    ) -> Result<(), StoreError> {
+        let data = serde_json::to_string(&pending).expect("pending login serializes");
+        let now = super::now_secs();
+        let full = self
+            .blocking(move |c| {
+                let live: i64 = c
+                    .prepare_cached("SELECT count(*) FROM pending_logins WHERE expires_at > ?1")?
+                    .query_row([now], |r| r.get(0))?;
+                if live as usize >= max {
+                    c.execute("DELETE FROM pending_logins WHERE expires_at <= ?1", [now])?;
+                    return Ok(true);
+                }
+                c.prepare_cached("INSERT OR REPLACE INTO pending_logins (key, data, expires_at) VALUES (?1, ?2, ?3)")?
+                    .execute(params![key.as_bytes().as_slice(), data, pending.expires_at])?;
+                Ok(false)
+            })
+            .await?;
+        if full {
+            Err(StoreError::PendingFull)
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn take_pending(
+        &self,
+        key: &SessionKey,
+        now: i64,
+    ) -> Result<Option<PendingLogin>, StoreError> {
+        let key = *key;
+        let row: Option<(String, i64)> = self
+            .blocking(move |c| {
+                c.prepare_cached(
+                    "DELETE FROM pending_logins WHERE key = ?1 RETURNING data, expires_at",
+                )?
+                .query_row([key.as_bytes().as_slice()], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
+            })
+            .await?;
+        Ok(row
+            .filter(|(_, expires_at)| now < *expires_at)
+            .and_then(|(data, _)| serde_json::from_str(&data).ok()))
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.blocking(|c| c.query_row("SELECT 1", [], |_| Ok(())))
+            .await
+    }
+}

@@ -1,0 +1,160 @@
+use std::future::Future;
+use std::sync::Arc;
+
+use super::{MemoryStore, PendingLogin, SessionKey, SessionRecord, SqliteStore};
+
+/// A store failure: the store is unreachable or broken. Never "not found".
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("session store unavailable: {0}")]
+    Unavailable(String),
+    #[error("too many pending logins")]
+    PendingFull,
+}
+
+impl From<StoreError> for crate::error::ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(detail) => Self::StoreUnavailable(detail),
+            StoreError::PendingFull => Self::RateLimited {
+                retry_after_secs: 5,
+            },
+        }
+    }
+}
+
+/// Which sessions an administrative lookup or a logout is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionFilter {
+    All,
+    /// Sessions of one provider session (`sid` claim).
+    Sid(String),
+    /// Sessions of one user (`sub` claim).
+    Sub(String),
+}
+
+impl SessionFilter {
+    pub fn matches(&self, record: &SessionRecord) -> bool {
+        match self {
+            Self::All => true,
+            Self::Sid(sid) => record.sid.as_deref() == Some(sid),
+            Self::Sub(sub) => record.sub == *sub,
+        }
+    }
+}
+
+/// Where sessions and pending logins live. Every backend passes the same test suite
+/// (`store_tests`). Implementations must not block the async runtime, must not
+/// interpret the sealed tokens, and keep pending logins single-use.
+pub trait SessionStore: Send + Sync + 'static {
+    fn get(
+        &self,
+        key: &SessionKey,
+    ) -> impl Future<Output = Result<Option<Arc<SessionRecord>>, StoreError>> + Send;
+
+    /// Inserts or replaces the session with this key.
+    fn insert(
+        &self,
+        record: Arc<SessionRecord>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Records use at `last_seen` (idle timeout). A missing session is not an error.
+    fn touch(
+        &self,
+        key: &SessionKey,
+        last_seen: i64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Removes a session and returns it, if it was there.
+    fn remove(
+        &self,
+        key: &SessionKey,
+    ) -> impl Future<Output = Result<Option<Arc<SessionRecord>>, StoreError>> + Send;
+
+    /// The sessions matching `filter`, in no particular order.
+    fn find(
+        &self,
+        filter: &SessionFilter,
+    ) -> impl Future<Output = Result<Vec<Arc<SessionRecord>>, StoreError>> + Send;
+
+    /// Removes sessions whose absolute expiry has passed or which were idle for `idle` seconds.
+    fn remove_expired(
+        &self,
+        now: i64,
+        idle: i64,
+    ) -> impl Future<Output = Result<usize, StoreError>> + Send;
+
+    /// Keeps a pending login under `key` (the hash of its `state`); refuses with
+    /// [`StoreError::PendingFull`] when `max` live pending logins exist.
+    fn put_pending(
+        &self,
+        key: SessionKey,
+        pending: PendingLogin,
+        max: usize,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Removes and returns the pending login under `key`, unless it has expired by `now`.
+    fn take_pending(
+        &self,
+        key: &SessionKey,
+        now: i64,
+    ) -> impl Future<Output = Result<Option<PendingLogin>, StoreError>> + Send;
+
+    /// Checks the store answers (readiness).
+    fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// The configured backend. An enum rather than a trait object: the hot path stays
+/// free of boxed futures.
+pub enum Store {
+    Memory(MemoryStore),
+    Sqlite(SqliteStore),
+}
+
+macro_rules! dispatch {
+    ($self:ident, $s:ident => $call:expr) => {
+        match $self {
+            Store::Memory($s) => $call.await,
+            Store::Sqlite($s) => $call.await,
+        }
+    };
+}
+
+impl SessionStore for Store {
+    async fn get(&self, key: &SessionKey) -> Result<Option<Arc<SessionRecord>>, StoreError> {
+        dispatch!(self, s => s.get(key))
+    }
+    async fn insert(&self, record: Arc<SessionRecord>) -> Result<(), StoreError> {
+        dispatch!(self, s => s.insert(record))
+    }
+    async fn touch(&self, key: &SessionKey, last_seen: i64) -> Result<(), StoreError> {
+        dispatch!(self, s => s.touch(key, last_seen))
+    }
+    async fn remove(&self, key: &SessionKey) -> Result<Option<Arc<SessionRecord>>, StoreError> {
+        dispatch!(self, s => s.remove(key))
+    }
+    async fn find(&self, filter: &SessionFilter) -> Result<Vec<Arc<SessionRecord>>, StoreError> {
+        dispatch!(self, s => s.find(filter))
+    }
+    async fn remove_expired(&self, now: i64, idle: i64) -> Result<usize, StoreError> {
+        dispatch!(self, s => s.remove_expired(now, idle))
+    }
+    async fn put_pending(
+        &self,
+        key: SessionKey,
+        pending: PendingLogin,
+        max: usize,
+    ) -> Result<(), StoreError> {
+        dispatch!(self, s => s.put_pending(key, pending, max))
+    }
+    async fn take_pending(
+        &self,
+        key: &SessionKey,
+        now: i64,
+    ) -> Result<Option<PendingLogin>, StoreError> {
+        dispatch!(self, s => s.take_pending(key, now))
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        dispatch!(self, s => s.ping())
+    }
+}

@@ -1,0 +1,282 @@
+//! One test suite for every [`SessionStore`] backend. A new backend is added to
+//! `store_suite!` below and must pass all of it unchanged.
+
+use std::sync::Arc;
+
+use super::*;
+
+fn record(sub: &str, sid: Option<&str>, now: i64) -> Arc<SessionRecord> {
+    Arc::new(SessionRecord {
+        key: SessionId::generate().key(),
+        sub: sub.into(),
+        sid: sid.map(Into::into),
+        claims: format!(r#"{{"sub":"{sub}"}}"#),
+        sealed_tokens: vec![1, 2, 3, 4],
+        created_at: now,
+        last_seen: now,
+        expires_at: now + 3600,
+        version: 1,
+    })
+}
+
+fn pending(expires_at: i64) -> PendingLogin {
+    PendingLogin {
+        binding: "b".into(),
+        pkce_verifier: "v".into(),
+        nonce: "n".into(),
+        return_url: "/".into(),
+        expires_at,
+    }
+}
+
+pub async fn insert_get_remove(store: impl SessionStore) {
+    let now = now_secs();
+    let r = record("alice", Some("sid-1"), now);
+    assert!(store.get(&r.key).await.unwrap().is_none());
+    store.insert(r.clone()).await.unwrap();
+    assert_eq!(store.get(&r.key).await.unwrap().as_deref(), Some(&*r));
+    assert_eq!(store.remove(&r.key).await.unwrap().as_deref(), Some(&*r));
+    assert!(store.get(&r.key).await.unwrap().is_none());
+    assert!(store.remove(&r.key).await.unwrap().is_none());
+}
+
+pub async fn insert_replaces(store: impl SessionStore) {
+    let now = now_secs();
+    let r = record("alice", None, now);
+    store.insert(r.clone()).await.unwrap();
+    let mut updated = (*r).clone();
+    updated.sealed_tokens = vec![9; 40];
+    updated.version = 2;
+    store.insert(Arc::new(updated.clone())).await.unwrap();
+    assert_eq!(store.get(&r.key).await.unwrap().as_deref(), Some(&updated));
+}
+
+pub async fn touch_moves_last_seen_forward_only(store: impl SessionStore) {
+    let now = now_secs();
+    let r = record("alice", None, now);
+    store.insert(r.clone()).await.unwrap();
+    store.touch(&r.key, now + 100).await.unwrap();
+    assert_eq!(
+        store.get(&r.key).await.unwrap().unwrap().last_seen,
+        now + 100
+    );
+    store
+        .touch(&SessionId::generate().key(), now)
+        .await
+        .unwrap();
+}
+
+pub async fn find_by_sid_and_sub(store: impl SessionStore) {
+    let now = now_secs();
+    let a1 = record("alice", Some("s1"), now);
+    let a2 = record("alice", Some("s2"), now);
+    let b = record("bob", Some("s3"), now);
+    for r in [&a1, &a2, &b] {
+        store.insert(r.clone()).await.unwrap();
+    }
+    let keys = |v: Vec<Arc<SessionRecord>>| {
+        let mut k: Vec<_> = v.iter().map(|r| *r.key.as_bytes()).collect();
+        k.sort();
+        k
+    };
+    let mut alice = vec![*a1.key.as_bytes(), *a2.key.as_bytes()];
+    alice.sort();
+    assert_eq!(
+        keys(
+            store
+                .find(&SessionFilter::Sub("alice".into()))
+                .await
+                .unwrap()
+        ),
+        alice
+    );
+    assert_eq!(
+        keys(store.find(&SessionFilter::Sid("s3".into())).await.unwrap()),
+        vec![*b.key.as_bytes()]
+    );
+    assert!(
+        store
+            .find(&SessionFilter::Sid("nope".into()))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(store.find(&SessionFilter::All).await.unwrap().len(), 3);
+}
+
+pub async fn expired_sessions_are_swept(store: impl SessionStore) {
+    let now = now_secs();
+    let live = record("alice", None, now);
+    let mut absolute = (*record("bob", None, now)).clone();
+    absolute.expires_at = now - 1;
+    let mut idle = (*record("carol", None, now)).clone();
+    idle.last_seen = now - 2000;
+    store.insert(live.clone()).await.unwrap();
+    store.insert(Arc::new(absolute.clone())).await.unwrap();
+    store.insert(Arc::new(idle.clone())).await.unwrap();
+    assert_eq!(store.remove_expired(now, 1800).await.unwrap(), 2);
+    assert!(store.get(&live.key).await.unwrap().is_some());
+    assert!(store.get(&absolute.key).await.unwrap().is_none());
+    assert!(store.get(&idle.key).await.unwrap().is_none());
+}
+
+pub async fn pending_logins_are_single_use(store: impl SessionStore) {
+    let now = now_secs();
+    let key = SessionKey::hash(b"state-1");
+    store
+        .put_pending(key, pending(now + 600), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.take_pending(&key, now).await.unwrap(),
+        Some(pending(now + 600))
+    );
+    assert_eq!(store.take_pending(&key, now).await.unwrap(), None);
+}
+
+pub async fn pending_logins_expire(store: impl SessionStore) {
+    let now = now_secs();
+    let key = SessionKey::hash(b"state-2");
+    store.put_pending(key, pending(now + 5), 10).await.unwrap();
+    assert_eq!(store.take_pending(&key, now + 10).await.unwrap(), None);
+}
+
+pub async fn pending_logins_are_capped(store: impl SessionStore) {
+    let now = now_secs();
+    for i in 0..3u8 {
+        store
+            .put_pending(SessionKey::hash(&[i]), pending(now + 600), 3)
+            .await
+            .unwrap();
+    }
+    let err = store
+        .put_pending(SessionKey::hash(b"one more"), pending(now + 600), 3)
+        .await;
+    assert!(matches!(err, Err(StoreError::PendingFull)), "{err:?}");
+    store
+        .take_pending(&SessionKey::hash(&[0]), now)
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .put_pending(SessionKey::hash(b"one more"), pending(now + 600), 3)
+        .await
+        .unwrap();
+}
+
+pub async fn concurrent_sessions_do_not_interfere(store: impl SessionStore) {
+    let store = Arc::new(store);
+    let now = now_secs();
+    let mut tasks = Vec::new();
+    for i in 0..32 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let r = record(&format!("user{i}"), None, now);
+            store.insert(r.clone()).await.unwrap();
+            assert_eq!(
+                store.get(&r.key).await.unwrap().unwrap().sub,
+                format!("user{i}")
+            );
+            r.key
+        }));
+    }
+    for t in tasks {
+        let key = t.await.unwrap();
+        assert!(store.get(&key).await.unwrap().is_some());
+    }
+    store.ping().await.unwrap();
+}
+
+macro_rules! store_suite {
+    ($backend:ident, $make:expr) => {
+        mod $backend {
+            #[allow(unused_imports)]
+            use super::*;
+            store_suite!(@tests $make; insert_get_remove, insert_replaces,
+                touch_moves_last_seen_forward_only, find_by_sid_and_sub,
+                expired_sessions_are_swept, pending_logins_are_single_use,
+                pending_logins_expire, pending_logins_are_capped,
+                concurrent_sessions_do_not_interfere);
+        }
+    };
+    (@tests $make:expr; $($name:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let (store, _guard) = $make.await;
+                super::$name(store).await;
+            }
+        )*
+    };
+}
+
+async fn memory() -> (MemoryStore, ()) {
+    (MemoryStore::new(), ())
+}
+
+async fn sqlite() -> (SqliteStore, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("sessions.db"))
+        .await
+        .unwrap();
+    (store, dir)
+}
+
+store_suite!(memory_store, memory());
+store_suite!(sqlite_store, sqlite());
+
+#[tokio::test]
+async fn sqlite_keeps_sessions_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    let r = record("alice", Some("sid"), now_secs());
+    {
+        let store = SqliteStore::open(&path).await.unwrap();
+        store.insert(r.clone()).await.unwrap();
+    }
+    let store = SqliteStore::open(&path).await.unwrap();
+    assert_eq!(store.get(&r.key).await.unwrap().as_deref(), Some(&*r));
+}
+
+#[tokio::test]
+async fn sqlite_file_holds_no_plaintext_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = crate::config::SessionConfig {
+        store: crate::config::StoreKind::Sqlite,
+        sqlite_path: dir.path().join("s.db"),
+        keys: vec![crate::config::Secret::new(cipher::generate_key())],
+        ..Default::default()
+    };
+    let sessions = Sessions::open(&config).await.unwrap();
+    let tokens = Tokens {
+        access_token: "AT-plaintext-marker".into(),
+        token_type: "Bearer".into(),
+        access_expires_at: None,
+        refresh_token: Some("RT-plaintext-marker".into()),
+        id_token: None,
+        scope: None,
+    };
+    let (id, _) = sessions
+        .create(NewSession {
+            sub: "alice".into(),
+            sid: None,
+            claims: Default::default(),
+            tokens: tokens.clone(),
+            refresh_expires_at: None,
+        })
+        .await
+        .unwrap();
+    let loaded = sessions.load(&id).await.unwrap().unwrap();
+    assert_eq!(sessions.open_tokens(&loaded).unwrap(), tokens);
+    drop(sessions);
+    let mut bytes = Vec::new();
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        bytes.extend(std::fs::read(entry.unwrap().path()).unwrap());
+    }
+    assert!(!bytes.windows(16).any(|w| w == b"plaintext-marker"));
+    assert!(
+        !bytes
+            .windows(43)
+            .any(|w| w == id.to_cookie_value().as_bytes())
+    );
+}
