@@ -108,8 +108,16 @@ test('login, API call and logout through Portcullis in a real browser', { timeou
     assert.equal(session.path, '/', 'Path=/');
     assert.equal(session.domain, '127.0.0.1', 'host-only cookie (no Domain)');
     assert.match(session.value, /^[A-Za-z0-9_-]{43}$/, 'opaque 256-bit base64url id');
+    // Besides the session cookie, only the short-lived login-binding cookie (shared by
+    // tabs that log in at once; SameSite=Lax so it returns on the provider's redirect).
     const portcullisCookies = cookies.filter((c) => c.domain === '127.0.0.1');
-    assert.deepEqual(portcullisCookies.map((c) => c.name), [COOKIE], 'the only cookie of Portcullis');
+    assert.deepEqual(portcullisCookies.map((c) => c.name).sort(), [COOKIE, `${COOKIE}-login`].sort());
+    const binding = cookies.find((c) => c.name === `${COOKIE}-login`);
+    assert.equal(binding.httpOnly, true, 'binding cookie HttpOnly');
+    assert.equal(binding.secure, true, 'binding cookie Secure');
+    assert.equal(binding.sameSite, 'Lax', 'binding cookie SameSite=Lax');
+    assert.ok(binding.expires > 0 && binding.expires < Date.now() / 1000 + 3600, 'binding cookie is short-lived');
+    assert.notEqual(binding.value, session.value);
 
     // 5. no token anywhere the page's scripts can see: not the exact values the provider issued
     //    (its /test/issued endpoint), no JWT, not the session cookie's value

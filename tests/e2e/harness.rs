@@ -1,0 +1,906 @@
+//! The end-to-end harness: a real OpenID provider (npm `oidc-provider`, started from
+//! `demo/provider/provider.mjs`), a real HTTP upstream that records what it receives,
+//! the real `portcullis` binary, and a cookie-keeping "browser" with redirects off.
+//!
+//! ```ignore
+//! let env = Env::builder().store("sqlite").start().await;
+//! let browser = env.browser();
+//! browser.login(&env, "alice", "alice", "/").await;
+//! ```
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+
+pub const CLIENT_ID: &str = "portcullis-test";
+pub const CLIENT_SECRET: &str = "portcullis-test-secret-0123456789";
+pub const API_CLIENT_ID: &str = "test-api";
+pub const API_CLIENT_SECRET: &str = "test-api-secret";
+pub const COOKIE: &str = "__Host-portcullis";
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A free TCP port on 127.0.0.1 (bound then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn random_key() -> String {
+    portcullis::session::cipher::generate_key()
+}
+
+// ---------------------------------------------------------------- provider
+
+/// The test OpenID provider, a child process stopped on drop.
+pub struct Provider {
+    pub issuer: String,
+    child: Child,
+}
+
+impl Provider {
+    pub fn start(config: Value) -> Self {
+        let root = repo_root();
+        assert!(
+            root.join("demo/provider/node_modules/oidc-provider")
+                .is_dir(),
+            "demo/provider/node_modules is missing: run ./scripts/test.sh (or `npm ci` in demo/provider)"
+        );
+        let mut child = Command::new("node")
+            .arg(root.join("demo/provider/provider.mjs"))
+            .env("PROVIDER_CONFIG", config.to_string())
+            .current_dir(&root)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("node must be installed to run the test provider");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(issuer) = line.strip_prefix("READY ") {
+                    let _ = tx.send(issuer.trim().to_owned());
+                }
+            }
+        });
+        let issuer = rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("the test provider did not print READY within 20 s"));
+        Self { issuer, child }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.issuer)
+    }
+
+    /// The provider's discovery document.
+    pub async fn discovery(&self) -> Value {
+        reqwest::get(self.url("/.well-known/openid-configuration"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// RFC 7662 introspection as the API client: is this access token active?
+    pub async fn introspect(&self, token: &str) -> Value {
+        let endpoint = self.discovery().await["introspection_endpoint"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        reqwest::Client::new()
+            .post(endpoint)
+            .basic_auth(API_CLIENT_ID, Some(API_CLIENT_SECRET))
+            .form(&[("token", token)])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Every opaque token and code the provider issued for `sub`.
+    pub async fn issued_values(&self, sub: &str) -> Vec<String> {
+        let v: Value = reqwest::get(self.url(&format!("/test/issued?sub={sub}")))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v.as_object()
+            .unwrap()
+            .values()
+            .flat_map(|list| list.as_array().cloned().unwrap_or_default())
+            .filter_map(|t| t.as_str().map(str::to_owned))
+            .collect()
+    }
+}
+
+impl Drop for Provider {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------- upstream
+
+/// What the upstream received.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: Method,
+    pub path_and_query: String,
+    pub headers: HeaderMap,
+    pub body_len: usize,
+    pub body_sha256: String,
+}
+
+/// A real HTTP upstream on a free port. It records every request and answers
+/// according to the path:
+/// - `/…/slow…` waits 3 s first;
+/// - `/…/download?bytes=N` streams N bytes;
+/// - anything else: JSON describing the request, with hop-by-hop headers added to
+///   the response (which Portcullis must drop).
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Upstream {
+    pub async fn start() -> Self {
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let record = seen.clone();
+        let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
+            let record = record.clone();
+            async move { upstream_answer(request, record).await }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        Self { addr, seen, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn requests(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn last(&self) -> Seen {
+        self.requests()
+            .pop()
+            .expect("the upstream received no request")
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn upstream_answer(
+    request: axum::extract::Request,
+    record: Arc<Mutex<Vec<Seen>>>,
+) -> axum::response::Response {
+    let (parts, body) = request.into_parts();
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    let mut len = 0;
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.unwrap();
+        len += chunk.len();
+        ctx.update(&chunk);
+    }
+    let sha = hex(ctx.finish().as_ref());
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.to_string())
+        .unwrap_or_default();
+    record.lock().unwrap().push(Seen {
+        method: parts.method.clone(),
+        path_and_query: pq.clone(),
+        headers: parts.headers.clone(),
+        body_len: len,
+        body_sha256: sha.clone(),
+    });
+    let path = parts.uri.path();
+    if path.contains("/slow") {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    if path.ends_with("/download") {
+        let n: usize = parts
+            .uri
+            .query()
+            .and_then(|q| q.strip_prefix("bytes="))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        let chunks = futures_util::stream::iter((0..n).step_by(65536).map(move |start| {
+            let size = (n - start).min(65536);
+            Ok::<_, std::io::Error>(Bytes::from(vec![b'x'; size]))
+        }));
+        return axum::response::Response::builder()
+            .header("content-type", "application/octet-stream")
+            .body(Body::from_stream(chunks))
+            .unwrap();
+    }
+    let headers: serde_json::Map<String, Value> = parts
+        .headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                Value::String(v.to_str().unwrap_or("<binary>").to_owned()),
+            )
+        })
+        .collect();
+    let body = json!({
+        "method": parts.method.as_str(),
+        "path": pq,
+        "headers": headers,
+        "body_len": len,
+        "body_sha256": sha,
+    });
+    axum::response::Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "application/json")
+        .header("x-upstream", "yes")
+        .header("keep-alive", "timeout=5")
+        .header("proxy-authenticate", "Basic realm=x")
+        .header("x-hop-from-upstream", "should-be-dropped")
+        .header("connection", "x-hop-from-upstream")
+        .body(Body::from(body.to_string()))
+        .unwrap()
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes).as_ref())
+}
+
+// ---------------------------------------------------------------- gateway
+
+/// The `portcullis` binary, started with a config file; stopped on drop.
+pub struct Gateway {
+    pub origin: String,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    child: Option<Child>,
+}
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_portcullis")
+}
+
+impl Gateway {
+    pub fn start(port: u16, config: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("portcullis.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let mut gw = Self {
+            origin: format!("http://127.0.0.1:{port}"),
+            port,
+            dir,
+            config_path,
+            child: None,
+        };
+        gw.spawn();
+        gw
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(binary())
+            .args(["serve", "--config"])
+            .arg(&self.config_path)
+            .current_dir(self.dir.path())
+            .env("RUST_LOG", "info,portcullis=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("portcullis exited before it was ready: {status}");
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                let ok = status_probe(&format!("{}/healthz", self.origin));
+                if ok == Some(200) {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "portcullis not ready within 20 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGTERM, then wait for the process to exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while child.try_wait().unwrap().is_none() {
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.origin)
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A tiny blocking status probe (the harness's own readiness check).
+fn status_probe(url: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let url = ::url::Url::parse(url).ok()?;
+    let mut s = std::net::TcpStream::connect((url.host_str()?, url.port()?)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        s,
+        "GET {} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        url.path()
+    )
+    .ok()?;
+    let mut buf = [0u8; 32];
+    let n = s.read(&mut buf).ok()?;
+    std::str::from_utf8(&buf[..n])
+        .ok()?
+        .get(9..12)?
+        .parse()
+        .ok()
+}
+
+// ---------------------------------------------------------------- environment builder
+
+/// Provider + upstream + Portcullis, configured together.
+pub struct Env {
+    pub provider: Provider,
+    pub upstream: Upstream,
+    pub gateway: Gateway,
+    pub key: String,
+}
+
+pub struct EnvBuilder {
+    store: &'static str,
+    userinfo: bool,
+    access_token_ttl: u64,
+    extra_routes: String,
+    extra_session: String,
+    extra_oidc: String,
+    static_dir: Option<PathBuf>,
+    route_timeout: &'static str,
+    auth_method: &'static str,
+}
+
+impl Env {
+    pub fn builder() -> EnvBuilder {
+        EnvBuilder {
+            store: "memory",
+            userinfo: true,
+            access_token_ttl: 300,
+            extra_routes: String::new(),
+            extra_session: String::new(),
+            extra_oidc: String::new(),
+            static_dir: None,
+            route_timeout: "30s",
+            auth_method: "client_secret_basic",
+        }
+    }
+
+    pub fn browser(&self) -> Browser {
+        Browser::new()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        self.gateway.url(path)
+    }
+}
+
+impl EnvBuilder {
+    pub fn store(mut self, store: &'static str) -> Self {
+        self.store = store;
+        self
+    }
+    pub fn userinfo(mut self, on: bool) -> Self {
+        self.userinfo = on;
+        self
+    }
+    pub fn access_token_ttl(mut self, secs: u64) -> Self {
+        self.access_token_ttl = secs;
+        self
+    }
+    /// Extra `[[routes]]` TOML appended to the config.
+    pub fn routes(mut self, toml: &str) -> Self {
+        self.extra_routes.push_str(toml);
+        self
+    }
+    /// Extra lines in `[session]`.
+    pub fn session(mut self, toml: &str) -> Self {
+        self.extra_session.push_str(toml);
+        self
+    }
+    /// Extra lines in `[oidc]`.
+    pub fn oidc(mut self, toml: &str) -> Self {
+        self.extra_oidc.push_str(toml);
+        self
+    }
+    pub fn static_dir(mut self, dir: &Path) -> Self {
+        self.static_dir = Some(dir.to_owned());
+        self
+    }
+    pub fn route_timeout(mut self, t: &'static str) -> Self {
+        self.route_timeout = t;
+        self
+    }
+    pub fn auth_method(mut self, m: &'static str) -> Self {
+        self.auth_method = m;
+        self
+    }
+
+    pub async fn start(self) -> Env {
+        let port = free_port();
+        let origin = format!("http://127.0.0.1:{port}");
+        // The provider lives on `localhost`, Portcullis on `127.0.0.1`: two sites, as in production.
+        let provider = Provider::start(json!({
+            "port": 0,
+            "host": "127.0.0.1",
+            "issuerHost": "localhost",
+            "accessTokenTTL": self.access_token_ttl,
+            "clients": [
+                {
+                    "client_id": CLIENT_ID,
+                    "client_secret": CLIENT_SECRET,
+                    "token_endpoint_auth_method": self.auth_method,
+                    "grant_types": ["authorization_code", "refresh_token", "client_credentials"],
+                    "response_types": ["code"],
+                    "redirect_uris": [format!("{origin}/bff/callback")],
+                    "post_logout_redirect_uris": [format!("{origin}/")],
+                    "backchannel_logout_uri": format!("{origin}/bff/backchannel-logout"),
+                    "backchannel_logout_session_required": true
+                },
+                {
+                    "client_id": API_CLIENT_ID,
+                    "client_secret": API_CLIENT_SECRET,
+                    "token_endpoint_auth_method": "client_secret_basic",
+                    "grant_types": ["client_credentials"],
+                    "response_types": [],
+                    "redirect_uris": []
+                }
+            ]
+        }));
+        let upstream = Upstream::start().await;
+        let key = random_key();
+        let static_section = match &self.static_dir {
+            Some(dir) => format!(
+                "[static]\ndir = {:?}\nspa_fallback = true\n",
+                dir.to_str().unwrap()
+            ),
+            None => String::new(),
+        };
+        let config = format!(
+            r#"
+[server]
+listen = "127.0.0.1:{port}"
+public_origin = "{origin}"
+drain_timeout = "5s"
+
+[oidc]
+issuer = "{issuer}"
+client_id = "{CLIENT_ID}"
+client_secret = "{CLIENT_SECRET}"
+auth_method = "{auth_method}"
+scopes = ["openid", "profile", "email", "offline_access"]
+post_logout_redirect_uri = "{origin}/"
+userinfo = {userinfo}
+{extra_oidc}
+
+[session]
+store = "{store}"
+sqlite_path = "sessions.db"
+keys = ["{key}"]
+{extra_session}
+
+[[routes]]
+prefix = "/api"
+upstream = "{upstream}"
+token = "user"
+timeout = "{route_timeout}"
+
+[[routes]]
+prefix = "/public"
+upstream = "{upstream}"
+token = "none"
+strip_prefix = true
+
+[[routes]]
+prefix = "/maybe"
+upstream = "{upstream}"
+token = "user_or_none"
+{extra_routes}
+{static_section}
+"#,
+            issuer = provider.issuer,
+            auth_method = self.auth_method,
+            userinfo = self.userinfo,
+            extra_oidc = self.extra_oidc,
+            store = self.store,
+            extra_session = self.extra_session,
+            upstream = upstream.url(),
+            route_timeout = self.route_timeout,
+            extra_routes = self.extra_routes,
+        );
+        let gateway = Gateway::start(port, &config);
+        Env {
+            provider,
+            upstream,
+            gateway,
+            key,
+        }
+    }
+}
+
+// ---------------------------------------------------------------- browser
+
+/// An HTTP answer, read whole.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn location(&self) -> String {
+        self.headers
+            .get("location")
+            .unwrap_or_else(|| panic!("no Location in {} answer: {}", self.status, self.text()))
+            .to_str()
+            .unwrap()
+            .to_owned()
+    }
+    pub fn set_cookies(&self) -> Vec<String> {
+        self.headers
+            .get_all("set-cookie")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect()
+    }
+    pub fn sets_cookie(&self, name: &str) -> bool {
+        self.set_cookies()
+            .iter()
+            .any(|c| c.starts_with(&format!("{name}=")) && !c.contains("Max-Age=0"))
+    }
+    /// Asserts the contract's JSON error.
+    pub fn assert_error(&self, status: u16, code: &str) {
+        assert_eq!(self.status.as_u16(), status, "body: {}", self.text());
+        assert_eq!(self.json()["error"], code, "body: {}", self.text());
+        assert!(self.json()["error_description"].is_string());
+    }
+}
+
+/// A cookie-keeping client with redirects off. Cookies are kept per host:port and
+/// sent to that host:port only (attributes other than deletion are ignored).
+#[derive(Clone)]
+pub struct Browser {
+    client: reqwest::Client,
+    jar: Arc<Mutex<HashMap<String, Vec<(String, String)>>>>,
+}
+
+impl Default for Browser {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Browser {
+    pub fn new() -> Self {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(30))
+            // A fresh connection per request: a restarted gateway leaves no stale pool behind.
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap();
+        Self {
+            client,
+            jar: Arc::default(),
+        }
+    }
+
+    fn site(url: &::url::Url) -> String {
+        format!(
+            "{}:{}",
+            url.host_str().unwrap(),
+            url.port_or_known_default().unwrap()
+        )
+    }
+
+    pub fn cookie(&self, url: &str, name: &str) -> Option<String> {
+        let url = ::url::Url::parse(url).unwrap();
+        let jar = self.jar.lock().unwrap();
+        jar.get(&Self::site(&url))?
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+    }
+
+    pub fn set_cookie(&self, url: &str, name: &str, value: &str) {
+        let url = ::url::Url::parse(url).unwrap();
+        let mut jar = self.jar.lock().unwrap();
+        let cookies = jar.entry(Self::site(&url)).or_default();
+        cookies.retain(|(n, _)| n != name);
+        cookies.push((name.to_owned(), value.to_owned()));
+    }
+
+    pub fn clear_cookie(&self, url: &str, name: &str) {
+        let url = ::url::Url::parse(url).unwrap();
+        if let Some(c) = self.jar.lock().unwrap().get_mut(&Self::site(&url)) {
+            c.retain(|(n, _)| n != name);
+        }
+    }
+
+    pub async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Option<Body>,
+    ) -> Answer {
+        let parsed = ::url::Url::parse(url).unwrap();
+        let mut request = self.client.request(method, url);
+        let cookie_header = {
+            let jar = self.jar.lock().unwrap();
+            jar.get(&Self::site(&parsed)).map(|c| {
+                c.iter()
+                    .map(|(n, v)| format!("{n}={v}"))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })
+        };
+        if let Some(c) = cookie_header.filter(|c| !c.is_empty()) {
+            request = request.header("cookie", c);
+        }
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        if let Some(body) = body {
+            request = request.body(reqwest::Body::wrap_stream(body.into_data_stream()));
+        }
+        let response = request
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{url}: {e}"));
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.bytes().await.unwrap();
+        {
+            let mut jar = self.jar.lock().unwrap();
+            let cookies = jar.entry(Self::site(&parsed)).or_default();
+            for sc in headers.get_all("set-cookie") {
+                let c = cookie::Cookie::parse(sc.to_str().unwrap().to_owned()).unwrap();
+                cookies.retain(|(n, _)| n != c.name());
+                let deleted = c.value().is_empty()
+                    || c.max_age().is_some_and(|a| a.is_zero() || a.is_negative());
+                if !deleted {
+                    cookies.push((c.name().to_owned(), c.value().to_owned()));
+                }
+            }
+        }
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub async fn get(&self, url: &str) -> Answer {
+        self.send(Method::GET, url, &[], None).await
+    }
+
+    pub async fn get_with(&self, url: &str, headers: &[(&str, &str)]) -> Answer {
+        self.send(Method::GET, url, headers, None).await
+    }
+
+    /// `GET /bff/user` with the CSRF header.
+    pub async fn user(&self, env: &Env) -> Answer {
+        self.get_with(&env.url("/bff/user"), &[("x-csrf", "1")])
+            .await
+    }
+
+    pub async fn post_form(&self, url: &str, form: &[(&str, &str)]) -> Answer {
+        let body = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(form)
+            .finish();
+        self.send(
+            Method::POST,
+            url,
+            &[("content-type", "application/x-www-form-urlencoded")],
+            Some(Body::from(body)),
+        )
+        .await
+    }
+
+    /// Starts a login at Portcullis; returns the provider's authorization URL.
+    pub async fn start_login(&self, env: &Env, return_url: &str) -> String {
+        let q = form_urlencoded::Serializer::new(String::new())
+            .append_pair("returnUrl", return_url)
+            .finish();
+        let r = self.get(&env.url(&format!("/bff/login?{q}"))).await;
+        assert_eq!(r.status, 302, "login: {}", r.text());
+        let location = r.location();
+        assert!(
+            location.starts_with(&env.provider.issuer),
+            "login redirects to the provider: {location}"
+        );
+        location
+    }
+
+    /// Signs in at the provider from an authorization URL; returns the URL the
+    /// provider redirects back to (Portcullis's callback with code, state, iss).
+    pub async fn provider_login(&self, authorize_url: &str, user: &str, password: &str) -> String {
+        let mut url = authorize_url.to_owned();
+        for _ in 0..10 {
+            let r = self.get(&url).await;
+            assert!(
+                r.status.is_redirection() || r.status == 200,
+                "{url}: {} {}",
+                r.status,
+                r.text()
+            );
+            if r.status == 200 {
+                // The login form.
+                assert!(
+                    r.text().contains("login-form"),
+                    "expected the login form at {url}"
+                );
+                let action = format!("{}/login", url.split('?').next().unwrap());
+                let posted = self
+                    .post_form(&action, &[("login", user), ("password", password)])
+                    .await;
+                assert!(
+                    posted.status.is_redirection(),
+                    "login POST: {} {}",
+                    posted.status,
+                    posted.text()
+                );
+                url = resolve(&action, &posted.location());
+                continue;
+            }
+            let next = resolve(&url, &r.location());
+            if next.contains("/bff/callback") {
+                return next;
+            }
+            url = next;
+        }
+        panic!("the provider login did not come back to the callback");
+    }
+
+    /// The whole login: `/bff/login` → provider → `/bff/callback`. Returns the callback's answer.
+    pub async fn login(&self, env: &Env, user: &str, password: &str, return_url: &str) -> Answer {
+        let authorize = self.start_login(env, return_url).await;
+        let callback = self.provider_login(&authorize, user, password).await;
+        let r = self.get(&callback).await;
+        assert_eq!(r.status, 302, "callback: {}", r.text());
+        assert!(
+            r.sets_cookie(COOKIE),
+            "callback sets the session cookie: {:?}",
+            r.set_cookies()
+        );
+        r
+    }
+
+    pub fn session_cookie(&self, env: &Env) -> Option<String> {
+        self.cookie(&env.gateway.origin, COOKIE)
+    }
+}
+
+/// Resolves a Location against the URL it came from.
+pub fn resolve(base: &str, location: &str) -> String {
+    ::url::Url::parse(base)
+        .unwrap()
+        .join(location)
+        .unwrap()
+        .to_string()
+}
+
+/// The query parameters of a URL.
+pub fn query(url: &str) -> HashMap<String, String> {
+    ::url::Url::parse(url)
+        .unwrap()
+        .query_pairs()
+        .into_owned()
+        .collect()
+}
+
+/// Replaces (or adds, or with `None` removes) one query parameter.
+pub fn with_param(url: &str, name: &str, value: Option<&str>) -> String {
+    let mut u = ::url::Url::parse(url).unwrap();
+    let pairs: Vec<(String, String)> = u
+        .query_pairs()
+        .into_owned()
+        .filter(|(k, _)| k != name)
+        .collect();
+    {
+        let mut q = u.query_pairs_mut();
+        q.clear();
+        for (k, v) in &pairs {
+            q.append_pair(k, v);
+        }
+        if let Some(v) = value {
+            q.append_pair(name, v);
+        }
+    }
+    u.to_string()
+}
+
+pub fn header_value(v: &str) -> HeaderValue {
+    HeaderValue::from_str(v).unwrap()
+}

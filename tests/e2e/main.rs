@@ -1,0 +1,10 @@
+//! End-to-end tests: the real `portcullis` binary between a real OpenID provider
+//! (npm `oidc-provider`) and a real HTTP upstream, driven over HTTP.
+
+mod harness;
+
+mod callback_attacks;
+mod cli;
+mod login_flow;
+mod proxying;
+mod sessions;
