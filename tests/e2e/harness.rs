@@ -646,12 +646,15 @@ impl Answer {
     }
 }
 
+/// Cookies by `host:port`, as (name, value) pairs.
+type CookieJar = HashMap<String, Vec<(String, String)>>;
+
 /// A cookie-keeping client with redirects off. Cookies are kept per host:port and
 /// sent to that host:port only (attributes other than deletion are ignored).
 #[derive(Clone)]
 pub struct Browser {
     client: reqwest::Client,
-    jar: Arc<Mutex<HashMap<String, Vec<(String, String)>>>>,
+    jar: Arc<Mutex<CookieJar>>,
 }
 
 impl Default for Browser {
