@@ -53,6 +53,9 @@
 //                                             200 {"access_token":[..],"refresh_token":[..],
 //                                                  "authorization_code":[..],"client_credentials":[..]}
 //                                             (JWT access tokens are not listed: look for "eyJ".)
+//   GET  /test/grants?client_id=X            token endpoint grants of that client, counted by the
+//                                             provider: {"refresh_token": {"success": n, "error": m,
+//                                             "errors": {"invalid_grant": k}}, "authorization_code": …}
 //   GET  /test/health                         200 "ok"
 //
 // Prints exactly one line `READY <issuer>` on stdout once listening; everything else goes to
@@ -423,6 +426,24 @@ for (const kind of ['access_token', 'refresh_token', 'authorization_code', 'clie
   });
 }
 
+// -- token endpoint grants by client and grant_type, for /test/grants
+const grantCounts = new Map(); // clientId -> { [grant_type]: { success, error, errors: { [code]: n } } }
+function countGrant(ctx, err) {
+  const clientId = ctx.oidc?.client?.clientId ?? ctx.oidc?.params?.client_id ?? '(unknown)';
+  const type = ctx.oidc?.params?.grant_type ?? '(unknown)';
+  if (!grantCounts.has(clientId)) grantCounts.set(clientId, {});
+  const byType = grantCounts.get(clientId);
+  byType[type] ??= { success: 0, error: 0, errors: {} };
+  if (err) {
+    byType[type].error += 1;
+    byType[type].errors[err.error ?? err.message] = (byType[type].errors[err.error ?? err.message] ?? 0) + 1;
+  } else {
+    byType[type].success += 1;
+  }
+}
+provider.on('grant.success', (ctx) => countGrant(ctx));
+provider.on('grant.error', (ctx, err) => countGrant(ctx, err));
+
 // -- logging (stderr)
 function logErr(event) {
   provider.on(event, (ctx, err) => {
@@ -578,6 +599,11 @@ provider.use(async (ctx, next) => {
     }
     noStore(ctx);
     ctx.body = out;
+    return;
+  }
+  if (p === '/test/grants' && ctx.method === 'GET') {
+    noStore(ctx);
+    ctx.body = grantCounts.get(ctx.query.client_id) ?? {};
     return;
   }
   if (p === '/test/revoke-grants' && ctx.method === 'POST') {

@@ -175,6 +175,7 @@ pub async fn callback(
     let now = now_secs();
     let tokens = Tokens {
         access_expires_at: response.expires_in.map(|s| now + s),
+        access_issued_at: Some(now),
         access_token: response.access_token,
         token_type: response.token_type,
         refresh_token: response.refresh_token,

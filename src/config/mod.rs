@@ -225,6 +225,12 @@ pub struct RouteConfig {
     /// Remove the prefix from the path before forwarding. Default `false`.
     #[serde(default)]
     pub strip_prefix: bool,
+    /// Scopes of the client-credentials token (`client`, `user_or_client` routes).
+    #[serde(default)]
+    pub scopes: Option<Vec<String>>,
+    /// Resource indicator (RFC 8707) of the client-credentials token: the audience it is for.
+    #[serde(default)]
+    pub resource: Option<Url>,
     /// Time for the upstream to answer with its headers, connecting included
     /// (→ 504 `upstream_timeout`). Default `30s`.
     #[serde(default = "default_upstream_timeout", with = "humantime_serde")]
@@ -549,10 +555,12 @@ impl Config {
                     "must not have a query or fragment",
                 ));
             }
-            if matches!(route.token, TokenKind::Client | TokenKind::UserOrClient) {
+            if (route.scopes.is_some() || route.resource.is_some())
+                && !matches!(route.token, TokenKind::Client | TokenKind::UserOrClient)
+            {
                 return Err(invalid(
-                    &key("token"),
-                    "client tokens are not supported by this version",
+                    &key("scopes"),
+                    "scopes and resource apply to client tokens (token = \"client\" or \"user_or_client\")",
                 ));
             }
             if self.routes[..i].iter().any(|r| r.prefix == route.prefix) {

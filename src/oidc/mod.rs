@@ -218,12 +218,16 @@ impl Oidc {
     async fn token_request(
         &self,
         mut form: Vec<(&'static str, String)>,
+        timeout: Option<Duration>,
     ) -> Result<TokenResponse, OidcError> {
         let meta = self.metadata().await?;
-        let request = self
+        let mut request = self
             .http
             .post(&meta.token_endpoint)
             .header("accept", "application/json");
+        if let Some(timeout) = timeout {
+            request = request.timeout(timeout);
+        }
         let request = self.authenticate(request, &mut form);
         let response = request.form(&form).send().await?;
         parse_json_answer(response).await
@@ -236,25 +240,60 @@ impl Oidc {
         verifier: &str,
     ) -> Result<TokenResponse, OidcError> {
         let tokens = self
-            .token_request(vec![
-                ("grant_type", "authorization_code".into()),
-                ("code", code.into()),
-                ("redirect_uri", self.redirect_uri.clone()),
-                ("code_verifier", verifier.into()),
-            ])
+            .token_request(
+                vec![
+                    ("grant_type", "authorization_code".into()),
+                    ("code", code.into()),
+                    ("redirect_uri", self.redirect_uri.clone()),
+                    ("code_verifier", verifier.into()),
+                ],
+                None,
+            )
             .await?;
         tokens.check_bearer()?;
         Ok(tokens)
     }
 
     /// Uses a refresh token. The caller must make sure a refresh token is sent once.
-    pub async fn refresh(&self, refresh_token: &str) -> Result<TokenResponse, OidcError> {
+    ///
+    /// `timeout` is deliberately separate from `oidc.http_timeout`: once a refresh
+    /// request may have reached the provider, giving up on its answer risks losing a
+    /// rotated refresh token (the next attempt would reuse the old one, and the
+    /// provider would revoke the grant). So the refresh waits long for its answer,
+    /// while the requests that need it wait only `http_timeout`.
+    pub async fn refresh(
+        &self,
+        refresh_token: &str,
+        timeout: Duration,
+    ) -> Result<TokenResponse, OidcError> {
         let tokens = self
-            .token_request(vec![
-                ("grant_type", "refresh_token".into()),
-                ("refresh_token", refresh_token.into()),
-            ])
+            .token_request(
+                vec![
+                    ("grant_type", "refresh_token".into()),
+                    ("refresh_token", refresh_token.into()),
+                ],
+                Some(timeout),
+            )
             .await?;
+        tokens.check_bearer()?;
+        Ok(tokens)
+    }
+
+    /// A client-credentials token (RFC 6749 §4.4), optionally for a scope and a
+    /// resource (RFC 8707).
+    pub async fn client_credentials(
+        &self,
+        scope: Option<&str>,
+        resource: Option<&str>,
+    ) -> Result<TokenResponse, OidcError> {
+        let mut form = vec![("grant_type", "client_credentials".to_owned())];
+        if let Some(scope) = scope {
+            form.push(("scope", scope.to_owned()));
+        }
+        if let Some(resource) = resource {
+            form.push(("resource", resource.to_owned()));
+        }
+        let tokens = self.token_request(form, None).await?;
         tokens.check_bearer()?;
         Ok(tokens)
     }

@@ -12,6 +12,7 @@ pub mod rewrite;
 mod routes;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request};
@@ -78,24 +79,35 @@ pub async fn proxy(
 }
 
 /// Phase: decide which token the request carries. Routes that use the session
-/// require `X-CSRF: 1`; `user` routes require a live session.
+/// require `X-CSRF: 1`; `user` routes require a live session; `client` routes carry
+/// the gateway's own client-credentials token.
 pub async fn authorize(
-    gw: &Gateway,
+    gw: &Arc<Gateway>,
     route: &Route,
     headers: &axum::http::HeaderMap,
 ) -> Result<Option<HeaderValue>, ApiError> {
+    let client_token = || async {
+        let slot = route
+            .client_token
+            .as_ref()
+            .ok_or(ApiError::Internal("route has no client token".into()))?;
+        slot.authorization(&gw.oidc, gw.config.tokens.refresh_before)
+            .await
+            .map(Some)
+    };
     match route.token {
         TokenKind::None => Ok(None),
-        TokenKind::User | TokenKind::UserOrNone | TokenKind::UserOrClient | TokenKind::Client => {
-            let session = crate::bff::current_session(gw, headers).await?;
-            let Some((_, record)) = session else {
+        TokenKind::Client => client_token().await,
+        TokenKind::User | TokenKind::UserOrNone | TokenKind::UserOrClient => {
+            let Some((_, record)) = crate::bff::current_session(gw, headers).await? else {
                 return match route.token {
                     TokenKind::UserOrNone => Ok(None),
+                    TokenKind::UserOrClient => client_token().await,
                     _ => Err(ApiError::Unauthenticated),
                 };
             };
             crate::security::check_csrf_header(headers)?;
-            let tokens = gw.tokens.user_tokens(&gw.sessions, &record)?;
+            let tokens = gw.tokens.user_tokens(gw, &record).await?;
             let mut value = String::with_capacity(7 + tokens.access_token.len());
             value.push_str("Bearer ");
             value.push_str(&tokens.access_token);

@@ -206,6 +206,8 @@ mod tests {
             upstream: url::Url::parse(upstream).unwrap(),
             token: TokenKind::User,
             strip_prefix: strip,
+            scopes: None,
+            resource: None,
             timeout: std::time::Duration::from_secs(1),
         };
         Route::from_config(&c).unwrap()

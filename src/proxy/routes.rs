@@ -1,8 +1,10 @@
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::uri::{Authority, Scheme};
 
 use crate::config::{RouteConfig, TokenKind};
+use crate::tokens::ClientSlot;
 
 /// One API route, prepared for the hot path.
 #[derive(Debug, Clone)]
@@ -15,6 +17,14 @@ pub struct Route {
     pub authority: Authority,
     /// The upstream URL's path without a trailing slash ("" for the root).
     pub base_path: String,
+    /// The client-credentials token cache of `client` / `user_or_client` routes.
+    pub client_token: Option<Arc<ClientSlot>>,
+}
+
+impl std::fmt::Debug for ClientSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClientSlot")
+    }
 }
 
 impl Route {
@@ -34,6 +44,7 @@ impl Route {
             scheme,
             authority,
             base_path: c.upstream.path().trim_end_matches('/').to_owned(),
+            client_token: None,
         })
     }
 
@@ -57,10 +68,27 @@ pub struct RouteTable {
 
 impl RouteTable {
     pub fn from_config(routes: &[RouteConfig]) -> Result<Self, String> {
-        let mut routes = routes
-            .iter()
-            .map(Route::from_config)
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut slots: Vec<Arc<ClientSlot>> = Vec::new();
+        let mut built = Vec::with_capacity(routes.len());
+        for c in routes {
+            let mut route = Route::from_config(c)?;
+            if matches!(c.token, TokenKind::Client | TokenKind::UserOrClient) {
+                // Routes asking for the same scopes and resource share one cached token.
+                let scope = c.scopes.as_ref().map(|s| s.join(" "));
+                let resource = c.resource.as_ref().map(|r| r.to_string());
+                let slot = match slots.iter().find(|s| s.matches(&scope, &resource)) {
+                    Some(slot) => slot.clone(),
+                    None => {
+                        let slot = Arc::new(ClientSlot::new(scope, resource));
+                        slots.push(slot.clone());
+                        slot
+                    }
+                };
+                route.client_token = Some(slot);
+            }
+            built.push(route);
+        }
+        let mut routes = built;
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
         Ok(Self { routes })
     }

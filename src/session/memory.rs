@@ -1,4 +1,5 @@
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 
@@ -10,6 +11,7 @@ use super::{PendingLogin, SessionFilter, SessionKey, SessionRecord, SessionStore
 pub struct MemoryStore {
     sessions: DashMap<SessionKey, Arc<SessionRecord>>,
     pending: DashMap<SessionKey, PendingLogin>,
+    refresh_locks: DashMap<SessionKey, (String, Instant)>,
 }
 
 impl MemoryStore {
@@ -26,6 +28,16 @@ impl SessionStore for MemoryStore {
     async fn insert(&self, record: Arc<SessionRecord>) -> Result<(), StoreError> {
         self.sessions.insert(record.key, record);
         Ok(())
+    }
+
+    async fn update(&self, record: Arc<SessionRecord>) -> Result<bool, StoreError> {
+        match self.sessions.get_mut(&record.key) {
+            Some(mut entry) => {
+                *entry.value_mut() = record;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
     }
 
     async fn touch(&self, key: &SessionKey, last_seen: i64) -> Result<(), StoreError> {
@@ -83,6 +95,36 @@ impl SessionStore for MemoryStore {
             .remove(key)
             .map(|(_, p)| p)
             .filter(|p| now < p.expires_at))
+    }
+
+    async fn try_lock_refresh(
+        &self,
+        key: &SessionKey,
+        owner: &str,
+        lease_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let now = Instant::now();
+        let mut taken = false;
+        self.refresh_locks
+            .entry(*key)
+            .and_modify(|(holder, until)| {
+                if *until <= now {
+                    *holder = owner.to_owned();
+                    *until = now + Duration::from_millis(lease_ms);
+                    taken = true;
+                }
+            })
+            .or_insert_with(|| {
+                taken = true;
+                (owner.to_owned(), now + Duration::from_millis(lease_ms))
+            });
+        Ok(taken)
+    }
+
+    async fn unlock_refresh(&self, key: &SessionKey, owner: &str) -> Result<(), StoreError> {
+        self.refresh_locks
+            .remove_if(key, |_, (holder, _)| holder == owner);
+        Ok(())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -31,6 +31,10 @@ pub enum EndReason {
     Logout,
     Replaced,
     Revoked,
+    /// The provider refused the refresh token (`invalid_grant`): the grant is gone.
+    GrantRevoked,
+    /// The access token expired and there is no refresh token.
+    AccessExpired,
     IdleTimeout,
     AbsoluteTimeout,
     Unreadable,
@@ -42,6 +46,8 @@ impl EndReason {
             Self::Logout => "logout",
             Self::Replaced => "replaced_by_login",
             Self::Revoked => "revoked",
+            Self::GrantRevoked => "invalid_grant",
+            Self::AccessExpired => "access_token_expired",
             Self::IdleTimeout => "idle_timeout",
             Self::AbsoluteTimeout => "absolute_timeout",
             Self::Unreadable => "unreadable",
@@ -195,6 +201,23 @@ impl Sessions {
     fn seal_tokens(&self, key: &SessionKey, tokens: &Tokens) -> Vec<u8> {
         let plain = serde_json::to_vec(tokens).expect("tokens serialize");
         self.cipher.seal(&plain, key.as_bytes())
+    }
+
+    /// The record with new tokens (after a refresh): sealed, version bumped, its end
+    /// capped by the refresh token's lifetime when the provider said it.
+    pub fn with_tokens(
+        &self,
+        record: &SessionRecord,
+        tokens: &Tokens,
+        refresh_expires_at: Option<i64>,
+    ) -> SessionRecord {
+        let mut updated = record.clone();
+        updated.sealed_tokens = self.seal_tokens(&record.key, tokens);
+        updated.version += 1;
+        if let Some(end) = refresh_expires_at {
+            updated.expires_at = updated.expires_at.min(end);
+        }
+        updated
     }
 
     /// Deletes sessions past their idle or absolute timeout; returns how many.

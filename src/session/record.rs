@@ -116,6 +116,9 @@ pub struct Tokens {
     /// When the access token expires (Unix seconds), if the provider said.
     #[serde(default)]
     pub access_expires_at: Option<i64>,
+    /// When the access token was obtained (Unix seconds): with the expiry, its lifetime.
+    #[serde(default)]
+    pub access_issued_at: Option<i64>,
     #[serde(default)]
     pub refresh_token: Option<String>,
     #[serde(default)]
@@ -198,6 +201,7 @@ mod tests {
             access_token: "AT-secret".into(),
             token_type: "Bearer".into(),
             access_expires_at: None,
+            access_issued_at: None,
             refresh_token: Some("RT-secret".into()),
             id_token: Some("IDT-secret".into()),
             scope: None,

@@ -20,6 +20,11 @@ CREATE TABLE IF NOT EXISTS sessions (
 CREATE INDEX IF NOT EXISTS sessions_sub ON sessions(sub);
 CREATE INDEX IF NOT EXISTS sessions_sid ON sessions(sid) WHERE sid IS NOT NULL;
 CREATE INDEX IF NOT EXISTS sessions_expires ON sessions(expires_at);
+CREATE TABLE IF NOT EXISTS refresh_locks (
+    key         BLOB PRIMARY KEY,
+    owner       TEXT NOT NULL,
+    expires_ms  INTEGER NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS pending_logins (
     key         BLOB PRIMARY KEY,
     data        TEXT NOT NULL,
@@ -62,6 +67,12 @@ impl Pool {
         }
         result
     }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 fn unavailable(e: rusqlite::Error) -> StoreError {
@@ -158,6 +169,28 @@ impl SessionStore for SqliteStore {
         .await
     }
 
+    async fn update(&self, record: Arc<SessionRecord>) -> Result<bool, StoreError> {
+        self.blocking(move |c| {
+            c.prepare_cached(
+                "UPDATE sessions SET sub = ?2, sid = ?3, claims = ?4, tokens = ?5, created_at = ?6, \
+                 last_seen = max(last_seen, ?7), expires_at = ?8, version = ?9 WHERE key = ?1",
+            )?
+            .execute(params![
+                record.key.as_bytes().as_slice(),
+                record.sub,
+                record.sid,
+                record.claims,
+                record.sealed_tokens,
+                record.created_at,
+                record.last_seen,
+                record.expires_at,
+                record.version as i64,
+            ])
+            .map(|n| n == 1)
+        })
+        .await
+    }
+
     async fn touch(&self, key: &SessionKey, last_seen: i64) -> Result<(), StoreError> {
         let key = *key;
         self.blocking(move |c| {
@@ -215,6 +248,10 @@ impl SessionStore for SqliteStore {
                 params![now, idle],
             )?;
             c.execute("DELETE FROM pending_logins WHERE expires_at <= ?1", [now])?;
+            c.execute(
+                "DELETE FROM refresh_locks WHERE expires_ms <= ?1",
+                [now * 1000],
+            )?;
             Ok(n)
         })
         .await
@@ -235,6 +272,7 @@ impl SessionStore for SqliteStore {
                     .query_row([now], |r| r.get(0))?;
                 if live as usize >= max {
                     c.execute("DELETE FROM pending_logins WHERE expires_at <= ?1", [now])?;
+            c.execute("DELETE FROM refresh_locks WHERE expires_ms <= ?1", [now * 1000])?;
                     return Ok(true);
                 }
                 c.prepare_cached("INSERT OR REPLACE INTO pending_logins (key, data, expires_at) VALUES (?1, ?2, ?3)")?
@@ -267,6 +305,40 @@ impl SessionStore for SqliteStore {
         Ok(row
             .filter(|(_, expires_at)| now < *expires_at)
             .and_then(|(data, _)| serde_json::from_str(&data).ok()))
+    }
+
+    async fn try_lock_refresh(
+        &self,
+        key: &SessionKey,
+        owner: &str,
+        lease_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let key = *key;
+        let owner = owner.to_owned();
+        let now = now_ms();
+        self.blocking(move |c| {
+            // One statement: take the lock if it's free or its lease has run out.
+            let n = c
+                .prepare_cached(
+                    "INSERT INTO refresh_locks (key, owner, expires_ms) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT(key) DO UPDATE SET owner = excluded.owner, expires_ms = excluded.expires_ms \
+                     WHERE refresh_locks.expires_ms <= ?4",
+                )?
+                .execute(params![key.as_bytes().as_slice(), owner, now + lease_ms as i64, now])?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn unlock_refresh(&self, key: &SessionKey, owner: &str) -> Result<(), StoreError> {
+        let key = *key;
+        let owner = owner.to_owned();
+        self.blocking(move |c| {
+            c.prepare_cached("DELETE FROM refresh_locks WHERE key = ?1 AND owner = ?2")?
+                .execute(params![key.as_bytes().as_slice(), owner])
+                .map(drop)
+        })
+        .await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

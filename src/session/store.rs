@@ -58,6 +58,14 @@ pub trait SessionStore: Send + Sync + 'static {
         record: Arc<SessionRecord>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// Replaces an existing session (token refresh); returns `false`, and stores
+    /// nothing, when the session is gone — a refresh never brings back a session
+    /// that was logged out meanwhile.
+    fn update(
+        &self,
+        record: Arc<SessionRecord>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
     /// Records use at `last_seen` (idle timeout). A missing session is not an error.
     fn touch(
         &self,
@@ -100,6 +108,23 @@ pub trait SessionStore: Send + Sync + 'static {
         now: i64,
     ) -> impl Future<Output = Result<Option<PendingLogin>, StoreError>> + Send;
 
+    /// Takes the session's refresh lock for `lease_ms` unless someone else holds it.
+    /// `owner` is a random token naming the holder; an expired lease is free again,
+    /// so a crashed holder can't block the session for longer than the lease.
+    fn try_lock_refresh(
+        &self,
+        key: &SessionKey,
+        owner: &str,
+        lease_ms: u64,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Releases the refresh lock if `owner` still holds it (compare-and-delete).
+    fn unlock_refresh(
+        &self,
+        key: &SessionKey,
+        owner: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
     /// Checks the store answers (readiness).
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
@@ -127,6 +152,9 @@ impl SessionStore for Store {
     async fn insert(&self, record: Arc<SessionRecord>) -> Result<(), StoreError> {
         dispatch!(self, s => s.insert(record))
     }
+    async fn update(&self, record: Arc<SessionRecord>) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.update(record))
+    }
     async fn touch(&self, key: &SessionKey, last_seen: i64) -> Result<(), StoreError> {
         dispatch!(self, s => s.touch(key, last_seen))
     }
@@ -153,6 +181,17 @@ impl SessionStore for Store {
         now: i64,
     ) -> Result<Option<PendingLogin>, StoreError> {
         dispatch!(self, s => s.take_pending(key, now))
+    }
+    async fn try_lock_refresh(
+        &self,
+        key: &SessionKey,
+        owner: &str,
+        lease_ms: u64,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.try_lock_refresh(key, owner, lease_ms))
+    }
+    async fn unlock_refresh(&self, key: &SessionKey, owner: &str) -> Result<(), StoreError> {
+        dispatch!(self, s => s.unlock_refresh(key, owner))
     }
     async fn ping(&self) -> Result<(), StoreError> {
         dispatch!(self, s => s.ping())

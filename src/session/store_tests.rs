@@ -187,6 +187,82 @@ pub async fn concurrent_sessions_do_not_interfere(store: impl SessionStore) {
     store.ping().await.unwrap();
 }
 
+pub async fn update_only_replaces_live_sessions(store: impl SessionStore) {
+    let now = now_secs();
+    let r = record("alice", None, now);
+    assert!(
+        !store.update(r.clone()).await.unwrap(),
+        "update must not create"
+    );
+    assert!(store.get(&r.key).await.unwrap().is_none());
+    store.insert(r.clone()).await.unwrap();
+    let mut refreshed = (*r).clone();
+    refreshed.sealed_tokens = vec![7; 10];
+    refreshed.version = 2;
+    assert!(store.update(Arc::new(refreshed.clone())).await.unwrap());
+    assert_eq!(
+        store.get(&r.key).await.unwrap().unwrap().sealed_tokens,
+        vec![7; 10]
+    );
+    store.remove(&r.key).await.unwrap();
+    assert!(
+        !store.update(Arc::new(refreshed)).await.unwrap(),
+        "a logged-out session stays gone"
+    );
+    assert!(store.get(&r.key).await.unwrap().is_none());
+}
+
+pub async fn refresh_lock_is_exclusive_and_leased(store: impl SessionStore) {
+    let key = SessionId::generate().key();
+    let other = SessionId::generate().key();
+    assert!(store.try_lock_refresh(&key, "a", 60_000).await.unwrap());
+    assert!(
+        !store.try_lock_refresh(&key, "b", 60_000).await.unwrap(),
+        "held by a"
+    );
+    assert!(
+        store.try_lock_refresh(&other, "b", 60_000).await.unwrap(),
+        "locks are per session"
+    );
+    store.unlock_refresh(&key, "b").await.unwrap();
+    assert!(
+        !store.try_lock_refresh(&key, "b", 60_000).await.unwrap(),
+        "only the owner releases"
+    );
+    store.unlock_refresh(&key, "a").await.unwrap();
+    assert!(store.try_lock_refresh(&key, "b", 100).await.unwrap());
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    assert!(
+        store.try_lock_refresh(&key, "c", 60_000).await.unwrap(),
+        "an expired lease is free"
+    );
+    store.unlock_refresh(&key, "b").await.unwrap();
+    assert!(
+        !store.try_lock_refresh(&key, "d", 60_000).await.unwrap(),
+        "b's late release must not free c's lock"
+    );
+}
+
+pub async fn refresh_lock_admits_one_of_many(store: impl SessionStore) {
+    let store = Arc::new(store);
+    let key = SessionId::generate().key();
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .try_lock_refresh(&key, &format!("o{i}"), 60_000)
+                .await
+                .unwrap()
+        }));
+    }
+    let mut winners = 0;
+    for t in tasks {
+        winners += usize::from(t.await.unwrap());
+    }
+    assert_eq!(winners, 1);
+}
+
 macro_rules! store_suite {
     ($backend:ident, $make:expr) => {
         mod $backend {
@@ -196,7 +272,8 @@ macro_rules! store_suite {
                 touch_moves_last_seen_forward_only, find_by_sid_and_sub,
                 expired_sessions_are_swept, pending_logins_are_single_use,
                 pending_logins_expire, pending_logins_are_capped,
-                concurrent_sessions_do_not_interfere);
+                concurrent_sessions_do_not_interfere, update_only_replaces_live_sessions,
+                refresh_lock_is_exclusive_and_leased, refresh_lock_admits_one_of_many);
         }
     };
     (@tests $make:expr; $($name:ident),*) => {
@@ -252,6 +329,7 @@ async fn sqlite_file_holds_no_plaintext_token() {
         access_token: "AT-plaintext-marker".into(),
         token_type: "Bearer".into(),
         access_expires_at: None,
+        access_issued_at: None,
         refresh_token: Some("RT-plaintext-marker".into()),
         id_token: None,
         scope: None,

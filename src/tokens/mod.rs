@@ -1,43 +1,359 @@
 //! The token manager: hands out the access token a request should carry.
 //!
-//! This is where the token lifecycle lives: the user's token from the session, and
-//! (as the lifecycle grows) refresh ahead of expiry — single-flight per session and
-//! across instances — and client-credentials tokens. Callers ask for "the token of
-//! this session"; they never look at expiry or refresh themselves.
+//! **User tokens** are refreshed ahead of expiry (`tokens.refresh_before`, never more
+//! than half the token's lifetime). Providers rotate refresh tokens, and a rotated
+//! token used twice revokes the whole grant — the classic BFF "refresh race" that
+//! logs users out when a page fires many calls as the token expires. So:
+//!
+//! - **Single-flight per session.** However many requests of a session need a
+//!   refresh at once, one task performs it; the others wait on a watch channel and
+//!   take its result. Across processes the store's refresh lock (a lease with an
+//!   owner token, released by compare-and-delete) makes it one per session
+//!   cluster-wide; whoever gets the lock re-reads the session first, so a refresh
+//!   done elsewhere is reused, and a rotated refresh token is never sent again.
+//! - **Stored before released.** The new tokens are written to the store before any
+//!   waiter proceeds.
+//! - **Its own task.** The refresh is spawned, so a client hanging up can't cancel
+//!   it halfway and lose the new refresh token.
+//! - **Failures.** `invalid_grant` ends the session (`session_expired`). A provider
+//!   that is down, slow or answering 5xx keeps the session: the current token is
+//!   used while it is still valid (with a short back-off before the next try),
+//!   otherwise `idp_unavailable`; the next request tries again.
+//!
+//! **Client tokens** (client credentials) are cached per route scope/resource and
+//! refreshed ahead of expiry, one fetch at a time.
+
+mod client;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use tokio::sync::watch;
+
+pub use client::ClientSlot;
 
 use crate::error::ApiError;
-use crate::session::{SessionRecord, Sessions, Tokens, now_secs};
+use crate::oidc::OidcError;
+use crate::server::Gateway;
+use crate::session::{EndReason, SessionKey, SessionRecord, SessionStore, Tokens, now_secs};
 
-/// The token manager.
-pub struct TokenManager {}
+/// After the provider failed a refresh, sessions with a still-valid token don't
+/// retry for this long (so an outage doesn't slow every request down by a timeout).
+const UNAVAILABLE_BACKOFF: Duration = Duration::from_secs(5);
+/// How often a request waiting for another instance's refresh re-reads the session.
+const LOCK_POLL: Duration = Duration::from_millis(50);
+
+/// The result of one refresh, shared with every waiter.
+#[derive(Clone, Debug)]
+enum Outcome {
+    Fresh(Arc<Tokens>),
+    /// The grant is gone (`invalid_grant`) or the session ended meanwhile.
+    Ended,
+    ProviderDown(String),
+    StoreDown(String),
+}
+
+pub struct TokenManager {
+    refresh_before: i64,
+    /// How long a request waits for a refresh before it goes on without it.
+    wait: Duration,
+    /// How long the refresh itself waits for the provider's answer (see `Oidc::refresh`).
+    refresh_timeout: Duration,
+    /// The store refresh lock's lease: longer than any refresh can take.
+    lease: Duration,
+    inflight: Mutex<HashMap<SessionKey, watch::Receiver<Option<Outcome>>>>,
+    backoff: DashMap<SessionKey, Instant>,
+}
 
 impl TokenManager {
-    pub fn new() -> Self {
-        Self {}
+    /// `refresh_before`: how long before expiry to refresh; `provider_timeout`: the
+    /// time one provider call may take (the refresh lock's lease is derived from it).
+    pub fn new(refresh_before: Duration, provider_timeout: Duration) -> Self {
+        let refresh_timeout = (provider_timeout * 6).max(Duration::from_secs(60));
+        Self {
+            refresh_before: refresh_before.as_secs() as i64,
+            wait: provider_timeout,
+            refresh_timeout,
+            lease: refresh_timeout + Duration::from_secs(5),
+            inflight: Mutex::new(HashMap::new()),
+            backoff: DashMap::new(),
+        }
     }
 
-    /// The user's current tokens for `record`, or why there are none.
-    ///
-    /// An access token past its expiry is never forwarded: the session can't be
-    /// used for API calls any more and the client gets `session_expired`.
-    pub fn user_tokens(
+    /// Is it time to refresh these tokens?
+    pub fn needs_refresh(&self, tokens: &Tokens, now: i64) -> bool {
+        let Some(expires_at) = tokens.access_expires_at else {
+            return false;
+        };
+        let lifetime = tokens
+            .access_issued_at
+            .map_or(i64::MAX, |issued| (expires_at - issued).max(0));
+        let ahead = self.refresh_before.min(lifetime / 2);
+        now >= expires_at - ahead
+    }
+
+    /// The user's current tokens for `record`, refreshed if needed, or why there are none.
+    pub async fn user_tokens(
         &self,
-        sessions: &Sessions,
+        gw: &Arc<Gateway>,
         record: &SessionRecord,
     ) -> Result<Tokens, ApiError> {
-        let tokens = sessions.open_tokens(record).map_err(|e| {
+        let tokens = gw.sessions.open_tokens(record).map_err(|e| {
             tracing::warn!(session = %record.key.log_label(), error = %e, "session tokens can't be opened");
             ApiError::SessionExpired
         })?;
-        if tokens.access_expires_at.is_some_and(|t| t <= now_secs()) {
+        let now = now_secs();
+        if !self.needs_refresh(&tokens, now) {
+            return Ok(tokens);
+        }
+        let still_valid = tokens.access_expires_at.is_none_or(|e| e > now);
+        if tokens.refresh_token.is_none() {
+            if still_valid {
+                return Ok(tokens);
+            }
+            gw.sessions
+                .end(&record.key, EndReason::AccessExpired)
+                .await?;
             return Err(ApiError::SessionExpired);
         }
-        Ok(tokens)
+        if still_valid
+            && self
+                .backoff
+                .get(&record.key)
+                .is_some_and(|until| Instant::now() < *until)
+        {
+            return Ok(tokens);
+        }
+        match self.refresh(gw, record.key).await {
+            Outcome::Fresh(fresh) => {
+                self.backoff.remove(&record.key);
+                Ok((*fresh).clone())
+            }
+            Outcome::Ended => Err(ApiError::SessionExpired),
+            Outcome::ProviderDown(detail) => {
+                self.backoff
+                    .insert(record.key, Instant::now() + UNAVAILABLE_BACKOFF);
+                if still_valid {
+                    tracing::warn!(session = %record.key.log_label(), detail, "refresh failed; using the current token");
+                    Ok(tokens)
+                } else {
+                    Err(ApiError::IdpUnavailable(detail))
+                }
+            }
+            Outcome::StoreDown(detail) if still_valid => {
+                tracing::warn!(detail, "refresh lock unavailable; using the current token");
+                Ok(tokens)
+            }
+            Outcome::StoreDown(detail) => Err(ApiError::StoreUnavailable(detail)),
+        }
+    }
+
+    /// Joins the session's refresh in this process, or starts it.
+    async fn refresh(&self, gw: &Arc<Gateway>, key: SessionKey) -> Outcome {
+        let mut rx = {
+            let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            match inflight.get(&key) {
+                Some(rx) => rx.clone(),
+                None => {
+                    let (tx, rx) = watch::channel(None);
+                    inflight.insert(key, rx.clone());
+                    let gw = gw.clone();
+                    tokio::spawn(async move {
+                        let outcome = refresh_session(&gw, key).await;
+                        // Publish, then forget: a request that starts after this finds no
+                        // entry, and its own refresh re-reads the (already updated) session.
+                        let _ = tx.send(Some(outcome));
+                        gw.tokens
+                            .inflight
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .remove(&key);
+                    });
+                    rx
+                }
+            }
+        };
+        // The refresh goes on in its task even if this request stops waiting.
+        match tokio::time::timeout(self.wait, rx.wait_for(Option::is_some)).await {
+            Ok(Ok(outcome)) => outcome.clone().expect("waited for Some"),
+            Ok(Err(_)) => Outcome::ProviderDown("the refresh task ended without a result".into()),
+            Err(_) => Outcome::ProviderDown("the provider has not answered the refresh yet".into()),
+        }
     }
 }
 
-impl Default for TokenManager {
-    fn default() -> Self {
-        Self::new()
+/// One refresh of one session, under the store's refresh lock.
+async fn refresh_session(gw: &Arc<Gateway>, key: SessionKey) -> Outcome {
+    let store = gw.sessions.store();
+    let owner = crate::bff::random_token();
+    let lease = gw.tokens.lease;
+    let started = Instant::now();
+    loop {
+        match store
+            .try_lock_refresh(&key, &owner, lease.as_millis() as u64)
+            .await
+        {
+            Ok(true) => break,
+            Ok(false) => {
+                // Another instance is refreshing this session: wait for its result.
+                tokio::time::sleep(LOCK_POLL).await;
+                match fresh_tokens_in_store(gw, &key).await {
+                    Ok(Some(outcome)) => return outcome,
+                    Ok(None) if started.elapsed() < lease * 2 => continue,
+                    Ok(None) => {
+                        return Outcome::ProviderDown(
+                            "timed out waiting for another refresh".into(),
+                        );
+                    }
+                    Err(e) => return Outcome::StoreDown(e.to_string()),
+                }
+            }
+            Err(e) => return Outcome::StoreDown(e.to_string()),
+        }
+    }
+    let outcome = refresh_locked(gw, &key).await;
+    if let Err(e) = store.unlock_refresh(&key, &owner).await {
+        tracing::warn!(error = %e, "refresh lock release failed; it expires with its lease");
+    }
+    outcome
+}
+
+/// `Some` when the stored session no longer needs a refresh (someone else did it) or is gone.
+async fn fresh_tokens_in_store(
+    gw: &Gateway,
+    key: &SessionKey,
+) -> Result<Option<Outcome>, crate::session::StoreError> {
+    let Some(record) = gw.sessions.store().get(key).await? else {
+        return Ok(Some(Outcome::Ended));
+    };
+    let Ok(tokens) = gw.sessions.open_tokens(&record) else {
+        return Ok(Some(Outcome::Ended));
+    };
+    if gw.tokens.needs_refresh(&tokens, now_secs()) {
+        Ok(None)
+    } else {
+        Ok(Some(Outcome::Fresh(Arc::new(tokens))))
+    }
+}
+
+async fn refresh_locked(gw: &Arc<Gateway>, key: &SessionKey) -> Outcome {
+    // Re-read under the lock: the tokens we were asked about may already be replaced.
+    let record = match gw.sessions.store().get(key).await {
+        Ok(Some(r)) => r,
+        Ok(None) => return Outcome::Ended,
+        Err(e) => return Outcome::StoreDown(e.to_string()),
+    };
+    let Ok(tokens) = gw.sessions.open_tokens(&record) else {
+        return Outcome::Ended;
+    };
+    if !gw.tokens.needs_refresh(&tokens, now_secs()) {
+        return Outcome::Fresh(Arc::new(tokens));
+    }
+    let Some(refresh_token) = tokens.refresh_token.as_deref() else {
+        return Outcome::Ended;
+    };
+    let started = Instant::now();
+    match gw
+        .oidc
+        .refresh(refresh_token, gw.tokens.refresh_timeout)
+        .await
+    {
+        Ok(response) => {
+            let now = now_secs();
+            let fresh = Tokens {
+                access_token: response.access_token,
+                token_type: response.token_type,
+                access_expires_at: response.expires_in.map(|s| now + s),
+                access_issued_at: Some(now),
+                // A provider that doesn't rotate keeps the old refresh token valid.
+                refresh_token: response.refresh_token.or(tokens.refresh_token),
+                id_token: response.id_token.or(tokens.id_token),
+                scope: response.scope.or(tokens.scope),
+            };
+            let refresh_expires_at = response
+                .refresh_expires_in
+                .filter(|s| *s > 0)
+                .map(|s| now + s);
+            let updated = gw.sessions.with_tokens(&record, &fresh, refresh_expires_at);
+            match gw.sessions.store().update(Arc::new(updated)).await {
+                Ok(true) => {
+                    tracing::info!(
+                        target: "portcullis::audit",
+                        event = "refresh",
+                        outcome = "success",
+                        sub = %record.sub,
+                        session = %record.key.log_label(),
+                        ms = started.elapsed().as_millis() as u64,
+                    );
+                    Outcome::Fresh(Arc::new(fresh))
+                }
+                Ok(false) => Outcome::Ended,
+                Err(e) => Outcome::StoreDown(e.to_string()),
+            }
+        }
+        Err(e) if e.is_invalid_grant() => {
+            tracing::info!(
+                target: "portcullis::audit",
+                event = "refresh",
+                outcome = "invalid_grant",
+                sub = %record.sub,
+                session = %record.key.log_label(),
+            );
+            match gw.sessions.end(key, EndReason::GrantRevoked).await {
+                Ok(_) => Outcome::Ended,
+                Err(e) => Outcome::StoreDown(e.to_string()),
+            }
+        }
+        Err(e) => {
+            let detail = e.to_string();
+            if let OidcError::Refused { .. } | OidcError::InvalidResponse(_) = e {
+                // invalid_client and the like: a configuration problem, not the user's fault.
+                tracing::error!(error = %detail, "refresh refused; keeping the session");
+            }
+            tracing::info!(
+                target: "portcullis::audit",
+                event = "refresh",
+                outcome = "provider_unavailable",
+                sub = %record.sub,
+                session = %record.key.log_label(),
+            );
+            Outcome::ProviderDown(detail)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokens(issued: i64, expires: i64) -> Tokens {
+        Tokens {
+            access_token: "a".into(),
+            token_type: "Bearer".into(),
+            access_expires_at: Some(expires),
+            access_issued_at: Some(issued),
+            refresh_token: Some("r".into()),
+            id_token: None,
+            scope: None,
+        }
+    }
+
+    #[test]
+    fn refresh_ahead_is_capped_at_half_the_lifetime() {
+        let m = TokenManager::new(Duration::from_secs(60), Duration::from_secs(10));
+        // Long-lived token: refresh 60 s ahead.
+        assert!(!m.needs_refresh(&tokens(0, 3600), 3539));
+        assert!(m.needs_refresh(&tokens(0, 3600), 3540));
+        // 10 s token: refresh 5 s ahead, not 60 s (which would be always).
+        assert!(!m.needs_refresh(&tokens(100, 110), 104));
+        assert!(m.needs_refresh(&tokens(100, 110), 105));
+        // No expiry known: never.
+        let mut t = tokens(0, 0);
+        t.access_expires_at = None;
+        assert!(!m.needs_refresh(&t, i64::MAX / 2));
+        // Expired: always.
+        assert!(m.needs_refresh(&tokens(0, 10), 20));
     }
 }

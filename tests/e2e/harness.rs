@@ -119,6 +119,46 @@ impl Provider {
             .unwrap()
     }
 
+    /// Token endpoint grants of `client_id`, counted by the provider itself:
+    /// `{"refresh_token": {"success": n, "error": m, "errors": {...}}, ...}`.
+    pub async fn grants(&self, client_id: &str) -> Value {
+        reqwest::get(self.url(&format!("/test/grants?client_id={client_id}")))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// How many grants of `grant_type` succeeded / failed for our client.
+    pub async fn grant_count(&self, grant_type: &str) -> (u64, u64) {
+        let g = self.grants(CLIENT_ID).await;
+        (
+            g[grant_type]["success"].as_u64().unwrap_or(0),
+            g[grant_type]["error"].as_u64().unwrap_or(0),
+        )
+    }
+
+    /// Freezes the provider (SIGSTOP): connections are accepted by the kernel but
+    /// never answered — an unreachable, timing-out provider.
+    pub fn pause(&self) {
+        signal(self.child.id(), "-STOP");
+    }
+
+    pub fn resume(&self) {
+        signal(self.child.id(), "-CONT");
+    }
+
+    /// Revokes every grant of `sub` at the provider (an administrator ends the user's access).
+    pub async fn revoke_grants(&self, sub: &str) {
+        let r = reqwest::Client::new()
+            .post(self.url(&format!("/test/revoke-grants?sub={sub}")))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+    }
+
     /// Every opaque token and code the provider issued for `sub`.
     pub async fn issued_values(&self, sub: &str) -> Vec<String> {
         let v: Value = reqwest::get(self.url(&format!("/test/issued?sub={sub}")))
@@ -136,8 +176,18 @@ impl Provider {
     }
 }
 
+fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig} {pid}");
+}
+
 impl Drop for Provider {
     fn drop(&mut self) {
+        signal(self.child.id(), "-CONT");
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -428,6 +478,7 @@ pub struct EnvBuilder {
     extra_routes: String,
     extra_session: String,
     extra_oidc: String,
+    extra_tokens: String,
     static_dir: Option<PathBuf>,
     route_timeout: &'static str,
     auth_method: &'static str,
@@ -442,6 +493,7 @@ impl Env {
             extra_routes: String::new(),
             extra_session: String::new(),
             extra_oidc: String::new(),
+            extra_tokens: String::new(),
             static_dir: None,
             route_timeout: "30s",
             auth_method: "client_secret_basic",
@@ -470,7 +522,8 @@ impl EnvBuilder {
         self.access_token_ttl = secs;
         self
     }
-    /// Extra `[[routes]]` TOML appended to the config.
+    /// Extra `[[routes]]` TOML appended to the config; `{upstream}` stands for the
+    /// test upstream's URL.
     pub fn routes(mut self, toml: &str) -> Self {
         self.extra_routes.push_str(toml);
         self
@@ -483,6 +536,11 @@ impl EnvBuilder {
     /// Extra lines in `[oidc]`.
     pub fn oidc(mut self, toml: &str) -> Self {
         self.extra_oidc.push_str(toml);
+        self
+    }
+    /// Extra lines in `[tokens]`.
+    pub fn tokens(mut self, toml: &str) -> Self {
+        self.extra_tokens.push_str(toml);
         self
     }
     pub fn static_dir(mut self, dir: &Path) -> Self {
@@ -561,6 +619,9 @@ sqlite_path = "sessions.db"
 keys = ["{key}"]
 {extra_session}
 
+[tokens]
+{extra_tokens}
+
 [[routes]]
 prefix = "/api"
 upstream = "{upstream}"
@@ -586,9 +647,10 @@ token = "user_or_none"
             extra_oidc = self.extra_oidc,
             store = self.store,
             extra_session = self.extra_session,
+            extra_tokens = self.extra_tokens,
             upstream = upstream.url(),
             route_timeout = self.route_timeout,
-            extra_routes = self.extra_routes,
+            extra_routes = self.extra_routes.replace("{upstream}", &upstream.url()),
         );
         let gateway = Gateway::start(port, &config);
         Env {

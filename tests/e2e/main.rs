@@ -8,3 +8,4 @@ mod cli;
 mod login_flow;
 mod proxying;
 mod sessions;
+mod token_lifecycle;
