@@ -56,6 +56,8 @@
 //   GET  /test/grants?client_id=X            token endpoint grants of that client, counted by the
 //                                             provider: {"refresh_token": {"success": n, "error": m,
 //                                             "errors": {"invalid_grant": k}}, "authorization_code": …}
+//   POST /test/jwks  {"keys":[<public JWK>…]}   publishes extra public keys in the provider's JWKS
+//                                             (tests sign logout tokens with the private halves)
 //   GET  /test/health                         200 "ok"
 //
 // Prints exactly one line `READY <issuer>` on stdout once listening; everything else goes to
@@ -426,6 +428,9 @@ for (const kind of ['access_token', 'refresh_token', 'authorization_code', 'clie
   });
 }
 
+// -- extra public keys published in the JWKS, for /test/jwks (and config `extraJwks`)
+const extraJwks = [...(cfg.extraJwks ?? [])];
+
 // -- token endpoint grants by client and grant_type, for /test/grants
 const grantCounts = new Map(); // clientId -> { [grant_type]: { success, error, errors: { [code]: n } } }
 function countGrant(ctx, err) {
@@ -475,6 +480,12 @@ async function readForm(req) {
     chunks.push(chunk);
   }
   return new URLSearchParams(Buffer.concat(chunks).toString('utf8'));
+}
+
+async function readJson(req) {
+  const chunks = [];
+  for await (const chunk of req) chunks.push(chunk);
+  return JSON.parse(Buffer.concat(chunks).toString('utf8') || '{}');
 }
 
 function noStore(ctx) {
@@ -648,8 +659,22 @@ provider.use(async (ctx, next) => {
     ctx.body = { sent, failed: failures.length, errors: failures };
     return;
   }
+  if (p === '/test/jwks' && ctx.method === 'POST') {
+    // Publish extra PUBLIC keys in the JWKS (the test signs logout tokens with their
+    // private halves, which never reach the provider).
+    const body = await readJson(ctx.req);
+    extraJwks.push(...(body.keys ?? []));
+    noStore(ctx);
+    ctx.body = { keys: extraJwks.length };
+    return;
+  }
 
   await next();
+
+  if (p === '/jwks' && ctx.method === 'GET' && ctx.status === 200 && extraJwks.length) {
+    const jwks = typeof ctx.body === 'string' ? JSON.parse(ctx.body) : ctx.body;
+    ctx.body = { keys: [...jwks.keys, ...extraJwks] };
+  }
 });
 
 server.on('request', provider.callback());

@@ -5,6 +5,7 @@
 //! by the hash of its `state`, single-use, with a TTL and a global cap, and bound to
 //! the browser by the login-binding cookie. No endpoint here ever returns a token.
 
+mod backchannel;
 mod login;
 mod user;
 
@@ -12,10 +13,11 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::http::HeaderMap;
-use axum::routing::get;
+use axum::routing::{get, post};
 
+pub use backchannel::backchannel_logout;
 pub use login::{callback, login};
-pub use user::{logout, user};
+pub use user::{logout, logout_post, user};
 
 use crate::error::ApiError;
 use crate::server::{AppState, Gateway};
@@ -27,7 +29,8 @@ pub fn router() -> Router<AppState> {
         .route("/bff/login", get(login))
         .route("/bff/callback", get(callback))
         .route("/bff/user", get(user))
-        .route("/bff/logout", get(logout))
+        .route("/bff/logout", get(logout).post(logout_post))
+        .route("/bff/backchannel-logout", post(backchannel_logout))
 }
 
 /// The session named by the request's cookie, if it is live.

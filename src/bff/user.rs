@@ -8,7 +8,7 @@ use super::login::redirect;
 use super::{current_session, logout_sid};
 use crate::error::ApiError;
 use crate::server::AppState;
-use crate::session::{EndReason, cookie};
+use crate::session::{EndReason, SessionRecord, cookie};
 
 /// `GET /bff/user` (with `X-CSRF: 1`): the user's claims, never a token.
 pub async fn user(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
@@ -38,31 +38,64 @@ pub struct LogoutQuery {
 }
 
 /// `GET /bff/logout?sid=SID`: ends the session, revokes the refresh token, and sends
-/// the browser to the provider's end-session endpoint. Without a session there is
-/// nothing to protect and the browser just goes on to the post-logout page.
+/// the browser to the provider's end-session endpoint. `sid` is required (a
+/// cross-site page can't know it); when the session is already gone the browser
+/// just goes on to the post-logout page.
 pub async fn logout(
     State(state): State<AppState>,
     Query(query): Query<LogoutQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let gw = &state.gw;
+    let sid = query
+        .sid
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .ok_or(ApiError::invalid("sid is missing"))?;
     let clear = cookie::removal(&gw.config.session.cookie_name);
     let Some((_, record)) = current_session(gw, &headers).await? else {
+        // Already logged out (another tab, a timeout): nothing to end, go on.
         let to = gw.oidc.post_logout_redirect_uri().unwrap_or("/");
         return Ok(redirect(to, [clear]));
     };
-    let expected = logout_sid(&record);
-    match query.sid.as_deref() {
-        Some(sid) if crate::oidc::constant_time_eq(sid.as_bytes(), expected.as_bytes()) => {}
-        Some(_) => return Err(ApiError::invalid("sid does not match the session")),
-        None => return Err(ApiError::invalid("sid is missing")),
+    if !crate::oidc::constant_time_eq(sid.as_bytes(), logout_sid(&record).as_bytes()) {
+        return Err(ApiError::invalid("sid does not match the session"));
     }
-    let tokens = gw.sessions.open_tokens(&record).ok();
-    gw.sessions.end(&record.key, EndReason::Logout).await?;
+    let to = end_session(&state, &record).await?;
+    Ok(redirect(&to, [clear]))
+}
 
+/// `POST /bff/logout` (with `X-CSRF: 1`), for SPAs that navigate themselves: ends
+/// the session like `GET /bff/logout` and answers `{"logout_url": …}`, the
+/// provider's end-session URL to send the browser to.
+pub async fn logout_post(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    crate::security::check_csrf_header(&headers)?;
+    let gw = &state.gw;
+    let to = match current_session(gw, &headers).await? {
+        Some((_, record)) => end_session(&state, &record).await?,
+        None => gw.oidc.post_logout_redirect_uri().unwrap_or("/").to_owned(),
+    };
+    let mut response = axum::Json(serde_json::json!({ "logout_url": to })).into_response();
+    response.headers_mut().insert(
+        axum::http::header::SET_COOKIE,
+        cookie::removal(&gw.config.session.cookie_name),
+    );
+    Ok(response)
+}
+
+/// Ends the session, revokes its refresh token in the background (RFC 7009; a
+/// failure is logged and doesn't undo the logout), and returns where the browser
+/// goes next: the provider's end-session endpoint (RP-Initiated Logout, with
+/// `id_token_hint` and `client_id`) or the post-logout page.
+async fn end_session(state: &AppState, record: &SessionRecord) -> Result<String, ApiError> {
+    let gw = &state.gw;
+    let tokens = gw.sessions.open_tokens(record).ok();
+    gw.sessions.end(&record.key, EndReason::Logout).await?;
     let id_token_hint = tokens.as_ref().and_then(|t| t.id_token.clone());
     if let Some(refresh_token) = tokens.and_then(|t| t.refresh_token) {
-        // Revocation must not hold up the browser, and a failure doesn't undo the logout.
         let gw = state.gw.clone();
         tokio::spawn(async move {
             match gw.oidc.revoke_refresh_token(&refresh_token).await {
@@ -72,9 +105,10 @@ pub async fn logout(
             }
         });
     }
-    let to = match gw.oidc.end_session_url(id_token_hint.as_deref()).await {
-        Some(url) => url,
-        None => gw.oidc.post_logout_redirect_uri().unwrap_or("/").to_owned(),
-    };
-    Ok(redirect(&to, [clear]))
+    Ok(
+        match gw.oidc.end_session_url(id_token_hint.as_deref()).await {
+            Some(url) => url,
+            None => gw.oidc.post_logout_redirect_uri().unwrap_or("/").to_owned(),
+        },
+    )
 }

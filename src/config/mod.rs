@@ -106,6 +106,10 @@ pub struct OidcConfig {
     /// Merge the userinfo endpoint's claims into `/bff/user`. Default `false`.
     #[serde(default)]
     pub userinfo: bool,
+    /// Refuse back-channel logout tokens without `typ: logout+jwt` (a token with
+    /// another `typ` is always refused). Default `false`: some providers omit it.
+    #[serde(default)]
+    pub require_logout_token_typ: bool,
     /// Signature algorithms accepted on ID tokens. Asymmetric only; never `none`.
     #[serde(default = "default_algorithms")]
     pub id_token_algorithms: Vec<String>,
@@ -311,6 +315,9 @@ fn yes() -> bool {
 /// The environment variable prefix of overrides.
 pub const ENV_PREFIX: &str = "PORTCULLIS_";
 
+/// The sections an environment override may name.
+const SECTIONS: &[&str] = &["server", "oidc", "session", "tokens", "static"];
+
 /// Keys whose override is always taken as a string, even when it looks like a number.
 const STRING_KEYS: &[&str] = &[
     "client_id",
@@ -352,6 +359,14 @@ impl Config {
             let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
                 continue;
             };
+            // Only `PORTCULLIS_<SECTION>__<KEY>`: other PORTCULLIS_* variables (such as
+            // PORTCULLIS_CONFIG, the config file's path) are not config keys.
+            let Some((section, _)) = rest.split_once("__") else {
+                continue;
+            };
+            if !SECTIONS.contains(&section.to_ascii_lowercase().as_str()) {
+                continue;
+            }
             let key = rest.to_ascii_lowercase().replace("__", ".");
             let leaf = key.rsplit('.').next().unwrap_or_default();
             let value = if STRING_KEYS.contains(&leaf) {
@@ -362,12 +377,13 @@ impl Config {
             figment = figment.merge(Serialized::default(&key, value));
         }
         let mut config: Config = figment.extract().map_err(|e| {
-            ConfigError::Parse(
-                e.into_iter()
-                    .map(|e| e.to_string())
-                    .collect::<Vec<_>>()
-                    .join("; "),
-            )
+            // figment names keys with its profile ("default.session.keys"); ours have none.
+            let text = e
+                .into_iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("; ");
+            ConfigError::Parse(text.replace("key \"default.", "key \""))
         })?;
         config.read_secret_files()?;
         config.validate()?;
@@ -555,12 +571,20 @@ impl Config {
                     "must not have a query or fragment",
                 ));
             }
-            if (route.scopes.is_some() || route.resource.is_some())
+            if route.scopes.is_some()
                 && !matches!(route.token, TokenKind::Client | TokenKind::UserOrClient)
             {
                 return Err(invalid(
                     &key("scopes"),
-                    "scopes and resource apply to client tokens (token = \"client\" or \"user_or_client\")",
+                    "applies to client tokens (token = \"client\" or \"user_or_client\")",
+                ));
+            }
+            if route.resource.is_some()
+                && !matches!(route.token, TokenKind::Client | TokenKind::UserOrClient)
+            {
+                return Err(invalid(
+                    &key("resource"),
+                    "applies to client tokens (token = \"client\" or \"user_or_client\")",
                 ));
             }
             if self.routes[..i].iter().any(|r| r.prefix == route.prefix) {

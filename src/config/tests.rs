@@ -1,1 +1,756 @@
+//! Config tests: loading, defaults, the environment overlay, secret files, and one
+//! refusal per validation rule — each must name the key at fault. The environment
+//! is always passed in; these tests never touch the process environment.
 
+use std::fmt::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use super::*;
+
+/// A valid session key (base64url of 32 bytes). Public: test-only.
+const KEY: &str = "hekyQHTosvculEk8CMUKNgwBC6Y3BzZ7iPc9C1RuEJI";
+
+/// A TOML config built from sections of `key = value` lines, starting from the
+/// smallest valid one. Values are TOML literals (`"\"text\""`, `"true"`, `"[]"`).
+#[derive(Clone)]
+struct Toml {
+    sections: Vec<(String, Vec<(String, String)>)>,
+    routes: Vec<String>,
+}
+
+impl Toml {
+    fn minimal() -> Self {
+        let section = |name: &str, pairs: &[(&str, &str)]| {
+            let pairs = pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            (name.to_owned(), pairs)
+        };
+        Self {
+            sections: vec![
+                section(
+                    "server",
+                    &[("public_origin", "\"https://app.example.com\"")],
+                ),
+                section(
+                    "oidc",
+                    &[
+                        ("issuer", "\"https://idp.example.com/realms/main\""),
+                        ("client_id", "\"spa-bff\""),
+                        ("client_secret", "\"s3cret\""),
+                    ],
+                ),
+                section("session", &[("keys", &format!("[\"{KEY}\"]"))]),
+            ],
+            routes: Vec::new(),
+        }
+    }
+
+    /// Sets `key` in `[section]`, replacing it if present (adds the section if needed).
+    fn set(mut self, section: &str, key: &str, value: &str) -> Self {
+        let pairs = match self.sections.iter().position(|(s, _)| s == section) {
+            Some(i) => &mut self.sections[i].1,
+            None => {
+                self.sections.push((section.to_owned(), Vec::new()));
+                &mut self.sections.last_mut().unwrap().1
+            }
+        };
+        match pairs.iter_mut().find(|(k, _)| k == key) {
+            Some(pair) => pair.1 = value.to_owned(),
+            None => pairs.push((key.to_owned(), value.to_owned())),
+        }
+        self
+    }
+
+    fn unset(mut self, section: &str, key: &str) -> Self {
+        for (s, pairs) in &mut self.sections {
+            if s == section {
+                pairs.retain(|(k, _)| k != key);
+            }
+        }
+        self
+    }
+
+    /// Adds a `[[routes]]` table with these lines.
+    fn route(mut self, lines: &str) -> Self {
+        self.routes.push(lines.to_owned());
+        self
+    }
+
+    fn text(&self) -> String {
+        let mut out = String::new();
+        for (section, pairs) in &self.sections {
+            writeln!(out, "[{section}]").unwrap();
+            for (k, v) in pairs {
+                writeln!(out, "{k} = {v}").unwrap();
+            }
+            out.push('\n');
+        }
+        for route in &self.routes {
+            writeln!(out, "[[routes]]\n{route}\n").unwrap();
+        }
+        out
+    }
+
+    fn load(&self) -> Result<Config, ConfigError> {
+        Config::from_toml(&self.text(), [])
+    }
+
+    fn load_with_env(&self, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        Config::from_toml(&self.text(), env)
+    }
+
+    fn valid(&self) -> Config {
+        self.load()
+            .unwrap_or_else(|e| panic!("refused: {e}\n--- config ---\n{}", self.text()))
+    }
+
+    /// Loads, expects a refusal by `validate()` (or secret-file reading) naming `key`.
+    fn refused_for(&self, key: &str) -> String {
+        match self.load() {
+            Ok(_) => panic!(
+                "accepted, expected a refusal naming {key}:\n{}",
+                self.text()
+            ),
+            Err(ConfigError::Invalid {
+                key: named,
+                problem,
+            }) => {
+                assert_eq!(named, key, "wrong key named ({problem})\n{}", self.text());
+                let text = format!("{named}: {problem}");
+                assert!(text.starts_with(key));
+                text
+            }
+            Err(e @ ConfigError::Parse(_)) => {
+                panic!(
+                    "a parse error, expected validation naming {key}: {e}\n{}",
+                    self.text()
+                )
+            }
+        }
+    }
+
+    /// Loads, expects a parse (serde) error whose text mentions every one of `words`.
+    fn unparsable(&self, words: &[&str]) -> String {
+        let e = match self.load() {
+            Ok(_) => panic!("accepted, expected a parse error:\n{}", self.text()),
+            Err(e) => e.to_string(),
+        };
+        for word in words {
+            assert!(e.contains(word), "{e:?} does not mention {word:?}");
+        }
+        e
+    }
+}
+
+// ---- loading and defaults ----------------------------------------------------------
+
+#[test]
+fn minimal_config_loads() {
+    let c = Toml::minimal().valid();
+    assert_eq!(c.server.public_origin.as_str(), "https://app.example.com/");
+    assert_eq!(c.oidc.issuer, "https://idp.example.com/realms/main");
+    assert_eq!(c.oidc.client_id, "spa-bff");
+    assert_eq!(c.oidc.client_secret.as_ref().unwrap().expose(), "s3cret");
+    assert_eq!(c.session.keys.len(), 1);
+    assert!(c.routes.is_empty());
+    assert!(c.static_files.is_none());
+}
+
+#[test]
+fn defaults_follow_the_contract() {
+    let c = Toml::minimal()
+        .route("prefix = \"/api\"\nupstream = \"http://127.0.0.1:9100\"")
+        .valid();
+
+    assert_eq!(c.server.listen, "127.0.0.1:8080".parse().unwrap());
+    assert_eq!(c.server.admin_listen, None);
+    assert!(c.server.trusted_proxies.is_empty());
+    assert_eq!(c.server.workers, None);
+    assert_eq!(c.server.drain_timeout, Duration::from_secs(30));
+
+    assert_eq!(c.oidc.auth_method, AuthMethod::ClientSecretBasic);
+    assert_eq!(c.oidc.scopes, ["openid"]);
+    assert!(!c.oidc.userinfo);
+    assert_eq!(c.oidc.post_logout_redirect_uri, None);
+    assert!(c.oidc.id_token_algorithms.iter().any(|a| a == "RS256"));
+    assert!(
+        !c.oidc
+            .id_token_algorithms
+            .iter()
+            .any(|a| a.starts_with("HS"))
+    );
+    assert_eq!(c.oidc.clock_skew, Duration::from_secs(60));
+    assert_eq!(c.oidc.http_timeout, Duration::from_secs(10));
+    assert_eq!(c.oidc.pending_login_ttl, Duration::from_secs(600));
+    assert_eq!(c.oidc.max_pending_logins, 10_000);
+
+    assert_eq!(c.session.store, StoreKind::Sqlite);
+    assert_eq!(c.session.sqlite_path, Path::new("portcullis.db"));
+    assert!(c.session.redis_url.is_none());
+    assert_eq!(c.session.cookie_name, "__Host-portcullis");
+    assert_eq!(c.session.same_site, SameSite::Strict);
+    assert_eq!(c.session.idle_timeout, Duration::from_secs(30 * 60));
+    assert_eq!(c.session.absolute_timeout, Duration::from_secs(12 * 3600));
+
+    assert_eq!(c.tokens.refresh_before, Duration::from_secs(60));
+
+    let route = &c.routes[0];
+    assert_eq!(route.token, TokenKind::User);
+    assert!(!route.strip_prefix);
+    assert_eq!(route.timeout, Duration::from_secs(30));
+}
+
+#[test]
+fn static_defaults_to_spa_fallback() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Toml::minimal()
+        .set("static", "dir", &toml_string(dir.path()))
+        .valid();
+    let s = c.static_files.unwrap();
+    assert_eq!(s.dir, dir.path());
+    assert!(s.spa_fallback);
+}
+
+#[test]
+fn every_documented_key_is_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Toml::minimal()
+        .set("server", "listen", "\"0.0.0.0:8443\"")
+        .set("server", "admin_listen", "\"127.0.0.1:9091\"")
+        .set("server", "trusted_proxies", "[\"10.0.0.0/8\", \"::1/128\"]")
+        .set("server", "workers", "2")
+        .set("server", "drain_timeout", "\"5s\"")
+        .set("oidc", "auth_method", "\"client_secret_post\"")
+        .set(
+            "oidc",
+            "scopes",
+            "[\"openid\", \"profile\", \"email\", \"offline_access\"]",
+        )
+        .set(
+            "oidc",
+            "post_logout_redirect_uri",
+            "\"https://app.example.com/\"",
+        )
+        .set("oidc", "userinfo", "true")
+        .set("oidc", "id_token_algorithms", "[\"ES256\", \"EdDSA\"]")
+        .set("session", "store", "\"memory\"")
+        .set("session", "cookie_name", "\"__Host-app\"")
+        .set("session", "same_site", "\"lax\"")
+        .set("session", "idle_timeout", "\"15m\"")
+        .set("session", "absolute_timeout", "\"1day\"")
+        .set("tokens", "refresh_before", "\"2m\"")
+        .set("static", "dir", &toml_string(dir.path()))
+        .set("static", "spa_fallback", "false")
+        .route(
+            "prefix = \"/api\"\nupstream = \"http://127.0.0.1:9100/v1/\"\n\
+             token = \"user_or_none\"\nstrip_prefix = true\ntimeout = \"3s\"",
+        )
+        .route("prefix = \"/public\"\nupstream = \"http://127.0.0.1:9200\"\ntoken = \"none\"")
+        .valid();
+    assert_eq!(c.server.trusted_proxies.len(), 2);
+    assert_eq!(
+        c.server.admin_listen,
+        Some("127.0.0.1:9091".parse().unwrap())
+    );
+    assert_eq!(c.server.workers, Some(2));
+    assert_eq!(c.oidc.auth_method, AuthMethod::ClientSecretPost);
+    assert!(c.oidc.userinfo);
+    assert_eq!(c.session.store, StoreKind::Memory);
+    assert_eq!(c.session.same_site, SameSite::Lax);
+    assert_eq!(c.session.absolute_timeout, Duration::from_secs(86_400));
+    assert_eq!(c.tokens.refresh_before, Duration::from_secs(120));
+    assert_eq!(c.routes[0].token, TokenKind::UserOrNone);
+    assert!(c.routes[0].strip_prefix);
+    assert_eq!(c.routes[0].timeout, Duration::from_secs(3));
+    assert_eq!(c.routes[1].token, TokenKind::None);
+    assert!(!c.static_files.unwrap().spa_fallback);
+}
+
+#[test]
+fn loopback_origins_may_be_plain_http() {
+    for origin in [
+        "http://127.0.0.1:8080",
+        "http://localhost:8080",
+        "http://app.localhost",
+        "http://[::1]:8080",
+    ] {
+        Toml::minimal()
+            .set("server", "public_origin", &format!("\"{origin}\""))
+            .set("oidc", "issuer", "\"http://localhost:9090\"")
+            .valid();
+    }
+}
+
+#[test]
+fn redirect_uri_is_the_origin_plus_callback() {
+    let c = Toml::minimal().valid();
+    assert_eq!(c.public_origin(), "https://app.example.com");
+    assert_eq!(c.redirect_uri(), "https://app.example.com/bff/callback");
+    let c = Toml::minimal()
+        .set("server", "public_origin", "\"http://127.0.0.1:8080/\"")
+        .valid();
+    assert_eq!(c.redirect_uri(), "http://127.0.0.1:8080/bff/callback");
+}
+
+#[test]
+fn debug_output_never_shows_secrets() {
+    let c = Toml::minimal()
+        .set("session", "store", "\"memory\"")
+        .set("session", "redis_url", "\"redis://:hunter2@127.0.0.1/0\"")
+        .valid();
+    let shown = format!("{c:?}");
+    for secret in ["s3cret", KEY, "hunter2"] {
+        assert!(!shown.contains(secret), "{secret} in {shown}");
+    }
+}
+
+// ---- environment overlay -----------------------------------------------------------
+
+#[test]
+fn env_overrides_keys() {
+    let c = Toml::minimal()
+        .unset("oidc", "client_secret")
+        .load_with_env(&[
+            ("PORTCULLIS_OIDC__CLIENT_SECRET", "from-env"),
+            ("PORTCULLIS_SESSION__IDLE_TIMEOUT", "5m"),
+            ("PORTCULLIS_SERVER__LISTEN", "127.0.0.1:9999"),
+            ("PORTCULLIS_SESSION__STORE", "memory"),
+            ("PORTCULLIS_OIDC__USERINFO", "true"),
+            ("PORTCULLIS_OIDC__MAX_PENDING_LOGINS", "7"),
+        ])
+        .unwrap();
+    assert_eq!(c.oidc.client_secret.unwrap().expose(), "from-env");
+    assert_eq!(c.session.idle_timeout, Duration::from_secs(300));
+    assert_eq!(c.server.listen, "127.0.0.1:9999".parse().unwrap());
+    assert_eq!(c.session.store, StoreKind::Memory);
+    assert!(c.oidc.userinfo);
+    assert_eq!(c.oidc.max_pending_logins, 7);
+}
+
+#[test]
+fn env_wins_over_the_file() {
+    let c = Toml::minimal()
+        .load_with_env(&[("PORTCULLIS_OIDC__CLIENT_SECRET", "rotated")])
+        .unwrap();
+    assert_eq!(c.oidc.client_secret.unwrap().expose(), "rotated");
+}
+
+#[test]
+fn numeric_looking_ids_and_secrets_stay_strings() {
+    let c = Toml::minimal()
+        .load_with_env(&[
+            ("PORTCULLIS_OIDC__CLIENT_ID", "12345"),
+            ("PORTCULLIS_OIDC__CLIENT_SECRET", "007"),
+        ])
+        .unwrap();
+    assert_eq!(c.oidc.client_id, "12345");
+    assert_eq!(c.oidc.client_secret.unwrap().expose(), "007");
+    let c = Toml::minimal()
+        .load_with_env(&[("PORTCULLIS_OIDC__CLIENT_SECRET", "1e10")])
+        .unwrap();
+    assert_eq!(c.oidc.client_secret.unwrap().expose(), "1e10");
+}
+
+#[test]
+fn session_keys_from_env_use_array_syntax() {
+    let other = "A".repeat(43);
+    let c = Toml::minimal()
+        .unset("session", "keys")
+        .load_with_env(&[("PORTCULLIS_SESSION__KEYS", &format!("[{other}, {KEY}]"))])
+        .unwrap();
+    let keys: Vec<&str> = c.session.keys.iter().map(Secret::expose).collect();
+    assert_eq!(keys, [other.as_str(), KEY]);
+}
+
+#[test]
+fn env_without_the_prefix_is_ignored() {
+    let c = Toml::minimal()
+        .load_with_env(&[
+            ("OIDC__CLIENT_SECRET", "ignored"),
+            ("HOME", "/root"),
+            ("portcullis_oidc__client_secret", "ignored"),
+        ])
+        .unwrap();
+    assert_eq!(c.oidc.client_secret.unwrap().expose(), "s3cret");
+}
+
+#[test]
+fn portcullis_variables_that_are_not_config_keys_are_ignored() {
+    // PORTCULLIS_CONFIG names the config file; PORTCULLIS_BIN is used by test scripts.
+    let c = Toml::minimal()
+        .load_with_env(&[
+            ("PORTCULLIS_CONFIG", "/etc/portcullis.toml"),
+            ("PORTCULLIS_BIN", "target/debug/portcullis"),
+            ("PORTCULLIS_NOSECTION__X", "1"),
+        ])
+        .unwrap();
+    assert_eq!(c.oidc.client_secret.unwrap().expose(), "s3cret");
+}
+
+#[test]
+fn env_values_are_validated_and_named() {
+    let e = Toml::minimal()
+        .load_with_env(&[("PORTCULLIS_SESSION__COOKIE_NAME", "plain")])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("session.cookie_name"), "{e}");
+    let e = Toml::minimal()
+        .load_with_env(&[("PORTCULLIS_SESSION__IDLE_TIMEOUT", "soon")])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("idle_timeout"), "{e}");
+    assert!(
+        !e.contains("default."),
+        "no figment profile in key names: {e}"
+    );
+}
+
+// ---- client_secret_file ------------------------------------------------------------
+
+#[test]
+fn client_secret_file_is_read_and_trimmed() {
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    std::io::Write::write_all(&mut file, b"  from-file-secret \n\n").unwrap();
+    let c = Toml::minimal()
+        .unset("oidc", "client_secret")
+        .set("oidc", "client_secret_file", &toml_string(file.path()))
+        .valid();
+    assert_eq!(c.oidc.client_secret.unwrap().expose(), "from-file-secret");
+}
+
+#[test]
+fn client_secret_file_and_client_secret_conflict() {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), "x").unwrap();
+    let toml = Toml::minimal().set("oidc", "client_secret_file", &toml_string(file.path()));
+    toml.refused_for("oidc.client_secret_file");
+    // Also when the secret comes from the environment.
+    let e = toml
+        .clone()
+        .unset("oidc", "client_secret")
+        .load_with_env(&[("PORTCULLIS_OIDC__CLIENT_SECRET", "env")])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("oidc.client_secret_file"), "{e}");
+}
+
+#[test]
+fn unreadable_client_secret_file_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-secret");
+    let e = Toml::minimal()
+        .unset("oidc", "client_secret")
+        .set("oidc", "client_secret_file", &toml_string(&missing))
+        .refused_for("oidc.client_secret_file");
+    assert!(e.contains("no-such-secret"), "{e}");
+}
+
+#[test]
+fn empty_client_secret_file_is_a_missing_secret() {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), " \n").unwrap();
+    Toml::minimal()
+        .unset("oidc", "client_secret")
+        .set("oidc", "client_secret_file", &toml_string(file.path()))
+        .refused_for("oidc.client_secret");
+}
+
+// ---- every refusal names its key ---------------------------------------------------
+
+#[test]
+fn server_refusals() {
+    let m = Toml::minimal;
+    let origin = |v: &str| m().set("server", "public_origin", &format!("\"{v}\""));
+    origin("https://app.example.com/app").refused_for("server.public_origin");
+    origin("https://app.example.com/?x=1").refused_for("server.public_origin");
+    origin("https://app.example.com/#top").refused_for("server.public_origin");
+    origin("http://app.example.com").refused_for("server.public_origin");
+    origin("http://10.0.0.5:8080").refused_for("server.public_origin");
+    origin("ftp://app.example.com").refused_for("server.public_origin");
+    // Not a URL at all: a parse error, still naming the key.
+    origin("app.example.com").unparsable(&["public_origin"]);
+    m().unset("server", "public_origin")
+        .unparsable(&["public_origin"]);
+    m().set("server", "listen", "\"localhost\"")
+        .unparsable(&["listen"]);
+}
+
+#[test]
+fn oidc_refusals() {
+    let m = Toml::minimal;
+    m().set("oidc", "issuer", "\"idp.example.com\"")
+        .refused_for("oidc.issuer");
+    m().set("oidc", "issuer", "\"not a url\"")
+        .refused_for("oidc.issuer");
+    m().set("oidc", "issuer", "\"http://idp.example.com\"")
+        .refused_for("oidc.issuer");
+    m().set("oidc", "issuer", "\"https://idp.example.com/?realm=x\"")
+        .refused_for("oidc.issuer");
+    m().set("oidc", "client_id", "\"\"")
+        .refused_for("oidc.client_id");
+    m().unset("oidc", "client_secret")
+        .refused_for("oidc.client_secret");
+    m().set("oidc", "client_secret", "\"\"")
+        .refused_for("oidc.client_secret");
+    m().unset("oidc", "client_secret")
+        .set("oidc", "auth_method", "\"client_secret_post\"")
+        .refused_for("oidc.client_secret");
+    m().set("oidc", "auth_method", "\"private_key_jwt\"")
+        .refused_for("oidc.auth_method");
+    m().set("oidc", "scopes", "[\"profile\", \"email\"]")
+        .refused_for("oidc.scopes");
+    m().set("oidc", "scopes", "[]").refused_for("oidc.scopes");
+    m().set("oidc", "post_logout_redirect_uri", "\"mailto:a@b.c\"")
+        .refused_for("oidc.post_logout_redirect_uri");
+    for alg in ["HS256", "HS512", "none", "XYZ"] {
+        let e = m()
+            .set(
+                "oidc",
+                "id_token_algorithms",
+                &format!("[\"RS256\", \"{alg}\"]"),
+            )
+            .refused_for("oidc.id_token_algorithms");
+        assert!(e.contains(alg), "{e}");
+    }
+    m().set("oidc", "id_token_algorithms", "[]")
+        .refused_for("oidc.id_token_algorithms");
+    m().set("oidc", "max_pending_logins", "0")
+        .refused_for("oidc.max_pending_logins");
+    m().set("oidc", "auth_method", "\"tls_client_auth\"")
+        .unparsable(&["auth_method", "tls_client_auth"]);
+    m().unset("oidc", "client_id").unparsable(&["client_id"]);
+}
+
+#[test]
+fn session_refusals() {
+    let m = Toml::minimal;
+    m().unset("session", "keys").refused_for("session.keys");
+    m().set("session", "keys", "[]").refused_for("session.keys");
+    // 16 bytes instead of 32.
+    m().set("session", "keys", "[\"AAAAAAAAAAAAAAAAAAAAAA\"]")
+        .refused_for("session.keys[0]");
+    // Too long (34 bytes).
+    let long = format!("[\"{KEY}AAA\"]");
+    m().set("session", "keys", &long)
+        .refused_for("session.keys[0]");
+    m().set("session", "keys", "[\"not base64url!!\"]")
+        .refused_for("session.keys[0]");
+    // Standard base64 (`+`, `/`) is not base64url.
+    m().set(
+        "session",
+        "keys",
+        "[\"+/+/+/+/+/+/+/+/+/+/+/+/+/+/+/+/+/+/+/+/+/8\"]",
+    )
+    .refused_for("session.keys[0]");
+    let e = m()
+        .set("session", "keys", &format!("[\"{KEY}\", \"short\"]"))
+        .refused_for("session.keys[1]");
+    assert!(!e.contains(KEY), "the error shows a key: {e}");
+
+    m().set("session", "cookie_name", "\"portcullis\"")
+        .refused_for("session.cookie_name");
+    m().set("session", "cookie_name", "\"__Secure-portcullis\"")
+        .refused_for("session.cookie_name");
+    m().set("session", "cookie_name", "\"__Host-\"")
+        .refused_for("session.cookie_name");
+    m().set("session", "cookie_name", "\"__Host-a;b\"")
+        .refused_for("session.cookie_name");
+
+    m().set("session", "idle_timeout", "\"2h\"")
+        .set("session", "absolute_timeout", "\"1h\"")
+        .refused_for("session.absolute_timeout");
+    m().set("session", "idle_timeout", "\"0s\"")
+        .refused_for("session.idle_timeout");
+
+    m().set("session", "store", "\"redis\"")
+        .set("session", "redis_url", "\"redis://127.0.0.1:6379/0\"")
+        .refused_for("session.store");
+    m().set("session", "store", "\"postgres\"")
+        .unparsable(&["store", "postgres"]);
+    m().set("session", "sqlite_path", "\"\"")
+        .refused_for("session.sqlite_path");
+    m().set("session", "same_site", "\"none\"")
+        .unparsable(&["same_site"]);
+}
+
+#[test]
+fn route_refusals() {
+    let up = "upstream = \"http://127.0.0.1:9100\"";
+    let route = |prefix: &str| Toml::minimal().route(&format!("prefix = \"{prefix}\"\n{up}"));
+    route("api").refused_for("routes[0].prefix");
+    route("/").refused_for("routes[0].prefix");
+    route("").refused_for("routes[0].prefix");
+    route("/api/").refused_for("routes[0].prefix");
+    route("/bff").refused_for("routes[0].prefix");
+    route("/bff/api").refused_for("routes[0].prefix");
+    // `/bffx` is not under `/bff`.
+    route("/bffx").valid();
+
+    route("/api")
+        .route(&format!("prefix = \"/other\"\n{up}"))
+        .route(&format!("prefix = \"/api\"\n{up}"))
+        .refused_for("routes[2].prefix");
+
+    let upstream =
+        |u: &str| Toml::minimal().route(&format!("prefix = \"/api\"\nupstream = \"{u}\""));
+    upstream("https://api.example.com").refused_for("routes[0].upstream");
+    upstream("ftp://api.example.com").refused_for("routes[0].upstream");
+    upstream("http://api.example.com/?x=1").refused_for("routes[0].upstream");
+    upstream("not a url").unparsable(&["upstream"]);
+
+    let token =
+        |t: &str| Toml::minimal().route(&format!("prefix = \"/api\"\n{up}\ntoken = \"{t}\""));
+    token("admin").unparsable(&["token", "admin"]);
+    // `scopes` and `resource` shape a client-credentials token: elsewhere they are a mistake.
+    for t in ["user", "user_or_none", "none"] {
+        token(t)
+            .route(&format!(
+                "prefix = \"/b\"\n{up}\ntoken = \"{t}\"\nscopes = [\"api\"]"
+            ))
+            .refused_for("routes[1].scopes");
+        let e = token(t)
+            .route(&format!(
+                "prefix = \"/b\"\n{up}\ntoken = \"{t}\"\nresource = \"https://api.example.com\""
+            ))
+            .load()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("routes[1]") && e.contains("resource"), "{e}");
+    }
+
+    Toml::minimal()
+        .route(&format!("prefix = \"/api\"\n{up}\ntimeout = \"forever\""))
+        .unparsable(&["timeout"]);
+    Toml::minimal()
+        .route("prefix = \"/api\"")
+        .unparsable(&["upstream"]);
+}
+
+#[test]
+fn client_token_routes_take_scopes_and_a_resource() {
+    let c = Toml::minimal()
+        .route("prefix = \"/reports\"\nupstream = \"http://127.0.0.1:9200\"\ntoken = \"client\"")
+        .route(
+            "prefix = \"/api\"\nupstream = \"http://127.0.0.1:9100\"\ntoken = \"user_or_client\"\n\
+             scopes = [\"api:read\", \"api:write\"]\nresource = \"https://api.example.com/\"",
+        )
+        .valid();
+    assert_eq!(c.routes[0].token, TokenKind::Client);
+    assert_eq!(c.routes[0].scopes, None);
+    assert_eq!(c.routes[0].resource, None);
+    assert_eq!(c.routes[1].token, TokenKind::UserOrClient);
+    assert_eq!(
+        c.routes[1].scopes.as_deref(),
+        Some(&["api:read".to_owned(), "api:write".to_owned()][..])
+    );
+    assert_eq!(
+        c.routes[1].resource.as_ref().map(Url::as_str),
+        Some("https://api.example.com/")
+    );
+    Toml::minimal()
+        .route("prefix = \"/api\"\nupstream = \"http://127.0.0.1:1\"\ntoken = \"client\"\nresource = \"not a url\"")
+        .unparsable(&["resource"]);
+}
+
+#[test]
+fn static_dir_must_be_a_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = Toml::minimal()
+        .set("static", "dir", &toml_string(&dir.path().join("missing")))
+        .refused_for("static.dir");
+    assert!(e.contains("missing"), "{e}");
+    let file = tempfile::NamedTempFile::new().unwrap();
+    Toml::minimal()
+        .set("static", "dir", &toml_string(file.path()))
+        .refused_for("static.dir");
+}
+
+#[test]
+fn unknown_fields_are_refused_by_name() {
+    let m = Toml::minimal;
+    m().set("server", "listne", "\"127.0.0.1:1\"")
+        .unparsable(&["listne"]);
+    m().set("oidc", "client_secrets", "\"x\"")
+        .unparsable(&["client_secrets"]);
+    m().set("session", "idle", "\"5m\"").unparsable(&["idle"]);
+    m().set("tokens", "refresh_ahead", "\"5m\"")
+        .unparsable(&["refresh_ahead"]);
+    m().set("sessions", "store", "\"memory\"")
+        .unparsable(&["sessions"]);
+    m().route("prefix = \"/api\"\nupstream = \"http://127.0.0.1:1\"\nstrip = true")
+        .unparsable(&["strip"]);
+    let dir = tempfile::tempdir().unwrap();
+    m().set("static", "dir", &toml_string(dir.path()))
+        .set("static", "fallback", "true")
+        .unparsable(&["fallback"]);
+}
+
+#[test]
+fn bad_durations_are_refused_by_name() {
+    let m = Toml::minimal;
+    m().set("session", "idle_timeout", "\"thirty minutes\"")
+        .unparsable(&["idle_timeout"]);
+    m().set("session", "absolute_timeout", "\"12\"")
+        .unparsable(&["absolute_timeout"]);
+    m().set("session", "idle_timeout", "30")
+        .unparsable(&["idle_timeout"]);
+    m().set("tokens", "refresh_before", "\"-1s\"")
+        .unparsable(&["refresh_before"]);
+    m().set("oidc", "clock_skew", "\"1 fortnight\"")
+        .unparsable(&["clock_skew"]);
+}
+
+#[test]
+fn malformed_toml_is_a_parse_error() {
+    let e = Config::from_toml("[server\npublic_origin = 1", []).unwrap_err();
+    assert!(matches!(e, ConfigError::Parse(_)), "{e:?}");
+}
+
+#[test]
+fn a_missing_file_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nope.toml");
+    let e = Config::load(&path, []).unwrap_err().to_string();
+    assert!(e.contains("--config") && e.contains("nope.toml"), "{e}");
+}
+
+// ---- the example configs in the repository -----------------------------------------
+
+/// Every example config in the repository loads and validates, with relative paths
+/// (`static.dir`) resolved from the crate root, where tests run.
+#[test]
+fn every_example_config_in_the_repo_loads() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = vec![root.join("demo/demo.toml")];
+    for dir in ["examples", "docs"] {
+        let Ok(entries) = std::fs::read_dir(root.join(dir)) else {
+            continue;
+        };
+        let mut found: Vec<_> = entries
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .collect();
+        found.sort();
+        files.extend(found);
+    }
+    for file in &files {
+        let config = Config::load(file, [])
+            .unwrap_or_else(|e| panic!("{} does not load: {e}", file.display()));
+        assert!(!config.session.keys.is_empty(), "{}", file.display());
+    }
+
+    let demo = Config::load(&root.join("demo/demo.toml"), []).unwrap();
+    assert_eq!(demo.redirect_uri(), "http://127.0.0.1:8080/bff/callback");
+    assert_eq!(demo.session.store, StoreKind::Sqlite);
+    assert_eq!(demo.routes.len(), 1);
+    assert_eq!(demo.routes[0].prefix, "/api");
+}
+
+/// A path as a TOML string literal.
+fn toml_string(path: &Path) -> String {
+    format!("{:?}", path.display().to_string())
+}

@@ -11,6 +11,7 @@
 
 mod discovery;
 mod jwks;
+mod logout;
 mod tokens;
 
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use serde::Deserialize;
 
 pub use discovery::ProviderMetadata;
 pub use jwks::JwksCache;
+pub use logout::{BACKCHANNEL_LOGOUT_EVENT, LogoutRequest};
 pub use tokens::{IdTokenClaims, TokenResponse, constant_time_eq};
 
 use crate::config::{AuthMethod, OidcConfig, Secret};
@@ -88,6 +90,7 @@ pub struct Oidc {
     redirect_uri: String,
     post_logout_redirect_uri: Option<String>,
     userinfo: bool,
+    require_logout_token_typ: bool,
     algorithms: Vec<Algorithm>,
     skew: Duration,
     http: reqwest::Client,
@@ -124,6 +127,7 @@ impl Oidc {
                 .as_ref()
                 .map(|u| u.to_string()),
             userinfo: config.userinfo,
+            require_logout_token_typ: config.require_logout_token_typ,
             algorithms,
             skew: config.clock_skew,
             http: http.clone(),

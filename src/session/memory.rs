@@ -6,17 +6,60 @@ use dashmap::DashMap;
 use super::{PendingLogin, SessionFilter, SessionKey, SessionRecord, SessionStore, StoreError};
 
 /// Sessions in this process only: fast, and gone at restart. Sharded maps, no lock
-/// held across an await (every operation is synchronous inside).
+/// held across an await (every operation is synchronous inside). Sessions are
+/// indexed by `sid` and `sub` so logouts don't scan.
 #[derive(Default)]
 pub struct MemoryStore {
     sessions: DashMap<SessionKey, Arc<SessionRecord>>,
+    by_sid: DashMap<String, Vec<SessionKey>>,
+    by_sub: DashMap<String, Vec<SessionKey>>,
     pending: DashMap<SessionKey, PendingLogin>,
     refresh_locks: DashMap<SessionKey, (String, Instant)>,
+    seen_once: DashMap<SessionKey, i64>,
+}
+
+fn index_add(index: &DashMap<String, Vec<SessionKey>>, name: &str, key: SessionKey) {
+    let mut keys = index.entry(name.to_owned()).or_default();
+    if !keys.contains(&key) {
+        keys.push(key);
+    }
+}
+
+fn index_remove(index: &DashMap<String, Vec<SessionKey>>, name: &str, key: &SessionKey) {
+    index.remove_if_mut(name, |_, keys| {
+        keys.retain(|k| k != key);
+        keys.is_empty()
+    });
 }
 
 impl MemoryStore {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    fn index(&self, record: &SessionRecord) {
+        index_add(&self.by_sub, &record.sub, record.key);
+        if let Some(sid) = &record.sid {
+            index_add(&self.by_sid, sid, record.key);
+        }
+    }
+
+    fn unindex(&self, record: &SessionRecord) {
+        index_remove(&self.by_sub, &record.sub, &record.key);
+        if let Some(sid) = &record.sid {
+            index_remove(&self.by_sid, sid, &record.key);
+        }
+    }
+
+    fn lookup(
+        &self,
+        index: &DashMap<String, Vec<SessionKey>>,
+        name: &str,
+    ) -> Vec<Arc<SessionRecord>> {
+        let keys = index.get(name).map(|k| k.clone()).unwrap_or_default();
+        keys.iter()
+            .filter_map(|k| self.sessions.get(k).map(|r| r.clone()))
+            .collect()
     }
 }
 
@@ -26,46 +69,67 @@ impl SessionStore for MemoryStore {
     }
 
     async fn insert(&self, record: Arc<SessionRecord>) -> Result<(), StoreError> {
-        self.sessions.insert(record.key, record);
+        self.index(&record);
+        if let Some(old) = self.sessions.insert(record.key, record.clone())
+            && (old.sub != record.sub || old.sid != record.sid)
+        {
+            self.unindex(&old);
+            self.index(&record);
+        }
         Ok(())
     }
 
     async fn update(&self, record: Arc<SessionRecord>) -> Result<bool, StoreError> {
-        match self.sessions.get_mut(&record.key) {
-            Some(mut entry) => {
-                *entry.value_mut() = record;
-                Ok(true)
-            }
-            None => Ok(false),
+        let old = match self.sessions.get_mut(&record.key) {
+            Some(mut entry) => std::mem::replace(entry.value_mut(), record.clone()),
+            None => return Ok(false),
+        };
+        if old.sub != record.sub || old.sid != record.sid {
+            self.unindex(&old);
+            self.index(&record);
         }
+        Ok(true)
     }
 
     async fn touch(&self, key: &SessionKey, last_seen: i64) -> Result<(), StoreError> {
         if let Some(mut entry) = self.sessions.get_mut(key) {
-            Arc::make_mut(entry.value_mut()).last_seen = last_seen;
+            let record = Arc::make_mut(entry.value_mut());
+            record.last_seen = record.last_seen.max(last_seen);
         }
         Ok(())
     }
 
     async fn remove(&self, key: &SessionKey) -> Result<Option<Arc<SessionRecord>>, StoreError> {
-        Ok(self.sessions.remove(key).map(|(_, r)| r))
+        let removed = self.sessions.remove(key).map(|(_, r)| r);
+        if let Some(record) = &removed {
+            self.unindex(record);
+        }
+        Ok(removed)
     }
 
     async fn find(&self, filter: &SessionFilter) -> Result<Vec<Arc<SessionRecord>>, StoreError> {
-        Ok(self
-            .sessions
-            .iter()
-            .filter(|r| filter.matches(r.value()))
-            .map(|r| r.value().clone())
-            .collect())
+        Ok(match filter {
+            SessionFilter::All => self.sessions.iter().map(|r| r.value().clone()).collect(),
+            SessionFilter::Sid(sid) => self.lookup(&self.by_sid, sid),
+            SessionFilter::Sub(sub) => self.lookup(&self.by_sub, sub),
+        })
     }
 
     async fn remove_expired(&self, now: i64, idle: i64) -> Result<usize, StoreError> {
-        let before = self.sessions.len();
-        self.sessions
-            .retain(|_, r| now < r.expires_at && now < r.last_seen + idle);
+        let mut expired = Vec::new();
+        self.sessions.retain(|_, r| {
+            let live = now < r.expires_at && now < r.last_seen + idle;
+            if !live {
+                expired.push(r.clone());
+            }
+            live
+        });
+        for record in &expired {
+            self.unindex(record);
+        }
         self.pending.retain(|_, p| now < p.expires_at);
-        Ok(before.saturating_sub(self.sessions.len()))
+        self.seen_once.retain(|_, until| now < *until);
+        Ok(expired.len())
     }
 
     async fn put_pending(
@@ -125,6 +189,24 @@ impl SessionStore for MemoryStore {
         self.refresh_locks
             .remove_if(key, |_, (holder, _)| holder == owner);
         Ok(())
+    }
+
+    async fn remember_once(&self, key: SessionKey, expires_at: i64) -> Result<bool, StoreError> {
+        let now = super::now_secs();
+        let mut first = false;
+        self.seen_once
+            .entry(key)
+            .and_modify(|until| {
+                if *until <= now {
+                    *until = expires_at;
+                    first = true;
+                }
+            })
+            .or_insert_with(|| {
+                first = true;
+                expires_at
+            });
+        Ok(first)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

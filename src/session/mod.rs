@@ -33,6 +33,8 @@ pub enum EndReason {
     Revoked,
     /// The provider refused the refresh token (`invalid_grant`): the grant is gone.
     GrantRevoked,
+    /// The provider ended the login (OIDC Back-Channel Logout).
+    BackchannelLogout,
     /// The access token expired and there is no refresh token.
     AccessExpired,
     IdleTimeout,
@@ -47,6 +49,7 @@ impl EndReason {
             Self::Replaced => "replaced_by_login",
             Self::Revoked => "revoked",
             Self::GrantRevoked => "invalid_grant",
+            Self::BackchannelLogout => "backchannel_logout",
             Self::AccessExpired => "access_token_expired",
             Self::IdleTimeout => "idle_timeout",
             Self::AbsoluteTimeout => "absolute_timeout",

@@ -25,6 +25,10 @@ CREATE TABLE IF NOT EXISTS refresh_locks (
     owner       TEXT NOT NULL,
     expires_ms  INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS seen_once (
+    key         BLOB PRIMARY KEY,
+    expires_at  INTEGER NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS pending_logins (
     key         BLOB PRIMARY KEY,
     data        TEXT NOT NULL,
@@ -273,6 +277,7 @@ impl SessionStore for SqliteStore {
                 if live as usize >= max {
                     c.execute("DELETE FROM pending_logins WHERE expires_at <= ?1", [now])?;
             c.execute("DELETE FROM refresh_locks WHERE expires_ms <= ?1", [now * 1000])?;
+            c.execute("DELETE FROM seen_once WHERE expires_at <= ?1", [now])?;
                     return Ok(true);
                 }
                 c.prepare_cached("INSERT OR REPLACE INTO pending_logins (key, data, expires_at) VALUES (?1, ?2, ?3)")?
@@ -337,6 +342,22 @@ impl SessionStore for SqliteStore {
             c.prepare_cached("DELETE FROM refresh_locks WHERE key = ?1 AND owner = ?2")?
                 .execute(params![key.as_bytes().as_slice(), owner])
                 .map(drop)
+        })
+        .await
+    }
+
+    async fn remember_once(&self, key: SessionKey, expires_at: i64) -> Result<bool, StoreError> {
+        let now = super::now_secs();
+        self.blocking(move |c| {
+            // Insert, or take over an entry that has expired; otherwise it's a replay.
+            let n = c
+                .prepare_cached(
+                    "INSERT INTO seen_once (key, expires_at) VALUES (?1, ?2) \
+                     ON CONFLICT(key) DO UPDATE SET expires_at = excluded.expires_at \
+                     WHERE seen_once.expires_at <= ?3",
+                )?
+                .execute(params![key.as_bytes().as_slice(), expires_at, now])?;
+            Ok(n == 1)
         })
         .await
     }

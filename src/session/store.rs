@@ -125,12 +125,21 @@ pub trait SessionStore: Send + Sync + 'static {
         owner: &str,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// Records a one-time identifier (the hash of a logout token's `iss` and `jti`)
+    /// until `expires_at`. Returns `true` the first time, `false` for a replay.
+    fn remember_once(
+        &self,
+        key: SessionKey,
+        expires_at: i64,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
     /// Checks the store answers (readiness).
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
 /// The configured backend. An enum rather than a trait object: the hot path stays
 /// free of boxed futures.
+#[allow(clippy::large_enum_variant)] // one per process, built once and never moved
 pub enum Store {
     Memory(MemoryStore),
     Sqlite(SqliteStore),
@@ -192,6 +201,9 @@ impl SessionStore for Store {
     }
     async fn unlock_refresh(&self, key: &SessionKey, owner: &str) -> Result<(), StoreError> {
         dispatch!(self, s => s.unlock_refresh(key, owner))
+    }
+    async fn remember_once(&self, key: SessionKey, expires_at: i64) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.remember_once(key, expires_at))
     }
     async fn ping(&self) -> Result<(), StoreError> {
         dispatch!(self, s => s.ping())

@@ -263,6 +263,86 @@ pub async fn refresh_lock_admits_one_of_many(store: impl SessionStore) {
     assert_eq!(winners, 1);
 }
 
+pub async fn one_time_ids_are_seen_once(store: impl SessionStore) {
+    let now = now_secs();
+    let jti = SessionKey::hash(b"iss|jti-1");
+    assert!(store.remember_once(jti, now + 600).await.unwrap());
+    assert!(
+        !store.remember_once(jti, now + 600).await.unwrap(),
+        "a replay"
+    );
+    assert!(
+        store
+            .remember_once(SessionKey::hash(b"iss|jti-2"), now + 600)
+            .await
+            .unwrap()
+    );
+    let old = SessionKey::hash(b"iss|jti-old");
+    assert!(store.remember_once(old, now - 1).await.unwrap());
+    assert!(
+        store.remember_once(old, now + 600).await.unwrap(),
+        "an expired entry is forgotten"
+    );
+}
+
+pub async fn indexes_follow_changes(store: impl SessionStore) {
+    let now = now_secs();
+    let r = record("alice", Some("s1"), now);
+    store.insert(r.clone()).await.unwrap();
+    let mut moved = (*r).clone();
+    moved.sid = Some("s2".into());
+    moved.sub = "alice2".into();
+    store.insert(Arc::new(moved)).await.unwrap();
+    assert!(
+        store
+            .find(&SessionFilter::Sid("s1".into()))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .find(&SessionFilter::Sub("alice".into()))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store
+            .find(&SessionFilter::Sid("s2".into()))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    store.remove(&r.key).await.unwrap();
+    assert!(
+        store
+            .find(&SessionFilter::Sub("alice2".into()))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let mut expired = (*record("bob", Some("s3"), now)).clone();
+    expired.expires_at = now - 1;
+    store.insert(Arc::new(expired)).await.unwrap();
+    store.remove_expired(now, 1800).await.unwrap();
+    assert!(
+        store
+            .find(&SessionFilter::Sid("s3".into()))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .find(&SessionFilter::Sub("bob".into()))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
 macro_rules! store_suite {
     ($backend:ident, $make:expr) => {
         mod $backend {
@@ -273,7 +353,8 @@ macro_rules! store_suite {
                 expired_sessions_are_swept, pending_logins_are_single_use,
                 pending_logins_expire, pending_logins_are_capped,
                 concurrent_sessions_do_not_interfere, update_only_replaces_live_sessions,
-                refresh_lock_is_exclusive_and_leased, refresh_lock_admits_one_of_many);
+                refresh_lock_is_exclusive_and_leased, refresh_lock_admits_one_of_many,
+                one_time_ids_are_seen_once, indexes_follow_changes);
         }
     };
     (@tests $make:expr; $($name:ident),*) => {

@@ -1,7 +1,7 @@
 //! Logs and audit events.
 //!
-//! Logs go through `tracing`: JSON when stdout is not a terminal, human-readable
-//! otherwise, level from `RUST_LOG` (default `info`). Audit events carry the `sub`
+//! Logs go through `tracing` to stderr: JSON when stderr is not a terminal,
+//! human-readable otherwise, level from `RUST_LOG` (default `info`). Audit events carry the `sub`
 //! and a short hash of the session key — never a session id, cookie or token.
 
 use std::io::IsTerminal;

@@ -337,6 +337,79 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes).as_ref())
 }
 
+// ---------------------------------------------------------------- test signing keys
+
+/// An ES256 key the test holds. Its public half can be published in the provider's
+/// JWKS, so tokens the test signs verify as the provider's.
+pub struct TestSigner {
+    pub kid: String,
+    pkcs8: Vec<u8>,
+    public_jwk: Value,
+}
+
+impl TestSigner {
+    pub fn new(kid: &str) -> Self {
+        use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+        use base64::Engine;
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        let pair =
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref()).unwrap();
+        let point = pair.public_key().as_ref(); // 0x04 || x || y
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let public_jwk = json!({
+            "kty": "EC", "crv": "P-256", "use": "sig", "alg": "ES256", "kid": kid,
+            "x": b64(&point[1..33]), "y": b64(&point[33..65]),
+        });
+        Self {
+            kid: kid.to_owned(),
+            pkcs8: pkcs8.as_ref().to_vec(),
+            public_jwk,
+        }
+    }
+
+    pub fn public_jwk(&self) -> Value {
+        self.public_jwk.clone()
+    }
+
+    /// Signs `claims` with this key; `typ` goes in the header when given.
+    pub fn sign(&self, claims: &Value, typ: Option<&str>) -> String {
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        header.kid = Some(self.kid.clone());
+        header.typ = typ.map(str::to_owned);
+        jsonwebtoken::encode(
+            &header,
+            claims,
+            &jsonwebtoken::EncodingKey::from_ec_der(&self.pkcs8),
+        )
+        .unwrap()
+    }
+}
+
+/// An unsigned JWT (`alg: none`).
+pub fn unsigned_jwt(claims: &Value) -> String {
+    use base64::Engine;
+    let b64 = |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    format!(
+        "{}.{}.",
+        b64(&json!({"alg": "none", "typ": "logout+jwt"})),
+        b64(claims)
+    )
+}
+
+/// An HS256 JWT keyed with `secret` (the "public key as HMAC secret" attack).
+pub fn hmac_jwt(claims: &Value, secret: &[u8], kid: &str) -> String {
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    header.kid = Some(kid.to_owned());
+    header.typ = Some("logout+jwt".into());
+    jsonwebtoken::encode(
+        &header,
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret),
+    )
+    .unwrap()
+}
+
 // ---------------------------------------------------------------- gateway
 
 /// The `portcullis` binary, started with a config file; stopped on drop.
@@ -482,6 +555,7 @@ pub struct EnvBuilder {
     static_dir: Option<PathBuf>,
     route_timeout: &'static str,
     auth_method: &'static str,
+    extra_jwks: Vec<Value>,
 }
 
 impl Env {
@@ -497,6 +571,7 @@ impl Env {
             static_dir: None,
             route_timeout: "30s",
             auth_method: "client_secret_basic",
+            extra_jwks: Vec::new(),
         }
     }
 
@@ -506,6 +581,21 @@ impl Env {
 
     pub fn url(&self, path: &str) -> String {
         self.gateway.url(path)
+    }
+
+    /// POSTs a logout token to `/bff/backchannel-logout`, as a provider would.
+    pub async fn backchannel_logout(&self, token: &str) -> Answer {
+        let body = form_urlencoded::Serializer::new(String::new())
+            .append_pair("logout_token", token)
+            .finish();
+        Browser::new()
+            .send(
+                Method::POST,
+                &self.url("/bff/backchannel-logout"),
+                &[("content-type", "application/x-www-form-urlencoded")],
+                Some(Body::from(body)),
+            )
+            .await
     }
 }
 
@@ -547,6 +637,11 @@ impl EnvBuilder {
         self.static_dir = Some(dir.to_owned());
         self
     }
+    /// Publishes `signer`'s public key in the provider's JWKS from the start.
+    pub fn publish_key(mut self, signer: &TestSigner) -> Self {
+        self.extra_jwks.push(signer.public_jwk());
+        self
+    }
     pub fn route_timeout(mut self, t: &'static str) -> Self {
         self.route_timeout = t;
         self
@@ -565,6 +660,7 @@ impl EnvBuilder {
             "host": "127.0.0.1",
             "issuerHost": "localhost",
             "accessTokenTTL": self.access_token_ttl,
+            "extraJwks": self.extra_jwks,
             "clients": [
                 {
                     "client_id": CLIENT_ID,

@@ -167,9 +167,13 @@ async fn logout_needs_the_right_sid() {
     // A wrong sid ends nothing.
     assert_eq!(browser.user(&env).await.status, 200);
 
-    // Without a session there is nothing to protect: straight to the post-logout page.
+    // Without a session: sid is still required; with one, straight to the post-logout page.
     let anonymous = Browser::new();
-    let r = anonymous.get(&env.url("/bff/logout")).await;
+    anonymous
+        .get(&env.url("/bff/logout"))
+        .await
+        .assert_error(400, "invalid_request");
+    let r = anonymous.get(&env.url("/bff/logout?sid=whatever")).await;
     assert_eq!(r.status, 302);
     assert_eq!(r.location(), env.url("/"));
 }

@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod backchannel;
 mod callback_attacks;
 mod cli;
 mod login_flow;
