@@ -146,7 +146,9 @@ pub struct SessionConfig {
     /// SQLite database file. Default `portcullis.db`.
     #[serde(default = "default_sqlite_path")]
     pub sqlite_path: PathBuf,
-    /// Redis URL, for `store = "redis"`.
+    /// Redis URL, for `store = "redis"`: `redis://[user:pass@]host:port[/db]`,
+    /// `rediss://…` (TLS), `redis+cluster://host:port,host:port` (seed nodes of a
+    /// Redis Cluster), `redis+sentinel://host:port,host:port/master_name[/db]`.
     #[serde(default)]
     pub redis_url: Option<Secret>,
     /// Session cookie name. Default `__Host-portcullis`.
@@ -205,12 +207,19 @@ pub struct TokensConfig {
     /// Refresh an access token this long before it expires (at most half its lifetime). Default `60s`.
     #[serde(default = "default_refresh_before", with = "humantime_serde")]
     pub refresh_before: Duration,
+    /// How long a refresh waits for the provider's answer once sent (requests stop
+    /// waiting after `oidc.http_timeout`; the refresh itself goes on, so a rotated
+    /// refresh token is not lost). The refresh lock's lease is this plus 5 s: a
+    /// crashed instance blocks a session's refresh at most that long. Default `60s`.
+    #[serde(default = "default_refresh_timeout", with = "humantime_serde")]
+    pub refresh_timeout: Duration,
 }
 
 impl Default for TokensConfig {
     fn default() -> Self {
         Self {
             refresh_before: default_refresh_before(),
+            refresh_timeout: default_refresh_timeout(),
         }
     }
 }
@@ -301,6 +310,9 @@ fn default_idle() -> Duration {
 }
 fn default_absolute() -> Duration {
     Duration::from_secs(12 * 3600)
+}
+fn default_refresh_timeout() -> Duration {
+    Duration::from_secs(60)
 }
 fn default_refresh_before() -> Duration {
     Duration::from_secs(60)
@@ -530,12 +542,18 @@ impl Config {
             ));
         }
         match session.store {
-            StoreKind::Redis => {
-                return Err(invalid(
-                    "session.store",
-                    "redis is not supported by this version",
-                ));
-            }
+            StoreKind::Redis => match &session.redis_url {
+                None => {
+                    return Err(invalid(
+                        "session.redis_url",
+                        "is required with store = \"redis\"",
+                    ));
+                }
+                Some(url) => {
+                    crate::session::RedisAddress::parse(url.expose())
+                        .map_err(|why| invalid("session.redis_url", why))?;
+                }
+            },
             StoreKind::Sqlite if session.sqlite_path.as_os_str().is_empty() => {
                 return Err(invalid("session.sqlite_path", "must not be empty"));
             }

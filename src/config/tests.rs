@@ -567,8 +567,26 @@ fn session_refusals() {
         .refused_for("session.idle_timeout");
 
     m().set("session", "store", "\"redis\"")
-        .set("session", "redis_url", "\"redis://127.0.0.1:6379/0\"")
-        .refused_for("session.store");
+        .refused_for("session.redis_url");
+    m().set("session", "store", "\"redis\"")
+        .set("session", "redis_url", "\"http://127.0.0.1:6379/0\"")
+        .refused_for("session.redis_url");
+    m().set("session", "store", "\"redis\"")
+        .set(
+            "session",
+            "redis_url",
+            "\"redis+sentinel://127.0.0.1:26379\"",
+        )
+        .refused_for("session.redis_url");
+    let c = m()
+        .set("session", "store", "\"redis\"")
+        .set(
+            "session",
+            "redis_url",
+            "\"redis+cluster://127.0.0.1:7000,127.0.0.1:7001\"",
+        )
+        .valid();
+    assert_eq!(c.session.store, StoreKind::Redis);
     m().set("session", "store", "\"postgres\"")
         .unparsable(&["store", "postgres"]);
     m().set("session", "sqlite_path", "\"\"")

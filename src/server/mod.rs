@@ -57,7 +57,11 @@ impl Gateway {
             public_proto: HeaderValue::from_str(origin.scheme()).map_err(|e| e.to_string())?,
             public_host: HeaderValue::from_str(&host).map_err(|e| e.to_string())?,
         };
-        let tokens = TokenManager::new(config.tokens.refresh_before, config.oidc.http_timeout);
+        let tokens = TokenManager::new(
+            config.tokens.refresh_before,
+            config.oidc.http_timeout,
+            config.tokens.refresh_timeout,
+        );
         Ok(Self {
             config,
             sessions,

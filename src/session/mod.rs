@@ -11,6 +11,7 @@ pub mod cipher;
 pub mod cookie;
 mod memory;
 mod record;
+mod redis;
 mod sqlite;
 mod store;
 
@@ -19,6 +20,7 @@ use std::time::Duration;
 
 pub use memory::MemoryStore;
 pub use record::{PendingLogin, SessionId, SessionKey, SessionRecord, Tokens, now_secs};
+pub use redis::{RedisAddress, RedisStore};
 pub use sqlite::SqliteStore;
 pub use store::{SessionFilter, SessionStore, Store, StoreError};
 
@@ -103,7 +105,13 @@ impl Sessions {
                     .await
                     .map_err(|e| format!("session.sqlite_path: {e}"))?,
             ),
-            StoreKind::Redis => return Err("session.store: redis is not supported yet".into()),
+            StoreKind::Redis => {
+                let url = config
+                    .redis_url
+                    .as_ref()
+                    .ok_or("session.redis_url: required for store = \"redis\"")?;
+                Store::Redis(RedisStore::open(url.expose(), secs(config.idle_timeout)).await?)
+            }
         };
         Ok(Self::new(store, cipher, config))
     }

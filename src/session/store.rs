@@ -1,7 +1,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use super::{MemoryStore, PendingLogin, SessionKey, SessionRecord, SqliteStore};
+use super::{MemoryStore, PendingLogin, RedisStore, SessionKey, SessionRecord, SqliteStore};
 
 /// A store failure: the store is unreachable or broken. Never "not found".
 #[derive(Debug, thiserror::Error)]
@@ -143,6 +143,7 @@ pub trait SessionStore: Send + Sync + 'static {
 pub enum Store {
     Memory(MemoryStore),
     Sqlite(SqliteStore),
+    Redis(RedisStore),
 }
 
 macro_rules! dispatch {
@@ -150,6 +151,7 @@ macro_rules! dispatch {
         match $self {
             Store::Memory($s) => $call.await,
             Store::Sqlite($s) => $call.await,
+            Store::Redis($s) => $call.await,
         }
     };
 }

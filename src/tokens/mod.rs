@@ -68,13 +68,14 @@ pub struct TokenManager {
 }
 
 impl TokenManager {
-    /// `refresh_before`: how long before expiry to refresh; `provider_timeout`: the
-    /// time one provider call may take (the refresh lock's lease is derived from it).
-    pub fn new(refresh_before: Duration, provider_timeout: Duration) -> Self {
-        let refresh_timeout = (provider_timeout * 6).max(Duration::from_secs(60));
+    /// `refresh_before`: how long before expiry to refresh; `wait`: how long a
+    /// request waits for a refresh; `refresh_timeout`: how long a refresh waits for
+    /// the provider (the refresh lock's lease is derived from it).
+    pub fn new(refresh_before: Duration, wait: Duration, refresh_timeout: Duration) -> Self {
+        let refresh_timeout = refresh_timeout.max(wait);
         Self {
             refresh_before: refresh_before.as_secs() as i64,
-            wait: provider_timeout,
+            wait,
             refresh_timeout,
             lease: refresh_timeout + Duration::from_secs(5),
             inflight: Mutex::new(HashMap::new()),
@@ -342,7 +343,11 @@ mod tests {
 
     #[test]
     fn refresh_ahead_is_capped_at_half_the_lifetime() {
-        let m = TokenManager::new(Duration::from_secs(60), Duration::from_secs(10));
+        let m = TokenManager::new(
+            Duration::from_secs(60),
+            Duration::from_secs(10),
+            Duration::from_secs(60),
+        );
         // Long-lived token: refresh 60 s ahead.
         assert!(!m.needs_refresh(&tokens(0, 3600), 3539));
         assert!(m.needs_refresh(&tokens(0, 3600), 3540));

@@ -540,12 +540,99 @@ fn status_probe(url: &str) -> Option<u16> {
 pub struct Env {
     pub provider: Provider,
     pub upstream: Upstream,
+    /// The first instance; its address is the public origin.
     pub gateway: Gateway,
+    /// More instances behind the same public origin (as behind a load balancer).
+    pub others: Vec<Gateway>,
+    pub redis: Option<RedisServer>,
     pub key: String,
+}
+
+/// A `redis-server` of the test's own on a free port; `--appendonly` so a restart
+/// keeps what it had. Stopped on drop.
+pub struct RedisServer {
+    child: Option<Child>,
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    pub fn start() -> Self {
+        let mut server = Self {
+            child: None,
+            port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &self.port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+            ])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server is required (./scripts/test.sh installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// Runs a command with redis-cli semantics through a raw RESP exchange.
+    pub fn command(&self, args: &[&str]) -> String {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        let mut req = format!("*{}\r\n", args.len());
+        for a in args {
+            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        s.write_all(req.as_bytes()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut buf = [0u8; 4096];
+        let n = s.read(&mut buf).unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 pub struct EnvBuilder {
     store: &'static str,
+    instances: usize,
     userinfo: bool,
     access_token_ttl: u64,
     extra_routes: String,
@@ -562,6 +649,7 @@ impl Env {
     pub fn builder() -> EnvBuilder {
         EnvBuilder {
             store: "memory",
+            instances: 1,
             userinfo: true,
             access_token_ttl: 300,
             extra_routes: String::new(),
@@ -602,6 +690,11 @@ impl Env {
 impl EnvBuilder {
     pub fn store(mut self, store: &'static str) -> Self {
         self.store = store;
+        self
+    }
+    /// Several Portcullis instances on one Redis, behind one public origin.
+    pub fn instances(mut self, n: usize) -> Self {
+        self.instances = n;
         self
     }
     pub fn userinfo(mut self, on: bool) -> Self {
@@ -683,6 +776,7 @@ impl EnvBuilder {
                 }
             ]
         }));
+        let redis = (self.store == "redis").then(RedisServer::start);
         let upstream = Upstream::start().await;
         let key = random_key();
         let static_section = match &self.static_dir {
@@ -695,7 +789,7 @@ impl EnvBuilder {
         let config = format!(
             r#"
 [server]
-listen = "127.0.0.1:{port}"
+listen = "127.0.0.1:LISTEN_PORT"
 public_origin = "{origin}"
 drain_timeout = "5s"
 
@@ -711,6 +805,7 @@ userinfo = {userinfo}
 
 [session]
 store = "{store}"
+redis_url = "{redis_url}"
 sqlite_path = "sessions.db"
 keys = ["{key}"]
 {extra_session}
@@ -747,12 +842,23 @@ token = "user_or_none"
             upstream = upstream.url(),
             route_timeout = self.route_timeout,
             extra_routes = self.extra_routes.replace("{upstream}", &upstream.url()),
+            redis_url = redis.as_ref().map(RedisServer::url).unwrap_or_default(),
         );
-        let gateway = Gateway::start(port, &config);
+        let gateway = Gateway::start(port, &config.replace("LISTEN_PORT", &port.to_string()));
+        let others = (1..self.instances)
+            .map(|_| {
+                let p = free_port();
+                let mut g = Gateway::start(p, &config.replace("LISTEN_PORT", &p.to_string()));
+                g.origin = format!("http://127.0.0.1:{p}");
+                g
+            })
+            .collect();
         Env {
             provider,
             upstream,
             gateway,
+            others,
+            redis,
             key,
         }
     }
@@ -1020,6 +1126,16 @@ impl Browser {
 
     pub fn session_cookie(&self, env: &Env) -> Option<String> {
         self.cookie(&env.gateway.origin, COOKIE)
+    }
+
+    /// Gives `other` (another instance behind the same public origin) this
+    /// browser's session cookie, as a load balancer would route the same browser.
+    pub fn share_session_with(&self, env: &Env, other: &Gateway) {
+        if let Some(v) = self.session_cookie(env) {
+            self.set_cookie(&other.origin, COOKIE, &v);
+        } else {
+            self.clear_cookie(&other.origin, COOKIE);
+        }
     }
 }
 

@@ -8,5 +8,6 @@ mod callback_attacks;
 mod cli;
 mod login_flow;
 mod proxying;
+mod scale_out;
 mod sessions;
 mod token_lifecycle;

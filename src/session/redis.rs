@@ -1,0 +1,766 @@
+//! Sessions in Redis, for several Portcullis instances sharing one truth.
+//!
+//! Layout (prefix `portcullis:`):
+//! - `s:{key}` — a hash per session; Redis expires it at the earlier of its idle and
+//!   absolute deadline, so both timeouts hold even if no instance is running.
+//! - `sid:{sid}`, `sub:{sub}` — sets of session keys (the back-channel logout and
+//!   admin lookups); `all` — a sorted set of every key by expiry. Members whose
+//!   session expired are dropped lazily.
+//! - `{pending}:z` / `{pending}:h` — pending logins (one hash slot, so the cap check
+//!   and the single-use take are atomic Lua, also on Redis Cluster).
+//! - `lock:{key}` — the refresh lock: `SET NX PX` with a random owner, released by a
+//!   compare-and-delete script. `once:{key}` — replay cache (`SET NX EXAT`).
+//!
+//! **Hot path.** Recently read sessions are kept in process. Every write that can
+//! make a cached copy wrong (update, remove) is published on `portcullis:invalidate`,
+//! and every instance evicts the key when the message arrives (well under 100 ms on
+//! a LAN). The cache is only used while the subscription is live: if it drops, the
+//! cache is cleared and reads go to Redis until it is back. Cached entries also age
+//! out after [`CACHE_TTL`] as a safety net.
+//!
+//! **Faults.** Short connect/response timeouts; a failed call is
+//! [`StoreError::Unavailable`] (503 `store_unavailable`), never a logout. The
+//! connection manager reconnects by itself; Portcullis may even start while Redis
+//! is down.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use futures_util::StreamExt;
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, Cmd, Pipeline, RedisFuture, Script, Value};
+
+use super::{PendingLogin, SessionFilter, SessionKey, SessionRecord, SessionStore, StoreError};
+
+const PREFIX: &str = "portcullis:";
+const CHANNEL: &str = "portcullis:invalidate";
+/// Longest time a cached session is used without re-reading it.
+const CACHE_TTL: Duration = Duration::from_secs(10);
+const TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How the Redis URL addresses the deployment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisAddress {
+    /// `redis://[user:pass@]host:port[/db]` or `rediss://…` (TLS).
+    Single(String),
+    /// `redis+cluster://host:port,host:port` (or `rediss+cluster://`): seed nodes.
+    Cluster(Vec<String>),
+    /// `redis+sentinel://host:port,host:port/master_name[/db]` (or `rediss+sentinel://`).
+    Sentinel {
+        sentinels: Vec<String>,
+        master: String,
+        db: i64,
+        tls: bool,
+    },
+}
+
+impl RedisAddress {
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let (scheme, rest) = url.split_once("://").ok_or("not a URL")?;
+        let split_hosts = |hosts: &str, tls: bool| -> Vec<String> {
+            hosts
+                .split(',')
+                .map(|h| format!("{}://{h}", if tls { "rediss" } else { "redis" }))
+                .collect()
+        };
+        match scheme {
+            "redis" | "rediss" => {
+                redis::parse_redis_url(url).ok_or("not a valid redis URL")?;
+                Ok(Self::Single(url.to_owned()))
+            }
+            "redis+cluster" | "rediss+cluster" => {
+                let hosts = rest.split('/').next().unwrap_or_default();
+                if hosts.is_empty() {
+                    return Err("names no node".into());
+                }
+                Ok(Self::Cluster(split_hosts(
+                    hosts,
+                    scheme.starts_with("rediss"),
+                )))
+            }
+            "redis+sentinel" | "rediss+sentinel" => {
+                let mut parts = rest.splitn(3, '/');
+                let hosts = parts.next().unwrap_or_default();
+                let master = parts
+                    .next()
+                    .filter(|m| !m.is_empty())
+                    .ok_or("names no master (…/master_name)")?;
+                let db = parts
+                    .next()
+                    .map(|d| d.parse().map_err(|_| "db is not a number"))
+                    .transpose()?
+                    .unwrap_or(0);
+                if hosts.is_empty() {
+                    return Err("names no sentinel".into());
+                }
+                let tls = scheme.starts_with("rediss");
+                Ok(Self::Sentinel {
+                    sentinels: split_hosts(hosts, false),
+                    master: master.to_owned(),
+                    db,
+                    tls,
+                })
+            }
+            other => Err(format!(
+                "unknown scheme {other:?} (redis, rediss, redis+cluster, redis+sentinel)"
+            )),
+        }
+    }
+}
+
+/// One connection type for the three deployments.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+struct Shared {
+    address: RedisAddress,
+    conn: tokio::sync::RwLock<Option<Conn>>,
+    connecting: tokio::sync::Mutex<Option<Instant>>,
+    idle: i64,
+    cache: DashMap<SessionKey, (Arc<SessionRecord>, Instant)>,
+    cache_live: AtomicBool,
+    /// Bumped by every invalidation: a read that raced one is not cached.
+    invalidations: AtomicU64,
+}
+
+/// The Redis session store.
+pub struct RedisStore {
+    shared: Arc<Shared>,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(format!("redis: {e}"))
+}
+
+fn hex(key: &SessionKey) -> String {
+    key.as_bytes().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<SessionKey> {
+    if text.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, chunk) in text.as_bytes().chunks(2).enumerate() {
+        out[i] = u8::from_str_radix(std::str::from_utf8(chunk).ok()?, 16).ok()?;
+    }
+    Some(SessionKey::from_bytes(out))
+}
+
+fn session_key(key: &SessionKey) -> String {
+    format!("{PREFIX}s:{}", hex(key))
+}
+
+async fn connect(address: &RedisAddress) -> redis::RedisResult<Conn> {
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(TIMEOUT))
+        .set_response_timeout(Some(TIMEOUT))
+        .set_number_of_retries(1);
+    match address {
+        RedisAddress::Single(url) => {
+            let client = redis::Client::open(url.as_str())?;
+            Ok(Conn::Single(
+                ConnectionManager::new_with_config(client, config).await?,
+            ))
+        }
+        RedisAddress::Cluster(nodes) => {
+            let client = redis::cluster::ClusterClient::builder(nodes.clone())
+                .connection_timeout(TIMEOUT)
+                .response_timeout(TIMEOUT)
+                .build()?;
+            Ok(Conn::Cluster(client.get_async_connection().await?))
+        }
+        RedisAddress::Sentinel {
+            sentinels,
+            master,
+            db,
+            tls,
+        } => {
+            let mut params = redis::sentinel::SentinelNodeConnectionInfo::default()
+                .set_redis_connection_info(redis::RedisConnectionInfo::default().set_db(*db));
+            if *tls {
+                params = params.set_tls_mode(redis::TlsMode::Secure);
+            }
+            let mut sentinel = redis::sentinel::SentinelClient::build(
+                sentinels.clone(),
+                master.clone(),
+                Some(params),
+                redis::sentinel::SentinelServerType::Master,
+            )?;
+            let client = sentinel.async_get_client().await?;
+            Ok(Conn::Single(
+                ConnectionManager::new_with_config(client, config).await?,
+            ))
+        }
+    }
+}
+
+impl RedisStore {
+    /// Opens the store. A Redis that is down is not fatal: operations fail with
+    /// `Unavailable` until it answers. `idle` is the idle timeout in seconds (TTLs).
+    pub async fn open(url: &str, idle: i64) -> Result<Self, String> {
+        let address = RedisAddress::parse(url).map_err(|e| format!("session.redis_url: {e}"))?;
+        let shared = Arc::new(Shared {
+            address,
+            conn: tokio::sync::RwLock::new(None),
+            connecting: tokio::sync::Mutex::new(None),
+            idle,
+            cache: DashMap::new(),
+            cache_live: AtomicBool::new(false),
+            invalidations: AtomicU64::new(0),
+        });
+        if let Err(e) = shared.conn().await {
+            tracing::warn!(error = %e, "redis not reachable yet; retrying on use");
+        }
+        tokio::spawn(invalidation_listener(Arc::downgrade(&shared)));
+        Ok(Self { shared })
+    }
+
+    /// Whether the in-process cache is in use (the invalidation channel is live).
+    pub fn cache_is_live(&self) -> bool {
+        self.shared.cache_live.load(Ordering::Acquire)
+    }
+}
+
+impl Shared {
+    async fn conn(&self) -> Result<Conn, StoreError> {
+        if let Some(c) = self.conn.read().await.as_ref() {
+            return Ok(c.clone());
+        }
+        let mut last_try = self.connecting.lock().await;
+        if let Some(c) = self.conn.read().await.as_ref() {
+            return Ok(c.clone());
+        }
+        if last_try.is_some_and(|t| t.elapsed() < Duration::from_millis(500)) {
+            return Err(StoreError::Unavailable("redis: not connected".into()));
+        }
+        *last_try = Some(Instant::now());
+        let conn = connect(&self.address).await.map_err(unavailable)?;
+        *self.conn.write().await = Some(conn.clone());
+        tracing::info!("connected to redis");
+        Ok(conn)
+    }
+
+    fn evict(&self, key: &SessionKey) {
+        self.invalidations.fetch_add(1, Ordering::AcqRel);
+        self.cache.remove(key);
+    }
+
+    async fn publish_invalidation(&self, conn: &mut Conn, key: &SessionKey) {
+        let r: redis::RedisResult<i64> = conn.publish(CHANNEL, hex(key)).await;
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "redis invalidation publish failed");
+        }
+    }
+
+    fn deadline(&self, record: &SessionRecord) -> i64 {
+        record.expires_at.min(record.last_seen + self.idle)
+    }
+}
+
+/// Keeps the subscription to the invalidation channel; while it's live the cache is used.
+async fn invalidation_listener(shared: std::sync::Weak<Shared>) {
+    loop {
+        let Some(s) = shared.upgrade() else { return };
+        let client = match &s.address {
+            RedisAddress::Single(url) => redis::Client::open(url.as_str()),
+            RedisAddress::Cluster(nodes) => redis::Client::open(nodes[0].as_str()),
+            RedisAddress::Sentinel { .. } => {
+                // Sentinel deployments read through to Redis (no cross-instance cache).
+                return;
+            }
+        };
+        let pubsub = match client {
+            Ok(c) => tokio::time::timeout(TIMEOUT, c.get_async_pubsub()).await,
+            Err(e) => {
+                tracing::error!(error = %e, "redis pub/sub client");
+                return;
+            }
+        };
+        let mut pubsub = match pubsub {
+            Ok(Ok(p)) => p,
+            _ => {
+                drop(s);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        if pubsub.subscribe(CHANNEL).await.is_err() {
+            drop(s);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        }
+        // Anything cached before the subscription may have missed an invalidation.
+        s.cache.clear();
+        s.cache_live.store(true, Ordering::Release);
+        tracing::debug!("redis invalidation channel live");
+        let weak = Arc::downgrade(&s);
+        drop(s);
+        let mut messages = pubsub.into_on_message();
+        while let Some(msg) = messages.next().await {
+            let Some(s) = weak.upgrade() else { return };
+            if let Ok(text) = msg.get_payload::<String>()
+                && let Some(key) = unhex(&text)
+            {
+                s.evict(&key);
+            }
+        }
+        if let Some(s) = weak.upgrade() {
+            s.cache_live.store(false, Ordering::Release);
+            s.cache.clear();
+            tracing::warn!("redis invalidation channel lost; reading through until it is back");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn record_from_hash(
+    key: SessionKey,
+    mut h: std::collections::HashMap<String, Vec<u8>>,
+) -> Option<SessionRecord> {
+    let text = |v: Vec<u8>| String::from_utf8(v).ok();
+    let num = |v: Option<Vec<u8>>| -> Option<i64> { text(v?)?.parse().ok() };
+    Some(SessionRecord {
+        key,
+        sub: text(h.remove("sub")?)?,
+        sid: h.remove("sid").and_then(text),
+        claims: text(h.remove("claims")?)?,
+        sealed_tokens: h.remove("tok")?,
+        created_at: num(h.remove("c"))?,
+        last_seen: num(h.remove("l"))?,
+        expires_at: num(h.remove("e"))?,
+        version: num(h.remove("v"))? as u64,
+    })
+}
+
+fn hash_fields(r: &SessionRecord) -> Vec<(&'static str, Vec<u8>)> {
+    let mut f = vec![
+        ("sub", r.sub.as_bytes().to_vec()),
+        ("claims", r.claims.as_bytes().to_vec()),
+        ("tok", r.sealed_tokens.clone()),
+        ("c", r.created_at.to_string().into_bytes()),
+        ("l", r.last_seen.to_string().into_bytes()),
+        ("e", r.expires_at.to_string().into_bytes()),
+        ("v", r.version.to_string().into_bytes()),
+    ];
+    if let Some(sid) = &r.sid {
+        f.push(("sid", sid.as_bytes().to_vec()));
+    }
+    f
+}
+
+async fn read_record(
+    conn: &mut Conn,
+    key: &SessionKey,
+) -> Result<Option<SessionRecord>, StoreError> {
+    let h: std::collections::HashMap<String, Vec<u8>> =
+        conn.hgetall(session_key(key)).await.map_err(unavailable)?;
+    if h.is_empty() {
+        return Ok(None);
+    }
+    Ok(record_from_hash(*key, h))
+}
+
+/// Replaces a session only if it exists; the expiry follows the new deadlines.
+static UPDATE: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
+    Script::new(
+        r"if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+          redis.call('DEL', KEYS[1])
+          for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+          redis.call('EXPIREAT', KEYS[1], ARGV[1])
+          return 1",
+    )
+});
+
+/// Moves `last_seen` forward (never back) and the expiry with it.
+static TOUCH: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
+    Script::new(
+        r"local e = redis.call('HGET', KEYS[1], 'e')
+          if not e then return 0 end
+          local l = tonumber(redis.call('HGET', KEYS[1], 'l'))
+          local now = tonumber(ARGV[1])
+          if now > l then redis.call('HSET', KEYS[1], 'l', now) else now = l end
+          redis.call('EXPIREAT', KEYS[1], math.min(tonumber(e), now + tonumber(ARGV[2])))
+          return 1",
+    )
+});
+
+static UNLOCK: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
+    Script::new(
+        r"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+          return 0",
+    )
+});
+
+/// Stores a pending login unless `max` live ones exist (KEYS: zset, hash).
+static PUT_PENDING: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
+    Script::new(
+        r"local now = tonumber(ARGV[1])
+          local old = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
+          for _, m in ipairs(old) do redis.call('HDEL', KEYS[2], m) end
+          redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+          if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+          redis.call('ZADD', KEYS[1], ARGV[3], ARGV[4])
+          redis.call('HSET', KEYS[2], ARGV[4], ARGV[5])
+          return 1",
+    )
+});
+
+/// Takes a pending login once (KEYS: zset, hash).
+static TAKE_PENDING: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
+    Script::new(
+        r"local d = redis.call('HGET', KEYS[2], ARGV[1])
+          if d then redis.call('HDEL', KEYS[2], ARGV[1]); redis.call('ZREM', KEYS[1], ARGV[1]) end
+          return d",
+    )
+});
+
+const PENDING_Z: &str = "portcullis:{pending}:z";
+const PENDING_H: &str = "portcullis:{pending}:h";
+const ALL: &str = "portcullis:all";
+
+impl SessionStore for RedisStore {
+    async fn get(&self, key: &SessionKey) -> Result<Option<Arc<SessionRecord>>, StoreError> {
+        let s = &self.shared;
+        let live = s.cache_live.load(Ordering::Acquire);
+        if live
+            && let Some(entry) = s.cache.get(key)
+            && entry.1.elapsed() < CACHE_TTL
+        {
+            return Ok(Some(entry.0.clone()));
+        }
+        let before = s.invalidations.load(Ordering::Acquire);
+        let mut conn = s.conn().await?;
+        let record = read_record(&mut conn, key).await?.map(Arc::new);
+        if live
+            && let Some(r) = &record
+            && s.invalidations.load(Ordering::Acquire) == before
+        {
+            s.cache.insert(*key, (r.clone(), Instant::now()));
+        }
+        Ok(record)
+    }
+
+    async fn insert(&self, record: Arc<SessionRecord>) -> Result<(), StoreError> {
+        let s = &self.shared;
+        let mut conn = s.conn().await?;
+        let k = session_key(&record.key);
+        let member = hex(&record.key);
+        let deadline = s.deadline(&record);
+        let mut pipe = redis::pipe();
+        pipe.del(&k).ignore();
+        pipe.hset_multiple(&k, &hash_fields(&record)).ignore();
+        pipe.expire_at(&k, deadline).ignore();
+        let sub_key = format!("{PREFIX}sub:{}", record.sub);
+        pipe.sadd(&sub_key, &member).ignore();
+        pipe.cmd("EXPIREAT")
+            .arg(&sub_key)
+            .arg(record.expires_at)
+            .arg("GT")
+            .ignore();
+        pipe.expire_at(&sub_key, record.expires_at)
+            .arg("NX")
+            .ignore();
+        if let Some(sid) = &record.sid {
+            let sid_key = format!("{PREFIX}sid:{sid}");
+            pipe.sadd(&sid_key, &member).ignore();
+            pipe.cmd("EXPIREAT")
+                .arg(&sid_key)
+                .arg(record.expires_at)
+                .arg("GT")
+                .ignore();
+            pipe.expire_at(&sid_key, record.expires_at)
+                .arg("NX")
+                .ignore();
+        }
+        pipe.zadd(ALL, &member, record.expires_at).ignore();
+        // A pipeline, not a transaction: on Redis Cluster these keys live in different slots.
+        let _: () = pipe.query_async(&mut conn).await.map_err(unavailable)?;
+        s.evict(&record.key);
+        s.publish_invalidation(&mut conn, &record.key).await;
+        Ok(())
+    }
+
+    async fn update(&self, record: Arc<SessionRecord>) -> Result<bool, StoreError> {
+        let s = &self.shared;
+        let mut conn = s.conn().await?;
+        let mut invocation = UPDATE.key(session_key(&record.key));
+        invocation.arg(s.deadline(&record));
+        for (field, value) in hash_fields(&record) {
+            invocation.arg(field).arg(value);
+        }
+        let updated: i64 = invocation
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        s.evict(&record.key);
+        s.publish_invalidation(&mut conn, &record.key).await;
+        Ok(updated == 1)
+    }
+
+    async fn touch(&self, key: &SessionKey, last_seen: i64) -> Result<(), StoreError> {
+        let s = &self.shared;
+        let mut conn = s.conn().await?;
+        let _: i64 = TOUCH
+            .key(session_key(key))
+            .arg(last_seen)
+            .arg(s.idle)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        // Our own cached copy learns the new last_seen; others re-read within CACHE_TTL.
+        if let Some(mut entry) = s.cache.get_mut(key) {
+            let r = Arc::make_mut(&mut entry.0);
+            r.last_seen = r.last_seen.max(last_seen);
+        }
+        Ok(())
+    }
+
+    async fn remove(&self, key: &SessionKey) -> Result<Option<Arc<SessionRecord>>, StoreError> {
+        let s = &self.shared;
+        let mut conn = s.conn().await?;
+        let record = read_record(&mut conn, key).await?;
+        let deleted: i64 = conn.del(session_key(key)).await.map_err(unavailable)?;
+        s.evict(key);
+        s.publish_invalidation(&mut conn, key).await;
+        let Some(record) = record.filter(|_| deleted == 1) else {
+            return Ok(None);
+        };
+        let member = hex(key);
+        let mut pipe = redis::pipe();
+        pipe.srem(format!("{PREFIX}sub:{}", record.sub), &member)
+            .ignore();
+        if let Some(sid) = &record.sid {
+            pipe.srem(format!("{PREFIX}sid:{sid}"), &member).ignore();
+        }
+        pipe.zrem(ALL, &member).ignore();
+        let _: () = pipe.query_async(&mut conn).await.map_err(unavailable)?;
+        Ok(Some(Arc::new(record)))
+    }
+
+    async fn find(&self, filter: &SessionFilter) -> Result<Vec<Arc<SessionRecord>>, StoreError> {
+        let s = &self.shared;
+        let mut conn = s.conn().await?;
+        let (index, members): (Option<String>, Vec<String>) = match filter {
+            SessionFilter::All => {
+                let now = super::now_secs();
+                let _: i64 = conn
+                    .zrembyscore(ALL, "-inf", now)
+                    .await
+                    .map_err(unavailable)?;
+                (None, conn.zrange(ALL, 0, -1).await.map_err(unavailable)?)
+            }
+            SessionFilter::Sid(sid) => {
+                let k = format!("{PREFIX}sid:{sid}");
+                let m = conn.smembers(&k).await.map_err(unavailable)?;
+                (Some(k), m)
+            }
+            SessionFilter::Sub(sub) => {
+                let k = format!("{PREFIX}sub:{sub}");
+                let m = conn.smembers(&k).await.map_err(unavailable)?;
+                (Some(k), m)
+            }
+        };
+        let mut found = Vec::with_capacity(members.len());
+        for member in members {
+            let Some(key) = unhex(&member) else { continue };
+            match read_record(&mut conn, &key).await? {
+                Some(r) if filter.matches(&r) => found.push(Arc::new(r)),
+                Some(_) => {}
+                None => {
+                    // Expired by Redis: drop the dangling index entry.
+                    if let Some(index) = &index {
+                        let _: redis::RedisResult<i64> = conn.srem(index, &member).await;
+                    }
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    async fn remove_expired(&self, now: i64, _idle: i64) -> Result<usize, StoreError> {
+        // Redis expires sessions itself; only the `all` index needs trimming.
+        let mut conn = self.shared.conn().await?;
+        let n: i64 = conn
+            .zrembyscore(ALL, "-inf", now)
+            .await
+            .map_err(unavailable)?;
+        Ok(n as usize)
+    }
+
+    async fn put_pending(
+        &self,
+        key: SessionKey,
+        pending: PendingLogin,
+        max: usize,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.shared.conn().await?;
+        let data = serde_json::to_string(&pending).expect("pending login serializes");
+        let stored: i64 = PUT_PENDING
+            .key(PENDING_Z)
+            .key(PENDING_H)
+            .arg(super::now_secs())
+            .arg(max)
+            .arg(pending.expires_at)
+            .arg(hex(&key))
+            .arg(data)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        if stored == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::PendingFull)
+        }
+    }
+
+    async fn take_pending(
+        &self,
+        key: &SessionKey,
+        now: i64,
+    ) -> Result<Option<PendingLogin>, StoreError> {
+        let mut conn = self.shared.conn().await?;
+        let data: Option<String> = TAKE_PENDING
+            .key(PENDING_Z)
+            .key(PENDING_H)
+            .arg(hex(key))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(data
+            .and_then(|d| serde_json::from_str::<PendingLogin>(&d).ok())
+            .filter(|p| now < p.expires_at))
+    }
+
+    async fn try_lock_refresh(
+        &self,
+        key: &SessionKey,
+        owner: &str,
+        lease_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.shared.conn().await?;
+        let set: Option<String> = redis::cmd("SET")
+            .arg(format!("{PREFIX}lock:{}", hex(key)))
+            .arg(owner)
+            .arg("NX")
+            .arg("PX")
+            .arg(lease_ms)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(set.is_some())
+    }
+
+    async fn unlock_refresh(&self, key: &SessionKey, owner: &str) -> Result<(), StoreError> {
+        let mut conn = self.shared.conn().await?;
+        let _: i64 = UNLOCK
+            .key(format!("{PREFIX}lock:{}", hex(key)))
+            .arg(owner)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn remember_once(&self, key: SessionKey, expires_at: i64) -> Result<bool, StoreError> {
+        if expires_at <= super::now_secs() {
+            return Ok(true); // already past its memory: nothing to remember
+        }
+        let mut conn = self.shared.conn().await?;
+        let set: Option<String> = redis::cmd("SET")
+            .arg(format!("{PREFIX}once:{}", hex(&key)))
+            .arg(1)
+            .arg("NX")
+            .arg("EXAT")
+            .arg(expires_at)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(set.is_some())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.shared.conn().await?;
+        let _: String = redis::cmd("PING")
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_forms() {
+        assert_eq!(
+            RedisAddress::parse("redis://127.0.0.1:6379/0").unwrap(),
+            RedisAddress::Single("redis://127.0.0.1:6379/0".into())
+        );
+        assert!(matches!(
+            RedisAddress::parse("rediss://user:pw@h:6380").unwrap(),
+            RedisAddress::Single(_)
+        ));
+        assert_eq!(
+            RedisAddress::parse("redis+cluster://a:7000,b:7001").unwrap(),
+            RedisAddress::Cluster(vec!["redis://a:7000".into(), "redis://b:7001".into()])
+        );
+        assert_eq!(
+            RedisAddress::parse("redis+sentinel://s1:26379,s2:26379/mymaster/2").unwrap(),
+            RedisAddress::Sentinel {
+                sentinels: vec!["redis://s1:26379".into(), "redis://s2:26379".into()],
+                master: "mymaster".into(),
+                db: 2,
+                tls: false
+            }
+        );
+        for bad in [
+            "http://x",
+            "redis+sentinel://s1:26379",
+            "redis+cluster://",
+            "nope",
+        ] {
+            assert!(RedisAddress::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn keys_round_trip_through_hex() {
+        let k = SessionKey::hash(b"x");
+        assert_eq!(unhex(&hex(&k)), Some(k));
+        assert_eq!(unhex("zz"), None);
+    }
+}
