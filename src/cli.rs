@@ -68,7 +68,10 @@ pub fn run(cli: Cli) -> Result<(), String> {
         Config::load(&cli.config, std::env::vars()).map_err(|e| format!("config error: {e}"))?;
     match cli.command {
         None | Some(Command::Serve) => {
-            crate::telemetry::init_logging();
+            crate::telemetry::init_logging_with(
+                config.server.log_format,
+                config.server.log_level.as_deref(),
+            );
             crate::server::serve(config)
         }
         Some(Command::Check) => runtime()?.block_on(check(config)),
@@ -137,6 +140,9 @@ async fn check(config: Config) -> Result<(), String> {
         jwks.keys.len(),
         kids.join(", ")
     );
+    if let Some(jwk) = oidc.client_public_jwk() {
+        println!("client public key (register it at the provider): {}", jwk?);
+    }
     println!("redirect URI to register: {}", config.redirect_uri());
     println!(
         "back-channel logout URI:  {}/bff/backchannel-logout",

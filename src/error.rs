@@ -33,6 +33,9 @@ pub enum ApiError {
     /// A CSRF defence refused the request; the text names which one.
     #[error("csrf check failed: {0}")]
     Csrf(&'static str),
+    /// The request head is larger than `security.max_header_bytes` (431).
+    #[error("request head too large")]
+    HeadTooLarge,
     /// Too many requests from one client.
     #[error("rate limited")]
     RateLimited { retry_after_secs: u64 },
@@ -61,7 +64,7 @@ impl ApiError {
     /// The stable `error` code of the contract.
     pub fn code(&self) -> &'static str {
         match self {
-            Self::InvalidRequest(_) => "invalid_request",
+            Self::InvalidRequest(_) | Self::HeadTooLarge => "invalid_request",
             Self::Unauthenticated => "unauthenticated",
             Self::SessionExpired => "session_expired",
             Self::Csrf(_) => "csrf",
@@ -77,6 +80,7 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            Self::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::Unauthenticated | Self::SessionExpired => StatusCode::UNAUTHORIZED,
             Self::Csrf(_) => StatusCode::FORBIDDEN,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -90,6 +94,7 @@ impl ApiError {
     pub fn fault(&self) -> Fault {
         match self {
             Self::InvalidRequest(_)
+            | Self::HeadTooLarge
             | Self::Unauthenticated
             | Self::SessionExpired
             | Self::Csrf(_)
@@ -105,6 +110,7 @@ impl ApiError {
     fn description(&self) -> &str {
         match self {
             Self::InvalidRequest(why) => why,
+            Self::HeadTooLarge => "the request headers are too large",
             Self::Unauthenticated => "no valid session",
             Self::SessionExpired => "the session has ended; log in again",
             Self::Csrf(why) => why,
@@ -132,6 +138,10 @@ impl IntoResponse for ApiError {
             "error_description": self.description(),
         });
         let mut response = (self.status(), axum::Json(body)).into_response();
+        // For the request layer's metrics and audit events (`telemetry::request`).
+        response
+            .extensions_mut()
+            .insert(crate::telemetry::ErrorCode(self.code()));
         let headers = response.headers_mut();
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if let Self::RateLimited { retry_after_secs } = self {

@@ -18,6 +18,66 @@ use crate::session::{
 pub struct LoginQuery {
     #[serde(rename = "returnUrl")]
     return_url: Option<String>,
+    prompt: Option<String>,
+    max_age: Option<String>,
+    acr_values: Option<String>,
+    login_hint: Option<String>,
+    ui_locales: Option<String>,
+}
+
+/// The login parameters passed on to the provider, checked: each must be allowed
+/// by `oidc.login_params`, `prompt` must be a known value the provider advertises,
+/// `max_age` a number, the others short printable text.
+fn login_params(
+    query: &LoginQuery,
+    allowed: &[String],
+    meta: &crate::oidc::ProviderMetadata,
+) -> Result<Vec<(&'static str, String)>, ApiError> {
+    let given = [
+        ("prompt", &query.prompt),
+        ("max_age", &query.max_age),
+        ("acr_values", &query.acr_values),
+        ("login_hint", &query.login_hint),
+        ("ui_locales", &query.ui_locales),
+    ];
+    let mut out = Vec::new();
+    for (name, value) in given {
+        let Some(value) = value else { continue };
+        if !allowed.iter().any(|a| a == name) {
+            return Err(ApiError::InvalidRequest(format!(
+                "{name} is not allowed here"
+            )));
+        }
+        if value.is_empty() || value.len() > 256 || value.chars().any(char::is_control) {
+            return Err(ApiError::InvalidRequest(format!(
+                "{name} is not a valid value"
+            )));
+        }
+        match name {
+            "prompt" => {
+                let known = ["none", "login", "consent", "select_account"];
+                let values: Vec<&str> = value.split(' ').collect();
+                if values.iter().any(|v| !known.contains(v))
+                    || (values.contains(&"none") && values.len() > 1)
+                {
+                    return Err(ApiError::invalid("prompt is not a valid value"));
+                }
+                if let Some(supported) = &meta.prompt_values_supported
+                    && values.iter().any(|v| !supported.iter().any(|s| s == v))
+                {
+                    return Err(ApiError::invalid(
+                        "the provider does not support this prompt",
+                    ));
+                }
+            }
+            "max_age" if value.parse::<u64>().is_err() => {
+                return Err(ApiError::invalid("max_age must be a number of seconds"));
+            }
+            _ => {}
+        }
+        out.push((name, value.clone()));
+    }
+    Ok(out)
 }
 
 /// `GET /bff/login?returnUrl=/path`: starts a login and redirects to the provider.
@@ -33,6 +93,8 @@ pub async fn login(
             .map_err(ApiError::invalid)?,
     };
     let meta = gw.oidc.metadata().await.map_err(provider_down)?;
+    let extra = login_params(&query, &gw.config.oidc.login_params, &meta)?;
+    let silent = query.prompt.as_deref() == Some("none");
 
     let login_state = random_token();
     let nonce = random_token();
@@ -52,12 +114,15 @@ pub async fn login(
         .map(str::to_owned)
         .unwrap_or_else(random_token);
     let ttl = gw.config.oidc.pending_login_ttl.as_secs() as i64;
+    let binding_hash = hash_b64(&binding);
+    gw.limits.check_browser(&binding_hash)?;
     let pending = PendingLogin {
-        binding: hash_b64(&binding),
+        binding: binding_hash,
         pkce_verifier: verifier,
         nonce: nonce.clone(),
         return_url,
         expires_at: now_secs() + ttl,
+        silent,
     };
     gw.sessions
         .store()
@@ -70,7 +135,15 @@ pub async fn login(
 
     let location = gw
         .oidc
-        .authorize_url(&meta, &login_state, &nonce, &challenge);
+        .authorization_redirect(&meta, &login_state, &nonce, &challenge, &extra)
+        .await
+        .map_err(|e| match e {
+            OidcError::Unavailable(_) => provider_down(e),
+            other => {
+                tracing::warn!(error = %other, "pushed authorization request failed");
+                ApiError::IdpUnavailable(other.to_string())
+            }
+        })?;
     Ok(redirect(&location, [cookie::login_binding(&binding, ttl)]))
 }
 
@@ -126,6 +199,17 @@ pub async fn callback(
         _ => {}
     }
     if let Some(error) = &query.error {
+        // A silent login that needs the user: a clean "not logged in", back to the SPA.
+        let needs_user = [
+            "login_required",
+            "consent_required",
+            "interaction_required",
+            "account_selection_required",
+        ];
+        if pending.silent && needs_user.contains(&error.as_str()) {
+            tracing::info!(error = %error, "silent login: not logged in at the provider");
+            return Ok(redirect(&pending.return_url, []));
+        }
         tracing::warn!(
             error = %error,
             error_description = query.error_description.as_deref().unwrap_or_default(),

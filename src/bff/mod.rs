@@ -24,10 +24,12 @@ use crate::server::{AppState, Gateway};
 use crate::session::{SessionId, SessionRecord, cookie};
 
 /// The `/bff` router (mounted by `server::app`).
-pub fn router() -> Router<AppState> {
+pub fn router(state: AppState) -> Router<AppState> {
+    let rate_limit =
+        axum::middleware::from_fn_with_state(state, crate::security::limits::login_rate_limit);
     Router::new()
-        .route("/bff/login", get(login))
-        .route("/bff/callback", get(callback))
+        .route("/bff/login", get(login).route_layer(rate_limit.clone()))
+        .route("/bff/callback", get(callback).route_layer(rate_limit))
         .route("/bff/user", get(user))
         .route("/bff/logout", get(logout).post(logout_post))
         .route("/bff/backchannel-logout", post(backchannel_logout))

@@ -97,11 +97,13 @@ async fn end_session(state: &AppState, record: &SessionRecord) -> Result<String,
     let id_token_hint = tokens.as_ref().and_then(|t| t.id_token.clone());
     if let Some(refresh_token) = tokens.and_then(|t| t.refresh_token) {
         let gw = state.gw.clone();
+        let (sub, session) = (record.sub.clone(), record.key.log_label());
         tokio::spawn(async move {
+            use crate::telemetry::audit_revocation as audit;
             match gw.oidc.revoke_refresh_token(&refresh_token).await {
-                Ok(true) => tracing::info!("refresh token revoked"),
-                Ok(false) => tracing::debug!("the provider has no revocation endpoint"),
-                Err(e) => tracing::warn!(error = %e, "refresh token revocation failed"),
+                Ok(true) => audit(&sub, &session, "revoked", None),
+                Ok(false) => audit(&sub, &session, "unsupported", None),
+                Err(e) => audit(&sub, &session, "failed", Some(&e.to_string())),
             }
         });
     }

@@ -47,6 +47,8 @@ pub struct Config {
     pub session: SessionConfig,
     #[serde(default)]
     pub tokens: TokensConfig,
+    #[serde(default)]
+    pub security: SecurityConfig,
     /// API routes proxied to upstreams, matched by the longest prefix.
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
@@ -77,6 +79,40 @@ pub struct ServerConfig {
     /// How long in-flight requests may take to finish at shutdown. Default `30s`.
     #[serde(default = "default_drain", with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// Log format: `auto` (default: JSON unless stderr is a terminal), `json` or `text`.
+    #[serde(default)]
+    pub log_format: LogFormat,
+    /// Log filter when `RUST_LOG` is not set, e.g. `info` or `info,portcullis=debug`. Default `info`.
+    #[serde(default)]
+    pub log_level: Option<String>,
+    /// TLS termination on `listen` (HTTP/2 and HTTP/1.1 via ALPN). Optional; without
+    /// it `listen` speaks plain HTTP/1.1 (TLS ends at a load balancer).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// PEM file of CA certificates trusted for `https://` upstreams, in addition to
+    /// the system roots. Optional.
+    #[serde(default)]
+    pub upstream_ca_file: Option<PathBuf>,
+}
+
+/// `[server.tls]`: the certificate the gateway presents. Both files are PEM and are
+/// re-read on SIGHUP (a failed reload keeps the previous certificate).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// Private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Auto,
+    Json,
+    Text,
 }
 
 /// `[oidc]`: the provider and this client's registration at it.
@@ -94,6 +130,15 @@ pub struct OidcConfig {
     /// A file holding the client secret (surrounding whitespace is trimmed).
     #[serde(default)]
     pub client_secret_file: Option<PathBuf>,
+    /// The client's private key (PKCS#8 PEM) for `auth_method = "private_key_jwt"`.
+    #[serde(default)]
+    pub private_key_file: Option<PathBuf>,
+    /// The key's algorithm: `RS256`, `PS256`, `ES256` or `EdDSA`. Default `ES256`.
+    #[serde(default = "default_private_key_alg")]
+    pub private_key_alg: String,
+    /// The `kid` under which the public key is registered at the provider (optional).
+    #[serde(default)]
+    pub private_key_id: Option<String>,
     /// How the client authenticates at the token endpoint. Default `client_secret_basic`.
     #[serde(default)]
     pub auth_method: AuthMethod,
@@ -106,6 +151,14 @@ pub struct OidcConfig {
     /// Merge the userinfo endpoint's claims into `/bff/user`. Default `false`.
     #[serde(default)]
     pub userinfo: bool,
+    /// Pushed authorization requests (RFC 9126): `auto` (default) uses them when the
+    /// provider advertises the endpoint, `always` refuses to start without it, `never`.
+    #[serde(default)]
+    pub par: ParMode,
+    /// Parameters `/bff/login` passes on to the provider. Default: all of `prompt`,
+    /// `max_age`, `acr_values`, `login_hint`, `ui_locales`.
+    #[serde(default = "default_login_params")]
+    pub login_params: Vec<String>,
     /// Refuse back-channel logout tokens without `typ: logout+jwt` (a token with
     /// another `typ` is always refused). Default `false`: some providers omit it.
     #[serde(default)]
@@ -125,6 +178,28 @@ pub struct OidcConfig {
     /// Most pending logins kept at once (protects memory). Default `10000`.
     #[serde(default = "default_max_pending")]
     pub max_pending_logins: usize,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ParMode {
+    #[default]
+    Auto,
+    Always,
+    Never,
+}
+
+/// The login parameters `/bff/login` can pass on.
+pub const LOGIN_PARAMS: &[&str] = &[
+    "prompt",
+    "max_age",
+    "acr_values",
+    "login_hint",
+    "ui_locales",
+];
+
+fn default_login_params() -> Vec<String> {
+    LOGIN_PARAMS.iter().map(|p| (*p).to_owned()).collect()
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
@@ -224,6 +299,60 @@ impl Default for TokensConfig {
     }
 }
 
+/// `[security]`: browser-facing defences and request limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecurityConfig {
+    /// Other origins allowed to call the API with credentials (CORS and the `Origin`
+    /// check). Default none: the SPA is same-origin and CORS stays off.
+    #[serde(default)]
+    pub allowed_origins: Vec<Url>,
+    /// `/bff/login` and `/bff/callback` requests per client IP per minute. Default `60`.
+    #[serde(default = "default_login_rate")]
+    pub login_rate_per_minute: u32,
+    /// Logins one browser may start within `oidc.pending_login_ttl`. Default `10`.
+    #[serde(default = "default_pending_per_browser")]
+    pub pending_logins_per_browser: u32,
+    /// Largest request head (request line + headers) accepted, in bytes (→ 431). Default `32768`.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// A client must send its request headers within this time. Default `10s`.
+    #[serde(default = "default_header_read_timeout", with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Largest request body accepted on `/bff/*`, in bytes. Default `65536`.
+    #[serde(default = "default_max_bff_body")]
+    pub max_bff_body_bytes: u64,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        Self {
+            allowed_origins: Vec::new(),
+            login_rate_per_minute: default_login_rate(),
+            pending_logins_per_browser: default_pending_per_browser(),
+            max_header_bytes: default_max_header_bytes(),
+            header_read_timeout: default_header_read_timeout(),
+            max_bff_body_bytes: default_max_bff_body(),
+        }
+    }
+}
+
+fn default_login_rate() -> u32 {
+    60
+}
+fn default_pending_per_browser() -> u32 {
+    10
+}
+fn default_max_header_bytes() -> usize {
+    32 * 1024
+}
+fn default_header_read_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_max_bff_body() -> u64 {
+    64 * 1024
+}
+
 /// `[[routes]]`: one API prefix proxied to one upstream.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -238,6 +367,10 @@ pub struct RouteConfig {
     /// Remove the prefix from the path before forwarding. Default `false`.
     #[serde(default)]
     pub strip_prefix: bool,
+    /// Apply the `Origin` / `Sec-Fetch-Site` checks. Default `true`; `false` is allowed
+    /// only on routes that take no session (`token = "none"` or `"client"`), e.g. webhooks.
+    #[serde(default = "yes")]
+    pub csrf: bool,
     /// Scopes of the client-credentials token (`client`, `user_or_client` routes).
     #[serde(default)]
     pub scopes: Option<Vec<String>>,
@@ -269,6 +402,10 @@ pub struct StaticConfig {
     /// Unknown GET navigations get `index.html`. Default `true`.
     #[serde(default = "yes")]
     pub spa_fallback: bool,
+    /// `Content-Security-Policy` of the SPA's files. Default: same-origin scripts,
+    /// styles and connections, no plugins, no framing.
+    #[serde(default = "default_csp")]
+    pub csp: String,
 }
 
 fn default_listen() -> SocketAddr {
@@ -276,6 +413,9 @@ fn default_listen() -> SocketAddr {
 }
 fn default_drain() -> Duration {
     Duration::from_secs(30)
+}
+fn default_private_key_alg() -> String {
+    "ES256".into()
 }
 fn default_scopes() -> Vec<String> {
     vec!["openid".into()]
@@ -320,6 +460,9 @@ fn default_refresh_before() -> Duration {
 fn default_upstream_timeout() -> Duration {
     Duration::from_secs(30)
 }
+fn default_csp() -> String {
+    "default-src 'self'; object-src 'none'; base-uri 'self'; frame-ancestors 'none'; form-action 'self'".into()
+}
 fn yes() -> bool {
     true
 }
@@ -328,7 +471,7 @@ fn yes() -> bool {
 pub const ENV_PREFIX: &str = "PORTCULLIS_";
 
 /// The sections an environment override may name.
-const SECTIONS: &[&str] = &["server", "oidc", "session", "tokens", "static"];
+const SECTIONS: &[&str] = &["server", "oidc", "session", "tokens", "security", "static"];
 
 /// Keys whose override is always taken as a string, even when it looks like a number.
 const STRING_KEYS: &[&str] = &[
@@ -443,6 +586,48 @@ impl Config {
             return Err(invalid("server.public_origin", "has no host"));
         }
 
+        if let Some(tls) = &self.server.tls {
+            for (key, path) in [("server.tls.cert", &tls.cert), ("server.tls.key", &tls.key)] {
+                if !path.is_file() {
+                    return Err(invalid(key, format!("{} is not a file", path.display())));
+                }
+            }
+            if origin.scheme() != "https" {
+                return Err(invalid(
+                    "server.public_origin",
+                    "must be https when server.tls is set",
+                ));
+            }
+        }
+        if let Some(path) = &self.server.upstream_ca_file
+            && !path.is_file()
+        {
+            return Err(invalid(
+                "server.upstream_ca_file",
+                format!("{} is not a file", path.display()),
+            ));
+        }
+        if let Some(level) = &self.server.log_level
+            && tracing_subscriber::EnvFilter::try_new(level).is_err()
+        {
+            return Err(invalid(
+                "server.log_level",
+                format!(
+                    "{level:?} is not a log filter (e.g. \"info\" or \"info,portcullis=debug\")"
+                ),
+            ));
+        }
+        if self
+            .server
+            .admin_listen
+            .is_some_and(|a| a == self.server.listen)
+        {
+            return Err(invalid(
+                "server.admin_listen",
+                "must differ from server.listen",
+            ));
+        }
+
         let oidc = &self.oidc;
         let issuer = Url::parse(&oidc.issuer)
             .map_err(|e| invalid("oidc.issuer", format!("is not a URL: {e}")))?;
@@ -476,10 +661,20 @@ impl Config {
                 }
             }
             AuthMethod::PrivateKeyJwt => {
-                return Err(invalid(
-                    "oidc.auth_method",
-                    "private_key_jwt is not supported by this version",
-                ));
+                let Some(path) = &oidc.private_key_file else {
+                    return Err(invalid(
+                        "oidc.private_key_file",
+                        "is required for auth_method private_key_jwt",
+                    ));
+                };
+                let pem = std::fs::read(path).map_err(|e| {
+                    invalid(
+                        "oidc.private_key_file",
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?;
+                crate::oidc::ClientKey::from_pem(&pem, &oidc.private_key_alg, None)
+                    .map_err(|e| invalid("oidc.private_key_file", e))?;
             }
         }
         if !oidc.scopes.iter().any(|s| s == "openid") {
@@ -499,6 +694,14 @@ impl Config {
         for alg in &oidc.id_token_algorithms {
             crate::oidc::parse_asymmetric_algorithm(alg)
                 .map_err(|why| invalid("oidc.id_token_algorithms", format!("{alg:?}: {why}")))?;
+        }
+        for p in &oidc.login_params {
+            if !LOGIN_PARAMS.contains(&p.as_str()) {
+                return Err(invalid(
+                    "oidc.login_params",
+                    format!("{p:?} is not one of {}", LOGIN_PARAMS.join(", ")),
+                ));
+            }
         }
         if oidc.max_pending_logins == 0 {
             return Err(invalid("oidc.max_pending_logins", "must be at least 1"));
@@ -574,10 +777,10 @@ impl Config {
             if route.prefix == "/bff" || route.prefix.starts_with("/bff/") {
                 return Err(invalid(&key("prefix"), "/bff is reserved for Portcullis"));
             }
-            if route.upstream.scheme() != "http" {
+            if !matches!(route.upstream.scheme(), "http" | "https") {
                 return Err(invalid(
                     &key("upstream"),
-                    "must be an http:// URL in this version",
+                    "must be an http:// or https:// URL",
                 ));
             }
             if route.upstream.host_str().is_none() {
@@ -605,9 +808,48 @@ impl Config {
                     "applies to client tokens (token = \"client\" or \"user_or_client\")",
                 ));
             }
+            if !route.csrf && !matches!(route.token, TokenKind::None | TokenKind::Client) {
+                return Err(invalid(
+                    &key("csrf"),
+                    "may be false only on routes that take no session (token = \"none\" or \"client\")",
+                ));
+            }
             if self.routes[..i].iter().any(|r| r.prefix == route.prefix) {
                 return Err(invalid(&key("prefix"), "is used by another route"));
             }
+        }
+        let security = &self.security;
+        for (i, origin) in security.allowed_origins.iter().enumerate() {
+            if !matches!(origin.scheme(), "http" | "https")
+                || origin.path() != "/"
+                || origin.query().is_some()
+            {
+                return Err(invalid(
+                    &format!("security.allowed_origins[{i}]"),
+                    "must be an http(s) origin without a path",
+                ));
+            }
+        }
+        if security.login_rate_per_minute == 0 {
+            return Err(invalid(
+                "security.login_rate_per_minute",
+                "must be at least 1",
+            ));
+        }
+        if security.pending_logins_per_browser == 0 {
+            return Err(invalid(
+                "security.pending_logins_per_browser",
+                "must be at least 1",
+            ));
+        }
+        if security.max_header_bytes < 8192 {
+            return Err(invalid(
+                "security.max_header_bytes",
+                "must be at least 8192",
+            ));
+        }
+        if security.header_read_timeout.is_zero() {
+            return Err(invalid("security.header_read_timeout", "must be positive"));
         }
         if let Some(s) = &self.static_files
             && !s.dir.is_dir()

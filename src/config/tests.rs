@@ -500,7 +500,10 @@ fn oidc_refusals() {
         .set("oidc", "auth_method", "\"client_secret_post\"")
         .refused_for("oidc.client_secret");
     m().set("oidc", "auth_method", "\"private_key_jwt\"")
-        .refused_for("oidc.auth_method");
+        .refused_for("oidc.private_key_file");
+    m().set("oidc", "auth_method", "\"private_key_jwt\"")
+        .set("oidc", "private_key_file", "\"/nonexistent/key.pem\"")
+        .refused_for("oidc.private_key_file");
     m().set("oidc", "scopes", "[\"profile\", \"email\"]")
         .refused_for("oidc.scopes");
     m().set("oidc", "scopes", "[]").refused_for("oidc.scopes");
@@ -615,7 +618,7 @@ fn route_refusals() {
 
     let upstream =
         |u: &str| Toml::minimal().route(&format!("prefix = \"/api\"\nupstream = \"{u}\""));
-    upstream("https://api.example.com").refused_for("routes[0].upstream");
+    upstream("https://api.example.com").valid();
     upstream("ftp://api.example.com").refused_for("routes[0].upstream");
     upstream("http://api.example.com/?x=1").refused_for("routes[0].upstream");
     upstream("not a url").unparsable(&["upstream"]);
@@ -771,4 +774,154 @@ fn every_example_config_in_the_repo_loads() {
 /// A path as a TOML string literal.
 fn toml_string(path: &Path) -> String {
     format!("{:?}", path.display().to_string())
+}
+
+// ---- operations: logs, admin listener, TLS ------------------------------------------
+
+#[test]
+fn operations_keys_default_off() {
+    let c = Toml::minimal().valid();
+    assert_eq!(c.server.log_format, LogFormat::Auto);
+    assert!(c.server.log_level.is_none());
+    assert!(c.server.admin_listen.is_none());
+    assert!(c.server.tls.is_none());
+    assert!(c.server.upstream_ca_file.is_none());
+}
+
+#[test]
+fn operations_keys_load_and_validate() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = dir.path().join("cert.pem");
+    let key = dir.path().join("key.pem");
+    std::fs::write(&cert, "x").unwrap();
+    std::fs::write(&key, "x").unwrap();
+    let c = Toml::minimal()
+        .set("server", "log_format", "\"json\"")
+        .set("server", "log_level", "\"info,portcullis=debug\"")
+        .set("server", "admin_listen", "\"127.0.0.1:9091\"")
+        .set(
+            "server",
+            "upstream_ca_file",
+            &format!("{:?}", cert.to_str().unwrap()),
+        )
+        .set(
+            "server.tls",
+            "cert",
+            &format!("{:?}", cert.to_str().unwrap()),
+        )
+        .set("server.tls", "key", &format!("{:?}", key.to_str().unwrap()))
+        .valid();
+    assert_eq!(c.server.log_format, LogFormat::Json);
+    assert_eq!(c.server.tls.unwrap().key, key);
+    assert_eq!(c.server.admin_listen.unwrap().port(), 9091);
+
+    Toml::minimal()
+        .set("server", "log_format", "\"xml\"")
+        .unparsable(&["log_format"]);
+    Toml::minimal()
+        .set("server", "log_level", "\"info,[[[\"")
+        .refused_for("server.log_level");
+    Toml::minimal()
+        .set("server", "listen", "\"127.0.0.1:9091\"")
+        .set("server", "admin_listen", "\"127.0.0.1:9091\"")
+        .refused_for("server.admin_listen");
+    Toml::minimal()
+        .set("server", "upstream_ca_file", "\"/nonexistent/ca.pem\"")
+        .refused_for("server.upstream_ca_file");
+    Toml::minimal()
+        .set("server.tls", "cert", "\"/nonexistent/cert.pem\"")
+        .set("server.tls", "key", &format!("{:?}", key.to_str().unwrap()))
+        .refused_for("server.tls.cert");
+    Toml::minimal()
+        .set("server", "public_origin", "\"http://127.0.0.1:8080\"")
+        .set(
+            "server.tls",
+            "cert",
+            &format!("{:?}", cert.to_str().unwrap()),
+        )
+        .set("server.tls", "key", &format!("{:?}", key.to_str().unwrap()))
+        .refused_for("server.public_origin");
+    // Environment overrides reach nested tables too.
+    let c = Toml::minimal()
+        .load_with_env(&[("PORTCULLIS_SERVER__LOG_FORMAT", "text")])
+        .unwrap();
+    assert_eq!(c.server.log_format, LogFormat::Text);
+}
+
+// ---- docs/configuration.md matches the structs ---------------------------------------
+
+/// The fields of the struct at `section`, read from the refusal of an unknown key
+/// (`deny_unknown_fields` names every field it expects).
+fn fields_of(section: &str) -> Vec<String> {
+    let probe = match section {
+        "routes" => {
+            Toml::minimal().route("prefix = \"/a\"\nupstream = \"http://x\"\nzzz_probe = 1")
+        }
+        s => Toml::minimal().set(s, "zzz_probe", "1"),
+    };
+    let e = probe.unparsable(&["zzz_probe"]);
+    let expected = e.split_once("expected").unwrap().1;
+    expected
+        .split('`')
+        .filter(|w| !w.is_empty() && w.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn docs_configuration_lists_every_key() {
+    use std::collections::BTreeSet;
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/configuration.md");
+    let docs = std::fs::read_to_string(path).unwrap();
+    let documented: BTreeSet<String> = docs
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `")?.split_once('`'))
+        .map(|(key, _)| key.to_owned())
+        .collect();
+
+    // Tables inside sections are probed on their own.
+    let nested = ["server.tls"];
+    let mut actual = BTreeSet::new();
+    for section in [
+        "server",
+        "server.tls",
+        "oidc",
+        "session",
+        "tokens",
+        "security",
+        "static",
+        "routes",
+    ] {
+        let prefix = if section == "routes" {
+            "routes[]".to_owned()
+        } else {
+            section.to_owned()
+        };
+        for field in fields_of(section) {
+            let key = format!("{prefix}.{field}");
+            if !nested.contains(&key.as_str()) {
+                actual.insert(key);
+            }
+        }
+    }
+    let undocumented: Vec<_> = actual.difference(&documented).collect();
+    let unknown: Vec<_> = documented.difference(&actual).collect();
+    assert!(
+        undocumented.is_empty() && unknown.is_empty(),
+        "docs/configuration.md is out of date.\n  keys missing from it: {undocumented:?}\n  \
+         keys it lists that don't exist: {unknown:?}"
+    );
+
+    // The complete example parses (unknown keys would be refused).
+    let example = docs
+        .split("## A complete example")
+        .nth(1)
+        .and_then(|s| s.split("```toml").nth(1))
+        .and_then(|s| s.split("```").next())
+        .expect("a complete example in a ```toml block");
+    use figment::providers::Format as _;
+    let parsed: Result<Config, _> =
+        Figment::from(figment::providers::Toml::string(example)).extract();
+    let config = parsed.unwrap_or_else(|e| panic!("the complete example does not parse: {e}"));
+    assert!(config.server.tls.is_some());
 }

@@ -36,6 +36,9 @@ pub struct ProviderMetadata {
     pub token_endpoint_auth_methods_supported: Vec<String>,
     #[serde(default)]
     pub require_pushed_authorization_requests: bool,
+    /// OIDC prompt values the provider supports (when it says).
+    #[serde(default)]
+    pub prompt_values_supported: Option<Vec<String>>,
 }
 
 impl ProviderMetadata {
@@ -108,11 +111,11 @@ impl MetadataCache {
             "{}/.well-known/openid-configuration",
             issuer.trim_end_matches('/')
         );
-        let response = http
-            .get(&url)
-            .header("accept", "application/json")
-            .send()
-            .await?;
+        let response = crate::telemetry::provider_call(
+            "discovery",
+            http.get(&url).header("accept", "application/json").send(),
+        )
+        .await?;
         let meta: ProviderMetadata = parse_json_answer(response).await.map_err(|e| match e {
             OidcError::Refused { error, .. } => {
                 OidcError::Unavailable(format!("discovery at {url}: {error}"))

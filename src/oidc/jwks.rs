@@ -41,12 +41,14 @@ impl JwksCache {
     pub async fn refresh(&self, jwks_uri: &str) -> Result<Arc<JwkSet>, OidcError> {
         let _one_fetch = self.fetching.lock().await;
         *self.last_fetch.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
-        let response = self
-            .http
-            .get(jwks_uri)
-            .header("accept", "application/json")
-            .send()
-            .await?;
+        let response = crate::telemetry::provider_call(
+            "jwks",
+            self.http
+                .get(jwks_uri)
+                .header("accept", "application/json")
+                .send(),
+        )
+        .await?;
         let set: JwkSet = parse_json_answer(response).await?;
         let set = Arc::new(set);
         *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Some(set.clone());

@@ -88,7 +88,7 @@ fn is_logout_typ(typ: &str) -> bool {
 }
 
 /// The claim checks that follow the signature, `iss`, `aud` and `exp`.
-pub(super) fn check_logout_claims(
+pub fn check_logout_claims(
     claims: &Map<String, Value>,
     now: i64,
     skew: i64,

@@ -9,6 +9,7 @@
 //! secret. Every validation failure names what failed, for the log; the browser sees
 //! only a generic `invalid_request`.
 
+mod assertion;
 mod discovery;
 mod jwks;
 mod logout;
@@ -20,12 +21,13 @@ use std::time::Duration;
 use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 
+pub use assertion::ClientKey;
 pub use discovery::ProviderMetadata;
 pub use jwks::JwksCache;
-pub use logout::{BACKCHANNEL_LOGOUT_EVENT, LogoutRequest};
+pub use logout::{BACKCHANNEL_LOGOUT_EVENT, LogoutRequest, check_logout_claims};
 pub use tokens::{IdTokenClaims, TokenResponse, constant_time_eq};
 
-use crate::config::{AuthMethod, OidcConfig, Secret};
+use crate::config::{AuthMethod, OidcConfig, ParMode, Secret};
 
 /// Parses an algorithm name from the allow-list. Symmetric and `none` are refused.
 pub fn parse_asymmetric_algorithm(name: &str) -> Result<Algorithm, &'static str> {
@@ -85,11 +87,13 @@ pub struct Oidc {
     issuer: String,
     client_id: String,
     client_secret: Option<Secret>,
+    client_key: Option<ClientKey>,
     auth_method: AuthMethod,
     scopes: String,
     redirect_uri: String,
     post_logout_redirect_uri: Option<String>,
     userinfo: bool,
+    par: ParMode,
     require_logout_token_typ: bool,
     algorithms: Vec<Algorithm>,
     skew: Duration,
@@ -119,6 +123,22 @@ impl Oidc {
             issuer: config.issuer.clone(),
             client_id: config.client_id.clone(),
             client_secret: config.client_secret.clone(),
+            client_key: match (&config.private_key_file, config.auth_method) {
+                (Some(path), AuthMethod::PrivateKeyJwt) => {
+                    let pem = std::fs::read(path).map_err(|e| {
+                        format!("oidc.private_key_file: cannot read {}: {e}", path.display())
+                    })?;
+                    Some(
+                        ClientKey::from_pem(
+                            &pem,
+                            &config.private_key_alg,
+                            config.private_key_id.clone(),
+                        )
+                        .map_err(|e| format!("oidc.private_key_file: {e}"))?,
+                    )
+                }
+                _ => None,
+            },
             auth_method: config.auth_method,
             scopes: config.scopes.join(" "),
             redirect_uri,
@@ -128,6 +148,7 @@ impl Oidc {
                 .map(|u| u.to_string()),
             userinfo: config.userinfo,
             require_logout_token_typ: config.require_logout_token_typ,
+            par: config.par,
             algorithms,
             skew: config.clock_skew,
             http: http.clone(),
@@ -170,29 +191,106 @@ impl Oidc {
         &self.jwks
     }
 
-    /// The authorization request URL (code flow, PKCE S256, state, nonce).
-    pub fn authorize_url(
+    /// The authorization request's parameters (code flow, PKCE S256, state, nonce,
+    /// plus the login parameters the caller passes on).
+    fn authorization_params(
+        &self,
+        state: &str,
+        nonce: &str,
+        code_challenge: &str,
+        extra: &[(&'static str, String)],
+    ) -> Vec<(&'static str, String)> {
+        let mut params = vec![
+            ("response_type", "code".to_owned()),
+            ("client_id", self.client_id.clone()),
+            ("redirect_uri", self.redirect_uri.clone()),
+            ("scope", self.scopes.clone()),
+            ("state", state.to_owned()),
+            ("nonce", nonce.to_owned()),
+            ("code_challenge", code_challenge.to_owned()),
+            ("code_challenge_method", "S256".to_owned()),
+        ];
+        params.extend(extra.iter().cloned());
+        params
+    }
+
+    /// Refuses to run against a provider that lacks what the configuration demands.
+    pub fn check_requirements(&self, meta: &ProviderMetadata) -> Result<(), String> {
+        if self.par == ParMode::Always && meta.pushed_authorization_request_endpoint.is_none() {
+            return Err("oidc.par: \"always\", but the provider advertises no pushed_authorization_request_endpoint".into());
+        }
+        Ok(())
+    }
+
+    /// `oidc.par = "always"` can't be checked without the provider: it must be up at start.
+    pub fn requires_provider_at_start(&self) -> bool {
+        self.par == ParMode::Always
+    }
+
+    /// Whether logins go through a pushed authorization request (RFC 9126).
+    pub fn uses_par(&self, meta: &ProviderMetadata) -> bool {
+        match self.par {
+            ParMode::Never => false,
+            ParMode::Always => true,
+            ParMode::Auto => meta.pushed_authorization_request_endpoint.is_some(),
+        }
+    }
+
+    /// Where to send the browser to log in. With PAR the parameters are pushed to the
+    /// provider first, and only `client_id` and `request_uri` travel through the browser.
+    pub async fn authorization_redirect(
         &self,
         meta: &ProviderMetadata,
         state: &str,
         nonce: &str,
         code_challenge: &str,
-    ) -> String {
+        extra: &[(&'static str, String)],
+    ) -> Result<String, OidcError> {
+        let params = self.authorization_params(state, nonce, code_challenge, extra);
         let mut url =
             url::Url::parse(&meta.authorization_endpoint).expect("validated at discovery");
+        if !self.uses_par(meta) {
+            url.query_pairs_mut()
+                .extend_pairs(params.iter().map(|(k, v)| (*k, v.as_str())));
+            return Ok(url.into());
+        }
+        let endpoint = meta
+            .pushed_authorization_request_endpoint
+            .as_deref()
+            .ok_or_else(|| {
+                OidcError::InvalidResponse(
+                    "oidc.par = \"always\" but the provider has no PAR endpoint".into(),
+                )
+            })?;
+        let mut form: Vec<(&'static str, String)> = params
+            .into_iter()
+            .filter(|(k, _)| *k != "client_id")
+            .collect();
+        let request = self.authenticate(
+            self.http
+                .post(endpoint)
+                .header("accept", "application/json"),
+            &mut form,
+        );
+        let form = if form.iter().any(|(k, _)| *k == "client_id") {
+            form
+        } else {
+            let mut f = form;
+            f.push(("client_id", self.client_id.clone()));
+            f
+        };
+        #[derive(Deserialize)]
+        struct Pushed {
+            request_uri: String,
+        }
+        let pushed: Pushed = parse_json_answer(request.form(&form).send().await?).await?;
         url.query_pairs_mut()
-            .append_pair("response_type", "code")
             .append_pair("client_id", &self.client_id)
-            .append_pair("redirect_uri", &self.redirect_uri)
-            .append_pair("scope", &self.scopes)
-            .append_pair("state", state)
-            .append_pair("nonce", nonce)
-            .append_pair("code_challenge", code_challenge)
-            .append_pair("code_challenge_method", "S256");
-        url.into()
+            .append_pair("request_uri", &pushed.request_uri);
+        Ok(url.into())
     }
 
-    /// Adds client authentication to a request to the token or revocation endpoint.
+    /// Adds client authentication to a request to the token, PAR or revocation endpoint.
     fn authenticate(
         &self,
         request: reqwest::RequestBuilder,
@@ -211,12 +309,35 @@ impl Oidc {
                 let secret: String = form_urlencoded::byte_serialize(secret.as_bytes()).collect();
                 request.basic_auth(id, Some(secret))
             }
-            AuthMethod::ClientSecretPost | AuthMethod::PrivateKeyJwt => {
+            AuthMethod::ClientSecretPost => {
                 form.push(("client_id", self.client_id.clone()));
                 form.push(("client_secret", secret.to_owned()));
                 request
             }
+            AuthMethod::PrivateKeyJwt => {
+                form.push(("client_id", self.client_id.clone()));
+                if let Some(key) = &self.client_key {
+                    match key.assertion(&self.client_id, &self.issuer) {
+                        Ok(jwt) => {
+                            form.push((
+                                "client_assertion_type",
+                                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".to_owned(),
+                            ));
+                            form.push(("client_assertion", jwt));
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "client assertion could not be signed")
+                        }
+                    }
+                }
+                request
+            }
         }
+    }
+
+    /// The client's public key as a JWK (private_key_jwt), to register at the provider.
+    pub fn client_public_jwk(&self) -> Option<Result<serde_json::Value, String>> {
+        self.client_key.as_ref().map(ClientKey::public_jwk)
     }
 
     async fn token_request(
@@ -232,8 +353,14 @@ impl Oidc {
         if let Some(timeout) = timeout {
             request = request.timeout(timeout);
         }
+        let endpoint = match form.first().map(|(_, grant)| grant.as_str()) {
+            Some("refresh_token") => "token_refresh",
+            Some("client_credentials") => "token_client_credentials",
+            _ => "token_code",
+        };
         let request = self.authenticate(request, &mut form);
-        let response = request.form(&form).send().await?;
+        let response =
+            crate::telemetry::provider_call(endpoint, request.form(&form).send()).await?;
         parse_json_answer(response).await
     }
 
@@ -321,13 +448,15 @@ impl Oidc {
         let Some(endpoint) = &meta.userinfo_endpoint else {
             return Ok(Default::default());
         };
-        let response = self
-            .http
-            .get(endpoint)
-            .bearer_auth(access_token)
-            .header("accept", "application/json")
-            .send()
-            .await?;
+        let response = crate::telemetry::provider_call(
+            "userinfo",
+            self.http
+                .get(endpoint)
+                .bearer_auth(access_token)
+                .header("accept", "application/json")
+                .send(),
+        )
+        .await?;
         let claims: serde_json::Map<String, serde_json::Value> =
             parse_json_answer(response).await?;
         match claims.get("sub").and_then(|s| s.as_str()) {
@@ -371,7 +500,8 @@ impl Oidc {
             ("token_type_hint", "refresh_token".to_owned()),
         ];
         let request = self.authenticate(self.http.post(endpoint), &mut form);
-        let response = request.form(&form).send().await?;
+        let response =
+            crate::telemetry::provider_call("revocation", request.form(&form).send()).await?;
         let status = response.status();
         if status.is_success() {
             Ok(true)

@@ -28,8 +28,9 @@ use crate::config::TokenKind;
 use crate::error::ApiError;
 use crate::server::{AppState, Gateway};
 
-/// The pooled HTTP/1.1 client to upstreams of one runtime.
-pub type UpstreamClient = Client<HttpConnector, Body>;
+/// The pooled HTTP/1.1 client to upstreams of one runtime (`http://` and, verified
+/// by `server::tls::upstream_tls`, `https://`).
+pub type UpstreamClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
 
 /// Idle connections kept per upstream: at least the expected concurrency, or
 /// connections churn under load.
@@ -39,7 +40,12 @@ pub fn upstream_client() -> UpstreamClient {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
-    connector.enforce_http(true);
+    connector.enforce_http(false);
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config((*crate::server::tls::upstream_tls()).clone())
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(connector);
     Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(POOL_IDLE_PER_HOST)
         .pool_idle_timeout(std::time::Duration::from_secs(60))
@@ -61,8 +67,10 @@ pub async fn proxy(
     rewrite::rewrite_request(&mut parts, route, token, peer, &state.gw.rewrite)?;
     let request = Request::from_parts(parts, body);
 
-    let response = match tokio::time::timeout(route.timeout, state.upstream.request(request)).await
-    {
+    let started = std::time::Instant::now();
+    let result = tokio::time::timeout(route.timeout, state.upstream.request(request)).await;
+    crate::telemetry::metrics().upstream_call(&route.prefix, started.elapsed(), &result);
+    let response = match result {
         Err(_) => return Err(ApiError::UpstreamTimeout),
         Ok(Err(e)) => {
             let detail = match std::error::Error::source(&e) {
@@ -74,6 +82,8 @@ pub async fn proxy(
         Ok(Ok(response)) => response,
     };
     let (mut parts, body) = response.into_parts();
+    // Our answer is ours: HTTP/1.1 (or what the browser spoke), whatever the upstream used.
+    parts.version = axum::http::Version::HTTP_11;
     rewrite::clean_response(&mut parts.headers);
     Ok(Response::from_parts(parts, Body::new(body)))
 }

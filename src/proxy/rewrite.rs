@@ -206,6 +206,7 @@ mod tests {
             upstream: url::Url::parse(upstream).unwrap(),
             token: TokenKind::User,
             strip_prefix: strip,
+            csrf: true,
             scopes: None,
             resource: None,
             timeout: std::time::Duration::from_secs(1),

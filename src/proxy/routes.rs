@@ -12,6 +12,8 @@ pub struct Route {
     pub prefix: String,
     pub token: TokenKind,
     pub strip_prefix: bool,
+    /// Whether the `Origin` / `Sec-Fetch-Site` checks apply (security::guard).
+    pub csrf: bool,
     pub timeout: Duration,
     pub scheme: Scheme,
     pub authority: Authority,
@@ -40,6 +42,7 @@ impl Route {
             prefix: c.prefix.clone(),
             token: c.token,
             strip_prefix: c.strip_prefix,
+            csrf: c.csrf,
             timeout: c.timeout,
             scheme,
             authority,

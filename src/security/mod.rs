@@ -7,6 +7,12 @@
 //! cross-site request never carries it. This module must never trust a header for
 //! anything but a refusal.
 
+pub mod guard;
+pub mod limits;
+
+pub use guard::{GuardConfig, guard};
+pub use limits::Limits;
+
 use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 use axum::middleware::Next;
@@ -53,16 +59,28 @@ pub fn validate_return_url(value: &str, origin: &url::Url) -> Result<String, &'s
     Ok(value.to_owned())
 }
 
+/// Audit event: a CSRF defence refused a request.
+pub fn audit_csrf_rejected(why: &str) {
+    tracing::warn!(target: "portcullis::audit", event = "csrf_rejected", reason = why);
+}
+
+/// Audit event: a rate limit refused a request.
+pub fn audit_rate_limited(what: &str) {
+    tracing::warn!(target: "portcullis::audit", event = "rate_limited", limit = what);
+}
+
 /// The CSRF header every call that uses the session must carry.
 pub const CSRF_HEADER: HeaderName = HeaderName::from_static("x-csrf");
 
 /// Requires `X-CSRF: 1`.
 pub fn check_csrf_header(headers: &HeaderMap) -> Result<(), ApiError> {
-    match headers.get(&CSRF_HEADER) {
-        Some(v) if v.as_bytes() == b"1" => Ok(()),
-        Some(_) => Err(ApiError::Csrf("the X-CSRF header must be \"1\"")),
-        None => Err(ApiError::Csrf("the X-CSRF: 1 header is required")),
-    }
+    let refused = match headers.get(&CSRF_HEADER) {
+        Some(v) if v.as_bytes() == b"1" => return Ok(()),
+        Some(_) => "the X-CSRF header must be \"1\"",
+        None => "the X-CSRF: 1 header is required",
+    };
+    audit_csrf_rejected(refused);
+    Err(ApiError::Csrf(refused))
 }
 
 /// Headers on every `/bff/*` answer: never cached, never framed, never sniffed,

@@ -1,29 +1,45 @@
+//! Listeners, worker runtimes and graceful shutdown.
+//!
+//! **Shutdown** (SIGTERM or SIGINT): readiness turns 503 (`draining`), every
+//! worker closes its listening socket at once (new connections are refused), open
+//! connections finish the request they are serving — streamed bodies included —
+//! and are then closed; whatever is still running after `server.drain_timeout` is
+//! cut. Then the admin listener stops and the session store is closed (its last
+//! reference is dropped: SQLite checkpoints its WAL, Redis connections close).
+//!
+//! **SIGHUP** re-reads the TLS certificate and key (see `tls`).
+
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::sync::watch;
 use tower::ServiceExt;
 
+use super::tls::TlsTerminator;
 use super::{AppState, Gateway, app};
 use crate::config::Config;
 
-/// How long a client may take to send its request headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often expired sessions and pending logins are swept from the store.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+/// How long a client may take to complete the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A running gateway: worker threads plus the control runtime.
 pub struct Server {
     pub addr: SocketAddr,
+    /// The admin listener's address, when `server.admin_listen` is set.
+    pub admin_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     workers: Vec<std::thread::JoinHandle<()>>,
     control: tokio::runtime::Runtime,
+    tls: Option<Arc<TlsTerminator>>,
+    drain: Duration,
 }
 
 impl Server {
@@ -41,29 +57,63 @@ impl Server {
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
             .max(1);
         let listen = config.server.listen;
+        let admin_listen = config.server.admin_listen;
         let drain = config.server.drain_timeout;
+        let tls = config
+            .server
+            .tls
+            .as_ref()
+            .map(TlsTerminator::load)
+            .transpose()?;
+        super::tls::configure_upstream_roots(config.server.upstream_ca_file.as_deref())?;
         let gw = Arc::new(control.block_on(Gateway::new(config))?);
 
         // Provider metadata and keys are loaded now if possible; if the provider is
         // down, Portcullis still starts (sessions keep working) and retries on use.
         match control.block_on(gw.oidc.load()) {
-            Ok(meta) => tracing::info!(issuer = %meta.issuer, "provider metadata and keys loaded"),
+            Ok(meta) => {
+                gw.oidc.check_requirements(&meta)?;
+                tracing::info!(issuer = %meta.issuer, "provider metadata and keys loaded")
+            }
+            Err(e) if gw.oidc.requires_provider_at_start() => {
+                return Err(format!(
+                    "oidc.par = \"always\" needs the provider's metadata at start: {e}"
+                ));
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "provider not reachable yet; retrying on first use")
             }
         }
 
-        let first = bind(listen)?;
+        let first = bind(listen, "server.listen")?;
         let addr = first.local_addr().map_err(|e| e.to_string())?;
         let mut listeners = vec![first];
         for _ in 1..workers {
-            listeners.push(bind(addr)?);
+            listeners.push(bind(addr, "server.listen")?);
         }
         let (shutdown, rx) = watch::channel(false);
+
+        let admin_addr = match admin_listen {
+            Some(admin) => {
+                let listener = bind(admin, "server.admin_listen")?;
+                let admin_addr = listener.local_addr().map_err(|e| e.to_string())?;
+                let listener = {
+                    let _guard = control.enter();
+                    tokio::net::TcpListener::from_std(listener)
+                        .map_err(|e| format!("server.admin_listen {admin}: {e}"))?
+                };
+                control.spawn(super::admin::serve(listener, gw.clone(), rx.clone()));
+                tracing::info!(addr = %admin_addr, "admin listener (/metrics, /healthz, /readyz)");
+                Some(admin_addr)
+            }
+            None => None,
+        };
+
         let mut handles = Vec::new();
         for (i, listener) in listeners.into_iter().enumerate() {
             let gw = gw.clone();
             let rx = rx.clone();
+            let tls = tls.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("portcullis-worker-{i}"))
                 .spawn(move || {
@@ -71,34 +121,63 @@ impl Server {
                         .enable_all()
                         .build()
                         .expect("worker runtime");
-                    rt.block_on(worker(listener, AppState::new(gw), rx, drain));
+                    rt.block_on(worker(listener, AppState::new(gw), rx, drain, tls));
                 })
                 .map_err(|e| format!("worker thread: {e}"))?;
             handles.push(handle);
         }
         control.spawn(sweeper(gw));
-        tracing::info!(%addr, workers, "listening");
+        tracing::info!(%addr, workers, tls = tls.is_some(), "listening");
         Ok(Self {
             addr,
+            admin_addr,
             shutdown,
             workers: handles,
             control,
+            tls,
+            drain,
         })
     }
 
-    /// Waits for SIGTERM or SIGINT, then drains and stops.
+    /// Waits for SIGTERM or SIGINT (reloading TLS on SIGHUP meanwhile), then drains
+    /// and stops.
     pub fn run_until_signal(self) {
-        self.control.block_on(shutdown_signal());
-        tracing::info!("shutting down: no new connections, draining in-flight requests");
+        self.control.block_on(wait_for_shutdown(self.tls.clone()));
         self.stop();
     }
 
+    /// Re-reads the TLS certificate and key now (what SIGHUP does).
+    pub fn reload_tls(&self) -> Result<(), String> {
+        match &self.tls {
+            Some(tls) => tls.reload(),
+            None => Err("server.tls is not configured".into()),
+        }
+    }
+
+    /// Stops accepting, drains in-flight requests (at most `server.drain_timeout`),
+    /// then stops the admin listener and closes the store.
     pub fn stop(self) {
+        let started = Instant::now();
+        tracing::info!(
+            drain_timeout_ms = self.drain.as_millis() as u64,
+            "shutting down: no new connections, draining in-flight requests"
+        );
+        super::admin::begin_draining();
         let _ = self.shutdown.send(true);
         for w in self.workers {
             let _ = w.join();
         }
-        tracing::info!("stopped");
+        tracing::info!(
+            drained_ms = started.elapsed().as_millis() as u64,
+            "in-flight requests drained"
+        );
+        // Dropping the control runtime ends the admin listener and the sweeper, and
+        // with them the last references to the gateway: the store closes here.
+        self.control.shutdown_timeout(Duration::from_secs(5));
+        tracing::info!(
+            total_ms = started.elapsed().as_millis() as u64,
+            "stopped; session store closed"
+        );
     }
 }
 
@@ -108,20 +187,20 @@ pub fn serve(config: Config) -> Result<(), String> {
     Ok(())
 }
 
-fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, String> {
+fn bind(addr: SocketAddr, key: &str) -> Result<std::net::TcpListener, String> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
-        .map_err(|e| format!("server.listen {addr}: {e}"))?;
+        .map_err(|e| format!("{key} {addr}: {e}"))?;
     socket.set_reuse_address(true).map_err(|e| e.to_string())?;
     socket.set_reuse_port(true).map_err(|e| e.to_string())?;
     socket.set_tcp_nodelay(true).map_err(|e| e.to_string())?;
     socket.set_nonblocking(true).map_err(|e| e.to_string())?;
     socket
         .bind(&addr.into())
-        .map_err(|e| format!("server.listen {addr}: {e}"))?;
+        .map_err(|e| format!("{key} {addr}: {e}"))?;
     socket
         .listen(4096)
-        .map_err(|e| format!("server.listen {addr}: {e}"))?;
+        .map_err(|e| format!("{key} {addr}: {e}"))?;
     Ok(socket.into())
 }
 
@@ -130,14 +209,29 @@ async fn worker(
     state: AppState,
     mut shutdown: watch::Receiver<bool>,
     drain: Duration,
+    tls: Option<Arc<TlsTerminator>>,
 ) {
     let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+    let limits = state.gw.config.security.clone();
     let router = app(state);
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
+    // Request limits: a slow client can't hold a connection by dribbling headers,
+    // and an oversized head is refused (431) before any handler runs.
     http.timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes)
         .keep_alive(true);
+    // With TLS, ALPN picks HTTP/2 or HTTP/1.1; the same limits apply to both.
+    let mut auto = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    auto.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes)
+        .keep_alive(true);
+    auto.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -156,6 +250,29 @@ async fn worker(
                     request.extensions_mut().insert(ConnectInfo(peer));
                     router.clone().oneshot(request.map(Body::new))
                 });
+                if let Some(tls) = &tls {
+                    let acceptor = tls.acceptor();
+                    let watcher = graceful.watcher();
+                    let auto = auto.clone();
+                    tokio::spawn(async move {
+                        let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                tracing::debug!(error = %e, %peer, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(%peer, "TLS handshake timed out");
+                                return;
+                            }
+                        };
+                        let connection = watcher.watch(auto.serve_connection(TokioIo::new(stream), service));
+                        if let Err(e) = connection.await {
+                            tracing::debug!(error = %e, "connection ended with an error");
+                        }
+                    });
+                    continue;
+                }
                 let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
                 tokio::spawn(async move {
                     if let Err(e) = connection.await {
@@ -166,6 +283,7 @@ async fn worker(
             _ = shutdown.changed() => break,
         }
     }
+    // New connections are refused from here on.
     drop(listener);
     tokio::select! {
         _ = graceful.shutdown() => {}
@@ -185,11 +303,22 @@ async fn sweeper(gw: Arc<Gateway>) {
     }
 }
 
-async fn shutdown_signal() {
+/// Returns on SIGTERM or SIGINT; reloads the TLS certificate on SIGHUP.
+async fn wait_for_shutdown(tls: Option<Arc<TlsTerminator>>) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = tokio::signal::ctrl_c() => return,
+            _ = hup.recv() => match &tls {
+                Some(tls) => match tls.reload() {
+                    Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+                    Err(e) => tracing::error!(error = %e, "SIGHUP: TLS reload failed; keeping the previous certificate"),
+                },
+                None => tracing::info!("SIGHUP ignored: no TLS configured"),
+            },
+        }
     }
 }

@@ -7,7 +7,9 @@
 //! [`Gateway`] (`Send + Sync`). The kernel spreads connections over the threads; a
 //! request never hops threads. A separate control runtime runs background work.
 
+pub mod admin;
 mod listen;
+pub mod tls;
 
 use std::sync::Arc;
 
@@ -26,7 +28,7 @@ use crate::config::Config;
 use crate::oidc::Oidc;
 use crate::proxy::rewrite::RewriteConfig;
 use crate::proxy::{RouteTable, UpstreamClient};
-use crate::session::{SessionStore, Sessions};
+use crate::session::Sessions;
 use crate::tokens::TokenManager;
 
 /// Everything the request handlers share, across every runtime.
@@ -37,6 +39,8 @@ pub struct Gateway {
     pub tokens: TokenManager,
     pub routes: RouteTable,
     pub rewrite: RewriteConfig,
+    pub guard: crate::security::GuardConfig,
+    pub limits: crate::security::Limits,
 }
 
 impl Gateway {
@@ -62,6 +66,8 @@ impl Gateway {
             config.oidc.http_timeout,
             config.tokens.refresh_timeout,
         );
+        let guard = crate::security::GuardConfig::new(&config);
+        let limits = crate::security::Limits::new(&config);
         Ok(Self {
             config,
             sessions,
@@ -69,6 +75,8 @@ impl Gateway {
             tokens,
             routes,
             rewrite,
+            guard,
+            limits,
         })
     }
 }
@@ -93,12 +101,22 @@ impl AppState {
 
 /// The whole browser-facing application. Tests drive it with `oneshot`, no socket.
 pub fn app(state: AppState) -> Router {
-    let bff = crate::bff::router().layer(axum::middleware::from_fn(crate::security::bff_headers));
+    let bff = crate::bff::router(state.clone())
+        .layer(axum::middleware::from_fn(crate::security::bff_headers));
     Router::new()
         .merge(bff)
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(dispatch)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::security::guard,
+        ))
+        // Outermost: request id, span and metrics see every answer, refusals included.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::telemetry::request::layer,
+        ))
         .with_state(state)
 }
 
@@ -106,26 +124,10 @@ async fn healthz() -> impl IntoResponse {
     ([(header::CACHE_CONTROL, "no-store")], "ok\n")
 }
 
-/// Ready when the store answers and the provider's metadata and keys are loaded.
+/// Ready when the store answers and the provider's metadata and keys are loaded
+/// (the same check as the admin listener's, see [`admin::readiness`]).
 async fn readyz(State(state): State<AppState>) -> Response {
-    let gw = &state.gw;
-    let store = gw.sessions.store().ping().await;
-    let provider_ok = gw.oidc.is_loaded() || gw.oidc.load().await.is_ok();
-    let body = serde_json::json!({
-        "store": if store.is_ok() { "ok" } else { "unavailable" },
-        "provider": if provider_ok { "ok" } else { "unavailable" },
-    });
-    let status = if store.is_ok() && provider_ok {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (
-        status,
-        [(header::CACHE_CONTROL, "no-store")],
-        axum::Json(body),
-    )
-        .into_response()
+    admin::readiness(&state.gw).await
 }
 
 /// Everything outside `/bff`: an API route, else the SPA's files.
@@ -140,7 +142,7 @@ async fn dispatch(State(state): State<AppState>, request: Request) -> Response {
         return not_found();
     }
     match &state.gw.config.static_files {
-        Some(s) => serve_static(&s.dir, s.spa_fallback, request).await,
+        Some(s) => serve_static(s, request).await,
         None => not_found(),
     }
 }
@@ -155,7 +157,8 @@ fn not_found() -> Response {
 }
 
 /// The SPA's files; an unknown GET navigation gets `index.html` when `spa_fallback`.
-async fn serve_static(dir: &std::path::Path, spa_fallback: bool, request: Request) -> Response {
+async fn serve_static(config: &crate::config::StaticConfig, request: Request) -> Response {
+    let (dir, spa_fallback) = (&config.dir, config.spa_fallback);
     let navigation = spa_fallback
         && matches!(*request.method(), Method::GET | Method::HEAD)
         && (request
@@ -189,6 +192,11 @@ async fn serve_static(dir: &std::path::Path, spa_fallback: bool, request: Reques
     } else {
         response
     };
+    if let Ok(csp) = HeaderValue::from_str(&config.csp) {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_SECURITY_POLICY, csp);
+    }
     crate::security::frame_and_sniff(response.headers_mut());
     response
 }

@@ -212,4 +212,8 @@ impl SessionStore for MemoryStore {
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
     }
+
+    async fn count(&self, now: i64) -> Result<u64, StoreError> {
+        Ok(self.sessions.iter().filter(|r| now < r.expires_at).count() as u64)
+    }
 }

@@ -147,6 +147,10 @@ pub struct PendingLogin {
     pub nonce: String,
     pub return_url: String,
     pub expires_at: i64,
+    /// The login was silent (`prompt=none`): a "login required" answer is a clean
+    /// not-logged-in result, not an error.
+    #[serde(default)]
+    pub silent: bool,
 }
 
 impl std::fmt::Debug for PendingLogin {

@@ -718,6 +718,15 @@ impl SessionStore for RedisStore {
             .map_err(unavailable)?;
         Ok(())
     }
+
+    async fn count(&self, now: i64) -> Result<u64, StoreError> {
+        let mut conn = self.shared.conn().await?;
+        let n: u64 = conn
+            .zcount(ALL, format!("({now}"), "+inf")
+            .await
+            .map_err(unavailable)?;
+        Ok(n)
+    }
 }
 
 #[cfg(test)]

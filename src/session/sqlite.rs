@@ -366,4 +366,16 @@ impl SessionStore for SqliteStore {
         self.blocking(|c| c.query_row("SELECT 1", [], |_| Ok(())))
             .await
     }
+
+    async fn count(&self, now: i64) -> Result<u64, StoreError> {
+        self.blocking(move |c| {
+            c.query_row(
+                "SELECT COUNT(*) FROM sessions WHERE expires_at > ?1",
+                [now],
+                |row| row.get::<_, i64>(0),
+            )
+        })
+        .await
+        .map(|n| n as u64)
+    }
 }

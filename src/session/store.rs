@@ -135,6 +135,10 @@ pub trait SessionStore: Send + Sync + 'static {
 
     /// Checks the store answers (readiness).
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// How many sessions have not reached their absolute expiry by `now` (the
+    /// `sessions_active` gauge; idle sessions count until they are swept).
+    fn count(&self, now: i64) -> impl Future<Output = Result<u64, StoreError>> + Send;
 }
 
 /// The configured backend. An enum rather than a trait object: the hot path stays
@@ -146,37 +150,54 @@ pub enum Store {
     Redis(RedisStore),
 }
 
+/// Calls the backend, timing the operation for `store_operation_duration_seconds`
+/// and counting failures in `store_errors_total`.
 macro_rules! dispatch {
-    ($self:ident, $s:ident => $call:expr) => {
-        match $self {
+    ($self:ident, $op:literal, $s:ident => $call:expr) => {{
+        let started = std::time::Instant::now();
+        let result = match $self {
             Store::Memory($s) => $call.await,
             Store::Sqlite($s) => $call.await,
             Store::Redis($s) => $call.await,
+        };
+        let ok = !matches!(result, Err(StoreError::Unavailable(_)));
+        crate::telemetry::metrics().store_op($self.backend(), $op, started.elapsed(), ok);
+        result
+    }};
+}
+
+impl Store {
+    /// The backend's name, as a metric label.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Store::Memory(_) => "memory",
+            Store::Sqlite(_) => "sqlite",
+            Store::Redis(_) => "redis",
         }
-    };
+    }
 }
 
 impl SessionStore for Store {
     async fn get(&self, key: &SessionKey) -> Result<Option<Arc<SessionRecord>>, StoreError> {
-        dispatch!(self, s => s.get(key))
+        dispatch!(self, "get", s => s.get(key))
     }
     async fn insert(&self, record: Arc<SessionRecord>) -> Result<(), StoreError> {
-        dispatch!(self, s => s.insert(record))
+        dispatch!(self, "insert", s => s.insert(record))
     }
     async fn update(&self, record: Arc<SessionRecord>) -> Result<bool, StoreError> {
-        dispatch!(self, s => s.update(record))
+        dispatch!(self, "update", s => s.update(record))
     }
     async fn touch(&self, key: &SessionKey, last_seen: i64) -> Result<(), StoreError> {
-        dispatch!(self, s => s.touch(key, last_seen))
+        dispatch!(self, "touch", s => s.touch(key, last_seen))
     }
     async fn remove(&self, key: &SessionKey) -> Result<Option<Arc<SessionRecord>>, StoreError> {
-        dispatch!(self, s => s.remove(key))
+        dispatch!(self, "remove", s => s.remove(key))
     }
     async fn find(&self, filter: &SessionFilter) -> Result<Vec<Arc<SessionRecord>>, StoreError> {
-        dispatch!(self, s => s.find(filter))
+        dispatch!(self, "find", s => s.find(filter))
     }
     async fn remove_expired(&self, now: i64, idle: i64) -> Result<usize, StoreError> {
-        dispatch!(self, s => s.remove_expired(now, idle))
+        dispatch!(self, "remove_expired", s => s.remove_expired(now, idle))
     }
     async fn put_pending(
         &self,
@@ -184,14 +205,14 @@ impl SessionStore for Store {
         pending: PendingLogin,
         max: usize,
     ) -> Result<(), StoreError> {
-        dispatch!(self, s => s.put_pending(key, pending, max))
+        dispatch!(self, "put_pending", s => s.put_pending(key, pending, max))
     }
     async fn take_pending(
         &self,
         key: &SessionKey,
         now: i64,
     ) -> Result<Option<PendingLogin>, StoreError> {
-        dispatch!(self, s => s.take_pending(key, now))
+        dispatch!(self, "take_pending", s => s.take_pending(key, now))
     }
     async fn try_lock_refresh(
         &self,
@@ -199,15 +220,18 @@ impl SessionStore for Store {
         owner: &str,
         lease_ms: u64,
     ) -> Result<bool, StoreError> {
-        dispatch!(self, s => s.try_lock_refresh(key, owner, lease_ms))
+        dispatch!(self, "try_lock_refresh", s => s.try_lock_refresh(key, owner, lease_ms))
     }
     async fn unlock_refresh(&self, key: &SessionKey, owner: &str) -> Result<(), StoreError> {
-        dispatch!(self, s => s.unlock_refresh(key, owner))
+        dispatch!(self, "unlock_refresh", s => s.unlock_refresh(key, owner))
     }
     async fn remember_once(&self, key: SessionKey, expires_at: i64) -> Result<bool, StoreError> {
-        dispatch!(self, s => s.remember_once(key, expires_at))
+        dispatch!(self, "remember_once", s => s.remember_once(key, expires_at))
     }
     async fn ping(&self) -> Result<(), StoreError> {
-        dispatch!(self, s => s.ping())
+        dispatch!(self, "ping", s => s.ping())
+    }
+    async fn count(&self, now: i64) -> Result<u64, StoreError> {
+        dispatch!(self, "count", s => s.count(now))
     }
 }

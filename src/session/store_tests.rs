@@ -25,6 +25,7 @@ fn pending(expires_at: i64) -> PendingLogin {
         pkce_verifier: "v".into(),
         nonce: "n".into(),
         return_url: "/".into(),
+        silent: false,
         expires_at,
     }
 }
@@ -186,6 +187,7 @@ pub async fn concurrent_sessions_do_not_interfere(store: impl SessionStore) {
         assert!(store.get(&key).await.unwrap().is_some());
     }
     store.ping().await.unwrap();
+    assert!(store.count(now).await.unwrap() >= 32);
 }
 
 pub async fn update_only_replaces_live_sessions(store: impl SessionStore) {

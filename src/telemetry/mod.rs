@@ -1,34 +1,71 @@
-//! Logs and audit events.
+//! Logs, audit events and metrics.
 //!
-//! Logs go through `tracing` to stderr: JSON when stderr is not a terminal,
-//! human-readable otherwise, level from `RUST_LOG` (default `info`). Audit events carry the `sub`
-//! and a short hash of the session key — never a session id, cookie or token.
+//! **Logs** go through `tracing` to stderr: JSON when stderr is not a terminal (or
+//! `server.log_format = "json"`), human-readable otherwise; the level comes from
+//! `RUST_LOG`, else `server.log_level`, else `info`. Every line logged while serving
+//! a request carries the request's id (the `request` span, see [`request`]).
+//!
+//! **Audit events** are `info` events with `target: "portcullis::audit"` and an
+//! `event` field: `login`, `refresh`, `revocation`, `session_ended` (logout,
+//! back-channel logout, revocation, timeouts…), `backchannel_logout`,
+//! `csrf_rejected`, `rate_limited`. They carry the `sub` and `session`, a short
+//! non-reversible label of the session key (`SessionKey::log_label`) — never a
+//! session id, a cookie, a token, a client secret or a key. Select them with
+//! `RUST_LOG=portcullis::audit=info`.
+//!
+//! **Metrics** live in one global registry ([`metrics()`]); see [`metrics`].
+//! This module must never log a secret: it is given labels, never tokens.
+
+pub mod metrics;
+pub mod request;
 
 use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
+pub use metrics::{Metrics, metrics, provider_call};
+pub use request::{ErrorCode, RequestId, X_REQUEST_ID};
+
+use crate::config::LogFormat;
 use crate::session::{EndReason, SessionRecord};
 
 /// Installs the global subscriber. Safe to call more than once (later calls do nothing).
 pub fn init_logging() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    init_logging_with(LogFormat::Auto, None);
+}
+
+/// Installs the global subscriber with the configured format and default level.
+pub fn init_logging_with(format: LogFormat, level: Option<&str>) {
+    let filter = EnvFilter::try_from_default_env()
+        .ok()
+        .or_else(|| level.and_then(|l| EnvFilter::try_new(l).ok()))
+        .unwrap_or_else(|| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    let _ = if std::io::stderr().is_terminal() {
-        builder.try_init()
-    } else {
+    let json = match format {
+        LogFormat::Json => true,
+        LogFormat::Text => false,
+        LogFormat::Auto => !std::io::stderr().is_terminal(),
+    };
+    let _ = if json {
         builder
             .json()
             .flatten_event(true)
-            .with_current_span(false)
+            .with_current_span(true)
+            .with_span_list(false)
             .try_init()
+    } else {
+        builder.try_init()
     };
 }
 
 /// One audit event per ended session.
 pub fn audit_session_ended(reason: EndReason, record: &SessionRecord) {
+    metrics()
+        .sessions_ended
+        .get_or_create(&[("reason", reason.as_str())])
+        .inc();
     tracing::info!(
         target: "portcullis::audit",
         event = "session_ended",
@@ -40,10 +77,54 @@ pub fn audit_session_ended(reason: EndReason, record: &SessionRecord) {
 
 /// A successful login created a session.
 pub fn audit_login(record: &SessionRecord) {
+    metrics().sessions_created.inc();
     tracing::info!(
         target: "portcullis::audit",
         event = "login",
         sub = %record.sub,
         session = %record.key.log_label(),
     );
+}
+
+/// A refresh finished: `outcome` is `success`, `invalid_grant` or `provider_unavailable`.
+pub fn audit_refresh(record: &SessionRecord, outcome: &'static str, took: std::time::Duration) {
+    metrics()
+        .refreshes
+        .get_or_create(&[("outcome", outcome)])
+        .inc();
+    tracing::info!(
+        target: "portcullis::audit",
+        event = "refresh",
+        outcome,
+        sub = %record.sub,
+        session = %record.key.log_label(),
+        ms = took.as_millis() as u64,
+    );
+}
+
+/// The refresh token of an ended session was revoked at the provider (RFC 7009):
+/// `outcome` is `revoked`, `unsupported` (no revocation endpoint) or `failed`.
+pub fn audit_revocation(sub: &str, session: &str, outcome: &'static str, error: Option<&str>) {
+    metrics()
+        .revocations
+        .get_or_create(&[("outcome", outcome)])
+        .inc();
+    if let Some(error) = error {
+        tracing::warn!(
+            target: "portcullis::audit",
+            event = "revocation",
+            outcome,
+            sub,
+            session,
+            error,
+        );
+    } else {
+        tracing::info!(
+            target: "portcullis::audit",
+            event = "revocation",
+            outcome,
+            sub,
+            session,
+        );
+    }
 }

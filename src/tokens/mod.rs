@@ -101,10 +101,16 @@ impl TokenManager {
         gw: &Arc<Gateway>,
         record: &SessionRecord,
     ) -> Result<Tokens, ApiError> {
-        let tokens = gw.sessions.open_tokens(record).map_err(|e| {
-            tracing::warn!(session = %record.key.log_label(), error = %e, "session tokens can't be opened");
-            ApiError::SessionExpired
-        })?;
+        let tokens = match gw.sessions.open_tokens(record) {
+            Ok(tokens) => tokens,
+            Err(e) => {
+                // Sealed under a key no longer in `session.keys` (or damaged): the
+                // session can't be used again, so it ends instead of failing forever.
+                tracing::warn!(session = %record.key.log_label(), error = %e, "session tokens can't be opened; ending the session");
+                gw.sessions.end(&record.key, EndReason::Unreadable).await?;
+                return Err(ApiError::SessionExpired);
+            }
+        };
         let now = now_secs();
         if !self.needs_refresh(&tokens, now) {
             return Ok(tokens);
@@ -161,17 +167,22 @@ impl TokenManager {
                     let (tx, rx) = watch::channel(None);
                     inflight.insert(key, rx.clone());
                     let gw = gw.clone();
-                    tokio::spawn(async move {
-                        let outcome = refresh_session(&gw, key).await;
-                        // Publish, then forget: a request that starts after this finds no
-                        // entry, and its own refresh re-reads the (already updated) session.
-                        let _ = tx.send(Some(outcome));
-                        gw.tokens
-                            .inflight
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .remove(&key);
-                    });
+                    // In the span of the request that started it, for the request id.
+                    let span = tracing::Span::current();
+                    tokio::spawn(tracing::Instrument::instrument(
+                        async move {
+                            let outcome = refresh_session(&gw, key).await;
+                            // Publish, then forget: a request that starts after this finds no
+                            // entry, and its own refresh re-reads the (already updated) session.
+                            let _ = tx.send(Some(outcome));
+                            gw.tokens
+                                .inflight
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .remove(&key);
+                        },
+                        span,
+                    ));
                     rx
                 }
             }
@@ -280,14 +291,7 @@ async fn refresh_locked(gw: &Arc<Gateway>, key: &SessionKey) -> Outcome {
             let updated = gw.sessions.with_tokens(&record, &fresh, refresh_expires_at);
             match gw.sessions.store().update(Arc::new(updated)).await {
                 Ok(true) => {
-                    tracing::info!(
-                        target: "portcullis::audit",
-                        event = "refresh",
-                        outcome = "success",
-                        sub = %record.sub,
-                        session = %record.key.log_label(),
-                        ms = started.elapsed().as_millis() as u64,
-                    );
+                    crate::telemetry::audit_refresh(&record, "success", started.elapsed());
                     Outcome::Fresh(Arc::new(fresh))
                 }
                 Ok(false) => Outcome::Ended,
@@ -295,13 +299,7 @@ async fn refresh_locked(gw: &Arc<Gateway>, key: &SessionKey) -> Outcome {
             }
         }
         Err(e) if e.is_invalid_grant() => {
-            tracing::info!(
-                target: "portcullis::audit",
-                event = "refresh",
-                outcome = "invalid_grant",
-                sub = %record.sub,
-                session = %record.key.log_label(),
-            );
+            crate::telemetry::audit_refresh(&record, "invalid_grant", started.elapsed());
             match gw.sessions.end(key, EndReason::GrantRevoked).await {
                 Ok(_) => Outcome::Ended,
                 Err(e) => Outcome::StoreDown(e.to_string()),
@@ -313,13 +311,7 @@ async fn refresh_locked(gw: &Arc<Gateway>, key: &SessionKey) -> Outcome {
                 // invalid_client and the like: a configuration problem, not the user's fault.
                 tracing::error!(error = %detail, "refresh refused; keeping the session");
             }
-            tracing::info!(
-                target: "portcullis::audit",
-                event = "refresh",
-                outcome = "provider_unavailable",
-                sub = %record.sub,
-                session = %record.key.log_label(),
-            );
+            crate::telemetry::audit_refresh(&record, "provider_unavailable", started.elapsed());
             Outcome::ProviderDown(detail)
         }
     }

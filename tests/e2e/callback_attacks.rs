@@ -65,7 +65,7 @@ async fn iss_must_be_the_issuer() {
 
 #[tokio::test]
 async fn pkce_verifier_must_match_the_code() {
-    let env = Env::builder().start().await;
+    let env = Env::builder().plain_authorize().start().await;
     let browser = env.browser();
     // Two pending logins in one browser; the code of the first is delivered with the
     // state of the second, so Portcullis sends the second verifier: the provider refuses.
@@ -78,7 +78,7 @@ async fn pkce_verifier_must_match_the_code() {
 
 #[tokio::test]
 async fn nonce_must_match_the_login() {
-    let env = Env::builder().start().await;
+    let env = Env::builder().plain_authorize().start().await;
     let browser = env.browser();
     // An attacker obtains a code for the same PKCE challenge but with a nonce of their
     // own, and injects it with the victim's state: PKCE passes, the nonce check must not.
@@ -97,7 +97,7 @@ async fn nonce_must_match_the_login() {
 
 #[tokio::test]
 async fn provider_errors_and_missing_code_are_refused() {
-    let env = Env::builder().start().await;
+    let env = Env::builder().plain_authorize().start().await;
     let browser = env.browser();
     let authorize = browser.start_login(&env, "/").await;
     let state = query(&authorize)["state"].clone();

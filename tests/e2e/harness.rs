@@ -208,7 +208,7 @@ pub struct Seen {
 /// A real HTTP upstream on a free port. It records every request and answers
 /// according to the path:
 /// - `/…/slow…` waits 3 s first;
-/// - `/…/download?bytes=N` streams N bytes;
+/// - `/…/download?bytes=N[&delay_ms=D]` streams N bytes (pausing D ms before each 64 KiB);
 /// - anything else: JSON describing the request, with hop-by-hop headers added to
 ///   the response (which Portcullis must drop).
 pub struct Upstream {
@@ -285,16 +285,22 @@ async fn upstream_answer(
         tokio::time::sleep(Duration::from_secs(3)).await;
     }
     if path.ends_with("/download") {
-        let n: usize = parts
-            .uri
-            .query()
-            .and_then(|q| q.strip_prefix("bytes="))
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0);
-        let chunks = futures_util::stream::iter((0..n).step_by(65536).map(move |start| {
-            let size = (n - start).min(65536);
-            Ok::<_, std::io::Error>(Bytes::from(vec![b'x'; size]))
-        }));
+        let q: HashMap<String, String> =
+            form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes())
+                .into_owned()
+                .collect();
+        let n: usize = q.get("bytes").and_then(|n| n.parse().ok()).unwrap_or(0);
+        // `delay_ms`: a pause before each 64 KiB chunk (a slow, long download).
+        let delay =
+            Duration::from_millis(q.get("delay_ms").and_then(|d| d.parse().ok()).unwrap_or(0));
+        let chunks =
+            futures_util::stream::iter((0..n).step_by(65536)).then(move |start| async move {
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                let size = (n - start).min(65536);
+                Ok::<_, std::io::Error>(Bytes::from(vec![b'x'; size]))
+            });
         return axum::response::Response::builder()
             .header("content-type", "application/octet-stream")
             .body(Body::from_stream(chunks))
@@ -372,6 +378,21 @@ impl TestSigner {
         self.public_jwk.clone()
     }
 
+    /// The private key as PKCS#8 PEM (for `oidc.private_key_file`).
+    pub fn private_pem(&self) -> String {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&self.pkcs8);
+        let lines: Vec<&str> = b64
+            .as_bytes()
+            .chunks(64)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect();
+        format!(
+            "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+            lines.join("\n")
+        )
+    }
+
     /// Signs `claims` with this key; `typ` goes in the header when given.
     pub fn sign(&self, claims: &Value, typ: Option<&str>) -> String {
         let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
@@ -442,18 +463,76 @@ impl Gateway {
     }
 
     fn spawn(&mut self) {
-        let child = Command::new(binary())
+        let mut child = Command::new(binary())
             .args(["serve", "--config"])
             .arg(&self.config_path)
             .current_dir(self.dir.path())
             .env("RUST_LOG", "info,portcullis=debug")
             .stdin(Stdio::null())
             .stdout(Stdio::inherit())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+        self.tee_logs(&mut child);
         self.child = Some(child);
         self.wait_ready();
+    }
+
+    /// Copies the gateway's stderr to the test's stderr and appends it to
+    /// [`Gateway::log_path`], so a test can read what the gateway logged.
+    fn tee_logs(&self, child: &mut Child) {
+        use std::io::Write;
+        let stderr = child.stderr.take().unwrap();
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("{line}");
+                let _ = writeln!(file, "{line}");
+            }
+        });
+    }
+
+    /// Where the gateway's stderr is collected (across restarts).
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("portcullis.log")
+    }
+
+    /// Everything the gateway has logged so far. The copy runs on a thread; a short
+    /// pause first lets the last lines land.
+    pub fn logs(&self) -> String {
+        std::thread::sleep(Duration::from_millis(200));
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// The process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends a signal (`"-TERM"`, `"-HUP"`…) to the running gateway.
+    pub fn signal(&self, sig: &str) {
+        signal(self.pid().expect("the gateway is running"), sig);
+    }
+
+    /// Waits for the process to exit on its own; returns whether it did within `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        let child = self.child.as_mut()?;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     fn wait_ready(&mut self) {
@@ -639,10 +718,14 @@ pub struct EnvBuilder {
     extra_session: String,
     extra_oidc: String,
     extra_tokens: String,
+    extra_security: String,
+    extra_server: String,
     static_dir: Option<PathBuf>,
     route_timeout: &'static str,
     auth_method: &'static str,
     extra_jwks: Vec<Value>,
+    provider_options: serde_json::Map<String, Value>,
+    client_key: Option<(Value, PathBuf)>,
 }
 
 impl Env {
@@ -656,10 +739,14 @@ impl Env {
             extra_session: String::new(),
             extra_oidc: String::new(),
             extra_tokens: String::new(),
+            extra_security: String::new(),
+            extra_server: String::new(),
             static_dir: None,
             route_timeout: "30s",
             auth_method: "client_secret_basic",
             extra_jwks: Vec::new(),
+            provider_options: serde_json::Map::new(),
+            client_key: None,
         }
     }
 
@@ -730,6 +817,34 @@ impl EnvBuilder {
         self.static_dir = Some(dir.to_owned());
         self
     }
+    /// `private_key_jwt`: the client authenticates with `signer`'s key (PEM written
+    /// to `dir`), registered at the provider by its public JWK; no client secret.
+    pub fn private_key_jwt(mut self, signer: &TestSigner, dir: &Path) -> Self {
+        let path = dir.join("client-key.pem");
+        std::fs::write(&path, signer.private_pem()).unwrap();
+        self.client_key = Some((signer.public_jwk(), path));
+        self.auth_method = "private_key_jwt";
+        self.extra_oidc.push_str(&format!(
+            "private_key_file = {:?}\nprivate_key_alg = \"ES256\"\nprivate_key_id = {:?}\n",
+            self.client_key.as_ref().unwrap().1.to_str().unwrap(),
+            signer.kid
+        ));
+        self
+    }
+
+    /// No pushed authorization request: the parameters travel in the authorization
+    /// URL, where a test can read (and an attacker could alter) them.
+    pub fn plain_authorize(mut self) -> Self {
+        self.extra_oidc.push_str("par = \"never\"\n");
+        self
+    }
+
+    /// A setting of the test provider (see demo/provider/provider.mjs), e.g. `requirePAR`.
+    pub fn provider_option(mut self, key: &str, value: Value) -> Self {
+        self.provider_options.insert(key.to_owned(), value);
+        self
+    }
+
     /// Publishes `signer`'s public key in the provider's JWKS from the start.
     pub fn publish_key(mut self, signer: &TestSigner) -> Self {
         self.extra_jwks.push(signer.public_jwk());
@@ -744,11 +859,23 @@ impl EnvBuilder {
         self
     }
 
+    /// Extra lines in `[server]` (e.g. `admin_listen`).
+    pub fn server(mut self, toml: &str) -> Self {
+        self.extra_server.push_str(toml);
+        self
+    }
+
+    /// Starts with extra lines in `[security]`.
+    pub async fn start_with_security(mut self, toml: &str) -> Env {
+        self.extra_security.push_str(toml);
+        self.start().await
+    }
+
     pub async fn start(self) -> Env {
         let port = free_port();
         let origin = format!("http://127.0.0.1:{port}");
         // The provider lives on `localhost`, Portcullis on `127.0.0.1`: two sites, as in production.
-        let provider = Provider::start(json!({
+        let mut provider_config = json!({
             "port": 0,
             "host": "127.0.0.1",
             "issuerHost": "localhost",
@@ -775,7 +902,17 @@ impl EnvBuilder {
                     "redirect_uris": []
                 }
             ]
-        }));
+        });
+        if let Some((jwk, _)) = &self.client_key {
+            let client = &mut provider_config["clients"][0];
+            client.as_object_mut().unwrap().remove("client_secret");
+            client["jwks"] = json!({ "keys": [jwk] });
+            client["token_endpoint_auth_signing_alg"] = json!("ES256");
+        }
+        for (k, v) in &self.provider_options {
+            provider_config[k] = v.clone();
+        }
+        let provider = Provider::start(provider_config);
         let redis = (self.store == "redis").then(RedisServer::start);
         let upstream = Upstream::start().await;
         let key = random_key();
@@ -792,6 +929,7 @@ impl EnvBuilder {
 listen = "127.0.0.1:LISTEN_PORT"
 public_origin = "{origin}"
 drain_timeout = "5s"
+{extra_server}
 
 [oidc]
 issuer = "{issuer}"
@@ -812,6 +950,9 @@ keys = ["{key}"]
 
 [tokens]
 {extra_tokens}
+
+[security]
+{extra_security}
 
 [[routes]]
 prefix = "/api"
@@ -839,6 +980,8 @@ token = "user_or_none"
             store = self.store,
             extra_session = self.extra_session,
             extra_tokens = self.extra_tokens,
+            extra_security = self.extra_security,
+            extra_server = self.extra_server,
             upstream = upstream.url(),
             route_timeout = self.route_timeout,
             extra_routes = self.extra_routes.replace("{upstream}", &upstream.url()),

@@ -4,7 +4,7 @@ use crate::harness::*;
 
 #[tokio::test]
 async fn login_user_api_call_logout() {
-    let env = Env::builder().start().await;
+    let env = Env::builder().plain_authorize().start().await;
     let browser = env.browser();
 
     // Not logged in yet.

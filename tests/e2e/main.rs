@@ -3,10 +3,13 @@
 
 mod harness;
 
+mod advanced_oauth;
 mod backchannel;
 mod callback_attacks;
 mod cli;
+mod hardening;
 mod login_flow;
+mod ops;
 mod proxying;
 mod scale_out;
 mod sessions;

@@ -1,0 +1,129 @@
+//! The admin listener (`server.admin_listen`): `/metrics` (OpenMetrics text),
+//! `/healthz`, `/readyz`. Meant for the monitoring network, not for browsers: it is
+//! a separate socket, so it can be bound to a private address while `listen` faces
+//! the internet. It runs on the control runtime and stops after the drain.
+//!
+//! Readiness is the same check on both listeners ([`readiness`]): the store answers
+//! and the provider's metadata and keys are loaded. Once shutdown has begun it
+//! answers 503 `draining`, so a load balancer polling the admin port stops sending
+//! new connections while in-flight requests finish.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tokio::sync::watch;
+
+use super::Gateway;
+use crate::session::{SessionStore, now_secs};
+
+/// Set when shutdown begins; `/readyz` then answers 503.
+static DRAINING: AtomicBool = AtomicBool::new(false);
+
+/// How long a scrape waits for the store to count sessions.
+const COUNT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Marks the process as draining (readiness fails from now on).
+pub fn begin_draining() {
+    DRAINING.store(true, Ordering::SeqCst);
+}
+
+/// The admin application.
+pub fn router(gw: Arc<Gateway>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(gw)
+}
+
+async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
+    count_sessions(&gw).await;
+    let body = crate::telemetry::metrics().encode();
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            ),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// Liveness: the process answers.
+pub async fn healthz() -> Response {
+    ([(header::CACHE_CONTROL, "no-store")], "ok\n").into_response()
+}
+
+async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
+    readiness(&gw).await
+}
+
+/// Ready when not draining, the store answers, and the provider's metadata and keys
+/// are loaded (tried now if they aren't yet).
+pub async fn readiness(gw: &Gateway) -> Response {
+    let draining = DRAINING.load(Ordering::SeqCst);
+    let store = gw.sessions.store().ping().await;
+    let provider_ok = gw.oidc.is_loaded() || gw.oidc.load().await.is_ok();
+    let mut body = serde_json::json!({
+        "store": if store.is_ok() { "ok" } else { "unavailable" },
+        "provider": if provider_ok { "ok" } else { "unavailable" },
+    });
+    if draining {
+        body["draining"] = true.into();
+    }
+    let status = if store.is_ok() && provider_ok && !draining {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        [(header::CACHE_CONTROL, "no-store")],
+        axum::Json(body),
+    )
+        .into_response()
+}
+
+/// Serves the admin application until `shutdown` turns true.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    gw: Arc<Gateway>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let app = router(gw);
+    let stop = async move {
+        let _ = shutdown.wait_for(|stop| *stop).await;
+    };
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(stop)
+        .await
+    {
+        tracing::warn!(error = %e, "admin listener failed");
+    }
+}
+
+/// Refreshes the `sessions_active` gauge from the store, at scrape time: one
+/// count query per scrape (an index range in SQLite, `ZCOUNT` in Redis), exact
+/// across instances sharing a store. A slow or failing store leaves the last value.
+async fn count_sessions(gw: &Gateway) {
+    match tokio::time::timeout(COUNT_TIMEOUT, gw.sessions.store().count(now_secs())).await {
+        Ok(Ok(n)) => {
+            crate::telemetry::metrics()
+                .sessions_active
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        Ok(Err(e)) => tracing::debug!(error = %e, "counting sessions failed"),
+        Err(_) => tracing::debug!("counting sessions timed out"),
+    }
+}

@@ -1,0 +1,145 @@
+//! TLS: terminating TLS on the browser-facing listener, and verifying `https://`
+//! upstreams.
+//!
+//! **Termination** (`[server.tls]`): rustls with the aws-lc-rs provider, TLS 1.2 and
+//! 1.3, ALPN `h2` then `http/1.1`, so browsers get HTTP/2. The certificate and key
+//! are PEM files, re-read on SIGHUP: each new handshake takes the current
+//! configuration, connections already open keep theirs, so a renewal drops nothing.
+//! A reload that fails (unreadable file, key not matching the certificate) is
+//! logged and keeps the previous certificate.
+//!
+//! **Upstreams**: `https://` upstreams are verified against the system's roots
+//! plus, if set, the CA certificates in `server.upstream_ca_file` (for a private
+//! PKI). There is no switch to turn verification off.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock, RwLock};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::config::TlsConfig;
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// The listener's TLS configuration, swappable at runtime.
+pub struct TlsTerminator {
+    cert: PathBuf,
+    key: PathBuf,
+    current: RwLock<Arc<rustls::ServerConfig>>,
+}
+
+impl TlsTerminator {
+    /// Loads the certificate and key; the error names the key and the problem.
+    pub fn load(config: &TlsConfig) -> Result<Arc<Self>, String> {
+        let current = server_config(&config.cert, &config.key)?;
+        Ok(Arc::new(Self {
+            cert: config.cert.clone(),
+            key: config.key.clone(),
+            current: RwLock::new(Arc::new(current)),
+        }))
+    }
+
+    /// An acceptor with the current certificate, for one handshake.
+    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        let config = self
+            .current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        tokio_rustls::TlsAcceptor::from(config)
+    }
+
+    /// Re-reads the files (SIGHUP). On failure the previous certificate stays.
+    pub fn reload(&self) -> Result<(), String> {
+        let result = server_config(&self.cert, &self.key);
+        let outcome = if result.is_ok() { "success" } else { "error" };
+        crate::telemetry::metrics()
+            .tls_reloads
+            .get_or_create(&[("outcome", outcome)])
+            .inc();
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(result?);
+        Ok(())
+    }
+}
+
+fn server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, String> {
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("server.tls.cert: {}: {e}", cert.display()))?;
+    if chain.is_empty() {
+        return Err(format!(
+            "server.tls.cert: {}: no certificate found",
+            cert.display()
+        ));
+    }
+    let private = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("server.tls.key: {}: {e}", key.display()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("tls: {e}"))?
+        .with_no_client_auth()
+        .with_single_cert(chain, private)
+        .map_err(|e| format!("server.tls: the key does not fit the certificate: {e}"))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+static UPSTREAM_TLS: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
+
+/// Prepares the TLS client configuration of `https://` upstreams: the system roots
+/// plus the CA certificates of `ca_file`. Called once at startup; without it the
+/// system roots alone are used.
+pub fn configure_upstream_roots(ca_file: Option<&Path>) -> Result<(), String> {
+    let config = upstream_client_config(ca_file)?;
+    let _ = UPSTREAM_TLS.set(config);
+    Ok(())
+}
+
+/// The TLS client configuration of `https://` upstreams.
+pub fn upstream_tls() -> Arc<rustls::ClientConfig> {
+    UPSTREAM_TLS
+        .get_or_init(|| {
+            upstream_client_config(None).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "system roots unavailable for https upstreams");
+                Arc::new(client_config(rustls::RootCertStore::empty()))
+            })
+        })
+        .clone()
+}
+
+fn upstream_client_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    let (added, _ignored) = roots.add_parsable_certificates(native.certs);
+    if let Some(file) = ca_file {
+        let certs = CertificateDer::pem_file_iter(file)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| format!("server.upstream_ca_file: {}: {e}", file.display()))?;
+        if certs.is_empty() {
+            return Err(format!(
+                "server.upstream_ca_file: {}: no certificate found",
+                file.display()
+            ));
+        }
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| format!("server.upstream_ca_file: {}: {e}", file.display()))?;
+        }
+    } else if added == 0 {
+        tracing::debug!("no system root certificates found");
+    }
+    Ok(Arc::new(client_config(roots)))
+}
+
+fn client_config(roots: rustls::RootCertStore) -> rustls::ClientConfig {
+    // ALPN is set by the connector (HTTP/1.1: the upstream pool's protocol).
+    rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("the aws-lc-rs provider supports the default versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+}

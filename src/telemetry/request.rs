@@ -1,0 +1,208 @@
+//! The per-request layer: a request id, a tracing span, and the request metrics.
+//!
+//! **Request id.** `X-Request-Id` is believed only from a peer in
+//! `server.trusted_proxies` (and only when it is a short token of safe characters),
+//! so a browser can't plant ids in the logs; otherwise a random UUID-shaped id is
+//! generated. The id is set on the request (so proxied upstreams receive it), on
+//! every log line of the request (the `request` span), and on the response.
+//!
+//! The span carries the method and the path, never the query: `/bff/callback`'s
+//! query holds the authorization code and the state.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderName, HeaderValue};
+use axum::middleware::Next;
+use axum::response::Response;
+use tracing::Instrument;
+
+use super::metrics::{metrics, route_label, status_class};
+use crate::server::AppState;
+
+/// The request id header, in and out.
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Longest inbound request id accepted from a trusted proxy.
+const MAX_REQUEST_ID: usize = 128;
+
+/// Put on a response by `ApiError::into_response`: which contract error it is.
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorCode(pub &'static str);
+
+/// The request id of the current request, as an extension (handlers may read it).
+#[derive(Debug, Clone)]
+pub struct RequestId(pub HeaderValue);
+
+/// The layer itself (`axum::middleware::from_fn_with_state`).
+pub async fn layer(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let trusted = peer.is_some_and(|ip| {
+        state
+            .gw
+            .rewrite
+            .trusted_proxies
+            .iter()
+            .any(|net| net.contains(&ip))
+    });
+    let id = request
+        .headers()
+        .get(&X_REQUEST_ID)
+        .filter(|v| trusted && acceptable_id(v.as_bytes()))
+        .cloned()
+        .unwrap_or_else(generate_id);
+    request
+        .headers_mut()
+        .insert(X_REQUEST_ID.clone(), id.clone());
+    request.extensions_mut().insert(RequestId(id.clone()));
+
+    let path = request.uri().path();
+    let route = route_of(&state, path);
+    let kind = Kind::of(path);
+    let span = tracing::info_span!(
+        "request",
+        request_id = id.to_str().unwrap_or_default(),
+        method = %request.method(),
+        path = %path,
+    );
+    let mut response = next.run(request).instrument(span).await;
+
+    let status = response.status().as_u16();
+    let m = metrics();
+    m.requests
+        .get_or_create(&[("route", route), ("status", status_class(status))])
+        .inc();
+    m.request_duration
+        .get_or_create(&[("route", route)])
+        .observe(started.elapsed().as_secs_f64());
+    let code = response.extensions().get::<ErrorCode>().map(|c| c.0);
+    // Every refusal is an `ApiError`, so counting here counts each exactly once,
+    // whichever layer refused (the audit event is logged where the refusal is decided).
+    if let Some(code) = code {
+        m.errors.get_or_create(&[("code", code)]).inc();
+        match code {
+            "csrf" => {
+                m.csrf_rejected.inc();
+            }
+            "rate_limited" => {
+                m.rate_limited.inc();
+            }
+            _ => {}
+        }
+    }
+    let outcome = code.unwrap_or("success");
+    match kind {
+        Kind::Callback => {
+            m.logins.get_or_create(&[("outcome", outcome)]).inc();
+        }
+        Kind::Logout => {
+            m.logouts
+                .get_or_create(&[("kind", "rp"), ("outcome", outcome)])
+                .inc();
+        }
+        Kind::Backchannel => {
+            m.logouts
+                .get_or_create(&[("kind", "backchannel"), ("outcome", outcome)])
+                .inc();
+        }
+        Kind::Other => {}
+    }
+    response.headers_mut().insert(X_REQUEST_ID.clone(), id);
+    response
+}
+
+/// The endpoints whose outcome is a metric of its own.
+#[derive(Clone, Copy)]
+enum Kind {
+    Callback,
+    Logout,
+    Backchannel,
+    Other,
+}
+
+impl Kind {
+    fn of(path: &str) -> Self {
+        match path {
+            "/bff/callback" => Self::Callback,
+            "/bff/logout" => Self::Logout,
+            "/bff/backchannel-logout" => Self::Backchannel,
+            _ => Self::Other,
+        }
+    }
+}
+
+/// The `route` label: `bff`, `health`, an API prefix, `static` or `other`.
+fn route_of(state: &AppState, path: &str) -> &'static str {
+    if path == "/bff" || path.starts_with("/bff/") {
+        "bff"
+    } else if path == "/healthz" || path == "/readyz" {
+        "health"
+    } else if let Some(route) = state.gw.routes.matching(path) {
+        route_label(&route.prefix)
+    } else if state.gw.config.static_files.is_some() {
+        "static"
+    } else {
+        "other"
+    }
+}
+
+/// A request id from a trusted proxy: 1–128 characters of `[A-Za-z0-9._:-]`.
+fn acceptable_id(v: &[u8]) -> bool {
+    !v.is_empty()
+        && v.len() <= MAX_REQUEST_ID
+        && v.iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(b))
+}
+
+/// A random version-4 UUID.
+pub fn generate_id() -> HeaderValue {
+    use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+    let mut b = [0u8; 16];
+    SystemRandom::new()
+        .fill(&mut b)
+        .expect("the system random generator failed");
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 36];
+    let mut at = 0;
+    for (i, byte) in b.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            out[at] = b'-';
+            at += 1;
+        }
+        out[at] = HEX[usize::from(byte >> 4)];
+        out[at + 1] = HEX[usize::from(byte & 0x0f)];
+        at += 2;
+    }
+    HeaderValue::from_bytes(&out).expect("hex is a header value")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_ids_look_like_uuids() {
+        let a = generate_id();
+        let a = a.to_str().unwrap();
+        assert_eq!(a.len(), 36);
+        assert_eq!(&a[14..15], "4");
+        assert!(acceptable_id(a.as_bytes()));
+        assert_ne!(a, generate_id().to_str().unwrap());
+    }
+
+    #[test]
+    fn inbound_ids_are_short_safe_tokens() {
+        assert!(acceptable_id(b"lb-1234:abc.def_0"));
+        assert!(!acceptable_id(b""));
+        assert!(!acceptable_id(b"has space"));
+        assert!(!acceptable_id(b"quote\""));
+        assert!(!acceptable_id(&[b'a'; 129]));
+    }
+}
