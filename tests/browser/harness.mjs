@@ -338,3 +338,51 @@ for (const sig of ['SIGINT', 'SIGTERM']) {
     process.exit(130);
   });
 }
+
+// ------------------------------------------------------------------ browser helpers
+
+/** Debian's chromium (never downloaded by the tests). */
+export const CHROMIUM = '/usr/bin/chromium';
+
+/** The flags every browser test launches chromium with. */
+export const CHROMIUM_ARGS = [
+  '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+  '--disable-background-networking', '--disable-component-update', '--disable-sync',
+];
+
+/**
+ * Launch headless Debian chromium with a fresh profile (a temp dir removed by stopAll()).
+ * `chromium` is playwright-core's `chromium` export. Resolves with the persistent context.
+ */
+export async function launchChromium(chromium, { timeoutMs = 15_000 } = {}) {
+  const profile = tmpDir('portcullis-chromium-');
+  const context = await chromium.launchPersistentContext(profile, {
+    executablePath: CHROMIUM,
+    headless: true,
+    args: CHROMIUM_ARGS,
+  });
+  context.setDefaultTimeout(timeoutMs);
+  return context;
+}
+
+/**
+ * Log in through the demo SPA's real UI: open `origin`/, click "Log in", fill the provider's
+ * login form (at `issuer`) and wait until the SPA shows the user as logged in.
+ * The same steps as login.test.mjs; throws with the current URL when a step goes wrong.
+ */
+export async function loginThroughUi(page, { origin, issuer, username = 'alice', password = username }) {
+  await page.goto(`${origin}/`);
+  await page.waitForSelector('#status[data-state="logged-out"]');
+  await page.click('#login');
+  await page.waitForSelector('#login-form');
+  if (!page.url().startsWith(`${issuer}/interaction/`)) {
+    throw new Error(`expected the provider's login page, got ${page.url()}`);
+  }
+  await page.fill('#username', username);
+  await page.fill('#password', password);
+  await Promise.all([
+    page.waitForURL((u) => u.origin === origin, { timeout: 15_000 }),
+    page.click('#submit'),
+  ]);
+  await page.waitForSelector('#status[data-state="logged-in"]');
+}
