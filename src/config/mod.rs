@@ -241,6 +241,10 @@ pub struct SessionConfig {
     /// Token encryption keys (base64url, 32 bytes each): the first encrypts, all decrypt.
     #[serde(default)]
     pub keys: Vec<Secret>,
+    /// Most sessions one user (`sub`) may have; a login beyond it ends the user's
+    /// oldest session. Default: no limit.
+    #[serde(default)]
+    pub max_per_user: Option<usize>,
 }
 
 impl Default for SessionConfig {
@@ -254,6 +258,7 @@ impl Default for SessionConfig {
             idle_timeout: default_idle(),
             absolute_timeout: default_absolute(),
             keys: Vec::new(),
+            max_per_user: None,
         }
     }
 }
@@ -734,6 +739,9 @@ impl Config {
                 "session.cookie_name",
                 "must be a plain token (letters, digits, -_.)",
             ));
+        }
+        if session.max_per_user == Some(0) {
+            return Err(invalid("session.max_per_user", "must be at least 1"));
         }
         if session.idle_timeout.is_zero() {
             return Err(invalid("session.idle_timeout", "must be positive"));

@@ -35,6 +35,8 @@ pub enum EndReason {
     Revoked,
     /// The provider refused the refresh token (`invalid_grant`): the grant is gone.
     GrantRevoked,
+    /// The user logged in more often than `session.max_per_user` allows.
+    TooManySessions,
     /// The provider ended the login (OIDC Back-Channel Logout).
     BackchannelLogout,
     /// The access token expired and there is no refresh token.
@@ -52,6 +54,7 @@ impl EndReason {
             Self::Revoked => "revoked",
             Self::GrantRevoked => "invalid_grant",
             Self::BackchannelLogout => "backchannel_logout",
+            Self::TooManySessions => "max_per_user",
             Self::AccessExpired => "access_token_expired",
             Self::IdleTimeout => "idle_timeout",
             Self::AbsoluteTimeout => "absolute_timeout",
@@ -77,6 +80,7 @@ pub struct Sessions {
     cipher: TokenCipher,
     idle: i64,
     absolute: i64,
+    max_per_user: Option<usize>,
     /// Rewrite `last_seen` only when it is at least this old: a read-mostly hot path
     /// instead of a write per request, at the price of an idle timeout that may run
     /// up to this much longer.
@@ -91,6 +95,7 @@ impl Sessions {
             cipher,
             idle,
             absolute: secs(config.absolute_timeout),
+            max_per_user: config.max_per_user,
             touch_after: (idle / 30).clamp(1, 60),
         }
     }
@@ -150,7 +155,32 @@ impl Sessions {
         };
         let record = Arc::new(record);
         self.store.insert(record.clone()).await?;
+        if let Some(max) = self.max_per_user {
+            self.enforce_max_per_user(&record, max).await?;
+        }
         Ok((id, record))
+    }
+
+    /// Ends the user's oldest sessions beyond `max` (the new one always stays).
+    async fn enforce_max_per_user(
+        &self,
+        newest: &SessionRecord,
+        max: usize,
+    ) -> Result<(), StoreError> {
+        let mut sessions = self
+            .store
+            .find(&SessionFilter::Sub(newest.sub.clone()))
+            .await?;
+        if sessions.len() <= max {
+            return Ok(());
+        }
+        // Oldest first; the new session sorts last whatever the clock says.
+        sessions.sort_by_key(|s| (s.key == newest.key, s.created_at));
+        let excess = sessions.len() - max;
+        for old in sessions.iter().take(excess) {
+            self.end(&old.key, EndReason::TooManySessions).await?;
+        }
+        Ok(())
     }
 
     /// Loads the live session named by `id`. An expired session is deleted and

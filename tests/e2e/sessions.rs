@@ -95,3 +95,32 @@ async fn security_headers_on_bff_answers() {
     assert_eq!(ready.status, 200, "{}", ready.text());
     assert_eq!(ready.json()["provider"], "ok");
 }
+
+#[tokio::test]
+async fn a_login_beyond_max_per_user_ends_the_oldest_session() {
+    for store in ["memory", "sqlite", "redis"] {
+        let env = Env::builder()
+            .store(store)
+            .session("max_per_user = 2\n")
+            .start()
+            .await;
+        let first = env.browser();
+        let second = env.browser();
+        let third = env.browser();
+        let bob = env.browser();
+        bob.login(&env, "bob", "bob", "/").await;
+        first.login(&env, "alice", "alice", "/").await;
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        second.login(&env, "alice", "alice", "/").await;
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        third.login(&env, "alice", "alice", "/").await;
+        first.user(&env).await.assert_error(401, "unauthenticated");
+        assert_eq!(second.user(&env).await.status, 200, "{store}");
+        assert_eq!(third.user(&env).await.status, 200, "{store}");
+        assert_eq!(
+            bob.user(&env).await.status,
+            200,
+            "other users are not counted ({store})"
+        );
+    }
+}
