@@ -32,7 +32,6 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Removes hop-by-hop headers, including those `Connection` names.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
@@ -40,9 +39,9 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            // As bytes: a value with obs-text (which `to_str` refuses) still names headers.
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim_ascii()).ok())
             .collect();
         for name in named {
             headers.remove(name);
@@ -51,14 +50,21 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
     for name in [
         &KEEP_ALIVE,
-        &PROXY_CONNECTION,
         &header::TE,
         &header::TRAILER,
         &header::TRANSFER_ENCODING,
         &header::UPGRADE,
-        &header::PROXY_AUTHENTICATE,
-        &header::PROXY_AUTHORIZATION,
     ] {
+        headers.remove(name);
+    }
+    // `Proxy-*` (Proxy-Authorization, Proxy-Connection, …) is for the proxy, never the
+    // upstream; a bare `Proxy` header is the "httpoxy" vector (CGI's HTTP_PROXY).
+    let proxy: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| n.as_str() == "proxy" || n.as_str().starts_with("proxy-"))
+        .cloned()
+        .collect();
+    for name in proxy {
         headers.remove(name);
     }
 }
@@ -260,6 +266,7 @@ mod tests {
             .header("te", "trailers")
             .header("upgrade", "websocket")
             .header("proxy-authorization", "Basic x")
+            .header("proxy-anything", "y")
             .header("authorization", "Bearer from-browser")
             .header(
                 "cookie",
@@ -290,6 +297,7 @@ mod tests {
             "te",
             "upgrade",
             "proxy-authorization",
+            "proxy-anything",
             "forwarded",
             "host",
         ] {
