@@ -6,7 +6,7 @@
 //! `sid`, no `nonce` (so an ID token can't be replayed as a logout token), and a
 //! `jti` the caller checks for replay.
 
-use jsonwebtoken::{Validation, decode, decode_header};
+use jsonwebtoken::{Validation, decode_header};
 use serde_json::{Map, Value};
 
 use super::{Oidc, OidcError};
@@ -60,24 +60,7 @@ impl Oidc {
         validation.set_required_spec_claims(&["iss", "aud", "iat"]);
         validation.leeway = self.skew.as_secs();
         validation.validate_exp = true;
-        let mut claims = None;
-        let mut last_error = None;
-        for key in &keys {
-            match decode::<Map<String, Value>>(token, key, &validation) {
-                Ok(data) => {
-                    claims = Some(data.claims);
-                    break;
-                }
-                Err(e) => last_error = Some(e),
-            }
-        }
-        let claims = claims.ok_or_else(|| {
-            invalid(
-                &last_error
-                    .map(|e| e.to_string())
-                    .unwrap_or_else(|| "no usable key".into()),
-            )
-        })?;
+        let claims = super::decode_with_any(token, &keys, &validation).map_err(|e| invalid(&e))?;
         check_logout_claims(&claims, now_secs(), self.skew.as_secs() as i64)
             .map_err(|why| invalid(&why))
     }

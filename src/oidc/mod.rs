@@ -40,6 +40,25 @@ pub fn parse_asymmetric_algorithm(name: &str) -> Result<Algorithm, &'static str>
     }
 }
 
+/// Verifies and decodes a JWT with the first of `keys` that validates it (several
+/// candidates exist when a token names no `kid`). The error is the last failure.
+fn decode_with_any(
+    token: &str,
+    keys: &[jsonwebtoken::DecodingKey],
+    validation: &jsonwebtoken::Validation,
+) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+    let mut last_error = "no usable key".to_owned();
+    for key in keys {
+        match jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
+            token, key, validation,
+        ) {
+            Ok(data) => return Ok(data.claims),
+            Err(e) => last_error = e.to_string(),
+        }
+    }
+    Err(last_error)
+}
+
 /// A failed exchange with the provider, by who is at fault.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -1,4 +1,4 @@
-use jsonwebtoken::{Validation, decode, decode_header};
+use jsonwebtoken::{Validation, decode_header};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -90,24 +90,7 @@ pub(super) async fn validate_id_token(
     validation.leeway = oidc.skew.as_secs();
     validation.validate_nbf = true;
 
-    let mut last_error = None;
-    let mut claims = None;
-    for key in &keys {
-        match decode::<Map<String, Value>>(id_token, key, &validation) {
-            Ok(data) => {
-                claims = Some(data.claims);
-                break;
-            }
-            Err(e) => last_error = Some(e),
-        }
-    }
-    let claims = claims.ok_or_else(|| {
-        invalid(
-            last_error
-                .map(|e| e.to_string())
-                .unwrap_or_else(|| "no usable key".into()),
-        )
-    })?;
+    let claims = super::decode_with_any(id_token, &keys, &validation).map_err(invalid)?;
     check_claims(
         &claims,
         &oidc.client_id,
