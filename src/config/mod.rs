@@ -487,6 +487,21 @@ const STRING_KEYS: &[&str] = &[
     "cookie_name",
 ];
 
+/// An environment override's value, parsed by figment (arrays, numbers, booleans, or
+/// else the text itself).
+///
+/// figment 0.10's value parser takes the character index of the first `\` in a quoted
+/// string for a byte index: after a non-ASCII character it panics (`["é\n"]`) or drops
+/// characters (`["éé\n"]`). Found by fuzz/fuzz_targets/config_toml.rs. Such a value
+/// (quotes, a backslash and non-ASCII) is kept as text instead: a string key gets it
+/// as is, any other key reports a type error.
+fn parse_env_value(raw: &str) -> Value {
+    if raw.contains('"') && raw.contains('\\') && !raw.is_ascii() {
+        return Value::from(raw.to_owned());
+    }
+    raw.parse().unwrap_or_else(|never| match never {})
+}
+
 impl Config {
     /// Loads `path`, applies the `PORTCULLIS_*` overrides found in `env`, reads secret
     /// files and validates. `env` is normally `std::env::vars()`.
@@ -532,7 +547,7 @@ impl Config {
             let value = if STRING_KEYS.contains(&leaf) {
                 Value::from(raw)
             } else {
-                raw.parse::<Value>().unwrap_or_else(|never| match never {})
+                parse_env_value(&raw)
             };
             figment = figment.merge(Serialized::default(&key, value));
         }
@@ -699,6 +714,9 @@ impl Config {
         for alg in &oidc.id_token_algorithms {
             crate::oidc::parse_asymmetric_algorithm(alg)
                 .map_err(|why| invalid("oidc.id_token_algorithms", format!("{alg:?}: {why}")))?;
+        }
+        if oidc.clock_skew > Duration::from_secs(3600) {
+            return Err(invalid("oidc.clock_skew", "must be at most 1h"));
         }
         for p in &oidc.login_params {
             if !LOGIN_PARAMS.contains(&p.as_str()) {

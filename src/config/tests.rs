@@ -367,6 +367,20 @@ fn session_keys_from_env_use_array_syntax() {
 }
 
 #[test]
+fn env_values_with_non_ascii_and_escapes_do_not_panic() {
+    // Found by fuzz/fuzz_targets/config_toml.rs: figment's value parser panicked here.
+    let e = Toml::minimal()
+        .load_with_env(&[("PORTCULLIS_OIDC__SCOPES", "[\"openid\", \"é\\n\"]")])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("scopes"), "{e}");
+    let c = Toml::minimal()
+        .load_with_env(&[("PORTCULLIS_OIDC__SCOPES", "[\"openid\", \"é\"]")])
+        .unwrap();
+    assert_eq!(c.oidc.scopes, ["openid", "é"]);
+}
+
+#[test]
 fn env_without_the_prefix_is_ignored() {
     let c = Toml::minimal()
         .load_with_env(&[
@@ -507,6 +521,8 @@ fn oidc_refusals() {
     m().set("oidc", "scopes", "[\"profile\", \"email\"]")
         .refused_for("oidc.scopes");
     m().set("oidc", "scopes", "[]").refused_for("oidc.scopes");
+    m().set("oidc", "clock_skew", "\"2h\"")
+        .refused_for("oidc.clock_skew");
     m().set("oidc", "post_logout_redirect_uri", "\"mailto:a@b.c\"")
         .refused_for("oidc.post_logout_redirect_uri");
     for alg in ["HS256", "HS512", "none", "XYZ"] {

@@ -112,7 +112,11 @@ pub fn check_logout_claims(
     }
     let jti = text("jti")?.ok_or("jti is missing")?;
     let exp = claims.get("exp").and_then(Value::as_i64);
-    let remember_until = exp.unwrap_or(iat + MAX_AGE_SECS).max(iat + MAX_AGE_SECS) + skew;
+    // Saturating: `exp` is the provider's and may be as large as i64::MAX.
+    let remember_until = exp
+        .unwrap_or(iat + MAX_AGE_SECS)
+        .max(iat + MAX_AGE_SECS)
+        .saturating_add(skew);
     Ok(LogoutRequest {
         sub,
         sid,
@@ -216,6 +220,15 @@ mod tests {
                 "{c}"
             );
         }
+    }
+
+    #[test]
+    fn a_huge_exp_does_not_overflow() {
+        // Found by fuzz/fuzz_targets/logout_token.rs.
+        let mut c = claims(good(1000));
+        c.insert("exp".into(), json!(i64::MAX));
+        let r = check_logout_claims(&c, 1000, 60).unwrap();
+        assert_eq!(r.remember_until, i64::MAX);
     }
 
     #[test]

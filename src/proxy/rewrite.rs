@@ -115,10 +115,23 @@ pub fn rewrite_request(
 
 fn append_forwarded_for(headers: &mut HeaderMap, peer: Option<IpAddr>) {
     let Some(ip) = peer else { return };
-    let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(existing) => format!("{existing}, {ip}"),
-        None => ip.to_string(),
-    };
+    // Every field line: several are one comma-separated list (RFC 9110 §5.3). Reading
+    // only the first would let a client's line stand where the trusted proxy's was.
+    let mut chain: Vec<&str> = Vec::new();
+    for v in headers.get_all(&X_FORWARDED_FOR) {
+        match v.to_str().map(str::trim) {
+            Ok("") => {}
+            Ok(v) => chain.push(v),
+            // Unreadable: the chain can't be relied on; the peer is all we know.
+            Err(_) => {
+                chain.clear();
+                break;
+            }
+        }
+    }
+    let ip = ip.to_string();
+    chain.push(&ip);
+    let value = chain.join(", ");
     if let Ok(v) = HeaderValue::try_from(value) {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
@@ -170,6 +183,11 @@ pub fn strip_own_cookies(headers: &mut HeaderMap, session_cookie: &str) {
 /// request's path (without the prefix when `strip_prefix`) and query, unchanged.
 pub fn upstream_uri(uri: &Uri, route: &Route) -> Result<Uri, ApiError> {
     let path = uri.path();
+    // `.` and `..` segments (also as %2e) would let the upstream resolve the path out
+    // of the route (`/api/../admin`); browsers resolve them before sending, so refuse.
+    if path.split('/').any(is_dot_segment) {
+        return Err(ApiError::invalid("invalid request path"));
+    }
     let rest = if route.strip_prefix {
         &path[route.prefix.len()..]
     } else {
@@ -194,6 +212,21 @@ pub fn upstream_uri(uri: &Uri, route: &Route) -> Result<Uri, ApiError> {
         .path_and_query(pq)
         .build()
         .map_err(|_| ApiError::invalid("invalid request path"))
+}
+
+/// `.` or `..`, each dot possibly percent-encoded (`%2e`, `%2E`).
+fn is_dot_segment(segment: &str) -> bool {
+    fn strip_dot(s: &[u8]) -> Option<&[u8]> {
+        match s {
+            [b'.', rest @ ..] | [b'%', b'2', b'e' | b'E', rest @ ..] => Some(rest),
+            _ => None,
+        }
+    }
+    match strip_dot(segment.as_bytes()) {
+        Some([]) => true,
+        Some(rest) => strip_dot(rest).is_some_and(<[u8]>::is_empty),
+        None => false,
+    }
 }
 
 /// Phase: clean the upstream's response headers.
@@ -309,6 +342,59 @@ mod tests {
         assert_eq!(h["x-forwarded-host"], "app.example.com");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-end-to-end"], "kept");
+    }
+
+    #[test]
+    fn found_by_fuzzing() {
+        // fuzz/fuzz_targets/header_rewrite.rs. Every Proxy-* header and httpoxy's
+        // `Proxy`; Connection naming headers in a value with obs-text.
+        let mut h = HeaderMap::new();
+        h.insert("proxy", HeaderValue::from_static("http://evil:8080"));
+        h.insert("proxy-foo", HeaderValue::from_static("1"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_bytes(b"x-hop, \xff").unwrap(),
+        );
+        h.insert("x-hop", HeaderValue::from_static("1"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-kept"]);
+
+        // Dot segments, plain or percent-encoded, would leave the route upstream.
+        let r = route("/api", "http://up:1/base", false);
+        for bad in [
+            "/api/../admin",
+            "/api/%2e%2E/admin",
+            "/api/x/.",
+            "/api/.%2e",
+        ] {
+            assert!(upstream_uri(&bad.parse().unwrap(), &r).is_err(), "{bad}");
+        }
+        for ok in ["/api/...", "/api/.x/a..b", "/api/%2e%2e%2e"] {
+            assert!(upstream_uri(&ok.parse().unwrap(), &r).is_ok(), "{ok}");
+        }
+
+        // A trusted proxy's X-Forwarded-For in several field lines is one list.
+        let mut req = axum::http::Request::builder()
+            .uri("/api/x")
+            .header("x-forwarded-for", "198.51.100.7")
+            .header("x-forwarded-for", "203.0.113.9")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        rewrite_request(
+            &mut req,
+            &route("/api", "http://up:1", false),
+            None,
+            Some("10.1.2.3".parse().unwrap()),
+            &config(),
+        )
+        .unwrap();
+        assert_eq!(
+            req.headers["x-forwarded-for"],
+            "198.51.100.7, 203.0.113.9, 10.1.2.3"
+        );
     }
 
     #[test]
