@@ -110,7 +110,7 @@ fn fixture() -> Fixture {
         }
     }
     let headers = browser_headers(&id.unwrap().to_cookie_value());
-    let rewrite = gw.rewrite.clone();
+    let rewrite = gw.frontends.named("").unwrap().rewrite.clone();
     Fixture {
         gw,
         headers,
@@ -120,10 +120,11 @@ fn fixture() -> Fixture {
 
 fn hot_path(c: &mut Criterion) {
     let f = fixture();
-    let route_table = &f.gw.routes;
+    let fe = f.gw.frontends.named("").unwrap().clone();
+    let route_table = &fe.routes;
     let route = route_table.matching("/api/items/42").unwrap();
     let id = SessionId::parse(cookie::find(&f.headers, COOKIE_NAME).unwrap()).unwrap();
-    let record = common::now(f.gw.sessions.load(&id)).unwrap().unwrap();
+    let record = common::now(f.gw.sessions.load(&id, "")).unwrap().unwrap();
 
     c.bench_function("cookie: find + SessionId::parse", |b| {
         b.iter(|| {
@@ -138,7 +139,7 @@ fn hot_path(c: &mut Criterion) {
         })
     });
     c.bench_function("session: Sessions::load (memory, 100k sessions)", |b| {
-        b.iter(|| common::now(f.gw.sessions.load(black_box(&id))).unwrap())
+        b.iter(|| common::now(f.gw.sessions.load(black_box(&id), "")).unwrap())
     });
     c.bench_function("session: MemoryStore get by key (100k sessions)", |b| {
         use portcullis::session::SessionStore;
@@ -163,6 +164,7 @@ fn hot_path(c: &mut Criterion) {
             b.iter(|| {
                 common::now(portcullis::proxy::authorize(
                     &f.gw,
+                    &fe,
                     route,
                     black_box(&f.headers),
                 ))
@@ -179,7 +181,7 @@ fn hot_path(c: &mut Criterion) {
         .0;
     let mut parts = parts;
     parts.headers = f.headers.clone();
-    let token = common::now(portcullis::proxy::authorize(&f.gw, route, &f.headers))
+    let token = common::now(portcullis::proxy::authorize(&f.gw, &fe, route, &f.headers))
         .unwrap()
         .unwrap();
     let peer = Some(IpAddr::V4(Ipv4Addr::LOCALHOST));
@@ -219,8 +221,8 @@ fn hot_path(c: &mut Criterion) {
         b.iter_batched(
             || parts.clone(),
             |mut p| {
-                let t =
-                    common::now(portcullis::proxy::authorize(&f.gw, route, &p.headers)).unwrap();
+                let t = common::now(portcullis::proxy::authorize(&f.gw, &fe, route, &p.headers))
+                    .unwrap();
                 rewrite_request(&mut p, route, t, peer, &f.rewrite).unwrap();
                 p
             },

@@ -153,7 +153,7 @@ async fn scale(name: &str, sessions: &Arc<Sessions>, p: &Params, path: Option<&s
     let mut ns = Vec::with_capacity(sample.len());
     for id in &sample {
         let t = Instant::now();
-        let found = sessions.load(id).await.expect("load");
+        let found = sessions.load(id, "").await.expect("load");
         ns.push(t.elapsed().as_nanos() as u64);
         assert!(found.is_some(), "a created session is missing");
     }
@@ -164,7 +164,7 @@ async fn scale(name: &str, sessions: &Arc<Sessions>, p: &Params, path: Option<&s
     let mut miss_ns = Vec::with_capacity(misses.len());
     for id in &misses {
         let t = Instant::now();
-        let found = sessions.load(id).await.expect("load");
+        let found = sessions.load(id, "").await.expect("load");
         miss_ns.push(t.elapsed().as_nanos() as u64);
         assert!(found.is_none());
     }
@@ -180,7 +180,7 @@ async fn scale(name: &str, sessions: &Arc<Sessions>, p: &Params, path: Option<&s
         let sample = sample.clone();
         tasks.spawn(async move {
             for id in &sample[t * per_task..(t + 1) * per_task] {
-                s.load(id).await.expect("load").expect("present");
+                s.load(id, "").await.expect("load").expect("present");
             }
         });
     }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::Config;
+use crate::config::{Config, FrontendConfig};
 use crate::session::{SessionFilter, SessionStore, Sessions};
 
 #[derive(Debug, Parser)]
@@ -88,7 +88,19 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
 }
 
 async fn check(config: Config) -> Result<(), String> {
-    let oidc = crate::oidc::Oidc::new(&config.oidc, config.redirect_uri())?;
+    println!("config:                  ok ({})", config_summary(&config));
+    for (i, frontend) in config.frontends.iter().enumerate() {
+        if !frontend.name.is_empty() {
+            println!("\nfrontend {} (frontends[{i}]):", frontend.name);
+        }
+        check_frontend(&config, frontend).await?;
+    }
+    Ok(())
+}
+
+async fn check_frontend(config: &Config, frontend: &FrontendConfig) -> Result<(), String> {
+    let redirect_uri = frontend.redirect_uri(config);
+    let oidc = crate::oidc::Oidc::new(&frontend.oidc, redirect_uri.clone())?;
     let meta = oidc
         .metadata()
         .await
@@ -100,7 +112,6 @@ async fn check(config: Config) -> Result<(), String> {
         .map_err(|e| format!("oidc.issuer: JWKS at {} failed: {e}", meta.jwks_uri))?;
     let yes_no = |b: bool| if b { "yes" } else { "no" };
     let opt = |o: &Option<String>| o.clone().unwrap_or_else(|| "(none)".into());
-    println!("config:                  ok ({})", config_summary(&config));
     println!("issuer:                  {}", meta.issuer);
     println!("authorization endpoint:  {}", meta.authorization_endpoint);
     println!("token endpoint:          {}", meta.token_endpoint);
@@ -143,10 +154,11 @@ async fn check(config: Config) -> Result<(), String> {
     if let Some(jwk) = oidc.client_public_jwk() {
         println!("client public key (register it at the provider): {}", jwk?);
     }
-    println!("redirect URI to register: {}", config.redirect_uri());
+    println!("redirect URI to register: {redirect_uri}");
     println!(
-        "back-channel logout URI:  {}/bff/backchannel-logout",
-        config.public_origin()
+        "back-channel logout URI:  {}{}/bff/backchannel-logout",
+        frontend.origin(config),
+        frontend.prefix()
     );
     if !meta.authorization_response_iss_parameter_supported {
         println!(
@@ -158,9 +170,14 @@ async fn check(config: Config) -> Result<(), String> {
 
 fn config_summary(config: &Config) -> String {
     format!(
-        "store {:?}, {} route(s), public origin {}",
+        "store {:?}, {} frontend(s), {} route(s), public origin {}",
         config.session.store,
-        config.routes.len(),
+        config.frontends.len(),
+        config
+            .frontends
+            .iter()
+            .map(|f| f.routes.len())
+            .sum::<usize>(),
         config.public_origin()
     )
 }

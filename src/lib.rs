@@ -15,6 +15,8 @@ pub mod cli;
 pub mod config;
 /// The contract's JSON errors.
 pub mod error;
+/// Frontends: the SPAs one gateway serves, and the choice of one per request.
+pub mod frontend;
 /// The OpenID Connect client.
 pub mod oidc;
 /// The API reverse proxy.

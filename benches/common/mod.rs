@@ -74,6 +74,7 @@ pub fn new_session(n: u64) -> NewSession {
         unreachable!()
     };
     NewSession {
+        frontend: String::new(),
         sub,
         sid: Some(filler(21, n ^ 0x77)),
         claims,

@@ -73,7 +73,7 @@ fn setup() -> &'static (RouteTable, RewriteConfig) {
         let table = RouteTable::from_config(&config.routes).expect("fuzz routes");
         let rewrite = RewriteConfig {
             trusted_proxies: config.server.trusted_proxies.clone(),
-            session_cookie: SESSION_COOKIE.into(),
+            own_cookies: vec![SESSION_COOKIE.into(), LOGIN_COOKIE.into()],
             public_proto: HeaderValue::from_static("https"),
             public_host: HeaderValue::from_static(PUBLIC_HOST),
         };
@@ -232,7 +232,7 @@ fuzz_target!(|data: &[u8]| {
     clean_response(&mut h);
     assert_no_hop_by_hop(&h, &named, &[]);
     let mut h = original.clone();
-    strip_own_cookies(&mut h, SESSION_COOKIE);
+    strip_own_cookies(&mut h, &[SESSION_COOKIE.into(), LOGIN_COOKIE.into()]);
     assert_no_own_cookies(&h);
 
     let Some(route) = table.matching(original_uri.path()) else {

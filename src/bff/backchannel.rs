@@ -5,6 +5,7 @@ use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
 
 use crate::error::ApiError;
+use crate::frontend::Current;
 use crate::server::AppState;
 use crate::session::{EndReason, SessionFilter, SessionKey, SessionStore};
 
@@ -20,13 +21,21 @@ const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(2);
 ///
 /// Server-to-server: no cookie and no CSRF header are involved; the signed token is
 /// the only authority. Answered quickly, since providers wait with a short timeout.
-pub async fn backchannel_logout(State(state): State<AppState>, request: Request) -> Response {
+///
+/// With several frontends each has its own endpoint (`{path_prefix}/bff/backchannel-logout`),
+/// registered at the provider for its client: the token must be for that client, and
+/// only that frontend's sessions end.
+pub async fn backchannel_logout(
+    State(state): State<AppState>,
+    Current(fe): Current,
+    request: Request,
+) -> Response {
     let gw = &state.gw;
     let token = match read_logout_token(request).await {
         Ok(t) => t,
         Err(e) => return e.into_response(),
     };
-    let logout = match gw.oidc.validate_logout_token(&token).await {
+    let logout = match fe.oidc.validate_logout_token(&token).await {
         Ok(l) => l,
         Err(crate::oidc::OidcError::Unavailable(detail)) => {
             // Can't fetch the keys: a retryable failure on the provider's side.
@@ -38,7 +47,8 @@ pub async fn backchannel_logout(State(state): State<AppState>, request: Request)
         }
     };
     // Replay defence: a `jti` is accepted once (per issuer), in every instance sharing the store.
-    let once = SessionKey::hash(format!("{}\n{}", gw.oidc.issuer(), logout.jti).as_bytes());
+    let once =
+        SessionKey::hash(format!("{}\n{}\n{}", fe.oidc.issuer(), fe.name, logout.jti).as_bytes());
     match gw
         .sessions
         .store()
@@ -65,6 +75,10 @@ pub async fn backchannel_logout(State(state): State<AppState>, request: Request)
     for record in sessions {
         // With both claims, both must match.
         if logout.sub.as_ref().is_some_and(|sub| *sub != record.sub) {
+            continue;
+        }
+        // Another frontend's client: its own logout token will come to its own endpoint.
+        if record.frontend != fe.name {
             continue;
         }
         match gw

@@ -8,6 +8,7 @@ use serde_json::{Map, Value};
 
 use super::{current_session, random_token};
 use crate::error::ApiError;
+use crate::frontend::Current;
 use crate::oidc::OidcError;
 use crate::server::AppState;
 use crate::session::{
@@ -83,17 +84,19 @@ fn login_params(
 /// `GET /bff/login?returnUrl=/path`: starts a login and redirects to the provider.
 pub async fn login(
     State(state): State<AppState>,
+    Current(fe): Current,
     Query(query): Query<LoginQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let gw = &state.gw;
     let return_url = match query.return_url.as_deref() {
-        None => "/".to_owned(),
-        Some(url) => crate::security::validate_return_url(url, &gw.config.server.public_origin)
-            .map_err(ApiError::invalid)?,
+        None => fe.path("/"),
+        Some(url) => {
+            crate::security::validate_return_url(url, &fe.origin).map_err(ApiError::invalid)?
+        }
     };
-    let meta = gw.oidc.metadata().await.map_err(provider_down)?;
-    let extra = login_params(&query, &gw.config.oidc.login_params, &meta)?;
+    let meta = fe.oidc.metadata().await.map_err(provider_down)?;
+    let extra = login_params(&query, &fe.config.oidc.login_params, &meta)?;
     let silent = query.prompt.as_deref() == Some("none");
 
     let login_state = random_token();
@@ -105,7 +108,7 @@ pub async fn login(
     ));
 
     // One binding cookie per browser, shared by every tab that logs in at once.
-    let binding = cookie::find(&headers, cookie::LOGIN_COOKIE)
+    let binding = cookie::find(&headers, &fe.login_cookie)
         .filter(|v| {
             v.len() == 43
                 && v.bytes()
@@ -113,7 +116,7 @@ pub async fn login(
         })
         .map(str::to_owned)
         .unwrap_or_else(random_token);
-    let ttl = gw.config.oidc.pending_login_ttl.as_secs() as i64;
+    let ttl = fe.config.oidc.pending_login_ttl.as_secs() as i64;
     let binding_hash = hash_b64(&binding);
     gw.limits.check_browser(&binding_hash)?;
     let pending = PendingLogin {
@@ -123,17 +126,18 @@ pub async fn login(
         return_url,
         expires_at: now_secs() + ttl,
         silent,
+        frontend: fe.name.clone(),
     };
     gw.sessions
         .store()
         .put_pending(
             SessionKey::hash(login_state.as_bytes()),
             pending,
-            gw.config.oidc.max_pending_logins,
+            fe.config.oidc.max_pending_logins,
         )
         .await?;
 
-    let location = gw
+    let location = fe
         .oidc
         .authorization_redirect(&meta, &login_state, &nonce, &challenge, &extra)
         .await
@@ -144,7 +148,10 @@ pub async fn login(
                 ApiError::IdpUnavailable(other.to_string())
             }
         })?;
-    Ok(redirect(&location, [cookie::login_binding(&binding, ttl)]))
+    Ok(redirect(
+        &location,
+        [cookie::login_binding(&fe.login_cookie, &binding, ttl)],
+    ))
 }
 
 #[derive(Deserialize)]
@@ -159,6 +166,7 @@ pub struct CallbackQuery {
 /// `GET /bff/callback`: finishes a login. Any failure is a 400 and makes no session.
 pub async fn callback(
     State(state): State<AppState>,
+    Current(fe): Current,
     Query(query): Query<CallbackQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -174,7 +182,11 @@ pub async fn callback(
         .take_pending(&SessionKey::hash(login_state.as_bytes()), now_secs())
         .await?
         .ok_or(ApiError::invalid("unknown, used or expired login state"))?;
-    let binding_ok = cookie::find(&headers, cookie::LOGIN_COOKIE).is_some_and(|b| {
+    if pending.frontend != fe.name {
+        tracing::warn!("a login started by one frontend came back to another; refused");
+        return Err(ApiError::invalid("unknown, used or expired login state"));
+    }
+    let binding_ok = cookie::find(&headers, &fe.login_cookie).is_some_and(|b| {
         crate::oidc::constant_time_eq(hash_b64(b).as_bytes(), pending.binding.as_bytes())
     });
     if !binding_ok {
@@ -183,10 +195,10 @@ pub async fn callback(
         ));
     }
 
-    let meta = gw.oidc.metadata().await.map_err(provider_down)?;
+    let meta = fe.oidc.metadata().await.map_err(provider_down)?;
     // RFC 9207 / RFC 9700 §4.4: the response must come from the issuer we sent the user to.
     match query.iss.as_deref() {
-        Some(iss) if iss != gw.oidc.issuer() => {
+        Some(iss) if iss != fe.oidc.issuer() => {
             return Err(ApiError::invalid(
                 "iss does not match the issuer (possible mix-up attack)",
             ));
@@ -225,7 +237,7 @@ pub async fn callback(
         .filter(|c| !c.is_empty())
         .ok_or(ApiError::invalid("code is missing"))?;
 
-    let response = gw
+    let response = fe
         .oidc
         .exchange_code(code, &pending.pkce_verifier)
         .await
@@ -234,15 +246,15 @@ pub async fn callback(
         .id_token
         .as_deref()
         .ok_or(ApiError::invalid("the provider sent no ID token"))?;
-    let id = gw
+    let id = fe
         .oidc
         .validate_id_token(id_token, &pending.nonce)
         .await
         .map_err(login_failed)?;
 
     let mut claims = user_claims(id.all);
-    if gw.oidc.wants_userinfo() {
-        let info = gw
+    if fe.oidc.wants_userinfo() {
+        let info = fe
             .oidc
             .userinfo(&response.access_token, &id.sub)
             .await
@@ -253,7 +265,7 @@ pub async fn callback(
     }
 
     // A new id at every login; the session this browser had before ends.
-    if let Some((_, old)) = current_session(gw, &headers).await? {
+    if let Some((_, old)) = current_session(gw, &fe, &headers).await? {
         gw.sessions.end(&old.key, EndReason::Replaced).await?;
     }
     let now = now_secs();
@@ -269,6 +281,7 @@ pub async fn callback(
     let (session_id, record) = gw
         .sessions
         .create(NewSession {
+            frontend: fe.name.clone(),
             sub: id.sub,
             sid: id.sid,
             claims,
@@ -282,7 +295,7 @@ pub async fn callback(
     crate::telemetry::audit_login(&record);
 
     let session_cookie = cookie::session(
-        &gw.config.session.cookie_name,
+        &fe.cookie_name,
         &session_id.to_cookie_value(),
         gw.config.session.same_site,
     );

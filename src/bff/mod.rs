@@ -20,31 +20,52 @@ pub use login::{callback, login};
 pub use user::{logout, logout_post, user};
 
 use crate::error::ApiError;
+use crate::frontend::Frontend;
 use crate::server::{AppState, Gateway};
 use crate::session::{SessionId, SessionRecord, cookie};
 
-/// The `/bff` router (mounted by `server::app`).
-pub fn router(state: AppState) -> Router<AppState> {
+/// The `/bff` router (mounted by `server::app`): the endpoints under every
+/// frontend's path prefix (`""` for the single frontend). Handlers find their
+/// frontend with the [`Current`](crate::frontend::Current) extractor.
+pub fn router(state: AppState, prefixes: &[&str]) -> Router<AppState> {
     let rate_limit =
         axum::middleware::from_fn_with_state(state, crate::security::limits::login_rate_limit);
-    Router::new()
-        .route("/bff/login", get(login).route_layer(rate_limit.clone()))
-        .route("/bff/callback", get(callback).route_layer(rate_limit))
-        .route("/bff/user", get(user))
-        .route("/bff/logout", get(logout).post(logout_post))
-        .route("/bff/backchannel-logout", post(backchannel_logout))
+    let mut router = Router::new();
+    for p in prefixes {
+        router = router
+            .route(
+                &format!("{p}/bff/login"),
+                get(login).route_layer(rate_limit.clone()),
+            )
+            .route(
+                &format!("{p}/bff/callback"),
+                get(callback).route_layer(rate_limit.clone()),
+            )
+            .route(&format!("{p}/bff/user"), get(user))
+            .route(&format!("{p}/bff/logout"), get(logout).post(logout_post))
+            .route(
+                &format!("{p}/bff/backchannel-logout"),
+                post(backchannel_logout),
+            );
+    }
+    router
 }
 
-/// The session named by the request's cookie, if it is live.
+/// The session named by the request's cookie for this frontend, if it is live. A
+/// session of another frontend is not accepted, whatever cookie name carries it.
 pub async fn current_session(
     gw: &Gateway,
+    frontend: &Frontend,
     headers: &HeaderMap,
 ) -> Result<Option<(SessionId, Arc<SessionRecord>)>, ApiError> {
-    let Some(id) = cookie::find(headers, &gw.config.session.cookie_name).and_then(SessionId::parse)
-    else {
+    let Some(id) = cookie::find(headers, &frontend.cookie_name).and_then(SessionId::parse) else {
         return Ok(None);
     };
-    Ok(gw.sessions.load(&id).await?.map(|record| (id, record)))
+    Ok(gw
+        .sessions
+        .load(&id, &frontend.name)
+        .await?
+        .map(|record| (id, record)))
 }
 
 /// The value `/bff/logout?sid=` must carry for this session: the provider's `sid`

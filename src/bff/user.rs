@@ -7,20 +7,26 @@ use serde_json::{Map, Value};
 use super::login::redirect;
 use super::{current_session, logout_sid};
 use crate::error::ApiError;
+use crate::frontend::{Current, Frontend};
 use crate::server::AppState;
 use crate::session::{EndReason, SessionRecord, cookie};
 
 /// `GET /bff/user` (with `X-CSRF: 1`): the user's claims, never a token.
-pub async fn user(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+pub async fn user(
+    State(state): State<AppState>,
+    Current(fe): Current,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     crate::security::check_csrf_header(&headers)?;
     let gw = &state.gw;
-    let (_, record) = current_session(gw, &headers)
+    let (_, record) = current_session(gw, &fe, &headers)
         .await?
         .ok_or(ApiError::Unauthenticated)?;
     let mut claims: Map<String, Value> = serde_json::from_str(&record.claims).unwrap_or_default();
     let sid = logout_sid(&record);
     let logout_url = format!(
-        "/bff/logout?sid={}",
+        "{}/bff/logout?sid={}",
+        fe.prefix,
         form_urlencoded::byte_serialize(sid.as_bytes()).collect::<String>()
     );
     claims.insert("sid".into(), Value::String(sid));
@@ -43,6 +49,7 @@ pub struct LogoutQuery {
 /// just goes on to the post-logout page.
 pub async fn logout(
     State(state): State<AppState>,
+    Current(fe): Current,
     Query(query): Query<LogoutQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -52,16 +59,15 @@ pub async fn logout(
         .as_deref()
         .filter(|s| !s.is_empty())
         .ok_or(ApiError::invalid("sid is missing"))?;
-    let clear = cookie::removal(&gw.config.session.cookie_name);
-    let Some((_, record)) = current_session(gw, &headers).await? else {
+    let clear = cookie::removal(&fe.cookie_name);
+    let Some((_, record)) = current_session(gw, &fe, &headers).await? else {
         // Already logged out (another tab, a timeout): nothing to end, go on.
-        let to = gw.oidc.post_logout_redirect_uri().unwrap_or("/");
-        return Ok(redirect(to, [clear]));
+        return Ok(redirect(&after_logout(&fe), [clear]));
     };
     if !crate::oidc::constant_time_eq(sid.as_bytes(), logout_sid(&record).as_bytes()) {
         return Err(ApiError::invalid("sid does not match the session"));
     }
-    let to = end_session(&state, &record).await?;
+    let to = end_session(&state, &fe, &record).await?;
     Ok(redirect(&to, [clear]))
 }
 
@@ -70,37 +76,50 @@ pub async fn logout(
 /// provider's end-session URL to send the browser to.
 pub async fn logout_post(
     State(state): State<AppState>,
+    Current(fe): Current,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     crate::security::check_csrf_header(&headers)?;
     let gw = &state.gw;
-    let to = match current_session(gw, &headers).await? {
-        Some((_, record)) => end_session(&state, &record).await?,
-        None => gw.oidc.post_logout_redirect_uri().unwrap_or("/").to_owned(),
+    let to = match current_session(gw, &fe, &headers).await? {
+        Some((_, record)) => end_session(&state, &fe, &record).await?,
+        None => after_logout(&fe),
     };
     let mut response = axum::Json(serde_json::json!({ "logout_url": to })).into_response();
     response.headers_mut().insert(
         axum::http::header::SET_COOKIE,
-        cookie::removal(&gw.config.session.cookie_name),
+        cookie::removal(&fe.cookie_name),
     );
     Ok(response)
+}
+
+/// The post-logout page: `oidc.post_logout_redirect_uri`, else the frontend's root.
+fn after_logout(fe: &Frontend) -> String {
+    match fe.oidc.post_logout_redirect_uri() {
+        Some(uri) => uri.to_owned(),
+        None => fe.path("/"),
+    }
 }
 
 /// Ends the session, revokes its refresh token in the background (RFC 7009; a
 /// failure is logged and doesn't undo the logout), and returns where the browser
 /// goes next: the provider's end-session endpoint (RP-Initiated Logout, with
 /// `id_token_hint` and `client_id`) or the post-logout page.
-async fn end_session(state: &AppState, record: &SessionRecord) -> Result<String, ApiError> {
+async fn end_session(
+    state: &AppState,
+    fe: &std::sync::Arc<Frontend>,
+    record: &SessionRecord,
+) -> Result<String, ApiError> {
     let gw = &state.gw;
     let tokens = gw.sessions.open_tokens(record).ok();
     gw.sessions.end(&record.key, EndReason::Logout).await?;
     let id_token_hint = tokens.as_ref().and_then(|t| t.id_token.clone());
     if let Some(refresh_token) = tokens.and_then(|t| t.refresh_token) {
-        let gw = state.gw.clone();
+        let fe = fe.clone();
         let (sub, session) = (record.sub.clone(), record.key.log_label());
         tokio::spawn(async move {
             use crate::telemetry::audit_revocation as audit;
-            match gw.oidc.revoke_refresh_token(&refresh_token).await {
+            match fe.oidc.revoke_refresh_token(&refresh_token).await {
                 Ok(true) => audit(&sub, &session, "revoked", None),
                 Ok(false) => audit(&sub, &session, "unsupported", None),
                 Err(e) => audit(&sub, &session, "failed", Some(&e.to_string())),
@@ -108,9 +127,9 @@ async fn end_session(state: &AppState, record: &SessionRecord) -> Result<String,
         });
     }
     Ok(
-        match gw.oidc.end_session_url(id_token_hint.as_deref()).await {
+        match fe.oidc.end_session_url(id_token_hint.as_deref()).await {
             Some(url) => url,
-            None => gw.oidc.post_logout_redirect_uri().unwrap_or("/").to_owned(),
+            None => after_logout(fe),
         },
     )
 }

@@ -18,7 +18,9 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use url::Url;
 
+mod frontends;
 mod secret;
+pub use frontends::FrontendConfig;
 pub use secret::Secret;
 
 /// A configuration that can't be used, naming the key and what is wrong with it.
@@ -42,7 +44,11 @@ fn invalid(key: &str, problem: impl Into<String>) -> ConfigError {
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub server: ServerConfig,
-    pub oidc: OidcConfig,
+    /// The OIDC client of the single frontend; with `[[frontends]]`, the defaults each
+    /// frontend's `oidc` table starts from (credentials are never inherited), and
+    /// `None` once loaded.
+    #[serde(default)]
+    pub oidc: Option<OidcConfig>,
     #[serde(default)]
     pub session: SessionConfig,
     #[serde(default)]
@@ -55,6 +61,11 @@ pub struct Config {
     /// The SPA's files, served at `/` (optional).
     #[serde(default, rename = "static")]
     pub static_files: Option<StaticConfig>,
+    /// The SPAs served, each with its own OIDC client, cookie, routes and files. A
+    /// config without `[[frontends]]` has one, built from `[oidc]`, `[[routes]]` and
+    /// `[static]`: after loading this list is never empty.
+    #[serde(default)]
+    pub frontends: Vec<FrontendConfig>,
 }
 
 /// `[server]`: listeners and how the gateway is seen from outside.
@@ -447,7 +458,7 @@ fn default_max_pending() -> usize {
 fn default_sqlite_path() -> PathBuf {
     PathBuf::from("portcullis.db")
 }
-fn default_cookie_name() -> String {
+pub(crate) fn default_cookie_name() -> String {
     "__Host-portcullis".into()
 }
 fn default_idle() -> Duration {
@@ -530,6 +541,7 @@ impl Config {
         mut figment: Figment,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
+        let mut frontend_env = Vec::new();
         for (name, raw) in env {
             let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
                 continue;
@@ -539,49 +551,83 @@ impl Config {
             let Some((section, _)) = rest.split_once("__") else {
                 continue;
             };
+            if section.eq_ignore_ascii_case("frontends") {
+                frontend_env.push((rest.to_ascii_lowercase(), raw));
+                continue;
+            }
             if !SECTIONS.contains(&section.to_ascii_lowercase().as_str()) {
                 continue;
             }
             let key = rest.to_ascii_lowercase().replace("__", ".");
-            let leaf = key.rsplit('.').next().unwrap_or_default();
-            let value = if STRING_KEYS.contains(&leaf) {
-                Value::from(raw)
-            } else {
-                parse_env_value(&raw)
-            };
-            figment = figment.merge(Serialized::default(&key, value));
+            figment = figment.merge(Serialized::default(&key, env_value(&key, &raw)));
         }
-        let mut config: Config = figment.extract().map_err(|e| {
-            // figment names keys with its profile ("default.session.keys"); ours have none.
-            let text = e
-                .into_iter()
-                .map(|e| e.to_string())
-                .collect::<Vec<_>>()
-                .join("; ");
-            ConfigError::Parse(text.replace("key \"default.", "key \""))
-        })?;
-        config.read_secret_files()?;
+        let tree: Value = figment.extract().map_err(parse_error)?;
+        let tree = frontends::resolve(tree, &frontend_env)?;
+        let mut config: Config = Figment::from(Serialized::defaults(tree))
+            .extract()
+            .map_err(parse_error)?;
+        config.settle_frontends()?;
+        for frontend in &mut config.frontends {
+            let prefix = frontend.key_prefix();
+            read_secret_file(&mut frontend.oidc, &prefix)?;
+        }
         config.validate()?;
         Ok(config)
     }
 
-    fn read_secret_files(&mut self) -> Result<(), ConfigError> {
-        if let Some(file) = &self.oidc.client_secret_file {
-            if self.oidc.client_secret.is_some() {
+    /// Turns the single-frontend form (`[oidc]`, `[[routes]]`, `[static]`) into
+    /// `frontends[0]`, or checks that the multi-frontend form doesn't mix the two.
+    fn settle_frontends(&mut self) -> Result<(), ConfigError> {
+        if self.frontends.is_empty() {
+            let Some(oidc) = self.oidc.clone() else {
                 return Err(invalid(
-                    "oidc.client_secret_file",
-                    "set either client_secret or client_secret_file, not both",
+                    "oidc",
+                    "missing: configure [oidc] (or [[frontends]], each with its own oidc table)",
                 ));
-            }
-            let text = std::fs::read_to_string(file).map_err(|e| {
-                invalid(
-                    "oidc.client_secret_file",
-                    format!("cannot read {}: {e}", file.display()),
-                )
-            })?;
-            self.oidc.client_secret = Some(Secret::new(text.trim().to_owned()));
+            };
+            self.frontends.push(FrontendConfig::single(
+                oidc,
+                self.routes.clone(),
+                self.static_files.clone(),
+                &self.session.cookie_name,
+            ));
+            return Ok(());
+        }
+        if !self.routes.is_empty() {
+            return Err(invalid(
+                "routes",
+                "with [[frontends]], routes belong to a frontend ([[frontends.routes]])",
+            ));
+        }
+        if self.static_files.is_some() {
+            return Err(invalid(
+                "static",
+                "with [[frontends]], static files belong to a frontend ([frontends.static])",
+            ));
+        }
+        if self.session.cookie_name != default_cookie_name() {
+            return Err(invalid(
+                "session.cookie_name",
+                "with [[frontends]], each frontend's cookie is __Host-portcullis-<name>",
+            ));
+        }
+        self.oidc = None;
+        for (i, frontend) in self.frontends.iter_mut().enumerate() {
+            frontend.cookie_name = format!("{}-{}", default_cookie_name(), frontend.name);
+            frontend.index = Some(i);
         }
         Ok(())
+    }
+
+    /// The first frontend (the only one of a single-frontend config).
+    pub fn frontend(&self) -> &FrontendConfig {
+        &self.frontends[0]
+    }
+
+    /// The first frontend's redirect URI (the only one of a single-frontend config):
+    /// `{public_origin}/bff/callback`.
+    pub fn redirect_uri(&self) -> String {
+        self.frontend().redirect_uri(self)
     }
 
     /// Checks what types can't: relations between keys, URL shapes, key material.
@@ -648,88 +694,6 @@ impl Config {
             ));
         }
 
-        let oidc = &self.oidc;
-        let issuer = Url::parse(&oidc.issuer)
-            .map_err(|e| invalid("oidc.issuer", format!("is not a URL: {e}")))?;
-        if !matches!(issuer.scheme(), "http" | "https") || issuer.query().is_some() {
-            return Err(invalid(
-                "oidc.issuer",
-                "must be an http(s) URL without a query",
-            ));
-        }
-        if issuer.scheme() == "http" && !is_loopback_host(&issuer) {
-            return Err(invalid(
-                "oidc.issuer",
-                "must be https unless the host is loopback",
-            ));
-        }
-        if oidc.client_id.is_empty() {
-            return Err(invalid("oidc.client_id", "must not be empty"));
-        }
-        match oidc.auth_method {
-            AuthMethod::ClientSecretBasic | AuthMethod::ClientSecretPost => {
-                if oidc
-                    .client_secret
-                    .as_ref()
-                    .is_none_or(|s| s.expose().is_empty())
-                {
-                    return Err(invalid(
-                        "oidc.client_secret",
-                        "is required for auth_method client_secret_basic/client_secret_post \
-                         (set client_secret, client_secret_file or PORTCULLIS_OIDC__CLIENT_SECRET)",
-                    ));
-                }
-            }
-            AuthMethod::PrivateKeyJwt => {
-                let Some(path) = &oidc.private_key_file else {
-                    return Err(invalid(
-                        "oidc.private_key_file",
-                        "is required for auth_method private_key_jwt",
-                    ));
-                };
-                let pem = std::fs::read(path).map_err(|e| {
-                    invalid(
-                        "oidc.private_key_file",
-                        format!("cannot read {}: {e}", path.display()),
-                    )
-                })?;
-                crate::oidc::ClientKey::from_pem(&pem, &oidc.private_key_alg, None)
-                    .map_err(|e| invalid("oidc.private_key_file", e))?;
-            }
-        }
-        if !oidc.scopes.iter().any(|s| s == "openid") {
-            return Err(invalid("oidc.scopes", "must contain \"openid\""));
-        }
-        if let Some(uri) = &oidc.post_logout_redirect_uri
-            && !matches!(uri.scheme(), "http" | "https")
-        {
-            return Err(invalid(
-                "oidc.post_logout_redirect_uri",
-                "must be an absolute http(s) URL",
-            ));
-        }
-        if oidc.id_token_algorithms.is_empty() {
-            return Err(invalid("oidc.id_token_algorithms", "must not be empty"));
-        }
-        for alg in &oidc.id_token_algorithms {
-            crate::oidc::parse_asymmetric_algorithm(alg)
-                .map_err(|why| invalid("oidc.id_token_algorithms", format!("{alg:?}: {why}")))?;
-        }
-        if oidc.clock_skew > Duration::from_secs(3600) {
-            return Err(invalid("oidc.clock_skew", "must be at most 1h"));
-        }
-        for p in &oidc.login_params {
-            if !LOGIN_PARAMS.contains(&p.as_str()) {
-                return Err(invalid(
-                    "oidc.login_params",
-                    format!("{p:?} is not one of {}", LOGIN_PARAMS.join(", ")),
-                ));
-            }
-        }
-        if oidc.max_pending_logins == 0 {
-            return Err(invalid("oidc.max_pending_logins", "must be at least 1"));
-        }
-
         let session = &self.session;
         if session.keys.is_empty() {
             return Err(invalid(
@@ -789,61 +753,6 @@ impl Config {
             _ => {}
         }
 
-        for (i, route) in self.routes.iter().enumerate() {
-            let key = |field: &str| format!("routes[{i}].{field}");
-            if !route.prefix.starts_with('/') || route.prefix.len() < 2 {
-                return Err(invalid(
-                    &key("prefix"),
-                    "must start with '/' and not be '/' alone",
-                ));
-            }
-            if route.prefix.ends_with('/') {
-                return Err(invalid(&key("prefix"), "must not end with '/'"));
-            }
-            if route.prefix == "/bff" || route.prefix.starts_with("/bff/") {
-                return Err(invalid(&key("prefix"), "/bff is reserved for Portcullis"));
-            }
-            if !matches!(route.upstream.scheme(), "http" | "https") {
-                return Err(invalid(
-                    &key("upstream"),
-                    "must be an http:// or https:// URL",
-                ));
-            }
-            if route.upstream.host_str().is_none() {
-                return Err(invalid(&key("upstream"), "has no host"));
-            }
-            if route.upstream.query().is_some() || route.upstream.fragment().is_some() {
-                return Err(invalid(
-                    &key("upstream"),
-                    "must not have a query or fragment",
-                ));
-            }
-            if route.scopes.is_some()
-                && !matches!(route.token, TokenKind::Client | TokenKind::UserOrClient)
-            {
-                return Err(invalid(
-                    &key("scopes"),
-                    "applies to client tokens (token = \"client\" or \"user_or_client\")",
-                ));
-            }
-            if route.resource.is_some()
-                && !matches!(route.token, TokenKind::Client | TokenKind::UserOrClient)
-            {
-                return Err(invalid(
-                    &key("resource"),
-                    "applies to client tokens (token = \"client\" or \"user_or_client\")",
-                ));
-            }
-            if !route.csrf && !matches!(route.token, TokenKind::None | TokenKind::Client) {
-                return Err(invalid(
-                    &key("csrf"),
-                    "may be false only on routes that take no session (token = \"none\" or \"client\")",
-                ));
-            }
-            if self.routes[..i].iter().any(|r| r.prefix == route.prefix) {
-                return Err(invalid(&key("prefix"), "is used by another route"));
-            }
-        }
         let security = &self.security;
         for (i, origin) in security.allowed_origins.iter().enumerate() {
             if !matches!(origin.scheme(), "http" | "https")
@@ -877,25 +786,232 @@ impl Config {
         if security.header_read_timeout.is_zero() {
             return Err(invalid("security.header_read_timeout", "must be positive"));
         }
-        if let Some(s) = &self.static_files
-            && !s.dir.is_dir()
-        {
-            return Err(invalid(
-                "static.dir",
-                format!("{} is not a directory", s.dir.display()),
-            ));
-        }
+        frontends::validate(self)?;
         Ok(())
-    }
-
-    /// The redirect URI registered at the provider: `{public_origin}/bff/callback`.
-    pub fn redirect_uri(&self) -> String {
-        format!("{}/bff/callback", self.public_origin())
     }
 
     /// The public origin without a trailing slash.
     pub fn public_origin(&self) -> &str {
         self.server.public_origin.as_str().trim_end_matches('/')
+    }
+}
+
+/// The `oidc` table of one frontend; `prefix` is "" or "frontends[i]." for the keys named.
+fn validate_oidc(oidc: &OidcConfig, prefix: &str) -> Result<(), ConfigError> {
+    let issuer = Url::parse(&oidc.issuer).map_err(|e| {
+        invalid(
+            &format!("{prefix}oidc.issuer"),
+            format!("is not a URL: {e}"),
+        )
+    })?;
+    if !matches!(issuer.scheme(), "http" | "https") || issuer.query().is_some() {
+        return Err(invalid(
+            &format!("{prefix}oidc.issuer"),
+            "must be an http(s) URL without a query",
+        ));
+    }
+    if issuer.scheme() == "http" && !is_loopback_host(&issuer) {
+        return Err(invalid(
+            &format!("{prefix}oidc.issuer"),
+            "must be https unless the host is loopback",
+        ));
+    }
+    if oidc.client_id.is_empty() {
+        return Err(invalid(
+            &format!("{prefix}oidc.client_id"),
+            "must not be empty",
+        ));
+    }
+    match oidc.auth_method {
+        AuthMethod::ClientSecretBasic | AuthMethod::ClientSecretPost => {
+            if oidc
+                .client_secret
+                .as_ref()
+                .is_none_or(|s| s.expose().is_empty())
+            {
+                return Err(invalid(
+                    &format!("{prefix}oidc.client_secret"),
+                    "is required for auth_method client_secret_basic/client_secret_post \
+                         (set client_secret, client_secret_file or PORTCULLIS_OIDC__CLIENT_SECRET)",
+                ));
+            }
+        }
+        AuthMethod::PrivateKeyJwt => {
+            let Some(path) = &oidc.private_key_file else {
+                return Err(invalid(
+                    &format!("{prefix}oidc.private_key_file"),
+                    "is required for auth_method private_key_jwt",
+                ));
+            };
+            let pem = std::fs::read(path).map_err(|e| {
+                invalid(
+                    &format!("{prefix}oidc.private_key_file"),
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            crate::oidc::ClientKey::from_pem(&pem, &oidc.private_key_alg, None)
+                .map_err(|e| invalid(&format!("{prefix}oidc.private_key_file"), e))?;
+        }
+    }
+    if !oidc.scopes.iter().any(|s| s == "openid") {
+        return Err(invalid(
+            &format!("{prefix}oidc.scopes"),
+            "must contain \"openid\"",
+        ));
+    }
+    if let Some(uri) = &oidc.post_logout_redirect_uri
+        && !matches!(uri.scheme(), "http" | "https")
+    {
+        return Err(invalid(
+            &format!("{prefix}oidc.post_logout_redirect_uri"),
+            "must be an absolute http(s) URL",
+        ));
+    }
+    if oidc.id_token_algorithms.is_empty() {
+        return Err(invalid(
+            &format!("{prefix}oidc.id_token_algorithms"),
+            "must not be empty",
+        ));
+    }
+    for alg in &oidc.id_token_algorithms {
+        crate::oidc::parse_asymmetric_algorithm(alg).map_err(|why| {
+            invalid(
+                &format!("{prefix}oidc.id_token_algorithms"),
+                format!("{alg:?}: {why}"),
+            )
+        })?;
+    }
+    if oidc.clock_skew > Duration::from_secs(3600) {
+        return Err(invalid(
+            &format!("{prefix}oidc.clock_skew"),
+            "must be at most 1h",
+        ));
+    }
+    for p in &oidc.login_params {
+        if !LOGIN_PARAMS.contains(&p.as_str()) {
+            return Err(invalid(
+                &format!("{prefix}oidc.login_params"),
+                format!("{p:?} is not one of {}", LOGIN_PARAMS.join(", ")),
+            ));
+        }
+    }
+    if oidc.max_pending_logins == 0 {
+        return Err(invalid(
+            &format!("{prefix}oidc.max_pending_logins"),
+            "must be at least 1",
+        ));
+    }
+
+    Ok(())
+}
+
+/// The routes of one frontend; `prefix` as in [`validate_oidc`].
+fn validate_routes(routes: &[RouteConfig], prefix: &str) -> Result<(), ConfigError> {
+    for (i, route) in routes.iter().enumerate() {
+        let key = |field: &str| format!("{prefix}routes[{i}].{field}");
+        if !route.prefix.starts_with('/') || route.prefix.len() < 2 {
+            return Err(invalid(
+                &key("prefix"),
+                "must start with '/' and not be '/' alone",
+            ));
+        }
+        if route.prefix.ends_with('/') {
+            return Err(invalid(&key("prefix"), "must not end with '/'"));
+        }
+        if route.prefix == "/bff" || route.prefix.starts_with("/bff/") {
+            return Err(invalid(&key("prefix"), "/bff is reserved for Portcullis"));
+        }
+        if !matches!(route.upstream.scheme(), "http" | "https") {
+            return Err(invalid(
+                &key("upstream"),
+                "must be an http:// or https:// URL",
+            ));
+        }
+        if route.upstream.host_str().is_none() {
+            return Err(invalid(&key("upstream"), "has no host"));
+        }
+        if route.upstream.query().is_some() || route.upstream.fragment().is_some() {
+            return Err(invalid(
+                &key("upstream"),
+                "must not have a query or fragment",
+            ));
+        }
+        if route.scopes.is_some()
+            && !matches!(route.token, TokenKind::Client | TokenKind::UserOrClient)
+        {
+            return Err(invalid(
+                &key("scopes"),
+                "applies to client tokens (token = \"client\" or \"user_or_client\")",
+            ));
+        }
+        if route.resource.is_some()
+            && !matches!(route.token, TokenKind::Client | TokenKind::UserOrClient)
+        {
+            return Err(invalid(
+                &key("resource"),
+                "applies to client tokens (token = \"client\" or \"user_or_client\")",
+            ));
+        }
+        if !route.csrf && !matches!(route.token, TokenKind::None | TokenKind::Client) {
+            return Err(invalid(
+                &key("csrf"),
+                "may be false only on routes that take no session (token = \"none\" or \"client\")",
+            ));
+        }
+        if routes[..i].iter().any(|r| r.prefix == route.prefix) {
+            return Err(invalid(&key("prefix"), "is used by another route"));
+        }
+    }
+    Ok(())
+}
+
+/// The static files of one frontend; `prefix` as in [`validate_oidc`].
+fn validate_static(static_files: Option<&StaticConfig>, prefix: &str) -> Result<(), ConfigError> {
+    if let Some(s) = static_files
+        && !s.dir.is_dir()
+    {
+        return Err(invalid(
+            &format!("{prefix}static.dir"),
+            format!("{} is not a directory", s.dir.display()),
+        ));
+    }
+    Ok(())
+}
+
+/// Reads `client_secret_file` into `client_secret`.
+fn read_secret_file(oidc: &mut OidcConfig, prefix: &str) -> Result<(), ConfigError> {
+    if let Some(file) = &oidc.client_secret_file {
+        let key = format!("{prefix}oidc.client_secret_file");
+        if oidc.client_secret.is_some() {
+            return Err(invalid(
+                &key,
+                "set either client_secret or client_secret_file, not both",
+            ));
+        }
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| invalid(&key, format!("cannot read {}: {e}", file.display())))?;
+        oidc.client_secret = Some(Secret::new(text.trim().to_owned()));
+    }
+    Ok(())
+}
+
+/// figment names keys with its profile ("default.session.keys"); ours have none.
+fn parse_error(e: figment::Error) -> ConfigError {
+    let text = e
+        .into_iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("; ");
+    ConfigError::Parse(text.replace("key \"default.", "key \""))
+}
+
+/// An environment override's value for `key` (dotted, lowercase).
+fn env_value(key: &str, raw: &str) -> Value {
+    let leaf = key.rsplit('.').next().unwrap_or_default();
+    if STRING_KEYS.contains(&leaf) {
+        Value::from(raw.to_owned())
+    } else {
+        parse_env_value(raw)
     }
 }
 

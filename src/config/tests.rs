@@ -152,9 +152,15 @@ impl Toml {
 fn minimal_config_loads() {
     let c = Toml::minimal().valid();
     assert_eq!(c.server.public_origin.as_str(), "https://app.example.com/");
-    assert_eq!(c.oidc.issuer, "https://idp.example.com/realms/main");
-    assert_eq!(c.oidc.client_id, "spa-bff");
-    assert_eq!(c.oidc.client_secret.as_ref().unwrap().expose(), "s3cret");
+    assert_eq!(
+        c.frontend().oidc.issuer,
+        "https://idp.example.com/realms/main"
+    );
+    assert_eq!(c.frontend().oidc.client_id, "spa-bff");
+    assert_eq!(
+        c.frontend().oidc.client_secret.as_ref().unwrap().expose(),
+        "s3cret"
+    );
     assert_eq!(c.session.keys.len(), 1);
     assert!(c.routes.is_empty());
     assert!(c.static_files.is_none());
@@ -172,21 +178,31 @@ fn defaults_follow_the_contract() {
     assert_eq!(c.server.workers, None);
     assert_eq!(c.server.drain_timeout, Duration::from_secs(30));
 
-    assert_eq!(c.oidc.auth_method, AuthMethod::ClientSecretBasic);
-    assert_eq!(c.oidc.scopes, ["openid"]);
-    assert!(!c.oidc.userinfo);
-    assert_eq!(c.oidc.post_logout_redirect_uri, None);
-    assert!(c.oidc.id_token_algorithms.iter().any(|a| a == "RS256"));
+    assert_eq!(c.frontend().oidc.auth_method, AuthMethod::ClientSecretBasic);
+    assert_eq!(c.frontend().oidc.scopes, ["openid"]);
+    assert!(!c.frontend().oidc.userinfo);
+    assert_eq!(c.frontend().oidc.post_logout_redirect_uri, None);
     assert!(
-        !c.oidc
+        c.frontend()
+            .oidc
+            .id_token_algorithms
+            .iter()
+            .any(|a| a == "RS256")
+    );
+    assert!(
+        !c.frontend()
+            .oidc
             .id_token_algorithms
             .iter()
             .any(|a| a.starts_with("HS"))
     );
-    assert_eq!(c.oidc.clock_skew, Duration::from_secs(60));
-    assert_eq!(c.oidc.http_timeout, Duration::from_secs(10));
-    assert_eq!(c.oidc.pending_login_ttl, Duration::from_secs(600));
-    assert_eq!(c.oidc.max_pending_logins, 10_000);
+    assert_eq!(c.frontend().oidc.clock_skew, Duration::from_secs(60));
+    assert_eq!(c.frontend().oidc.http_timeout, Duration::from_secs(10));
+    assert_eq!(
+        c.frontend().oidc.pending_login_ttl,
+        Duration::from_secs(600)
+    );
+    assert_eq!(c.frontend().oidc.max_pending_logins, 10_000);
 
     assert_eq!(c.session.store, StoreKind::Sqlite);
     assert_eq!(c.session.sqlite_path, Path::new("portcullis.db"));
@@ -257,8 +273,8 @@ fn every_documented_key_is_accepted() {
         Some("127.0.0.1:9091".parse().unwrap())
     );
     assert_eq!(c.server.workers, Some(2));
-    assert_eq!(c.oidc.auth_method, AuthMethod::ClientSecretPost);
-    assert!(c.oidc.userinfo);
+    assert_eq!(c.frontend().oidc.auth_method, AuthMethod::ClientSecretPost);
+    assert!(c.frontend().oidc.userinfo);
     assert_eq!(c.session.store, StoreKind::Memory);
     assert_eq!(c.session.same_site, SameSite::Lax);
     assert_eq!(c.session.absolute_timeout, Duration::from_secs(86_400));
@@ -323,12 +339,15 @@ fn env_overrides_keys() {
             ("PORTCULLIS_OIDC__MAX_PENDING_LOGINS", "7"),
         ])
         .unwrap();
-    assert_eq!(c.oidc.client_secret.unwrap().expose(), "from-env");
+    assert_eq!(
+        c.frontend().oidc.client_secret.as_ref().unwrap().expose(),
+        "from-env"
+    );
     assert_eq!(c.session.idle_timeout, Duration::from_secs(300));
     assert_eq!(c.server.listen, "127.0.0.1:9999".parse().unwrap());
     assert_eq!(c.session.store, StoreKind::Memory);
-    assert!(c.oidc.userinfo);
-    assert_eq!(c.oidc.max_pending_logins, 7);
+    assert!(c.frontend().oidc.userinfo);
+    assert_eq!(c.frontend().oidc.max_pending_logins, 7);
 }
 
 #[test]
@@ -336,7 +355,10 @@ fn env_wins_over_the_file() {
     let c = Toml::minimal()
         .load_with_env(&[("PORTCULLIS_OIDC__CLIENT_SECRET", "rotated")])
         .unwrap();
-    assert_eq!(c.oidc.client_secret.unwrap().expose(), "rotated");
+    assert_eq!(
+        c.frontend().oidc.client_secret.as_ref().unwrap().expose(),
+        "rotated"
+    );
 }
 
 #[test]
@@ -347,12 +369,18 @@ fn numeric_looking_ids_and_secrets_stay_strings() {
             ("PORTCULLIS_OIDC__CLIENT_SECRET", "007"),
         ])
         .unwrap();
-    assert_eq!(c.oidc.client_id, "12345");
-    assert_eq!(c.oidc.client_secret.unwrap().expose(), "007");
+    assert_eq!(c.frontend().oidc.client_id, "12345");
+    assert_eq!(
+        c.frontend().oidc.client_secret.as_ref().unwrap().expose(),
+        "007"
+    );
     let c = Toml::minimal()
         .load_with_env(&[("PORTCULLIS_OIDC__CLIENT_SECRET", "1e10")])
         .unwrap();
-    assert_eq!(c.oidc.client_secret.unwrap().expose(), "1e10");
+    assert_eq!(
+        c.frontend().oidc.client_secret.as_ref().unwrap().expose(),
+        "1e10"
+    );
 }
 
 #[test]
@@ -377,7 +405,7 @@ fn env_values_with_non_ascii_and_escapes_do_not_panic() {
     let c = Toml::minimal()
         .load_with_env(&[("PORTCULLIS_OIDC__SCOPES", "[\"openid\", \"é\"]")])
         .unwrap();
-    assert_eq!(c.oidc.scopes, ["openid", "é"]);
+    assert_eq!(c.frontend().oidc.scopes, ["openid", "é"]);
 }
 
 #[test]
@@ -389,7 +417,10 @@ fn env_without_the_prefix_is_ignored() {
             ("portcullis_oidc__client_secret", "ignored"),
         ])
         .unwrap();
-    assert_eq!(c.oidc.client_secret.unwrap().expose(), "s3cret");
+    assert_eq!(
+        c.frontend().oidc.client_secret.as_ref().unwrap().expose(),
+        "s3cret"
+    );
 }
 
 #[test]
@@ -402,7 +433,10 @@ fn portcullis_variables_that_are_not_config_keys_are_ignored() {
             ("PORTCULLIS_NOSECTION__X", "1"),
         ])
         .unwrap();
-    assert_eq!(c.oidc.client_secret.unwrap().expose(), "s3cret");
+    assert_eq!(
+        c.frontend().oidc.client_secret.as_ref().unwrap().expose(),
+        "s3cret"
+    );
 }
 
 #[test]
@@ -433,7 +467,10 @@ fn client_secret_file_is_read_and_trimmed() {
         .unset("oidc", "client_secret")
         .set("oidc", "client_secret_file", &toml_string(file.path()))
         .valid();
-    assert_eq!(c.oidc.client_secret.unwrap().expose(), "from-file-secret");
+    assert_eq!(
+        c.frontend().oidc.client_secret.as_ref().unwrap().expose(),
+        "from-file-secret"
+    );
 }
 
 #[test]
@@ -869,6 +906,17 @@ fn operations_keys_load_and_validate() {
 /// The fields of the struct at `section`, read from the refusal of an unknown key
 /// (`deny_unknown_fields` names every field it expects).
 fn fields_of(section: &str) -> Vec<String> {
+    if section == "frontends" {
+        let text =
+            frontends_toml("").replacen("name = \"admin\"", "name = \"admin\"\nzzz_probe = 1", 1);
+        let e = Config::from_toml(&text, []).unwrap_err().to_string();
+        let expected = e.split_once("expected").unwrap().1;
+        return expected
+            .split('`')
+            .filter(|w| !w.is_empty() && w.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
+            .map(str::to_owned)
+            .collect();
+    }
     let probe = match section {
         "routes" => {
             Toml::minimal().route("prefix = \"/a\"\nupstream = \"http://x\"\nzzz_probe = 1")
@@ -907,9 +955,10 @@ fn docs_configuration_lists_every_key() {
         "security",
         "static",
         "routes",
+        "frontends",
     ] {
-        let prefix = if section == "routes" {
-            "routes[]".to_owned()
+        let prefix = if section == "routes" || section == "frontends" {
+            format!("{section}[]")
         } else {
             section.to_owned()
         };
@@ -940,4 +989,234 @@ fn docs_configuration_lists_every_key() {
         Figment::from(figment::providers::Toml::string(example)).extract();
     let config = parsed.unwrap_or_else(|e| panic!("the complete example does not parse: {e}"));
     assert!(config.server.tls.is_some());
+}
+
+// ---- [[frontends]] -------------------------------------------------------------------
+
+/// Two frontends sharing `[oidc]` defaults; `extra` is appended verbatim.
+fn frontends_toml(extra: &str) -> String {
+    format!(
+        r#"
+[server]
+public_origin = "https://app.example.com"
+
+[oidc]
+issuer = "https://idp.example.com/realms/main"
+scopes = ["openid", "email"]
+userinfo = true
+
+[session]
+keys = ["{KEY}"]
+
+[[frontends]]
+name = "shop"
+[frontends.oidc]
+client_id = "shop"
+client_secret = "shop-secret"
+[[frontends.routes]]
+prefix = "/api"
+upstream = "http://shop-api:8000"
+
+[[frontends]]
+name = "admin"
+path_prefix = "/admin"
+[frontends.oidc]
+client_id = "admin"
+client_secret = "admin-secret"
+scopes = ["openid", "admin"]
+[[frontends.routes]]
+prefix = "/admin/api"
+upstream = "http://admin-api:8000"
+{extra}
+"#
+    )
+}
+
+fn frontends_refused(text: &str, key: &str) -> String {
+    match Config::from_toml(text, []) {
+        Ok(_) => panic!("accepted, expected a refusal naming {key}:\n{text}"),
+        Err(ConfigError::Invalid {
+            key: named,
+            problem,
+        }) => {
+            assert_eq!(named, key, "wrong key named ({problem})\n{text}");
+            problem
+        }
+        Err(e) => panic!("a parse error, expected {key}: {e}\n{text}"),
+    }
+}
+
+#[test]
+fn frontends_load_with_inherited_oidc_defaults() {
+    let c = Config::from_toml(&frontends_toml(""), []).unwrap();
+    assert!(c.oidc.is_none(), "[oidc] only holds defaults");
+    assert_eq!(c.frontends.len(), 2);
+    let (shop, admin) = (&c.frontends[0], &c.frontends[1]);
+    assert_eq!(shop.name, "shop");
+    assert_eq!(shop.cookie_name, "__Host-portcullis-shop");
+    assert_eq!(admin.cookie_name, "__Host-portcullis-admin");
+    assert_eq!(admin.login_cookie_name(), "__Host-portcullis-admin-login");
+    // Inherited: issuer, userinfo, and scopes unless the frontend sets its own.
+    assert_eq!(shop.oidc.issuer, "https://idp.example.com/realms/main");
+    assert_eq!(admin.oidc.issuer, shop.oidc.issuer);
+    assert!(shop.oidc.userinfo && admin.oidc.userinfo);
+    assert_eq!(shop.oidc.scopes, ["openid", "email"]);
+    assert_eq!(admin.oidc.scopes, ["openid", "admin"]);
+    // Own clients.
+    assert_eq!(shop.oidc.client_id, "shop");
+    assert_eq!(
+        admin.oidc.client_secret.as_ref().unwrap().expose(),
+        "admin-secret"
+    );
+    assert_eq!(
+        shop.redirect_uri(&c),
+        "https://app.example.com/bff/callback"
+    );
+    assert_eq!(
+        admin.redirect_uri(&c),
+        "https://app.example.com/admin/bff/callback"
+    );
+    assert_eq!(admin.routes[0].prefix, "/admin/api");
+}
+
+#[test]
+fn a_single_frontend_config_is_frontend_zero() {
+    let c = Toml::minimal()
+        .route("prefix = \"/api\"\nupstream = \"http://x:1\"")
+        .valid();
+    assert_eq!(c.frontends.len(), 1);
+    let f = c.frontend();
+    assert_eq!(f.name, "");
+    assert_eq!(f.prefix(), "");
+    assert_eq!(f.cookie_name, "__Host-portcullis");
+    assert_eq!(f.oidc.client_id, "spa-bff");
+    assert_eq!(f.routes.len(), 1);
+    assert_eq!(c.redirect_uri(), "https://app.example.com/bff/callback");
+}
+
+#[test]
+fn a_frontend_has_its_own_host() {
+    let extra = r#"
+[[frontends]]
+name = "partner"
+host = "partners.example.com"
+[frontends.oidc]
+client_id = "partner"
+client_secret = "p"
+"#;
+    let c = Config::from_toml(&frontends_toml(extra), []).unwrap();
+    assert_eq!(
+        c.frontends[2].redirect_uri(&c),
+        "https://partners.example.com/bff/callback"
+    );
+}
+
+#[test]
+fn frontend_secrets_come_from_their_own_env_overrides() {
+    let env = [(
+        "PORTCULLIS_FRONTENDS__ADMIN__OIDC__CLIENT_SECRET".to_owned(),
+        "from-env".to_owned(),
+    )];
+    let c = Config::from_toml(&frontends_toml(""), env).unwrap();
+    assert_eq!(
+        c.frontends[1].oidc.client_secret.as_ref().unwrap().expose(),
+        "from-env"
+    );
+    assert_eq!(
+        c.frontends[0].oidc.client_secret.as_ref().unwrap().expose(),
+        "shop-secret"
+    );
+    let env = [(
+        "PORTCULLIS_FRONTENDS__NOPE__OIDC__CLIENT_SECRET".to_owned(),
+        "x".to_owned(),
+    )];
+    let e = Config::from_toml(&frontends_toml(""), env)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("frontends.nope.oidc.client_secret"), "{e}");
+    assert!(e.contains("no frontend is named"), "{e}");
+}
+
+#[test]
+fn frontend_refusals() {
+    let base = frontends_toml("");
+    let shop_block = "[[frontends]]\nname = \"shop\"";
+    let with = |old: &str, new: &str| {
+        assert!(base.contains(old), "{old}");
+        base.replacen(old, new, 1)
+    };
+    // Names: a cookie-safe token, unique, not clashing with login cookies.
+    for bad in [
+        "\"\"",
+        "\"Shop\"",
+        "\"a b\"",
+        "\"-x\"",
+        "\"login\"",
+        "\"x-login\"",
+    ] {
+        frontends_refused(
+            &with(shop_block, &format!("[[frontends]]\nname = {bad}")),
+            "frontends[0].name",
+        );
+    }
+    frontends_refused(
+        &with("name = \"admin\"", "name = \"shop\""),
+        "frontends[1].name",
+    );
+    // Prefixes.
+    for bad in [
+        "\"admin\"",
+        "\"/admin/\"",
+        "\"/a//b\"",
+        "\"/a/../b\"",
+        "\"/bff\"",
+    ] {
+        frontends_refused(
+            &with("path_prefix = \"/admin\"", &format!("path_prefix = {bad}")),
+            "frontends[1].path_prefix",
+        );
+    }
+    // Routes belong under their frontend, clear of its /bff.
+    frontends_refused(
+        &with("prefix = \"/admin/api\"", "prefix = \"/api2\""),
+        "frontends[1].routes[0].prefix",
+    );
+    frontends_refused(
+        &with("prefix = \"/admin/api\"", "prefix = \"/admin/bff/x\""),
+        "frontends[1].routes[0].prefix",
+    );
+    // Two frontends on the same host and prefix.
+    frontends_refused(
+        &with("path_prefix = \"/admin\"\n", ""),
+        "frontends[1].path_prefix",
+    );
+    // Keys are named within their frontend.
+    frontends_refused(
+        &with("client_id = \"admin\"", "client_id = \"\""),
+        "frontends[1].oidc.client_id",
+    );
+    frontends_refused(
+        &with("scopes = [\"openid\", \"admin\"]", "scopes = [\"admin\"]"),
+        "frontends[1].oidc.scopes",
+    );
+    // Hosts.
+    frontends_refused(
+        &frontends_toml(
+            "[[frontends]]\nname = \"p\"\nhost = \"Partner.example.com\"\n[frontends.oidc]\nclient_id = \"p\"\nclient_secret = \"p\"",
+        ),
+        "frontends[2].host",
+    );
+    // The single-frontend sections don't mix with [[frontends]].
+    frontends_refused(
+        &frontends_toml("[[routes]]\nprefix = \"/x\"\nupstream = \"http://x:1\""),
+        "routes",
+    );
+    frontends_refused(
+        &with("scopes = [\"openid\", \"email\"]", "client_id = \"shared\""),
+        "oidc.client_id",
+    );
+    frontends_refused(
+        &with("[session]", "[session]\ncookie_name = \"__Host-mine\""),
+        "session.cookie_name",
+    );
 }

@@ -26,6 +26,7 @@ pub use routes::{Route, RouteTable};
 
 use crate::config::TokenKind;
 use crate::error::ApiError;
+use crate::frontend::Frontend;
 use crate::server::{AppState, Gateway};
 
 /// The pooled HTTP/1.1 client to upstreams of one runtime (`http://` and, verified
@@ -55,16 +56,17 @@ pub fn upstream_client() -> UpstreamClient {
 /// Proxies `request` over `route`.
 pub async fn proxy(
     state: &AppState,
+    frontend: &Frontend,
     route: &Route,
     request: Request,
 ) -> Result<Response, ApiError> {
     let (mut parts, body) = request.into_parts();
-    let token = authorize(&state.gw, route, &parts.headers).await?;
+    let token = authorize(&state.gw, frontend, route, &parts.headers).await?;
     let peer = parts
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip());
-    rewrite::rewrite_request(&mut parts, route, token, peer, &state.gw.rewrite)?;
+    rewrite::rewrite_request(&mut parts, route, token, peer, &frontend.rewrite)?;
     let request = Request::from_parts(parts, body);
 
     let started = std::time::Instant::now();
@@ -93,6 +95,7 @@ pub async fn proxy(
 /// the gateway's own client-credentials token.
 pub async fn authorize(
     gw: &Arc<Gateway>,
+    frontend: &Frontend,
     route: &Route,
     headers: &axum::http::HeaderMap,
 ) -> Result<Option<HeaderValue>, ApiError> {
@@ -101,7 +104,7 @@ pub async fn authorize(
             .client_token
             .as_ref()
             .ok_or(ApiError::Internal("route has no client token".into()))?;
-        slot.authorization(&gw.oidc, gw.config.tokens.refresh_before)
+        slot.authorization(&frontend.oidc, gw.config.tokens.refresh_before)
             .await
             .map(Some)
     };
@@ -109,7 +112,8 @@ pub async fn authorize(
         TokenKind::None => Ok(None),
         TokenKind::Client => client_token().await,
         TokenKind::User | TokenKind::UserOrNone | TokenKind::UserOrClient => {
-            let Some((_, record)) = crate::bff::current_session(gw, headers).await? else {
+            let Some((_, record)) = crate::bff::current_session(gw, frontend, headers).await?
+            else {
                 return match route.token {
                     TokenKind::UserOrNone => Ok(None),
                     TokenKind::UserOrClient => client_token().await,

@@ -16,13 +16,13 @@ use ipnet::IpNet;
 
 use super::Route;
 use crate::error::ApiError;
-use crate::session::cookie::LOGIN_COOKIE;
 
 /// What the rewrite needs from the configuration, prepared once.
 #[derive(Debug, Clone)]
 pub struct RewriteConfig {
     pub trusted_proxies: Vec<IpNet>,
-    pub session_cookie: String,
+    /// Every frontend's session and login-binding cookie names: none goes upstream.
+    pub own_cookies: Vec<String>,
     /// `http` or `https`: the scheme the browser used.
     pub public_proto: HeaderValue,
     pub public_host: HeaderValue,
@@ -83,7 +83,7 @@ pub fn rewrite_request(
     let host = headers.remove(header::HOST);
     remove_hop_by_hop(headers);
     headers.remove(header::AUTHORIZATION);
-    strip_own_cookies(headers, &config.session_cookie);
+    strip_own_cookies(headers, &config.own_cookies);
     if let Some(token) = token {
         headers.insert(header::AUTHORIZATION, token);
     }
@@ -137,14 +137,14 @@ fn append_forwarded_for(headers: &mut HeaderMap, peer: Option<IpAddr>) {
     }
 }
 
-/// Removes the session and login-binding cookies from `Cookie`, keeping the others.
-pub fn strip_own_cookies(headers: &mut HeaderMap, session_cookie: &str) {
+/// Removes the session and login-binding cookies (`own`) from `Cookie`, keeping the others.
+pub fn strip_own_cookies(headers: &mut HeaderMap, own: &[String]) {
     if !headers.contains_key(header::COOKIE) {
         return;
     }
     let is_ours = |pair: &str| {
         let name = pair.split_once('=').map_or(pair, |(n, _)| n).trim();
-        name == session_cookie || name == LOGIN_COOKIE
+        own.iter().any(|o| o == name)
     };
     let mut kept = String::new();
     let mut any_ours = false;
@@ -256,7 +256,7 @@ mod tests {
     fn config() -> RewriteConfig {
         RewriteConfig {
             trusted_proxies: vec!["10.0.0.0/8".parse().unwrap()],
-            session_cookie: "__Host-portcullis".into(),
+            own_cookies: vec!["__Host-portcullis".into(), "__Host-portcullis-login".into()],
             public_proto: HeaderValue::from_static("https"),
             public_host: HeaderValue::from_static("app.example.com"),
         }

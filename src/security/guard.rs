@@ -28,7 +28,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::error::ApiError;
-use crate::server::{AppState, Gateway};
+use crate::frontend::Frontend;
+use crate::server::AppState;
 
 /// What the guard needs, prepared once from the config.
 #[derive(Debug, Clone)]
@@ -65,18 +66,21 @@ impl GuardConfig {
 }
 
 /// Is this request one the CSRF layers protect?
-fn protected(gw: &Gateway, method: &Method, path: &str) -> bool {
-    match path {
-        "/bff/user" => true,
-        "/bff/logout" => method == Method::POST,
-        _ if path.starts_with("/bff/") || path == "/bff" => false,
-        _ => gw.routes.matching(path).is_some_and(|r| r.csrf),
+fn protected(frontend: Option<&Frontend>, method: &Method, path: &str) -> bool {
+    let Some(frontend) = frontend else {
+        return false;
+    };
+    match frontend.bff_path(path) {
+        Some("/user") => true,
+        Some("/logout") => method == Method::POST,
+        Some(_) => false,
+        None => frontend.routes.matching(path).is_some_and(|r| r.csrf),
     }
 }
 
 /// Layers 3 and 4: `Sec-Fetch-Site` and `Origin`.
 pub fn check_request_origin(
-    config: &GuardConfig,
+    public_origin: &str,
     headers: &HeaderMap,
     cross_allowed: bool,
 ) -> Result<(), ApiError> {
@@ -89,7 +93,7 @@ pub fn check_request_origin(
         }
     }
     if let Some(origin) = headers.get(header::ORIGIN) {
-        let ok = origin.as_bytes() == config.public_origin.as_bytes() || cross_allowed;
+        let ok = origin.as_bytes() == public_origin.as_bytes() || cross_allowed;
         if !ok {
             return Err(ApiError::Csrf(
                 "request from a foreign origin refused (Origin)",
@@ -111,7 +115,8 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
         return ApiError::HeadTooLarge.into_response();
     }
     let path = request.uri().path();
-    let is_protected = protected(gw, request.method(), path);
+    let frontend = gw.frontends.select(request.uri(), request.headers());
+    let is_protected = protected(frontend.map(|f| &**f), request.method(), path);
     let cross = config
         .allowed_cross_origin(request.headers().get(header::ORIGIN))
         .cloned();
@@ -123,7 +128,9 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
             .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
     {
         return match &cross {
-            Some(origin) if is_protected || gw.routes.matching(path).is_some() => {
+            Some(origin)
+                if is_protected || frontend.is_some_and(|f| f.routes.matching(path).is_some()) =>
+            {
                 preflight(origin, request.headers())
             }
             _ => {
@@ -132,12 +139,14 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
             }
         };
     }
-    if is_protected && let Err(e) = check_request_origin(config, request.headers(), cross.is_some())
+    let own_origin = frontend.map_or(config.public_origin.as_str(), |f| &f.origin_text);
+    if is_protected
+        && let Err(e) = check_request_origin(own_origin, request.headers(), cross.is_some())
     {
         super::audit_csrf_rejected(e.to_string().as_str());
         return with_cors(e.into_response(), cross.as_ref(), config.hsts);
     }
-    if (path == "/bff" || path.starts_with("/bff/"))
+    if frontend.is_some_and(|f| f.bff_path(path).is_some())
         && content_length(request.headers()).is_some_and(|n| n > config.max_bff_body)
     {
         return ApiError::invalid("the request body is too large").into_response();

@@ -28,7 +28,13 @@ impl Limits {
             NonZeroU32::new(config.security.login_rate_per_minute).unwrap_or(NonZeroU32::MIN);
         let per_browser =
             NonZeroU32::new(config.security.pending_logins_per_browser).unwrap_or(NonZeroU32::MIN);
-        let window = config.oidc.pending_login_ttl.max(Duration::from_secs(1));
+        let window = config
+            .frontends
+            .iter()
+            .map(|f| f.oidc.pending_login_ttl)
+            .max()
+            .unwrap_or_default()
+            .max(Duration::from_secs(1));
         let browser_quota = Quota::with_period(window / per_browser.get())
             .unwrap_or(Quota::per_minute(per_browser))
             .allow_burst(per_browser);

@@ -74,7 +74,11 @@ async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
 pub async fn readiness(gw: &Gateway) -> Response {
     let draining = DRAINING.load(Ordering::SeqCst);
     let store = gw.sessions.store().ping().await;
-    let provider_ok = gw.oidc.is_loaded() || gw.oidc.load().await.is_ok();
+    let mut provider_ok = true;
+    for frontend in gw.frontends.iter() {
+        let oidc = &frontend.oidc;
+        provider_ok &= oidc.is_loaded() || oidc.load().await.is_ok();
+    }
     let mut body = serde_json::json!({
         "store": if store.is_ok() { "ok" } else { "unavailable" },
         "provider": if provider_ok { "ok" } else { "unavailable" },

@@ -70,18 +70,21 @@ impl Server {
 
         // Provider metadata and keys are loaded now if possible; if the provider is
         // down, Portcullis still starts (sessions keep working) and retries on use.
-        match control.block_on(gw.oidc.load()) {
-            Ok(meta) => {
-                gw.oidc.check_requirements(&meta)?;
-                tracing::info!(issuer = %meta.issuer, "provider metadata and keys loaded")
-            }
-            Err(e) if gw.oidc.requires_provider_at_start() => {
-                return Err(format!(
-                    "oidc.par = \"always\" needs the provider's metadata at start: {e}"
-                ));
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "provider not reachable yet; retrying on first use")
+        for frontend in gw.frontends.iter() {
+            let fe = frontend.name.as_str();
+            match control.block_on(frontend.oidc.load()) {
+                Ok(meta) => {
+                    frontend.oidc.check_requirements(&meta)?;
+                    tracing::info!(issuer = %meta.issuer, frontend = fe, "provider metadata and keys loaded")
+                }
+                Err(e) if frontend.oidc.requires_provider_at_start() => {
+                    return Err(format!(
+                        "oidc.par = \"always\" needs the provider's metadata at start: {e}"
+                    ));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, frontend = fe, "provider not reachable yet; retrying on first use")
+                }
             }
         }
 

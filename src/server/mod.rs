@@ -25,9 +25,8 @@ use tower_http::services::{ServeDir, ServeFile};
 pub use listen::{Server, serve};
 
 use crate::config::Config;
-use crate::oidc::Oidc;
-use crate::proxy::rewrite::RewriteConfig;
-use crate::proxy::{RouteTable, UpstreamClient};
+use crate::frontend::Frontends;
+use crate::proxy::UpstreamClient;
 use crate::session::Sessions;
 use crate::tokens::TokenManager;
 
@@ -35,10 +34,8 @@ use crate::tokens::TokenManager;
 pub struct Gateway {
     pub config: Config,
     pub sessions: Sessions,
-    pub oidc: Oidc,
+    pub frontends: Frontends,
     pub tokens: TokenManager,
-    pub routes: RouteTable,
-    pub rewrite: RewriteConfig,
     pub guard: crate::security::GuardConfig,
     pub limits: crate::security::Limits,
 }
@@ -48,22 +45,16 @@ impl Gateway {
     /// OIDC client and the routes. Does not contact the provider.
     pub async fn new(config: Config) -> Result<Self, String> {
         let sessions = Sessions::open(&config.session).await?;
-        let oidc = Oidc::new(&config.oidc, config.redirect_uri())?;
-        let routes = RouteTable::from_config(&config.routes)?;
-        let origin = &config.server.public_origin;
-        let host = match origin.port() {
-            Some(p) => format!("{}:{p}", origin.host_str().unwrap_or_default()),
-            None => origin.host_str().unwrap_or_default().to_owned(),
-        };
-        let rewrite = RewriteConfig {
-            trusted_proxies: config.server.trusted_proxies.clone(),
-            session_cookie: config.session.cookie_name.clone(),
-            public_proto: HeaderValue::from_str(origin.scheme()).map_err(|e| e.to_string())?,
-            public_host: HeaderValue::from_str(&host).map_err(|e| e.to_string())?,
-        };
+        let frontends = Frontends::from_config(&config)?;
+        let http_timeout = config
+            .frontends
+            .iter()
+            .map(|f| f.oidc.http_timeout)
+            .max()
+            .unwrap_or_default();
         let tokens = TokenManager::new(
             config.tokens.refresh_before,
-            config.oidc.http_timeout,
+            http_timeout,
             config.tokens.refresh_timeout,
         );
         let guard = crate::security::GuardConfig::new(&config);
@@ -71,10 +62,8 @@ impl Gateway {
         Ok(Self {
             config,
             sessions,
-            oidc,
+            frontends,
             tokens,
-            routes,
-            rewrite,
             guard,
             limits,
         })
@@ -101,7 +90,7 @@ impl AppState {
 
 /// The whole browser-facing application. Tests drive it with `oneshot`, no socket.
 pub fn app(state: AppState) -> Router {
-    let bff = crate::bff::router(state.clone())
+    let bff = crate::bff::router(state.clone(), &state.gw.frontends.prefixes())
         .layer(axum::middleware::from_fn(crate::security::bff_headers));
     Router::new()
         .merge(bff)
@@ -132,17 +121,20 @@ async fn readyz(State(state): State<AppState>) -> Response {
 
 /// Everything outside `/bff`: an API route, else the SPA's files.
 async fn dispatch(State(state): State<AppState>, request: Request) -> Response {
-    if let Some(route) = state.gw.routes.matching(request.uri().path()) {
-        return match crate::proxy::proxy(&state, route, request).await {
+    let Some(frontend) = state.gw.frontends.select(request.uri(), request.headers()) else {
+        return not_found();
+    };
+    if let Some(route) = frontend.routes.matching(request.uri().path()) {
+        return match crate::proxy::proxy(&state, frontend, route, request).await {
             Ok(response) => response,
             Err(e) => e.into_response(),
         };
     }
-    if request.uri().path() == "/bff" || request.uri().path().starts_with("/bff/") {
+    if frontend.bff_path(request.uri().path()).is_some() {
         return not_found();
     }
-    match &state.gw.config.static_files {
-        Some(s) => serve_static(s, request).await,
+    match frontend.static_files() {
+        Some(s) => serve_static(s, &frontend.prefix, request).await,
         None => not_found(),
     }
 }
@@ -157,7 +149,26 @@ fn not_found() -> Response {
 }
 
 /// The SPA's files; an unknown GET navigation gets `index.html` when `spa_fallback`.
-async fn serve_static(config: &crate::config::StaticConfig, request: Request) -> Response {
+/// A frontend under a path prefix serves its files under it: `{prefix}/app.js` is
+/// `{dir}/app.js`.
+async fn serve_static(
+    config: &crate::config::StaticConfig,
+    prefix: &str,
+    mut request: Request,
+) -> Response {
+    if !prefix.is_empty() {
+        let path = request.uri().path();
+        let rest = path.strip_prefix(prefix).unwrap_or(path);
+        let rest = if rest.is_empty() { "/" } else { rest };
+        let uri = match request.uri().query() {
+            Some(q) => format!("{rest}?{q}"),
+            None => rest.to_owned(),
+        };
+        match uri.parse() {
+            Ok(uri) => *request.uri_mut() = uri,
+            Err(_) => return not_found(),
+        }
+    }
     let (dir, spa_fallback) = (&config.dir, config.spa_fallback);
     let navigation = spa_fallback
         && matches!(*request.method(), Method::GET | Method::HEAD)

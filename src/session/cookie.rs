@@ -59,8 +59,8 @@ pub fn removal(name: &str) -> HeaderValue {
     build(name, "", SameSite::Strict, Some(0))
 }
 
-pub fn login_binding(value: &str, max_age_secs: i64) -> HeaderValue {
-    build(LOGIN_COOKIE, value, SameSite::Lax, Some(max_age_secs))
+pub fn login_binding(name: &str, value: &str, max_age_secs: i64) -> HeaderValue {
+    build(name, value, SameSite::Lax, Some(max_age_secs))
 }
 
 #[cfg(test)]

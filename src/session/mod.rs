@@ -65,6 +65,8 @@ impl EndReason {
 
 /// What a new session is made of, after a successful login.
 pub struct NewSession {
+    /// The frontend the session belongs to ("" for the single frontend).
+    pub frontend: String,
     pub sub: String,
     pub sid: Option<String>,
     pub claims: serde_json::Map<String, serde_json::Value>,
@@ -146,6 +148,7 @@ impl Sessions {
             key,
             sub: new.sub,
             sid: new.sid,
+            frontend: new.frontend,
             claims: serde_json::Value::Object(new.claims).to_string(),
             sealed_tokens: sealed,
             created_at: now,
@@ -171,6 +174,8 @@ impl Sessions {
             .store
             .find(&SessionFilter::Sub(newest.sub.clone()))
             .await?;
+        // The limit is per frontend: an admin login doesn't end a customer session.
+        sessions.retain(|s| s.frontend == newest.frontend);
         if sessions.len() <= max {
             return Ok(());
         }
@@ -183,13 +188,25 @@ impl Sessions {
         Ok(())
     }
 
-    /// Loads the live session named by `id`. An expired session is deleted and
-    /// reported as absent; a used one has its idle clock reset (see `touch_after`).
-    pub async fn load(&self, id: &SessionId) -> Result<Option<Arc<SessionRecord>>, StoreError> {
+    /// Loads the live session named by `id` for `frontend`. A session of another
+    /// frontend is reported as absent (and left alone); an expired session is deleted
+    /// and reported as absent; a used one has its idle clock reset (see `touch_after`).
+    pub async fn load(
+        &self,
+        id: &SessionId,
+        frontend: &str,
+    ) -> Result<Option<Arc<SessionRecord>>, StoreError> {
         let key = id.key();
         let Some(record) = self.store.get(&key).await? else {
             return Ok(None);
         };
+        if record.frontend != frontend {
+            tracing::warn!(
+                session = %key.log_label(),
+                "a session cookie was presented to another frontend than its own; refused"
+            );
+            return Ok(None);
+        }
         let now = now_secs();
         if let Some(reason) = self.expired(&record, now) {
             if self.store.remove(&key).await?.is_some() {

@@ -95,6 +95,9 @@ pub struct SessionRecord {
     pub sub: String,
     /// The provider's session id (`sid` claim), for back-channel logout.
     pub sid: Option<String>,
+    /// The frontend (`[[frontends]]` name) the session belongs to; "" for the single
+    /// frontend. A session is only ever accepted by its own frontend.
+    pub frontend: String,
     /// The user's claims (ID token + userinfo) as a JSON object, without tokens.
     pub claims: String,
     /// The [`Tokens`], sealed by the token cipher with `key` as associated data.
@@ -151,6 +154,9 @@ pub struct PendingLogin {
     /// not-logged-in result, not an error.
     #[serde(default)]
     pub silent: bool,
+    /// The frontend that started the login; only its callback may finish it.
+    #[serde(default)]
+    pub frontend: String,
 }
 
 impl std::fmt::Debug for PendingLogin {

@@ -361,6 +361,7 @@ fn record_from_hash(
         last_seen: num(h.remove("l"))?,
         expires_at: num(h.remove("e"))?,
         version: num(h.remove("v"))? as u64,
+        frontend: h.remove("fe").and_then(text).unwrap_or_default(),
     })
 }
 
@@ -376,6 +377,9 @@ fn hash_fields(r: &SessionRecord) -> Vec<(&'static str, Vec<u8>)> {
     ];
     if let Some(sid) = &r.sid {
         f.push(("sid", sid.as_bytes().to_vec()));
+    }
+    if !r.frontend.is_empty() {
+        f.push(("fe", r.frontend.as_bytes().to_vec()));
     }
     f
 }

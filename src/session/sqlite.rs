@@ -10,6 +10,7 @@ CREATE TABLE IF NOT EXISTS sessions (
     key         BLOB PRIMARY KEY,
     sub         TEXT NOT NULL,
     sid         TEXT,
+    frontend    TEXT NOT NULL DEFAULT '',
     claims      TEXT NOT NULL,
     tokens      BLOB NOT NULL,
     created_at  INTEGER NOT NULL,
@@ -95,6 +96,7 @@ impl SqliteStore {
                 Pool::connect(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
             conn.execute_batch(SCHEMA)
                 .map_err(|e| format!("cannot create schema: {e}"))?;
+            migrate(&conn).map_err(|e| format!("cannot migrate schema: {e}"))?;
             Ok(Self {
                 pool: Arc::new(Pool {
                     path,
@@ -117,7 +119,20 @@ impl SqliteStore {
     }
 }
 
-const COLUMNS: &str = "key, sub, sid, claims, tokens, created_at, last_seen, expires_at, version";
+/// Brings a database written by an older Portcullis up to [`SCHEMA`]: columns added
+/// since are added with their defaults, so existing sessions stay valid.
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let has_frontend: bool = conn
+        .prepare("SELECT 1 FROM pragma_table_info('sessions') WHERE name = 'frontend'")?
+        .exists([])?;
+    if !has_frontend {
+        conn.execute_batch("ALTER TABLE sessions ADD COLUMN frontend TEXT NOT NULL DEFAULT ''")?;
+    }
+    Ok(())
+}
+
+const COLUMNS: &str =
+    "key, sub, sid, claims, tokens, created_at, last_seen, expires_at, version, frontend";
 
 fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<Arc<SessionRecord>> {
     let key: Vec<u8> = row.get(0)?;
@@ -138,6 +153,7 @@ fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<Arc<SessionRecord>
         last_seen: row.get(6)?,
         expires_at: row.get(7)?,
         version: row.get::<_, i64>(8)? as u64,
+        frontend: row.get(9)?,
     }))
 }
 
@@ -155,7 +171,7 @@ impl SessionStore for SqliteStore {
     async fn insert(&self, record: Arc<SessionRecord>) -> Result<(), StoreError> {
         self.blocking(move |c| {
             c.prepare_cached(&format!(
-                "INSERT OR REPLACE INTO sessions ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+                "INSERT OR REPLACE INTO sessions ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
             ))?
             .execute(params![
                 record.key.as_bytes().as_slice(),
@@ -167,6 +183,7 @@ impl SessionStore for SqliteStore {
                 record.last_seen,
                 record.expires_at,
                 record.version as i64,
+                record.frontend,
             ])
             .map(drop)
         })
@@ -377,5 +394,41 @@ impl SessionStore for SqliteStore {
         })
         .await
         .map(|n| n as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database written before sessions had a frontend opens, and its sessions
+    /// belong to the single frontend ("").
+    #[tokio::test]
+    async fn an_older_database_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            let old_schema = SCHEMA.replace("    frontend    TEXT NOT NULL DEFAULT '',\n", "");
+            assert!(!old_schema.contains("frontend"));
+            conn.execute_batch(&old_schema).unwrap();
+            conn.execute(
+                "INSERT INTO sessions (key, sub, sid, claims, tokens, created_at, last_seen, \
+                 expires_at, version) VALUES (?1, 'alice', NULL, '{}', x'01', 1, 1, 9999999999, 1)",
+                [[7u8; 32].as_slice()],
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&path).await.unwrap();
+        let record = store
+            .get(&SessionKey::from_bytes([7; 32]))
+            .await
+            .unwrap()
+            .expect("the old session is still there");
+        assert_eq!(record.sub, "alice");
+        assert_eq!(record.frontend, "");
+        drop(store);
+        // Opening again (already migrated) is fine.
+        SqliteStore::open(&path).await.unwrap();
     }
 }

@@ -10,6 +10,7 @@ fn record(sub: &str, sid: Option<&str>, now: i64) -> Arc<SessionRecord> {
         key: SessionId::generate().key(),
         sub: sub.into(),
         sid: sid.map(Into::into),
+        frontend: String::new(),
         claims: format!(r#"{{"sub":"{sub}"}}"#),
         sealed_tokens: vec![1, 2, 3, 4],
         created_at: now,
@@ -27,7 +28,40 @@ fn pending(expires_at: i64) -> PendingLogin {
         return_url: "/".into(),
         silent: false,
         expires_at,
+        frontend: String::new(),
     }
+}
+
+/// The frontend a session belongs to survives every store operation.
+pub async fn frontend_is_kept(store: impl SessionStore) {
+    let now = now_secs();
+    let mut admin = (*record("alice", Some("sid-fe"), now)).clone();
+    admin.frontend = "admin".into();
+    let admin = Arc::new(admin);
+    let plain = record("alice", Some("sid-fe"), now);
+    store.insert(admin.clone()).await.unwrap();
+    store.insert(plain.clone()).await.unwrap();
+    assert_eq!(
+        store.get(&admin.key).await.unwrap().unwrap().frontend,
+        "admin"
+    );
+    assert_eq!(store.get(&plain.key).await.unwrap().unwrap().frontend, "");
+    let mut updated = (*admin).clone();
+    updated.version += 1;
+    assert!(store.update(Arc::new(updated)).await.unwrap());
+    assert_eq!(
+        store.get(&admin.key).await.unwrap().unwrap().frontend,
+        "admin"
+    );
+    let mut found: Vec<String> = store
+        .find(&SessionFilter::Sid("sid-fe".into()))
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.frontend.clone())
+        .collect();
+    found.sort();
+    assert_eq!(found, ["", "admin"]);
 }
 
 pub async fn insert_get_remove(store: impl SessionStore) {
@@ -357,7 +391,8 @@ macro_rules! store_suite {
                 pending_logins_expire, pending_logins_are_capped,
                 concurrent_sessions_do_not_interfere, update_only_replaces_live_sessions,
                 refresh_lock_is_exclusive_and_leased, refresh_lock_admits_one_of_many,
-                one_time_ids_are_seen_once, indexes_follow_changes);
+                one_time_ids_are_seen_once, indexes_follow_changes,
+                frontend_is_kept);
         }
     };
     (@tests $make:expr; $($name:ident),*) => {
@@ -516,6 +551,7 @@ async fn sqlite_file_holds_no_plaintext_token() {
     };
     let (id, _) = sessions
         .create(NewSession {
+            frontend: String::new(),
             sub: "alice".into(),
             sid: None,
             claims: Default::default(),
@@ -524,7 +560,7 @@ async fn sqlite_file_holds_no_plaintext_token() {
         })
         .await
         .unwrap();
-    let loaded = sessions.load(&id).await.unwrap().unwrap();
+    let loaded = sessions.load(&id, "").await.unwrap().unwrap();
     assert_eq!(sessions.open_tokens(&loaded).unwrap(), tokens);
     drop(sessions);
     let mut bytes = Vec::new();

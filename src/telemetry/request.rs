@@ -45,7 +45,8 @@ pub async fn layer(State(state): State<AppState>, mut request: Request, next: Ne
     let trusted = peer.is_some_and(|ip| {
         state
             .gw
-            .rewrite
+            .config
+            .server
             .trusted_proxies
             .iter()
             .any(|net| net.contains(&ip))
@@ -62,7 +63,7 @@ pub async fn layer(State(state): State<AppState>, mut request: Request, next: Ne
     request.extensions_mut().insert(RequestId(id.clone()));
 
     let path = request.uri().path();
-    let route = route_of(&state, path);
+    let route = route_of(&state, request.uri(), request.headers());
     let kind = Kind::of(path);
     let span = tracing::info_span!(
         "request",
@@ -137,14 +138,23 @@ impl Kind {
 }
 
 /// The `route` label: `bff`, `health`, an API prefix, `static` or `other`.
-fn route_of(state: &AppState, path: &str) -> &'static str {
-    if path == "/bff" || path.starts_with("/bff/") {
+fn route_of(
+    state: &AppState,
+    uri: &axum::http::Uri,
+    headers: &axum::http::HeaderMap,
+) -> &'static str {
+    let path = uri.path();
+    if path == "/healthz" || path == "/readyz" {
+        return "health";
+    }
+    let Some(frontend) = state.gw.frontends.select(uri, headers) else {
+        return "other";
+    };
+    if frontend.bff_path(path).is_some() {
         "bff"
-    } else if path == "/healthz" || path == "/readyz" {
-        "health"
-    } else if let Some(route) = state.gw.routes.matching(path) {
+    } else if let Some(route) = frontend.routes.matching(path) {
         route_label(&route.prefix)
-    } else if state.gw.config.static_files.is_some() {
+    } else if frontend.static_files().is_some() {
         "static"
     } else {
         "other"

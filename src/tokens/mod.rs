@@ -267,7 +267,11 @@ async fn refresh_locked(gw: &Arc<Gateway>, key: &SessionKey) -> Outcome {
         return Outcome::Ended;
     };
     let started = Instant::now();
-    match gw
+    let Some(frontend) = gw.frontends.named(&record.frontend) else {
+        // A session of a frontend no longer configured can't be refreshed.
+        return Outcome::Ended;
+    };
+    match frontend
         .oidc
         .refresh(refresh_token, gw.tokens.refresh_timeout)
         .await

@@ -1229,7 +1229,8 @@ impl Browser {
                 // The login form.
                 assert!(
                     r.text().contains("login-form"),
-                    "expected the login form at {url}"
+                    "expected the login form at {url}: {}",
+                    r.text()
                 );
                 let action = format!("{}/login", url.split('?').next().unwrap());
                 let posted = self
