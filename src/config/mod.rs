@@ -159,6 +159,11 @@ pub struct OidcConfig {
     /// `max_age`, `acr_values`, `login_hint`, `ui_locales`.
     #[serde(default = "default_login_params")]
     pub login_params: Vec<String>,
+    /// DPoP (RFC 9449) for user tokens: each session gets its own key, and the
+    /// provider binds the user's tokens to it. Routes with user tokens then send
+    /// `Authorization: DPoP` with a proof (see `routes.dpop`). Default `false`.
+    #[serde(default)]
+    pub dpop: bool,
     /// Refuse back-channel logout tokens without `typ: logout+jwt` (a token with
     /// another `typ` is always refused). Default `false`: some providers omit it.
     #[serde(default)]
@@ -386,6 +391,25 @@ pub struct RouteConfig {
     /// (→ 504 `upstream_timeout`). Default `30s`.
     #[serde(default = "default_upstream_timeout", with = "humantime_serde")]
     pub timeout: Duration,
+    /// Send the user's DPoP-bound token as `Authorization: DPoP` with a fresh proof.
+    /// Needs `oidc.dpop = true` and a user token kind. Default: `true` on routes with
+    /// user tokens when `oidc.dpop` is on (set by [`Config::load`]); `false` sends the
+    /// bound token as `Bearer`, only for upstreams that don't check the binding.
+    #[serde(default)]
+    pub dpop: Option<bool>,
+}
+
+impl RouteConfig {
+    /// Whether this route sends DPoP proofs, its default resolved against `oidc.dpop`.
+    pub fn uses_dpop(&self, oidc_dpop: bool) -> bool {
+        self.dpop.unwrap_or(
+            oidc_dpop
+                && matches!(
+                    self.token,
+                    TokenKind::User | TokenKind::UserOrNone | TokenKind::UserOrClient
+                ),
+        )
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
@@ -562,6 +586,12 @@ impl Config {
         })?;
         config.read_secret_files()?;
         config.validate()?;
+        // After validation (which checks what was written): every route says whether
+        // it uses DPoP.
+        let oidc_dpop = config.oidc.dpop;
+        for route in &mut config.routes {
+            route.dpop = Some(route.uses_dpop(oidc_dpop));
+        }
         Ok(config)
     }
 
@@ -839,6 +869,17 @@ impl Config {
                     &key("csrf"),
                     "may be false only on routes that take no session (token = \"none\" or \"client\")",
                 ));
+            }
+            if route.dpop == Some(true) {
+                if !self.oidc.dpop {
+                    return Err(invalid(&key("dpop"), "needs oidc.dpop = true"));
+                }
+                if matches!(route.token, TokenKind::None | TokenKind::Client) {
+                    return Err(invalid(
+                        &key("dpop"),
+                        "applies to user tokens (token = \"user\", \"user_or_none\" or \"user_or_client\")",
+                    ));
+                }
             }
             if self.routes[..i].iter().any(|r| r.prefix == route.prefix) {
                 return Err(invalid(&key("prefix"), "is used by another route"));

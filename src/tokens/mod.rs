@@ -266,10 +266,22 @@ async fn refresh_locked(gw: &Arc<Gateway>, key: &SessionKey) -> Outcome {
     let Some(refresh_token) = tokens.refresh_token.as_deref() else {
         return Outcome::Ended;
     };
+    // DPoP: the refresh is signed with the session's own key, so the new access
+    // token is bound to the same key (RFC 9449 §5).
+    let dpop = match session_dpop_key(gw, &tokens) {
+        Ok(key) => key,
+        Err(e) => {
+            tracing::warn!(session = %record.key.log_label(), error = %e, "session DPoP key unusable; ending the session");
+            return match gw.sessions.end(key, EndReason::Unreadable).await {
+                Ok(_) => Outcome::Ended,
+                Err(e) => Outcome::StoreDown(e.to_string()),
+            };
+        }
+    };
     let started = Instant::now();
     match gw
         .oidc
-        .refresh(refresh_token, gw.tokens.refresh_timeout)
+        .refresh(refresh_token, gw.tokens.refresh_timeout, dpop.as_ref())
         .await
     {
         Ok(response) => {
@@ -283,6 +295,7 @@ async fn refresh_locked(gw: &Arc<Gateway>, key: &SessionKey) -> Outcome {
                 refresh_token: response.refresh_token.or(tokens.refresh_token),
                 id_token: response.id_token.or(tokens.id_token),
                 scope: response.scope.or(tokens.scope),
+                dpop_key: dpop.as_ref().and(tokens.dpop_key),
             };
             let refresh_expires_at = response
                 .refresh_expires_in
@@ -317,6 +330,20 @@ async fn refresh_locked(gw: &Arc<Gateway>, key: &SessionKey) -> Outcome {
     }
 }
 
+/// The session's DPoP key when DPoP is on and the session has one (sessions from
+/// before `oidc.dpop` was turned on have none and keep Bearer tokens).
+pub fn session_dpop_key(
+    gw: &Gateway,
+    tokens: &Tokens,
+) -> Result<Option<crate::oidc::DpopKey>, String> {
+    match &tokens.dpop_key {
+        Some(stored) if gw.oidc.dpop_enabled() => {
+            crate::oidc::DpopKey::from_stored(stored).map(Some)
+        }
+        _ => Ok(None),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -330,6 +357,7 @@ mod tests {
             refresh_token: Some("r".into()),
             id_token: None,
             scope: None,
+            dpop_key: None,
         }
     }
 
