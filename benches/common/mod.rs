@@ -54,6 +54,7 @@ pub fn tokens(seed: u64) -> Tokens {
         refresh_token: (refresh > 0).then(|| filler(refresh, seed ^ 0x5555)),
         id_token: (id > 0).then(|| filler(id, seed ^ 0xaaaa)),
         scope: Some("openid profile email offline_access".into()),
+        dpop_key: None,
     }
 }
 

@@ -20,6 +20,11 @@
 //   rotateRefreshToken  default true: a new refresh token on every use (reuse of a rotated
 //                     one revokes the whole grant)
 //   requirePAR        default false: require Pushed Authorization Requests
+//   dpop              default true: DPoP (RFC 9449) — a token request with a DPoP proof gets
+//                     a DPoP-bound access token (token_type "DPoP", introspection cnf.jkt);
+//                     false = the feature is off and proofs are ignored (Bearer tokens)
+//   dpopNonce         default false: require a provider DPoP nonce in every proof (token,
+//                     userinfo): a proof without one is answered `use_dpop_nonce` + DPoP-Nonce
 //   resourceIndicators  absent/false = feature off. true or an object
 //                     { scope: "api:read api:write", defaultResource: "http://...",
 //                       useGrantedResource: true, accessTokenTTL: <seconds> }
@@ -103,6 +108,8 @@ const idTokenTTL = cfg.idTokenTTL ?? 3600;
 const sessionTTL = cfg.sessionTTL ?? 86400;
 const rotateRefreshToken = cfg.rotateRefreshToken ?? true;
 const requirePAR = cfg.requirePAR ?? false;
+const dpop = cfg.dpop ?? true;
+const dpopNonce = cfg.dpopNonce ?? false;
 const keysFile = cfg.keysFile ? path.resolve(cfg.keysFile) : path.join(here, '.keys.json');
 
 const users = cfg.users ?? {
@@ -354,7 +361,9 @@ ${f.replace('</form>', '<button id="logout-yes" type="submit" name="logout" valu
       requirePushedAuthorizationRequests: requirePAR,
     },
     clientCredentials: { enabled: true },
-    dPoP: { enabled: true },
+    dPoP: dpopNonce
+      ? { enabled: dpop, nonceSecret: crypto.randomBytes(32), requireNonce: () => true }
+      : { enabled: dpop },
     userinfo: { enabled: true },
     resourceIndicators: resourceIndicators
       ? {

@@ -237,9 +237,15 @@ pub async fn callback(
         .filter(|c| !c.is_empty())
         .ok_or(ApiError::invalid("code is missing"))?;
 
+    // DPoP: the session's key is made now, before the exchange binds the tokens to it.
+    let dpop = if fe.oidc.dpop_enabled() {
+        Some(crate::oidc::DpopKey::generate().map_err(ApiError::Internal)?)
+    } else {
+        None
+    };
     let response = fe
         .oidc
-        .exchange_code(code, &pending.pkce_verifier)
+        .exchange_code(code, &pending.pkce_verifier, dpop.as_ref())
         .await
         .map_err(login_failed)?;
     let id_token = response
@@ -256,7 +262,7 @@ pub async fn callback(
     if fe.oidc.wants_userinfo() {
         let info = fe
             .oidc
-            .userinfo(&response.access_token, &id.sub)
+            .userinfo(&response.access_token, &id.sub, dpop.as_ref())
             .await
             .map_err(login_failed)?;
         for (k, v) in info {
@@ -277,6 +283,7 @@ pub async fn callback(
         refresh_token: response.refresh_token,
         id_token: response.id_token,
         scope: response.scope,
+        dpop_key: dpop.as_ref().map(crate::oidc::DpopKey::to_stored),
     };
     let (session_id, record) = gw
         .sessions

@@ -284,7 +284,7 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
             ));
         }
         validate_oidc(&f.oidc, &prefix)?;
-        validate_routes(&f.routes, &prefix)?;
+        validate_routes(&f.routes, f.oidc.dpop, &prefix)?;
         for (r, route) in f.routes.iter().enumerate() {
             let under = route
                 .prefix

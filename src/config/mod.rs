@@ -170,6 +170,11 @@ pub struct OidcConfig {
     /// `max_age`, `acr_values`, `login_hint`, `ui_locales`.
     #[serde(default = "default_login_params")]
     pub login_params: Vec<String>,
+    /// DPoP (RFC 9449) for user tokens: each session gets its own key, and the
+    /// provider binds the user's tokens to it. Routes with user tokens then send
+    /// `Authorization: DPoP` with a proof (see `routes.dpop`). Default `false`.
+    #[serde(default)]
+    pub dpop: bool,
     /// Refuse back-channel logout tokens without `typ: logout+jwt` (a token with
     /// another `typ` is always refused). Default `false`: some providers omit it.
     #[serde(default)]
@@ -397,6 +402,25 @@ pub struct RouteConfig {
     /// (→ 504 `upstream_timeout`). Default `30s`.
     #[serde(default = "default_upstream_timeout", with = "humantime_serde")]
     pub timeout: Duration,
+    /// Send the user's DPoP-bound token as `Authorization: DPoP` with a fresh proof.
+    /// Needs `oidc.dpop = true` and a user token kind. Default: `true` on routes with
+    /// user tokens when `oidc.dpop` is on (set by [`Config::load`]); `false` sends the
+    /// bound token as `Bearer`, only for upstreams that don't check the binding.
+    #[serde(default)]
+    pub dpop: Option<bool>,
+}
+
+impl RouteConfig {
+    /// Whether this route sends DPoP proofs, its default resolved against `oidc.dpop`.
+    pub fn uses_dpop(&self, oidc_dpop: bool) -> bool {
+        self.dpop.unwrap_or(
+            oidc_dpop
+                && matches!(
+                    self.token,
+                    TokenKind::User | TokenKind::UserOrNone | TokenKind::UserOrClient
+                ),
+        )
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
@@ -572,6 +596,14 @@ impl Config {
             read_secret_file(&mut frontend.oidc, &prefix)?;
         }
         config.validate()?;
+        // After validation (which checks what was written): every route says whether
+        // it uses DPoP.
+        for frontend in &mut config.frontends {
+            let oidc_dpop = frontend.oidc.dpop;
+            for route in &mut frontend.routes {
+                route.dpop = Some(route.uses_dpop(oidc_dpop));
+            }
+        }
         Ok(config)
     }
 
@@ -906,7 +938,11 @@ fn validate_oidc(oidc: &OidcConfig, prefix: &str) -> Result<(), ConfigError> {
 }
 
 /// The routes of one frontend; `prefix` as in [`validate_oidc`].
-fn validate_routes(routes: &[RouteConfig], prefix: &str) -> Result<(), ConfigError> {
+fn validate_routes(
+    routes: &[RouteConfig],
+    oidc_dpop: bool,
+    prefix: &str,
+) -> Result<(), ConfigError> {
     for (i, route) in routes.iter().enumerate() {
         let key = |field: &str| format!("{prefix}routes[{i}].{field}");
         if !route.prefix.starts_with('/') || route.prefix.len() < 2 {
@@ -957,6 +993,17 @@ fn validate_routes(routes: &[RouteConfig], prefix: &str) -> Result<(), ConfigErr
                 &key("csrf"),
                 "may be false only on routes that take no session (token = \"none\" or \"client\")",
             ));
+        }
+        if route.dpop == Some(true) {
+            if !oidc_dpop {
+                return Err(invalid(&key("dpop"), "needs oidc.dpop = true"));
+            }
+            if matches!(route.token, TokenKind::None | TokenKind::Client) {
+                return Err(invalid(
+                    &key("dpop"),
+                    "applies to user tokens (token = \"user\", \"user_or_none\" or \"user_or_client\")",
+                ));
+            }
         }
         if routes[..i].iter().any(|r| r.prefix == route.prefix) {
             return Err(invalid(&key("prefix"), "is used by another route"));

@@ -1220,3 +1220,42 @@ fn frontend_refusals() {
         "session.cookie_name",
     );
 }
+
+#[test]
+fn dpop_routes_need_oidc_dpop_and_a_user_token() {
+    let up = "upstream = \"http://127.0.0.1:9100\"";
+    let route = |extra: &str| format!("prefix = \"/api\"\n{up}\n{extra}");
+    // Off by default, everywhere.
+    let c = Toml::minimal().route(&route("")).valid();
+    assert!(!c.frontend().oidc.dpop);
+    assert_eq!(c.frontend().routes[0].dpop, Some(false));
+    // dpop on a route needs oidc.dpop.
+    Toml::minimal()
+        .route(&route("dpop = true"))
+        .refused_for("routes[0].dpop");
+    let on = Toml::minimal().set("oidc", "dpop", "true");
+    // With oidc.dpop, user-token routes default to DPoP; others can't have it.
+    let c = on
+        .clone()
+        .route(&route(""))
+        .route("prefix = \"/b\"\nupstream = \"http://127.0.0.1:9100\"\ntoken = \"user_or_client\"")
+        .route("prefix = \"/c\"\nupstream = \"http://127.0.0.1:9100\"\ntoken = \"none\"")
+        .route("prefix = \"/d\"\nupstream = \"http://127.0.0.1:9100\"\ndpop = false")
+        .valid();
+    let dpop: Vec<_> = c.frontend().routes.iter().map(|r| r.dpop).collect();
+    assert_eq!(dpop, [Some(true), Some(true), Some(false), Some(false)]);
+    for t in ["none", "client"] {
+        on.clone()
+            .route(&route(&format!("token = \"{t}\"\ndpop = true")))
+            .refused_for("routes[0].dpop");
+    }
+    on.clone()
+        .route(&route("token = \"user_or_none\"\ndpop = true"))
+        .valid();
+    // The environment can turn it on.
+    let c = Toml::minimal()
+        .route(&route(""))
+        .load_with_env(&[("PORTCULLIS_OIDC__DPOP", "true")])
+        .unwrap();
+    assert!(c.frontend().oidc.dpop && c.frontend().routes[0].dpop == Some(true));
+}

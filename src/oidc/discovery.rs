@@ -39,6 +39,9 @@ pub struct ProviderMetadata {
     /// OIDC prompt values the provider supports (when it says).
     #[serde(default)]
     pub prompt_values_supported: Option<Vec<String>>,
+    /// RFC 9449 §5.1: the DPoP proof algorithms the provider accepts (when it says).
+    #[serde(default)]
+    pub dpop_signing_alg_values_supported: Option<Vec<String>>,
 }
 
 impl ProviderMetadata {

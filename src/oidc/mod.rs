@@ -11,6 +11,7 @@
 
 mod assertion;
 mod discovery;
+pub mod dpop;
 mod jwks;
 mod logout;
 mod tokens;
@@ -23,6 +24,7 @@ use serde::Deserialize;
 
 pub use assertion::ClientKey;
 pub use discovery::ProviderMetadata;
+pub use dpop::DpopKey;
 pub use jwks::JwksCache;
 pub use logout::{BACKCHANNEL_LOGOUT_EVENT, LogoutRequest, check_logout_claims};
 pub use tokens::{IdTokenClaims, TokenResponse, constant_time_eq};
@@ -113,6 +115,9 @@ pub struct Oidc {
     post_logout_redirect_uri: Option<String>,
     userinfo: bool,
     par: ParMode,
+    /// DPoP-bound user tokens (RFC 9449), and the provider's latest DPoP nonce.
+    dpop: bool,
+    dpop_nonce: dpop::NonceSlot,
     require_logout_token_typ: bool,
     algorithms: Vec<Algorithm>,
     skew: Duration,
@@ -168,6 +173,8 @@ impl Oidc {
             userinfo: config.userinfo,
             require_logout_token_typ: config.require_logout_token_typ,
             par: config.par,
+            dpop: config.dpop,
+            dpop_nonce: dpop::NonceSlot::default(),
             algorithms,
             skew: config.clock_skew,
             http: http.clone(),
@@ -186,6 +193,11 @@ impl Oidc {
 
     pub fn wants_userinfo(&self) -> bool {
         self.userinfo
+    }
+
+    /// Whether user tokens are DPoP-bound (`oidc.dpop`).
+    pub fn dpop_enabled(&self) -> bool {
+        self.dpop
     }
 
     /// The provider's metadata, fetched on first use and kept. Concurrent first uses
@@ -237,6 +249,14 @@ impl Oidc {
     pub fn check_requirements(&self, meta: &ProviderMetadata) -> Result<(), String> {
         if self.par == ParMode::Always && meta.pushed_authorization_request_endpoint.is_none() {
             return Err("oidc.par: \"always\", but the provider advertises no pushed_authorization_request_endpoint".into());
+        }
+        if self.dpop
+            && let Some(algs) = &meta.dpop_signing_alg_values_supported
+            && !algs.iter().any(|a| a == "ES256")
+        {
+            return Err(format!(
+                "oidc.dpop: the provider's DPoP algorithms {algs:?} don't include ES256"
+            ));
         }
         Ok(())
     }
@@ -361,33 +381,92 @@ impl Oidc {
 
     async fn token_request(
         &self,
-        mut form: Vec<(&'static str, String)>,
+        form: Vec<(&'static str, String)>,
         timeout: Option<Duration>,
+        dpop: Option<&DpopKey>,
     ) -> Result<TokenResponse, OidcError> {
         let meta = self.metadata().await?;
-        let mut request = self
-            .http
-            .post(&meta.token_endpoint)
-            .header("accept", "application/json");
-        if let Some(timeout) = timeout {
-            request = request.timeout(timeout);
-        }
         let endpoint = match form.first().map(|(_, grant)| grant.as_str()) {
             Some("refresh_token") => "token_refresh",
             Some("client_credentials") => "token_client_credentials",
             _ => "token_code",
         };
-        let request = self.authenticate(request, &mut form);
-        let response =
-            crate::telemetry::provider_call(endpoint, request.form(&form).send()).await?;
-        parse_json_answer(response).await
+        let htu = match dpop {
+            Some(_) => {
+                Some(dpop::htu_of_url(&meta.token_endpoint).map_err(OidcError::InvalidResponse)?)
+            }
+            None => None,
+        };
+        // At most two tries: the second only when the provider asks for a DPoP nonce
+        // (RFC 9449 §8), which it does before looking at the grant, so a refresh
+        // token is not spent by the first.
+        let mut nonce_retry = dpop.is_some();
+        loop {
+            let mut request = self
+                .http
+                .post(&meta.token_endpoint)
+                .header("accept", "application/json");
+            if let Some(timeout) = timeout {
+                request = request.timeout(timeout);
+            }
+            if let (Some(key), Some(htu)) = (dpop, &htu) {
+                let proof = key
+                    .proof("POST", htu, self.dpop_nonce.get().as_deref(), None)
+                    .map_err(|e| OidcError::InvalidResponse(format!("DPoP proof: {e}")))?;
+                request = request.header(dpop::DPOP_HEADER, proof);
+            }
+            let mut form = form.clone();
+            let request = self.authenticate(request, &mut form);
+            let response =
+                crate::telemetry::provider_call(endpoint, request.form(&form).send()).await?;
+            if dpop.is_none() {
+                return parse_json_answer(response).await;
+            }
+            let new_nonce = self.dpop_nonce.update_from(response.headers());
+            if response.status() != reqwest::StatusCode::BAD_REQUEST {
+                return parse_json_answer(response).await;
+            }
+            match error_from_body(response.status(), response).await {
+                OidcError::Refused { error, .. }
+                    if error == "use_dpop_nonce" && new_nonce && nonce_retry =>
+                {
+                    nonce_retry = false;
+                    tracing::debug!("the provider asked for a DPoP nonce; retrying");
+                }
+                other => return Err(other),
+            }
+        }
+    }
+
+    /// Checks the token type: `DPoP` when a proof was sent (a provider that answers
+    /// `Bearer` did not bind the token, and Portcullis refuses the downgrade), else `Bearer`.
+    fn check_token_type(tokens: &TokenResponse, dpop: bool) -> Result<(), OidcError> {
+        if !dpop {
+            return tokens.check_bearer();
+        }
+        if !tokens.token_type.eq_ignore_ascii_case("dpop") {
+            tracing::error!(
+                token_type = %tokens.token_type,
+                "oidc.dpop: the provider did not bind the token to the DPoP key (is DPoP enabled for this client?); refusing the unbound token"
+            );
+            return Err(OidcError::InvalidResponse(format!(
+                "token_type {:?} is not DPoP although a DPoP proof was sent",
+                tokens.token_type
+            )));
+        }
+        if tokens.access_token.is_empty() {
+            return Err(OidcError::InvalidResponse("empty access_token".into()));
+        }
+        Ok(())
     }
 
     /// Exchanges an authorization code (with its PKCE verifier) for tokens.
+    /// With `dpop`, the token is bound to that key (the session's).
     pub async fn exchange_code(
         &self,
         code: &str,
         verifier: &str,
+        dpop: Option<&DpopKey>,
     ) -> Result<TokenResponse, OidcError> {
         let tokens = self
             .token_request(
@@ -398,9 +477,10 @@ impl Oidc {
                     ("code_verifier", verifier.into()),
                 ],
                 None,
+                dpop,
             )
             .await?;
-        tokens.check_bearer()?;
+        Self::check_token_type(&tokens, dpop.is_some())?;
         Ok(tokens)
     }
 
@@ -411,10 +491,13 @@ impl Oidc {
     /// rotated refresh token (the next attempt would reuse the old one, and the
     /// provider would revoke the grant). So the refresh waits long for its answer,
     /// while the requests that need it wait only `http_timeout`.
+    ///
+    /// With `dpop` (the session's key), the new access token is bound to it again.
     pub async fn refresh(
         &self,
         refresh_token: &str,
         timeout: Duration,
+        dpop: Option<&DpopKey>,
     ) -> Result<TokenResponse, OidcError> {
         let tokens = self
             .token_request(
@@ -423,9 +506,10 @@ impl Oidc {
                     ("refresh_token", refresh_token.into()),
                 ],
                 Some(timeout),
+                dpop,
             )
             .await?;
-        tokens.check_bearer()?;
+        Self::check_token_type(&tokens, dpop.is_some())?;
         Ok(tokens)
     }
 
@@ -443,7 +527,8 @@ impl Oidc {
         if let Some(resource) = resource {
             form.push(("resource", resource.to_owned()));
         }
-        let tokens = self.token_request(form, None).await?;
+        // Client tokens are the gateway's own, not a session's: Bearer, never DPoP.
+        let tokens = self.token_request(form, None, None).await?;
         tokens.check_bearer()?;
         Ok(tokens)
     }
@@ -458,24 +543,55 @@ impl Oidc {
     }
 
     /// Fetches userinfo with the access token. Its `sub` must equal the ID token's.
+    /// A DPoP-bound token goes with a proof of `dpop` (and the provider's nonce).
     pub async fn userinfo(
         &self,
         access_token: &str,
         sub: &str,
+        dpop: Option<&DpopKey>,
     ) -> Result<serde_json::Map<String, serde_json::Value>, OidcError> {
         let meta = self.metadata().await?;
         let Some(endpoint) = &meta.userinfo_endpoint else {
             return Ok(Default::default());
         };
-        let response = crate::telemetry::provider_call(
-            "userinfo",
-            self.http
-                .get(endpoint)
-                .bearer_auth(access_token)
-                .header("accept", "application/json")
-                .send(),
-        )
-        .await?;
+        let htu = match dpop {
+            Some(_) => Some(dpop::htu_of_url(endpoint).map_err(OidcError::InvalidResponse)?),
+            None => None,
+        };
+        let mut nonce_retry = dpop.is_some();
+        let response = loop {
+            let mut request = self.http.get(endpoint).header("accept", "application/json");
+            request = match (dpop, &htu) {
+                (Some(key), Some(htu)) => {
+                    let proof = key
+                        .proof(
+                            "GET",
+                            htu,
+                            self.dpop_nonce.get().as_deref(),
+                            Some(access_token),
+                        )
+                        .map_err(|e| OidcError::InvalidResponse(format!("DPoP proof: {e}")))?;
+                    request
+                        .header("authorization", format!("DPoP {access_token}"))
+                        .header(dpop::DPOP_HEADER, proof)
+                }
+                _ => request.bearer_auth(access_token),
+            };
+            let response = crate::telemetry::provider_call("userinfo", request.send()).await?;
+            if dpop.is_none() {
+                break response;
+            }
+            let new_nonce = self.dpop_nonce.update_from(response.headers());
+            if response.status() == reqwest::StatusCode::UNAUTHORIZED
+                && new_nonce
+                && nonce_retry
+                && dpop::asks_for_nonce(response.headers())
+            {
+                nonce_retry = false;
+                continue;
+            }
+            break response;
+        };
         let claims: serde_json::Map<String, serde_json::Value> =
             parse_json_answer(response).await?;
         match claims.get("sub").and_then(|s| s.as_str()) {

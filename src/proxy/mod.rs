@@ -8,6 +8,7 @@
 //! with a redirect: failures are the contract's JSON errors. The upstream client is
 //! per runtime (thread-per-core), so its connection pool never crosses threads.
 
+mod dpop;
 pub mod rewrite;
 mod routes;
 
@@ -60,6 +61,9 @@ pub async fn proxy(
     route: &Route,
     request: Request,
 ) -> Result<Response, ApiError> {
+    if let Some(nonce) = &route.dpop {
+        return dpop::proxy(state, frontend, route, nonce, request).await;
+    }
     let (mut parts, body) = request.into_parts();
     let token = authorize(&state.gw, frontend, route, &parts.headers).await?;
     let peer = parts

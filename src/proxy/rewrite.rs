@@ -249,6 +249,7 @@ mod tests {
             scopes: None,
             resource: None,
             timeout: std::time::Duration::from_secs(1),
+            dpop: None,
         };
         Route::from_config(&c).unwrap()
     }

@@ -4,6 +4,7 @@ use std::time::Duration;
 use axum::http::uri::{Authority, Scheme};
 
 use crate::config::{RouteConfig, TokenKind};
+use crate::oidc::dpop::NonceSlot;
 use crate::tokens::ClientSlot;
 
 /// One API route, prepared for the hot path.
@@ -21,6 +22,9 @@ pub struct Route {
     pub base_path: String,
     /// The client-credentials token cache of `client` / `user_or_client` routes.
     pub client_token: Option<Arc<ClientSlot>>,
+    /// DPoP routes: the upstream origin's latest `DPoP-Nonce` (shared by the routes
+    /// of one origin). `None`: the user token goes as `Bearer`.
+    pub dpop: Option<Arc<NonceSlot>>,
 }
 
 impl std::fmt::Debug for ClientSlot {
@@ -48,6 +52,7 @@ impl Route {
             authority,
             base_path: c.upstream.path().trim_end_matches('/').to_owned(),
             client_token: None,
+            dpop: None,
         })
     }
 
@@ -72,6 +77,7 @@ pub struct RouteTable {
 impl RouteTable {
     pub fn from_config(routes: &[RouteConfig]) -> Result<Self, String> {
         let mut slots: Vec<Arc<ClientSlot>> = Vec::new();
+        let mut nonces: Vec<(String, Arc<NonceSlot>)> = Vec::new();
         let mut built = Vec::with_capacity(routes.len());
         for c in routes {
             let mut route = Route::from_config(c)?;
@@ -88,6 +94,19 @@ impl RouteTable {
                     }
                 };
                 route.client_token = Some(slot);
+            }
+            // `dpop` is resolved by `Config::load`; unresolved (a hand-made config) is off.
+            if c.dpop == Some(true) {
+                let origin = route.upstream_label();
+                let slot = match nonces.iter().find(|(o, _)| *o == origin) {
+                    Some((_, slot)) => slot.clone(),
+                    None => {
+                        let slot = Arc::new(NonceSlot::default());
+                        nonces.push((origin, slot.clone()));
+                        slot
+                    }
+                };
+                route.dpop = Some(slot);
             }
             built.push(route);
         }

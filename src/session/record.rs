@@ -128,6 +128,11 @@ pub struct Tokens {
     pub id_token: Option<String>,
     #[serde(default)]
     pub scope: Option<String>,
+    /// The session's DPoP private key (base64url PKCS#8, see `oidc::dpop`) when
+    /// `oidc.dpop` is on: sealed with the tokens, so every store keeps it encrypted.
+    /// Records from before DPoP have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dpop_key: Option<String>,
 }
 
 impl std::fmt::Debug for Tokens {
@@ -137,6 +142,7 @@ impl std::fmt::Debug for Tokens {
             .field("access_expires_at", &self.access_expires_at)
             .field("has_refresh_token", &self.refresh_token.is_some())
             .field("scope", &self.scope)
+            .field("has_dpop_key", &self.dpop_key.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -215,6 +221,7 @@ mod tests {
             refresh_token: Some("RT-secret".into()),
             id_token: Some("IDT-secret".into()),
             scope: None,
+            dpop_key: Some("KEY-secret".into()),
         };
         let shown = format!("{t:?}");
         assert!(!shown.contains("secret"), "{shown}");

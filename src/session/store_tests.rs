@@ -548,6 +548,7 @@ async fn sqlite_file_holds_no_plaintext_token() {
         refresh_token: Some("RT-plaintext-marker".into()),
         id_token: None,
         scope: None,
+        dpop_key: None,
     };
     let (id, _) = sessions
         .create(NewSession {
@@ -573,4 +574,76 @@ async fn sqlite_file_holds_no_plaintext_token() {
             .windows(43)
             .any(|w| w == id.to_cookie_value().as_bytes())
     );
+}
+
+/// A session's DPoP key lives in its sealed tokens: every store gives it back, and
+/// records from before DPoP (no key in their tokens) still open.
+async fn sessions_keep_the_dpop_key(store: Store) {
+    let config = crate::config::SessionConfig {
+        keys: vec![crate::config::Secret::new(cipher::generate_key())],
+        ..Default::default()
+    };
+    let cipher = TokenCipher::from_config(&config.keys).unwrap();
+    let sessions = Sessions::new(store, cipher, &config);
+    let key = crate::oidc::DpopKey::generate().unwrap();
+    let mut tokens = Tokens {
+        access_token: "AT".into(),
+        token_type: "DPoP".into(),
+        access_expires_at: None,
+        access_issued_at: None,
+        refresh_token: Some("RT".into()),
+        id_token: None,
+        scope: None,
+        dpop_key: Some(key.to_stored()),
+    };
+    let new = |tokens: &Tokens| NewSession {
+        frontend: String::new(),
+        sub: "alice".into(),
+        sid: None,
+        claims: Default::default(),
+        tokens: tokens.clone(),
+        refresh_expires_at: None,
+    };
+    let (id, _) = sessions.create(new(&tokens)).await.unwrap();
+    let loaded = sessions.load(&id, "").await.unwrap().unwrap();
+    let stored = key.to_stored();
+    assert!(
+        !loaded
+            .sealed_tokens
+            .windows(32)
+            .any(|w| w == &stored.as_bytes()[..32]),
+        "the key is sealed"
+    );
+    let opened = sessions.open_tokens(&loaded).unwrap();
+    assert_eq!(opened, tokens);
+    let again = crate::oidc::DpopKey::from_stored(opened.dpop_key.as_deref().unwrap()).unwrap();
+    assert_eq!(again.thumbprint(), key.thumbprint());
+    // A refresh keeps it.
+    let updated = sessions.with_tokens(&loaded, &opened, None);
+    assert!(sessions.store().update(Arc::new(updated)).await.unwrap());
+    let loaded = sessions.load(&id, "").await.unwrap().unwrap();
+    assert_eq!(
+        sessions.open_tokens(&loaded).unwrap().dpop_key,
+        tokens.dpop_key
+    );
+
+    // An older record: its sealed JSON has no `dpop_key` member at all.
+    tokens.dpop_key = None;
+    let (old_id, old) = sessions.create(new(&tokens)).await.unwrap();
+    let plain = sessions
+        .cipher
+        .open(&old.sealed_tokens, old.key.as_bytes())
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&plain).contains("dpop_key"));
+    let loaded = sessions.load(&old_id, "").await.unwrap().unwrap();
+    assert_eq!(sessions.open_tokens(&loaded).unwrap().dpop_key, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dpop_key_survives_every_store() {
+    sessions_keep_the_dpop_key(Store::Memory(memory().await.0)).await;
+    let (sqlite, _dir) = sqlite().await;
+    sessions_keep_the_dpop_key(Store::Sqlite(sqlite)).await;
+    let (redis, _server) = redis().await;
+    sessions_keep_the_dpop_key(Store::Redis(redis)).await;
 }

@@ -266,14 +266,26 @@ async fn refresh_locked(gw: &Arc<Gateway>, key: &SessionKey) -> Outcome {
     let Some(refresh_token) = tokens.refresh_token.as_deref() else {
         return Outcome::Ended;
     };
-    let started = Instant::now();
     let Some(frontend) = gw.frontends.named(&record.frontend) else {
         // A session of a frontend no longer configured can't be refreshed.
         return Outcome::Ended;
     };
+    // DPoP: the refresh is signed with the session's own key, so the new access
+    // token is bound to the same key (RFC 9449 §5).
+    let dpop = match session_dpop_key(&frontend.oidc, &tokens) {
+        Ok(key) => key,
+        Err(e) => {
+            tracing::warn!(session = %record.key.log_label(), error = %e, "session DPoP key unusable; ending the session");
+            return match gw.sessions.end(key, EndReason::Unreadable).await {
+                Ok(_) => Outcome::Ended,
+                Err(e) => Outcome::StoreDown(e.to_string()),
+            };
+        }
+    };
+    let started = Instant::now();
     match frontend
         .oidc
-        .refresh(refresh_token, gw.tokens.refresh_timeout)
+        .refresh(refresh_token, gw.tokens.refresh_timeout, dpop.as_ref())
         .await
     {
         Ok(response) => {
@@ -287,6 +299,7 @@ async fn refresh_locked(gw: &Arc<Gateway>, key: &SessionKey) -> Outcome {
                 refresh_token: response.refresh_token.or(tokens.refresh_token),
                 id_token: response.id_token.or(tokens.id_token),
                 scope: response.scope.or(tokens.scope),
+                dpop_key: dpop.as_ref().and(tokens.dpop_key),
             };
             let refresh_expires_at = response
                 .refresh_expires_in
@@ -321,6 +334,18 @@ async fn refresh_locked(gw: &Arc<Gateway>, key: &SessionKey) -> Outcome {
     }
 }
 
+/// The session's DPoP key when DPoP is on and the session has one (sessions from
+/// before `oidc.dpop` was turned on have none and keep Bearer tokens).
+pub fn session_dpop_key(
+    oidc: &crate::oidc::Oidc,
+    tokens: &Tokens,
+) -> Result<Option<crate::oidc::DpopKey>, String> {
+    match &tokens.dpop_key {
+        Some(stored) if oidc.dpop_enabled() => crate::oidc::DpopKey::from_stored(stored).map(Some),
+        _ => Ok(None),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -334,6 +359,7 @@ mod tests {
             refresh_token: Some("r".into()),
             id_token: None,
             scope: None,
+            dpop_key: None,
         }
     }
 

@@ -7,6 +7,7 @@ mod advanced_oauth;
 mod backchannel;
 mod callback_attacks;
 mod cli;
+mod dpop;
 mod frontends;
 mod hardening;
 mod login_flow;
