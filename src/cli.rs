@@ -196,7 +196,7 @@ async fn sessions(config: Config, cmd: SessionsCommand) -> Result<(), String> {
         SessionsCommand::List { sub } => {
             let filter = sub.map_or(SessionFilter::All, SessionFilter::Sub);
             for r in store.find(&filter).await.map_err(|e| e.to_string())? {
-                let line = serde_json::json!({
+                let mut line = serde_json::json!({
                     "session": r.key.log_label(),
                     "sub": r.sub,
                     "sid": r.sid,
@@ -204,6 +204,9 @@ async fn sessions(config: Config, cmd: SessionsCommand) -> Result<(), String> {
                     "last_seen": r.last_seen,
                     "expires_at": r.expires_at,
                 });
+                if !r.frontend.is_empty() {
+                    line["frontend"] = r.frontend.clone().into();
+                }
                 println!("{line}");
             }
             Ok(())
