@@ -14,3 +14,4 @@ mod proxying;
 mod scale_out;
 mod sessions;
 mod token_lifecycle;
+mod upstream_mtls;
