@@ -10,6 +10,8 @@ mod cli;
 mod hardening;
 mod login_flow;
 mod ops;
+#[cfg(feature = "otel")]
+mod otel;
 mod proxying;
 mod scale_out;
 mod sessions;
