@@ -12,6 +12,9 @@
 #                     cargo test; unit tests in src/, e2e tests in tests/e2e against the
 #                     real provider (node demo/provider/provider.mjs)
 #   5. browser test   node --test tests/browser/ (Debian chromium via playwright-core)
+#   6. feature otel   cargo clippy --features otel; the OpenTelemetry unit tests and the
+#                     e2e test `otel::…` with the binary built with the feature (last, so
+#                     the browser test runs the default binary)
 #
 # Every step runs even when an earlier one failed (a suite that can't run is reported as
 # FAILED, never skipped); the summary lists each step with its time, and the exit status is
@@ -205,6 +208,18 @@ rust_tests() {
   fi
 }
 
+# The `otel` cargo feature: lint it, and run the tests that exist only with it (its unit
+# tests in src/telemetry/otel.rs and the e2e test tests/e2e/otel.rs, which exports to an
+# OTLP receiver of its own). The rest of the suite already ran on the default build.
+otel_tests() {
+  show cargo clippy --locked --all-targets --features otel -- -D warnings
+  if command -v cargo-nextest >/dev/null; then
+    show cargo nextest run --locked --no-fail-fast --features otel --lib --test e2e -E 'test(/otel|trace_context/)'
+  else
+    show cargo test --locked --no-fail-fast --features otel --lib --test e2e -- otel trace_context
+  fi
+}
+
 browser_tests() {
   [[ -x target/debug/portcullis ]] || {
     warn "target/debug/portcullis is missing"
@@ -231,9 +246,11 @@ if [[ $build_ok == PASS ]]; then
     run_step "rust tests: cargo test" rust_tests
   fi
   run_step "browser test: node --test tests/browser/" browser_tests
+  run_step "feature otel: clippy, unit and e2e tests" otel_tests
 else
   not_run "rust tests" "the build failed"
   not_run "browser test" "the build failed"
+  not_run "feature otel" "the build failed"
 fi
 
 # ---- summary ----------------------------------------------------------------------------

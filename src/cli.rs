@@ -68,11 +68,33 @@ pub fn run(cli: Cli) -> Result<(), String> {
         Config::load(&cli.config, std::env::vars()).map_err(|e| format!("config error: {e}"))?;
     match cli.command {
         None | Some(Command::Serve) => {
+            #[cfg(feature = "otel")]
+            let exporting = crate::telemetry::otel::init()?;
             crate::telemetry::init_logging_with(
                 config.server.log_format,
                 config.server.log_level.as_deref(),
             );
-            crate::server::serve(config)
+            #[cfg(feature = "otel")]
+            if exporting {
+                tracing::info!("OpenTelemetry: exporting spans over OTLP/HTTP");
+            }
+            #[cfg(not(feature = "otel"))]
+            if [
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            ]
+            .iter()
+            .any(|k| std::env::var_os(k).is_some())
+            {
+                tracing::warn!(
+                    "OTEL_EXPORTER_OTLP_* is set, but this build has no OpenTelemetry export \
+                     (build with --features otel); traceparent passes through unchanged"
+                );
+            }
+            let served = crate::server::serve(config);
+            #[cfg(feature = "otel")]
+            crate::telemetry::otel::shutdown();
+            served
         }
         Some(Command::Check) => runtime()?.block_on(check(config)),
         Some(Command::Sessions(cmd)) => runtime()?.block_on(sessions(config, cmd)),

@@ -104,6 +104,13 @@ pub struct ServerConfig {
     /// the system roots. Optional.
     #[serde(default)]
     pub upstream_ca_file: Option<PathBuf>,
+    /// Client certificate chain (PEM, leaf first) presented to `https://` upstreams
+    /// that ask for one (mutual TLS). Optional; with `upstream_client_key`.
+    #[serde(default)]
+    pub upstream_client_cert: Option<PathBuf>,
+    /// Private key (PEM: PKCS#8, PKCS#1 or SEC1) of `upstream_client_cert`.
+    #[serde(default)]
+    pub upstream_client_key: Option<PathBuf>,
 }
 
 /// `[server.tls]`: the certificate the gateway presents. Both files are PEM and are
@@ -704,6 +711,34 @@ impl Config {
                 "server.upstream_ca_file",
                 format!("{} is not a file", path.display()),
             ));
+        }
+        match (
+            &self.server.upstream_client_cert,
+            &self.server.upstream_client_key,
+        ) {
+            (Some(_), None) => {
+                return Err(invalid(
+                    "server.upstream_client_key",
+                    "is required with server.upstream_client_cert",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "server.upstream_client_cert",
+                    "is required with server.upstream_client_key",
+                ));
+            }
+            (Some(cert), Some(key)) => {
+                for (name, path) in [
+                    ("server.upstream_client_cert", cert),
+                    ("server.upstream_client_key", key),
+                ] {
+                    if !path.is_file() {
+                        return Err(invalid(name, format!("{} is not a file", path.display())));
+                    }
+                }
+            }
+            (None, None) => {}
         }
         if let Some(level) = &self.server.log_level
             && tracing_subscriber::EnvFilter::try_new(level).is_err()

@@ -901,6 +901,53 @@ fn operations_keys_load_and_validate() {
     assert_eq!(c.server.log_format, LogFormat::Text);
 }
 
+#[test]
+fn upstream_client_certificate_keys_come_in_pairs_of_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = dir.path().join("client.pem");
+    let key = dir.path().join("client.key");
+    std::fs::write(&cert, "x").unwrap();
+    std::fs::write(&key, "x").unwrap();
+    let (cert_s, key_s) = (
+        format!("{:?}", cert.to_str().unwrap()),
+        format!("{:?}", key.to_str().unwrap()),
+    );
+    let c = Toml::minimal().valid();
+    assert!(c.server.upstream_client_cert.is_none() && c.server.upstream_client_key.is_none());
+    let c = Toml::minimal()
+        .set("server", "upstream_client_cert", &cert_s)
+        .set("server", "upstream_client_key", &key_s)
+        .valid();
+    assert_eq!(
+        c.server.upstream_client_cert.as_deref(),
+        Some(cert.as_path())
+    );
+    assert_eq!(c.server.upstream_client_key.as_deref(), Some(key.as_path()));
+
+    Toml::minimal()
+        .set("server", "upstream_client_cert", &cert_s)
+        .refused_for("server.upstream_client_key");
+    Toml::minimal()
+        .set("server", "upstream_client_key", &key_s)
+        .refused_for("server.upstream_client_cert");
+    Toml::minimal()
+        .set(
+            "server",
+            "upstream_client_cert",
+            "\"/nonexistent/client.pem\"",
+        )
+        .set("server", "upstream_client_key", &key_s)
+        .refused_for("server.upstream_client_cert");
+    Toml::minimal()
+        .set("server", "upstream_client_cert", &cert_s)
+        .set(
+            "server",
+            "upstream_client_key",
+            "\"/nonexistent/client.key\"",
+        )
+        .refused_for("server.upstream_client_key");
+}
+
 // ---- docs/configuration.md matches the structs ---------------------------------------
 
 /// The fields of the struct at `section`, read from the refusal of an unknown key

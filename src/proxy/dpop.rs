@@ -65,6 +65,8 @@ pub(super) async fn proxy(
         Credential::Bound { access_token, key } => (None, Some((access_token, key))),
     };
     rewrite::rewrite_request(&mut parts, route, bearer, peer, &frontend.rewrite)?;
+    #[cfg(feature = "otel")]
+    crate::telemetry::otel::inject(&parts.extensions, &mut parts.headers);
     let Some((access_token, key)) = bound else {
         let response = forward(state, route, Request::from_parts(parts, body)).await?;
         return Ok(finish(response));

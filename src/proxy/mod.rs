@@ -71,6 +71,8 @@ pub async fn proxy(
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip());
     rewrite::rewrite_request(&mut parts, route, token, peer, &frontend.rewrite)?;
+    #[cfg(feature = "otel")]
+    crate::telemetry::otel::inject(&parts.extensions, &mut parts.headers);
     let request = Request::from_parts(parts, body);
 
     let started = std::time::Instant::now();

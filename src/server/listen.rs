@@ -65,7 +65,10 @@ impl Server {
             .as_ref()
             .map(TlsTerminator::load)
             .transpose()?;
-        super::tls::configure_upstream_roots(config.server.upstream_ca_file.as_deref())?;
+        super::tls::configure_upstream_roots(
+            config.server.upstream_ca_file.as_deref(),
+            super::tls::client_identity(&config.server),
+        )?;
         let gw = Arc::new(control.block_on(Gateway::new(config))?);
 
         // Provider metadata and keys are loaded now if possible; if the provider is

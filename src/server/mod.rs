@@ -92,7 +92,7 @@ impl AppState {
 pub fn app(state: AppState) -> Router {
     let bff = crate::bff::router(state.clone(), &state.gw.frontends.prefixes())
         .layer(axum::middleware::from_fn(crate::security::bff_headers));
-    Router::new()
+    let router = Router::new()
         .merge(bff)
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -105,8 +105,14 @@ pub fn app(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::telemetry::request::layer,
-        ))
-        .with_state(state)
+        ));
+    // Around everything: the OpenTelemetry server span (feature `otel`).
+    #[cfg(feature = "otel")]
+    let router = router.layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        crate::telemetry::otel::layer,
+    ));
+    router.with_state(state)
 }
 
 async fn healthz() -> impl IntoResponse {

@@ -307,6 +307,8 @@ pub async fn provider_call(
     endpoint: &'static str,
     call: impl Future<Output = Result<reqwest::Response, reqwest::Error>>,
 ) -> Result<reqwest::Response, reqwest::Error> {
+    #[cfg(feature = "otel")]
+    let call = super::otel::provider_span(endpoint, call);
     let started = std::time::Instant::now();
     let result = call.await;
     let error = match &result {

@@ -17,6 +17,8 @@
 //! This module must never log a secret: it is given labels, never tokens.
 
 pub mod metrics;
+#[cfg(feature = "otel")]
+pub mod otel;
 pub mod request;
 
 use std::io::IsTerminal;
@@ -40,14 +42,18 @@ pub fn init_logging_with(format: LogFormat, level: Option<&str>) {
         .ok()
         .or_else(|| level.and_then(|l| EnvFilter::try_new(l).ok()))
         .unwrap_or_else(|| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
     let json = match format {
         LogFormat::Json => true,
         LogFormat::Text => false,
         LogFormat::Auto => !std::io::stderr().is_terminal(),
     };
+    #[cfg(feature = "otel")]
+    let Some(filter) = otel::init_subscriber(filter, json) else {
+        return;
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = if json {
         builder
             .json()

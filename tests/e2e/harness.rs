@@ -440,6 +440,8 @@ pub struct Gateway {
     pub dir: tempfile::TempDir,
     pub config_path: PathBuf,
     child: Option<Child>,
+    /// Extra environment of the process (e.g. `OTEL_*`).
+    env: Vec<(String, String)>,
 }
 
 pub fn binary() -> &'static str {
@@ -448,6 +450,11 @@ pub fn binary() -> &'static str {
 
 impl Gateway {
     pub fn start(port: u16, config: &str) -> Self {
+        Self::start_with_env(port, config, &[])
+    }
+
+    /// Like [`Gateway::start`], with extra environment variables.
+    pub fn start_with_env(port: u16, config: &str, env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("portcullis.toml");
         std::fs::write(&config_path, config).unwrap();
@@ -457,6 +464,10 @@ impl Gateway {
             dir,
             config_path,
             child: None,
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
         };
         gw.spawn();
         gw
@@ -468,6 +479,7 @@ impl Gateway {
             .arg(&self.config_path)
             .current_dir(self.dir.path())
             .env("RUST_LOG", "info,portcullis=debug")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::inherit())
             .stderr(Stdio::piped())

@@ -12,7 +12,10 @@ mod frontends;
 mod hardening;
 mod login_flow;
 mod ops;
+#[cfg(feature = "otel")]
+mod otel;
 mod proxying;
 mod scale_out;
 mod sessions;
 mod token_lifecycle;
+mod upstream_mtls;

@@ -475,13 +475,13 @@ async fn rotating_session_keys_keeps_sessions_and_retiring_one_ends_them_cleanly
     );
 }
 
-struct TestPki {
-    ca_pem: String,
+pub(crate) struct TestPki {
+    pub(crate) ca_pem: String,
     issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
 }
 
 impl TestPki {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         params
@@ -496,7 +496,7 @@ impl TestPki {
     }
 
     /// A leaf certificate for localhost / 127.0.0.1: (cert PEM, key PEM, cert DER).
-    fn leaf(&self, name: &str) -> (String, String, Vec<u8>) {
+    pub(crate) fn leaf(&self, name: &str) -> (String, String, Vec<u8>) {
         let mut params =
             rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
         params

@@ -295,3 +295,23 @@ async fn spa_files_and_fallback() {
         .await
         .assert_error(401, "unauthenticated");
 }
+
+#[tokio::test]
+async fn trace_context_passes_through_to_upstreams_unchanged_without_export() {
+    // Without OpenTelemetry export (the default build, or `--features otel` with no
+    // OTEL_* endpoint), Portcullis is transparent to W3C trace context.
+    let env = Env::builder().start().await;
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let tracestate = "vendor=opaque,other=1";
+    let r = Browser::new()
+        .get_with(
+            &env.url("/public/traced"),
+            &[("traceparent", traceparent), ("tracestate", tracestate)],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = env.upstream.last();
+    assert_eq!(seen.headers["traceparent"], traceparent);
+    assert_eq!(seen.headers["tracestate"], tracestate);
+    assert_eq!(seen.headers.get_all("traceparent").iter().count(), 1);
+}
