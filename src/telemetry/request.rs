@@ -18,7 +18,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use tracing::Instrument;
 
-use super::metrics::{metrics, route_label, status_class};
+use super::metrics::metrics;
 use crate::server::AppState;
 
 /// The request id header, in and out.
@@ -74,12 +74,7 @@ pub async fn layer(State(state): State<AppState>, mut request: Request, next: Ne
 
     let status = response.status().as_u16();
     let m = metrics();
-    m.requests
-        .get_or_create(&[("route", route), ("status", status_class(status))])
-        .inc();
-    m.request_duration
-        .get_or_create(&[("route", route)])
-        .observe(started.elapsed().as_secs_f64());
+    m.request(route, status, started.elapsed());
     let code = response.extensions().get::<ErrorCode>().map(|c| c.0);
     // Every refusal is an `ApiError`, so counting here counts each exactly once,
     // whichever layer refused (the audit event is logged where the refusal is decided).
@@ -143,7 +138,7 @@ fn route_of(state: &AppState, path: &str) -> &'static str {
     } else if path == "/healthz" || path == "/readyz" {
         "health"
     } else if let Some(route) = state.gw.routes.matching(path) {
-        route_label(&route.prefix)
+        route.label
     } else if state.gw.config.static_files.is_some() {
         "static"
     } else {
