@@ -18,6 +18,7 @@
 
 pub mod metrics;
 pub mod request;
+mod span_fields;
 
 use std::io::IsTerminal;
 
@@ -54,6 +55,7 @@ pub fn init_logging_with(format: LogFormat, level: Option<&str>) {
             .flatten_event(true)
             .with_current_span(true)
             .with_span_list(false)
+            .fmt_fields(span_fields::JsonSpanFields)
             .try_init()
     } else {
         builder.try_init()
