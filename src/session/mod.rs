@@ -149,11 +149,14 @@ impl Sessions {
             expires_at = expires_at.min(refresh_end);
         }
         let sealed = self.seal_tokens(&key, &new.tokens);
+        // Kept for the session's life (the memory store holds it): no spare capacity.
+        let mut claims = serde_json::Value::Object(new.claims).to_string();
+        claims.shrink_to_fit();
         let record = SessionRecord {
             key,
             sub: new.sub,
             sid: new.sid,
-            claims: serde_json::Value::Object(new.claims).to_string(),
+            claims,
             sealed_tokens: sealed,
             created_at: now,
             last_seen: now,

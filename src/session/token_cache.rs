@@ -61,9 +61,10 @@ struct Entry {
     opened: Instant,
 }
 
-/// Session keys are SHA-256 outputs already: their first bytes are a fine hash.
+/// Session keys are SHA-256 outputs already: their first bytes are a fine hash (and a
+/// client can't choose keys: they are hashes of ids, and only Portcullis inserts).
 #[derive(Default)]
-struct KeyHasher(u64);
+pub struct KeyHasher(u64);
 
 impl Hasher for KeyHasher {
     fn finish(&self) -> u64 {
