@@ -19,6 +19,7 @@
 #      instructions executed are divided by the requests served. The annotated profile
 #      is left in bench/results/callgrind-<store>.txt (top functions, inclusive).
 #
+# PROFILE_BIN=path: measure that binary instead of the fresh build (PROFILE_LABEL names it).
 # PROFILE_BASE_BIN=path: also measure that binary (e.g. a copy of the build before a
 # change) in the same rounds, for a before/after within one run.
 # Environment: PROFILE_STORE [memory], PROFILE_DURATION [cpu 6, callgrind 20],
@@ -37,7 +38,7 @@ for tool in wrk nginx node python3 curl; do
 done
 [[ $MODE == callgrind ]] && ! command -v valgrind >/dev/null && { echo "valgrind is required" >&2; exit 1; }
 [[ ${PROFILE_NO_BUILD:-0} == 1 ]] || cargo build --release --bin portcullis
-BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/portcullis"
+BIN=${PROFILE_BIN:-"${CARGO_TARGET_DIR:-$ROOT/target}/release/portcullis"}
 
 RUN=$(mktemp -d "${TMPDIR:-/tmp}/portcullis-profile.XXXXXX")
 PIDS=()
@@ -164,6 +165,17 @@ ticks() { # PID... -> user+system ticks, children (nginx workers) included
 }
 requests_of() { sed -n 's/^ *\([0-9]*\) requests in.*/\1/p' "$1"; }
 HZ=$(getconf CLK_TCK)
+# Every result is appended to bench/results/profile.jsonl with the commit measured
+# (PROFILE_LABEL names the build; bench/report.py turns the file into the
+# profile-and-fix table of docs/performance.md).
+DIRTY=""
+[[ -z $(git status --porcelain -- src Cargo.toml Cargo.lock) ]] || DIRTY="+"
+LABEL=${PROFILE_LABEL:-$(git rev-parse --short HEAD)$DIRTY}
+record() {
+  mkdir -p bench/results
+  python3 -c 'import json, sys, time; d = json.loads(sys.argv[1]); d.update(build=sys.argv[2], date=time.strftime("%Y-%m-%d %H:%M")); print(json.dumps(d))' \
+    "$1" "$2" >>bench/results/profile.jsonl
+}
 
 if [[ $MODE == callgrind ]]; then
   wrk -t1 -c4 -d5s "${HDR[@]}" "http://127.0.0.1:$GW_PORT/api/items/42" >/dev/null
@@ -176,8 +188,10 @@ if [[ $MODE == callgrind ]]; then
   dump=$(ls -t "$RUN"/callgrind.out* | head -n 1)
   total=$(sed -n 's/^summary: //p' "$dump")
   mkdir -p bench/results
-  callgrind_annotate --inclusive=yes --auto=no --threshold=100 "$dump" 2>/dev/null | head -n 150 >"bench/results/callgrind-$STORE.txt"
+  callgrind_annotate --inclusive=yes --auto=no --threshold=100 "$dump" >"$RUN/annotated.txt" 2>/dev/null || true
+  head -n 150 "$RUN/annotated.txt" >"bench/results/callgrind-$STORE.txt"
   echo "callgrind $STORE: $n requests, $total instructions, $((total / n)) instructions/request"
+  record "{\"mode\":\"callgrind\",\"store\":\"$STORE\",\"requests\":$n,\"instructions\":$total,\"instructions_per_request\":$((total / n))}" "$LABEL"
   exit 0
 fi
 
@@ -197,10 +211,17 @@ for ((r = 1; r <= ROUNDS; r++)); do
     n=$(requests_of "$RUN/$t.txt")
     rps=$((n / DURATION))
     eval "rps_$t=$rps"
-    printf '%-10s round %d: %6d req/s  %5.2f CPU s / 100k req\n' "$t" "$r" "$rps" \
-      "$(awk -v t=$((b - a)) -v h="$HZ" -v n="$n" 'BEGIN { print t / h * 100000 / n }')"
+    cpu=$(awk -v t=$((b - a)) -v h="$HZ" -v n="$n" 'BEGIN { printf "%.2f", t / h * 100000 / n }')
+    printf '%-10s round %d: %6d req/s  %5.2f CPU s / 100k req\n' "$t" "$r" "$rps" "$cpu"
+    eval "cpu_$t=$cpu"
   done
   awk -v a="$rps_portcullis" -v b="$rps_nginx" 'BEGIN { printf "           round ratio portcullis/nginx: %.2fx\n", a / b }'
+  build=$LABEL
+  for t in portcullis base; do
+    [[ $t == base ]] && { [[ -n ${rps_base:-} ]] || continue; build=${PROFILE_BASE_LABEL:-base}; }
+    rv="rps_$t" cv="cpu_$t"
+    record "{\"mode\":\"cpu\",\"store\":\"$STORE\",\"connections\":$CONNS,\"round\":$r,\"rps\":${!rv},\"cpu_s_per_100k\":${!cv},\"nginx_rps\":$rps_nginx,\"nginx_cpu_s_per_100k\":$cpu_nginx}" "$build"
+  done
   if [[ -n ${rps_base:-} ]]; then
     awk -v a="$rps_base" -v b="$rps_nginx" 'BEGIN { printf "           round ratio base/nginx: %.2fx\n", a / b }'
   fi
