@@ -16,20 +16,25 @@ import os
 import sys
 from html import escape
 
-TARGET_ORDER = ["direct", "nginx", "portcullis-memory", "portcullis-sqlite", "portcullis-redis"]
+TARGET_ORDER = ["direct", "nginx", "portcullis-memory", "portcullis-sqlite", "portcullis-sqlite-1m",
+                "portcullis-redis", "portcullis-redis-1m"]
 TARGET_LABEL = {
     "direct": "direct (upstream)",
     "nginx": "nginx proxy",
     "portcullis-memory": "Portcullis, memory",
     "portcullis-sqlite": "Portcullis, sqlite",
+    "portcullis-sqlite-1m": "Portcullis, sqlite, large store",
     "portcullis-redis": "Portcullis, redis",
+    "portcullis-redis-1m": "Portcullis, redis, large store",
 }
 COLORS = {
     "direct": "#9e9e9e",
     "nginx": "#2e7d32",
     "portcullis-memory": "#1565c0",
     "portcullis-sqlite": "#6a1b9a",
+    "portcullis-sqlite-1m": "#ab47bc",
     "portcullis-redis": "#c62828",
+    "portcullis-redis-1m": "#ef5350",
 }
 
 
@@ -81,6 +86,20 @@ def load(run_dir):
             f"{NOISY_PCT:.0f}% of the CPUs during them (the quietest attempt of each cell is shown)"
         )
     return cells, machine, opt("sessions.json"), notes
+
+
+def load_scale(run_dir):
+    """store_scale RESULT lines (and Redis's used_memory) of a `run.sh --scale` run."""
+    p = os.path.join(run_dir, "scale.jsonl")
+    if not os.path.exists(p):
+        return None
+    out = {}
+    with open(p) as f:
+        for line in f:
+            if line.strip():
+                d = json.loads(line)
+                out.setdefault(d["store"], {}).update(d)
+    return out
 
 
 def flatten(cell):
@@ -412,6 +431,7 @@ def main():
     run_dir, out_dir = sys.argv[1], sys.argv[2]
     cells, machine, sessions, notes = load(run_dir)
     rows = aggregate(cells)
+    scale = load_scale(run_dir)
     modes = sorted({m for (_, m) in rows}, key=mode_key)
     targets = [t for t in TARGET_ORDER if any(tt == t for (tt, _) in rows)]
     targets += sorted({t for (t, _) in rows} - set(targets))
@@ -437,6 +457,8 @@ def main():
         )
     for n in notes:
         md.append(f"- Note: {n}")
+    if scale:
+        md += ["", scale_md(scale, rows)]
     md_text = "\n".join(md).rstrip() + "\n"
 
     os.makedirs(out_dir, exist_ok=True)
@@ -445,6 +467,7 @@ def main():
         "rows": [rows[(t, m)] for m in modes for t in targets if (t, m) in rows],
         "cells": cells,
         "sessions": sessions,
+        "scale": scale,
         "verdicts": v,
         "notes": notes,
     }
@@ -456,6 +479,128 @@ def main():
     with open(os.path.join(out_dir, "latest.svg"), "w") as f:
         f.write(svg_chart(rows, modes, targets, machine, sessions, "Portcullis vs nginx vs direct, one run"))
     print(md_text)
+    if os.environ.get("BENCH_DOCS"):
+        render_docs(os.environ["BENCH_DOCS"], out_dir, result, md_text, rows, modes, targets)
+
+
+def scale_md(scale, rows):
+    """The store-scale figures of a `run.sh --scale` run, and the proxy path with those
+    stores next to the same stores empty."""
+    lines = ["| store | sessions | created/s (16 at a time) | `Sessions::load` p50 / p99 µs | "
+             "`SessionStore::get` alone p50 / p99 µs | unknown id p99 µs | lookups/s (16 in flight) | size |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, d in sorted(scale.items()):
+        if "sessions" not in d:
+            continue
+        if d.get("file_bytes"):
+            size = f"{d['file_bytes'] / 2**20:,.0f} MiB file ({d['file_bytes'] / d['sessions']:,.0f} B/session)"
+        elif d.get("used_memory"):
+            size = f"{d['used_memory'] / 2**20:,.0f} MiB used_memory ({d['used_memory'] / d['sessions']:,.0f} B/session)"
+        else:
+            size = f"{d.get('rss_delta_bytes', 0) / 2**20:,.0f} MiB RSS"
+        lines.append(
+            f"| {name} | {d['sessions']:,} | {d['insert_per_sec']:,.0f} | {d['lookup_p50_us']:.1f} / "
+            f"{d['lookup_p99_us']:.1f} | {d['store_get_p50_us']:.1f} / {d['store_get_p99_us']:.1f} | "
+            f"{d['miss_p99_us']:.1f} | {d['concurrent_lookups_per_sec']:,.0f} | {size} |"
+        )
+    lines.append("")
+    for store in ("sqlite", "redis"):
+        for mode in ("c32", "c256", "r1000", "r10000"):
+            big, empty = rows.get((f"portcullis-{store}-1m", mode)), rows.get((f"portcullis-{store}", mode))
+            if not big or not empty:
+                continue
+            if mode[0] == "c" and empty.get("rps"):
+                lines.append(f"- {store} {mode}: with the large store {big['rps']:,.0f} req/s = "
+                             f"{big['rps'] / empty['rps']:.2f}× the empty store's ({empty['rps']:,.0f}); "
+                             f"p99 {big['p99_us'] / 1000:.2f} ms vs {empty['p99_us'] / 1000:.2f} ms")
+            elif mode[0] == "r" and big.get("p99_us") and empty.get("p99_us"):
+                lines.append(f"- {store} {mode}: p99 {big['p99_us'] / 1000:.2f} ms with the large store vs "
+                             f"{empty['p99_us'] / 1000:.2f} ms empty")
+    return "\n".join(lines)
+
+
+def profile_md(out_dir):
+    """The profile-and-fix record (bench/profile.sh appends to profile.jsonl)."""
+    p = os.path.join(out_dir, "profile.jsonl")
+    if not os.path.exists(p):
+        return "No profile-and-fix measurements recorded (run `./bench/profile.sh callgrind`)."
+    recs = [json.loads(l) for l in open(p) if l.strip()]
+    lines = ["Recorded by `bench/profile.sh` (memory store, `GET /api/items/42` on a `user` route), "
+             "in the order measured. `callgrind`: instructions per request, one worker, under "
+             "valgrind. `cpu`: wrk -t2 at the given connections, CPU seconds of the proxy per "
+             "100,000 requests and req/s relative to nginx, in the same round (noisy: compare "
+             "builds only within one run — rows with the same date and minute).",
+             "", "| build | date | measure | value | nginx in the same round |", "|---|---|---|---|---|"]
+    for r in recs:
+        if r["mode"] == "callgrind":
+            lines.append(f"| {r['build']} | {r['date']} | instructions/request ({r['requests']:,} requests) | "
+                         f"{r['instructions_per_request']:,} | – |")
+        else:
+            lines.append(f"| {r['build']} | {r['date']} | c{r['connections']} round {r['round']}: CPU s/100k req, "
+                         f"req/s ÷ nginx | {r['cpu_s_per_100k']:.2f} s, {r['rps'] / r['nginx_rps']:.2f}× | "
+                         f"{r['nginx_cpu_s_per_100k']:.2f} s, {r['nginx_rps']:,} req/s |")
+    return "\n".join(lines)
+
+
+def render_docs(template, out_dir, result, md_text, rows, modes, targets):
+    """Fills bench/performance.md.in into docs/performance.md (BENCH_DOCS=template:output)."""
+    src, dst = template.split(":", 1)
+    text = open(src).read()
+    m = result["machine"]
+    summary = []
+    for t in [t for t in targets if t.startswith("portcullis")]:
+        parts = []
+        for mode in modes:
+            r = rows.get((t, mode))
+            if not r:
+                continue
+            x = lambda v: "–" if v is None else f"{v:.2f}×"
+            if mode[0] == "c":
+                parts.append(f"{mode}: {x(r['rps_vs_nginx'])} nginx, {x(r['rps_vs_direct'])} direct")
+            elif r.get("p99_added_over_direct_ms") is not None:
+                parts.append(f"{mode}: p99 {r['p99_us'] / 1000:.2f} ms "
+                             f"({r['p99_added_over_direct_ms']:+.2f} ms over direct, {x(r['p99_vs_nginx'])} nginx's)")
+        summary.append(f"- **{t}** — " + "; ".join(parts))
+    met = sum(1 for v in result["verdicts"] if ": MET" in v)
+    summary.append("")
+    summary.append(f"Targets met in this run: {met} of {len(result['verdicts'])} (each is listed under Results).")
+    machine = "\n".join(f"- {k}: {v}" for k, v in m.items() if v is not None)
+    results = md_text.replace("\n\n| store | sessions", "\n\n### Stores at scale (this run)\n\n| store | sessions", 1)
+    results += "\n![chart](../bench/results/latest.svg)\n"
+    s_ = result.get("sessions")
+    memory = ("Not measured in this run." if not s_ else
+              f"{s_['memory_bytes_per_session']:.0f} bytes of RSS per live session in the memory store "
+              f"({s_['memory_mib_per_100k_sessions']} MiB per 100,000), {s_['sqlite_bytes_per_session']:.0f} bytes "
+              f"per session in the SQLite file ({s_['sqlite_sessions']:,} sessions), for a payload of about "
+              f"{s_['payload_bytes_per_session']} bytes (sealed tokens {s_['token_bytes']['access']}/"
+              f"{s_['token_bytes']['refresh']}/{s_['token_bytes']['id']} bytes access/refresh/id, claims, sub, sid).")
+    scale = (scale_md(result["scale"], rows) if result.get("scale") else
+             "Not part of this run: `./bench/run.sh --scale` fills SQLite and Redis with a million "
+             "sessions each and measures the proxy path against them next to the empty stores.")
+    crit = os.path.join(out_dir, "hot_path.txt")
+    criterion = (open(crit).read().strip() if os.path.exists(crit) else
+                 "Not part of `bench/run.sh`: `cargo bench --bench hot_path`.")
+    perf = []
+    for t in targets:
+        p = os.path.join(out_dir, f"perf-{t}.txt")
+        if os.path.exists(p):
+            perf.append(f"[{os.path.basename(p)}](../bench/results/{os.path.basename(p)}) (`BENCH_PERF=1`).")
+    profile = profile_md(out_dir) + ("\n\nperf profiles under load: " + " ".join(perf) if perf else "")
+    fills = {
+        "@@SUMMARY@@": "\n".join(summary),
+        "@@TOKEN_LEN@@": str(m.get("access_token_bytes", "?")),
+        "@@MACHINE@@": machine,
+        "@@RESULTS@@": results,
+        "@@MEMORY@@": memory,
+        "@@SCALE@@": scale,
+        "@@CRITERION@@": criterion,
+        "@@PROFILE@@": profile,
+    }
+    for k, v in fills.items():
+        text = text.replace(k, v)
+    with open(dst, "w") as f:
+        f.write(text)
+    print(f"wrote {dst}")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,12 @@
 //!   memory store (about 20 s) and 200,000 for SQLite: the SQLite store creates only
 //!   about 2,000–4,000 sessions per second here, so a million takes about 8 minutes
 //!   (`STORE_SCALE_SESSIONS=1000000 STORE_SCALE_STORES=sqlite` to measure it anyway);
-//! - `STORE_SCALE_STORES` (default `memory,sqlite`);
+//! - `STORE_SCALE_STORES` (default `memory,sqlite`; add `redis` for the Redis store);
+//! - `STORE_SCALE_REDIS_URL`: the Redis to fill (its sessions are left there, for
+//!   `bench/run.sh --scale`); without it a `redis-server` of its own is started on a free
+//!   port (with `--save ""`, and stopped at the end);
+//! - `STORE_SCALE_SQLITE_PATH`: where to create the SQLite database (kept afterwards,
+//!   for `bench/run.sh --scale`); default a temporary directory;
 //! - `STORE_SCALE_LOOKUPS` (default 100,000): timed lookups of existing sessions;
 //! - `STORE_SCALE_CONCURRENCY` (default 16): creates / lookups in flight in the
 //!   concurrent phases (what many simultaneous logins and API calls look like).
@@ -26,7 +31,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use portcullis::config::{SessionConfig, StoreKind};
-use portcullis::session::{MemoryStore, SessionId, SessionStore, Sessions, SqliteStore, Store};
+use portcullis::session::{
+    MemoryStore, RedisStore, SessionId, SessionStore, Sessions, SqliteStore, Store,
+};
 use tokio::task::JoinSet;
 
 struct Params {
@@ -49,15 +56,30 @@ fn main() {
         .unwrap();
     for store in stores.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let dir = tempfile::tempdir().unwrap();
-        let (kind, backend) = match store {
-            "memory" => (StoreKind::Memory, None),
+        let mut redis_server = None;
+        let idle = SessionConfig::default().idle_timeout.as_secs() as i64;
+        let (kind, store_enum, path) = match store {
+            "memory" => (StoreKind::Memory, Store::Memory(MemoryStore::new()), None),
             "sqlite" => {
-                let path = dir.path().join("sessions.db");
+                let path = std::env::var_os("STORE_SCALE_SQLITE_PATH")
+                    .map_or_else(|| dir.path().join("sessions.db"), Into::into);
                 let opened = rt.block_on(SqliteStore::open(&path)).unwrap();
-                (StoreKind::Sqlite, Some((opened, path)))
+                (StoreKind::Sqlite, Store::Sqlite(opened), Some(path))
+            }
+            "redis" => {
+                let url = match std::env::var("STORE_SCALE_REDIS_URL") {
+                    Ok(url) => url,
+                    Err(_) => {
+                        let (child, url) = start_redis();
+                        redis_server = Some(child);
+                        url
+                    }
+                };
+                let opened = rt.block_on(RedisStore::open(&url, idle)).unwrap();
+                (StoreKind::Redis, Store::Redis(opened), None)
             }
             other => {
-                eprintln!("store_scale: unknown store {other:?} (memory, sqlite)");
+                eprintln!("store_scale: unknown store {other:?} (memory, sqlite, redis)");
                 std::process::exit(2);
             }
         };
@@ -65,24 +87,47 @@ fn main() {
             store: kind,
             ..SessionConfig::default()
         };
-        let (store_enum, path) = match backend {
-            None => (Store::Memory(MemoryStore::new()), None),
-            Some((s, p)) => (Store::Sqlite(s), Some(p)),
-        };
         let sessions = Arc::new(Sessions::new(store_enum, common::cipher(), &config));
-        let params = params(if store == "sqlite" {
-            200_000
-        } else {
+        let params = params(if store == "memory" {
             1_000_000
+        } else {
+            200_000
         });
-        if store == "sqlite" && !explicit {
+        if store != "memory" && !explicit {
             println!(
-                "sqlite: 200,000 sessions by default (a million takes about 8 minutes here); \
+                "{store}: 200,000 sessions by default (a million takes minutes here); \
                  set STORE_SCALE_SESSIONS=1000000 for the full size"
             );
         }
         rt.block_on(scale(store, &sessions, &params, path.as_deref()));
+        drop(sessions);
+        if let Some(mut child) = redis_server {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
+}
+
+/// A `redis-server` of our own on a free loopback port, persistence off.
+fn start_redis() -> (std::process::Child, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = std::process::Command::new("redis-server")
+        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--save", "", "--appendonly", "no"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server (apt-get install redis-server, or set STORE_SCALE_REDIS_URL)");
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (child, format!("redis://127.0.0.1:{port}/0"))
 }
 
 async fn scale(name: &str, sessions: &Arc<Sessions>, p: &Params, path: Option<&std::path::Path>) {

@@ -178,7 +178,7 @@ async fn credential(
         })?;
         if let Some(key) = key {
             return Ok(Credential::Bound {
-                access_token: tokens.access_token,
+                access_token: tokens.access_token.clone(),
                 key: Box::new(key),
             });
         }
@@ -197,7 +197,7 @@ async fn forward(
 ) -> Result<axum::http::Response<hyper::body::Incoming>, ApiError> {
     let started = std::time::Instant::now();
     let result = tokio::time::timeout(route.timeout, state.upstream.request(request)).await;
-    crate::telemetry::metrics().upstream_call(&route.prefix, started.elapsed(), &result);
+    crate::telemetry::metrics().upstream_call(route.label, started.elapsed(), &result);
     match result {
         Err(_) => Err(ApiError::UpstreamTimeout),
         Ok(Err(e)) => {

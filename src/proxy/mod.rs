@@ -77,7 +77,7 @@ pub async fn proxy(
 
     let started = std::time::Instant::now();
     let result = tokio::time::timeout(route.timeout, state.upstream.request(request)).await;
-    crate::telemetry::metrics().upstream_call(&route.prefix, started.elapsed(), &result);
+    crate::telemetry::metrics().upstream_call(route.label, started.elapsed(), &result);
     let response = match result {
         Err(_) => return Err(ApiError::UpstreamTimeout),
         Ok(Err(e)) => {

@@ -117,23 +117,61 @@ fn append_forwarded_for(headers: &mut HeaderMap, peer: Option<IpAddr>) {
     let Some(ip) = peer else { return };
     // Every field line: several are one comma-separated list (RFC 9110 §5.3). Reading
     // only the first would let a client's line stand where the trusted proxy's was.
-    let mut chain: Vec<&str> = Vec::new();
+    use std::fmt::Write;
+    let mut value = String::new();
     for v in headers.get_all(&X_FORWARDED_FOR) {
         match v.to_str().map(str::trim) {
             Ok("") => {}
-            Ok(v) => chain.push(v),
+            Ok(v) => {
+                value.push_str(v);
+                value.push_str(", ");
+            }
             // Unreadable: the chain can't be relied on; the peer is all we know.
             Err(_) => {
-                chain.clear();
+                value.clear();
                 break;
             }
         }
     }
-    let ip = ip.to_string();
-    chain.push(&ip);
-    let value = chain.join(", ");
+    if value.is_empty() {
+        // The usual case: only the peer. Formatted on the stack, one copy into the header.
+        let mut buf = IpBuf {
+            buf: [0; 48],
+            len: 0,
+        };
+        let _ = write!(buf, "{ip}");
+        if let Ok(v) = HeaderValue::from_bytes(buf.as_bytes()) {
+            headers.insert(X_FORWARDED_FOR.clone(), v);
+        }
+        return;
+    }
+    let _ = write!(value, "{ip}");
     if let Ok(v) = HeaderValue::try_from(value) {
         headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+}
+
+/// Room for any IP address's text (IPv6 with an embedded IPv4: 45 bytes).
+struct IpBuf {
+    buf: [u8; 48],
+    len: usize,
+}
+
+impl IpBuf {
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl std::fmt::Write for IpBuf {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        self.buf
+            .get_mut(self.len..end)
+            .ok_or(std::fmt::Error)?
+            .copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
     }
 }
 

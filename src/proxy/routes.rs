@@ -11,6 +11,8 @@ use crate::tokens::ClientSlot;
 #[derive(Debug, Clone)]
 pub struct Route {
     pub prefix: String,
+    /// The prefix as a metrics label (interned once: see `telemetry::metrics::route_label`).
+    pub label: &'static str,
     pub token: TokenKind,
     pub strip_prefix: bool,
     /// Whether the `Origin` / `Sec-Fetch-Site` checks apply (security::guard).
@@ -44,6 +46,7 @@ impl Route {
         let authority = Authority::try_from(authority.as_str()).map_err(|e| e.to_string())?;
         Ok(Self {
             prefix: c.prefix.clone(),
+            label: crate::telemetry::metrics::route_label(&c.prefix),
             token: c.token,
             strip_prefix: c.strip_prefix,
             csrf: c.csrf,

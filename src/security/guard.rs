@@ -161,17 +161,17 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
 /// a lone `chunked`.
 pub fn check_framing(headers: &HeaderMap) -> Result<(), ApiError> {
     let lengths = headers.get_all(header::CONTENT_LENGTH).iter().count();
-    let codings: Vec<&HeaderValue> = headers.get_all(header::TRANSFER_ENCODING).iter().collect();
     if lengths > 1 {
         return Err(ApiError::invalid("several Content-Length headers"));
     }
-    if !codings.is_empty() {
+    let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter();
+    if let Some(first) = codings.next() {
         if lengths > 0 {
             return Err(ApiError::invalid(
                 "Content-Length together with Transfer-Encoding",
             ));
         }
-        if codings.len() > 1 || !codings[0].as_bytes().eq_ignore_ascii_case(b"chunked") {
+        if codings.next().is_some() || !first.as_bytes().eq_ignore_ascii_case(b"chunked") {
             return Err(ApiError::invalid("unsupported Transfer-Encoding"));
         }
     }

@@ -71,11 +71,12 @@ impl Gateway {
 }
 
 /// Per-runtime state handed to handlers: the shared gateway and this runtime's
-/// upstream client.
+/// upstream client. Cloned by every layer of every request, so the client is behind
+/// an `Arc` (one count, not the client's half-dozen).
 #[derive(Clone)]
 pub struct AppState {
     pub gw: Arc<Gateway>,
-    pub upstream: UpstreamClient,
+    pub upstream: Arc<UpstreamClient>,
 }
 
 impl AppState {
@@ -83,7 +84,7 @@ impl AppState {
     pub fn new(gw: Arc<Gateway>) -> Self {
         Self {
             gw,
-            upstream: crate::proxy::upstream_client(),
+            upstream: Arc::new(crate::proxy::upstream_client()),
         }
     }
 }

@@ -5,12 +5,15 @@ use dashmap::DashMap;
 
 use super::{PendingLogin, SessionFilter, SessionKey, SessionRecord, SessionStore, StoreError};
 
+/// SipHash of a SHA-256 output buys nothing: see `token_cache::KeyHasher`.
+type KeyHasher = std::hash::BuildHasherDefault<super::token_cache::KeyHasher>;
+
 /// Sessions in this process only: fast, and gone at restart. Sharded maps, no lock
 /// held across an await (every operation is synchronous inside). Sessions are
 /// indexed by `sid` and `sub` so logouts don't scan.
 #[derive(Default)]
 pub struct MemoryStore {
-    sessions: DashMap<SessionKey, Arc<SessionRecord>>,
+    sessions: DashMap<SessionKey, Arc<SessionRecord>, KeyHasher>,
     by_sid: DashMap<String, Vec<SessionKey>>,
     by_sub: DashMap<String, Vec<SessionKey>>,
     pending: DashMap<SessionKey, PendingLogin>,
@@ -19,7 +22,11 @@ pub struct MemoryStore {
 }
 
 fn index_add(index: &DashMap<String, Vec<SessionKey>>, name: &str, key: SessionKey) {
-    let mut keys = index.entry(name.to_owned()).or_default();
+    // Most users have one session (and a provider session one login): a `Vec` that
+    // grows from 1 instead of the default 4 × 32 bytes.
+    let mut keys = index
+        .entry(name.to_owned())
+        .or_insert_with(|| Vec::with_capacity(1));
     if !keys.contains(&key) {
         keys.push(key);
     }

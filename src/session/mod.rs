@@ -14,6 +14,7 @@ mod record;
 mod redis;
 mod sqlite;
 mod store;
+mod token_cache;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -87,6 +88,8 @@ pub struct Sessions {
     /// instead of a write per request, at the price of an idle timeout that may run
     /// up to this much longer.
     touch_after: i64,
+    /// Names this instance in the per-thread cache of opened tokens ([`token_cache`]).
+    cache_owner: u64,
 }
 
 impl Sessions {
@@ -99,6 +102,10 @@ impl Sessions {
             absolute: secs(config.absolute_timeout),
             max_per_user: config.max_per_user,
             touch_after: (idle / 30).clamp(1, 60),
+            cache_owner: {
+                static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            },
         }
     }
 
@@ -144,12 +151,15 @@ impl Sessions {
             expires_at = expires_at.min(refresh_end);
         }
         let sealed = self.seal_tokens(&key, &new.tokens);
+        // Kept for the session's life (the memory store holds it): no spare capacity.
+        let mut claims = serde_json::Value::Object(new.claims).to_string();
+        claims.shrink_to_fit();
         let record = SessionRecord {
             key,
             sub: new.sub,
             sid: new.sid,
             frontend: new.frontend,
-            claims: serde_json::Value::Object(new.claims).to_string(),
+            claims,
             sealed_tokens: sealed,
             created_at: now,
             last_seen: now,
@@ -242,6 +252,7 @@ impl Sessions {
         key: &SessionKey,
         reason: EndReason,
     ) -> Result<Option<Arc<SessionRecord>>, StoreError> {
+        token_cache::forget(self.cache_owner, key);
         let removed = self.store.remove(key).await?;
         if let Some(record) = &removed {
             crate::telemetry::audit_session_ended(reason, record);
@@ -254,6 +265,23 @@ impl Sessions {
             .cipher
             .open(&record.sealed_tokens, record.key.as_bytes())?;
         serde_json::from_slice(&plain).map_err(|_| CipherError::Malformed)
+    }
+
+    /// [`Self::open_tokens`], answered from this thread's cache of opened tokens when
+    /// the record's sealed blob is the one opened there less than a minute ago (see
+    /// [`token_cache`]): the proxy's per-request call.
+    pub fn open_tokens_cached(&self, record: &SessionRecord) -> Result<Arc<Tokens>, CipherError> {
+        let fingerprint = token_cache::Fingerprint::of(&record.sealed_tokens);
+        if let Some(f) = &fingerprint
+            && let Some(tokens) = token_cache::get(self.cache_owner, &record.key, f)
+        {
+            return Ok(tokens);
+        }
+        let tokens = Arc::new(self.open_tokens(record)?);
+        if let Some(f) = fingerprint {
+            token_cache::put(self.cache_owner, record.key, f, tokens.clone());
+        }
+        Ok(tokens)
     }
 
     fn seal_tokens(&self, key: &SessionKey, tokens: &Tokens) -> Vec<u8> {

@@ -211,28 +211,73 @@ impl Metrics {
     /// Records a store operation (see `session::Store`).
     pub fn store_op(&self, backend: &'static str, op: &'static str, took: Duration, ok: bool) {
         let labels = [("backend", backend), ("op", op)];
-        self.store_duration
-            .get_or_create(&labels)
-            .observe(took.as_secs_f64());
+        // The hot path's series is looked up once per thread, not hashed per call.
+        thread_local! {
+            static SERIES: std::cell::RefCell<Vec<(L2, Histogram)>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        SERIES.with_borrow_mut(|series| {
+            let found = series
+                .iter()
+                .find(|(l, _)| same(l[0].1, backend) && same(l[1].1, op));
+            match found {
+                Some((_, h)) => h.observe(took.as_secs_f64()),
+                None => {
+                    let h = self.store_duration.get_or_create_owned(&labels);
+                    h.observe(took.as_secs_f64());
+                    series.push((labels, h));
+                }
+            }
+        });
         if !ok {
             self.store_errors.get_or_create(&labels).inc();
         }
     }
 
-    /// Records one upstream exchange of the route with this prefix.
+    /// Records one upstream exchange of the route with this label ([`route_label`]).
     pub fn upstream_call<T, E>(
         &self,
-        prefix: &str,
+        route: &'static str,
         took: Duration,
         result: &Result<Result<T, E>, tokio::time::error::Elapsed>,
     ) {
         let outcome = match result {
-            Ok(Ok(_)) => "ok",
-            Ok(Err(_)) => "error",
-            Err(_) => "timeout",
+            Ok(Ok(_)) => 0,
+            Ok(Err(_)) => 1,
+            Err(_) => 2,
         };
-        self.upstream_duration
-            .get_or_create(&[("route", route_label(prefix)), ("outcome", outcome)])
+        route_series(route).upstream[outcome]
+            .get_or_init(|| {
+                self.upstream_duration.get_or_create_owned(&[
+                    ("route", route),
+                    ("outcome", ["ok", "error", "timeout"][outcome]),
+                ])
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    /// Records one answer of the request layer (`http_requests_total` and
+    /// `http_request_duration_seconds`) for the route with this label.
+    pub fn request(&self, route: &'static str, status: u16, took: Duration) {
+        let series = route_series(route);
+        let class = match status {
+            100..=199 => 0,
+            200..=299 => 1,
+            300..=399 => 2,
+            400..=499 => 3,
+            _ => 4,
+        };
+        series.requests[class]
+            .get_or_init(|| {
+                self.requests
+                    .get_or_create_owned(&[("route", route), ("status", status_class(status))])
+            })
+            .inc();
+        series
+            .duration
+            .get_or_init(|| {
+                self.request_duration
+                    .get_or_create_owned(&[("route", route)])
+            })
             .observe(took.as_secs_f64());
     }
 
@@ -259,6 +304,44 @@ impl Metrics {
 pub fn metrics() -> &'static Metrics {
     static METRICS: OnceLock<Metrics> = OnceLock::new();
     METRICS.get_or_init(Metrics::new)
+}
+
+/// Two labels are the same: usually the same `'static` text, so the pointer decides.
+fn same(a: &str, b: &str) -> bool {
+    std::ptr::eq(a, b) || a == b
+}
+
+/// The series of one `route` label, resolved from their families on first use (so a
+/// series appears in `/metrics` once it has been counted, as with `get_or_create`)
+/// and kept: the per-request path neither hashes labels nor takes a family's lock.
+#[derive(Default)]
+struct RouteSeries {
+    /// `http_requests_total` by status class (1xx … 5xx).
+    requests: [OnceLock<Counter>; 5],
+    duration: OnceLock<Histogram>,
+    /// `upstream_request_duration_seconds` by outcome (ok, error, timeout).
+    upstream: [OnceLock<Histogram>; 3],
+}
+
+/// The series of a route label. Leaked once per distinct label (a closed set: the
+/// configured prefixes and a few fixed labels) and cached per thread.
+fn route_series(route: &'static str) -> &'static RouteSeries {
+    thread_local! {
+        static CACHE: std::cell::RefCell<Vec<(&'static str, &'static RouteSeries)>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    if let Some(s) = CACHE.with_borrow(|c| c.iter().find(|(l, _)| same(l, route)).map(|(_, s)| *s))
+    {
+        return s;
+    }
+    static ALL: OnceLock<Mutex<HashMap<&'static str, &'static RouteSeries>>> = OnceLock::new();
+    let series = *ALL
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(route)
+        .or_insert_with(|| Box::leak(Box::default()));
+    CACHE.with_borrow_mut(|c| c.push((route, series)));
+    series
 }
 
 /// A configured route prefix as a `'static` label. Interned once per distinct

@@ -20,6 +20,7 @@ pub mod metrics;
 #[cfg(feature = "otel")]
 pub mod otel;
 pub mod request;
+mod span_fields;
 
 use std::io::IsTerminal;
 
@@ -60,6 +61,7 @@ pub fn init_logging_with(format: LogFormat, level: Option<&str>) {
             .flatten_event(true)
             .with_current_span(true)
             .with_span_list(false)
+            .fmt_fields(span_fields::JsonSpanFields)
             .try_init()
     } else {
         builder.try_init()

@@ -18,7 +18,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use tracing::Instrument;
 
-use super::metrics::{metrics, route_label, status_class};
+use super::metrics::metrics;
 use crate::server::AppState;
 
 /// The request id header, in and out.
@@ -75,12 +75,7 @@ pub async fn layer(State(state): State<AppState>, mut request: Request, next: Ne
 
     let status = response.status().as_u16();
     let m = metrics();
-    m.requests
-        .get_or_create(&[("route", route), ("status", status_class(status))])
-        .inc();
-    m.request_duration
-        .get_or_create(&[("route", route)])
-        .observe(started.elapsed().as_secs_f64());
+    m.request(route, status, started.elapsed());
     let code = response.extensions().get::<ErrorCode>().map(|c| c.0);
     // Every refusal is an `ApiError`, so counting here counts each exactly once,
     // whichever layer refused (the audit event is logged where the refusal is decided).
@@ -153,7 +148,7 @@ fn route_of(
     if frontend.bff_path(path).is_some() {
         "bff"
     } else if let Some(route) = frontend.routes.matching(path) {
-        route_label(&route.prefix)
+        route.label
     } else if frontend.static_files().is_some() {
         "static"
     } else {
@@ -170,12 +165,42 @@ fn acceptable_id(v: &[u8]) -> bool {
 }
 
 /// A random version-4 UUID.
+///
+/// Request ids must be unique, not secret: each thread draws a 128-bit seed from the
+/// system generator once and derives ids from it with SplitMix64 (a bijection of a
+/// counter, so a thread never repeats an id), instead of a call into the CSPRNG per
+/// request.
 pub fn generate_id() -> HeaderValue {
-    use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<Option<(u64, u64)>> = const { Cell::new(None) };
+    }
+    fn splitmix(x: u64) -> u64 {
+        let mut z = x;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    let (hi, lo) = STATE.with(|s| {
+        let (a, b) = s.get().unwrap_or_else(|| {
+            use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+            let mut seed = [0u8; 16];
+            SystemRandom::new()
+                .fill(&mut seed)
+                .expect("the system random generator failed");
+            let (a, b) = seed.split_at(8);
+            (
+                u64::from_le_bytes(a.try_into().expect("8 bytes")),
+                u64::from_le_bytes(b.try_into().expect("8 bytes")),
+            )
+        });
+        let a = a.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        s.set(Some((a, b)));
+        (splitmix(a), splitmix(a ^ b))
+    });
     let mut b = [0u8; 16];
-    SystemRandom::new()
-        .fill(&mut b)
-        .expect("the system random generator failed");
+    b[..8].copy_from_slice(&hi.to_le_bytes());
+    b[8..].copy_from_slice(&lo.to_le_bytes());
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     const HEX: &[u8; 16] = b"0123456789abcdef";

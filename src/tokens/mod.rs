@@ -100,8 +100,8 @@ impl TokenManager {
         &self,
         gw: &Arc<Gateway>,
         record: &SessionRecord,
-    ) -> Result<Tokens, ApiError> {
-        let tokens = match gw.sessions.open_tokens(record) {
+    ) -> Result<Arc<Tokens>, ApiError> {
+        let tokens = match gw.sessions.open_tokens_cached(record) {
             Ok(tokens) => tokens,
             Err(e) => {
                 // Sealed under a key no longer in `session.keys` (or damaged): the
@@ -136,7 +136,7 @@ impl TokenManager {
         match self.refresh(gw, record.key).await {
             Outcome::Fresh(fresh) => {
                 self.backoff.remove(&record.key);
-                Ok((*fresh).clone())
+                Ok(fresh)
             }
             Outcome::Ended => Err(ApiError::SessionExpired),
             Outcome::ProviderDown(detail) => {

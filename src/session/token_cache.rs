@@ -1,0 +1,211 @@
+//! Opened tokens, cached per worker thread, so the proxy path does not decrypt and
+//! parse ~2 KiB of sealed JSON on every request of a session.
+//!
+//! Safe by construction:
+//! - **The store is still read on every request.** The cache is consulted only after
+//!   `Sessions::load` found the live session, so a logout, a revocation or an expiry
+//!   takes effect at once, on this instance and on every other one sharing the store.
+//! - **An entry is tied to one sealed blob.** It is used only if the record's blob is
+//!   the one it was opened from: same key id, same random 96-bit nonce, same length
+//!   and same GCM tag. Every seal draws a fresh nonce, so refreshed tokens (a new
+//!   blob) are never answered from the old entry; a blob that differs elsewhere but
+//!   keeps the nonce and tag would be a forgery, which opening refuses anyway.
+//! - **Short-lived and bounded.** Entries live [`TTL`] at most; a thread holds at most
+//!   [`CAPACITY`] of them; `Sessions::end` drops the ended session's entry of the
+//!   thread that ends it. Plaintext tokens thus stay in memory no longer than a
+//!   minute after their last use, in the process that already holds the keys.
+//! - Per thread (each worker is its own runtime): no lock, no contention.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{SessionKey, Tokens};
+
+/// How long an entry may be used after it was opened.
+pub const TTL: Duration = Duration::from_secs(60);
+/// Entries per thread.
+pub const CAPACITY: usize = 4096;
+
+/// What names a sealed blob: its header (version, key id, nonce), its length and its
+/// GCM tag (the last 16 bytes).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Fingerprint {
+    head: [u8; 17],
+    tag: [u8; 16],
+    len: usize,
+}
+
+impl Fingerprint {
+    pub fn of(sealed: &[u8]) -> Option<Self> {
+        if sealed.len() < 17 + 16 {
+            return None;
+        }
+        let mut head = [0u8; 17];
+        head.copy_from_slice(&sealed[..17]);
+        let mut tag = [0u8; 16];
+        tag.copy_from_slice(&sealed[sealed.len() - 16..]);
+        Some(Self {
+            head,
+            tag,
+            len: sealed.len(),
+        })
+    }
+}
+
+struct Entry {
+    fingerprint: Fingerprint,
+    tokens: Arc<Tokens>,
+    opened: Instant,
+}
+
+/// Session keys are SHA-256 outputs already: their first bytes are a fine hash (and a
+/// client can't choose keys: they are hashes of ids, and only Portcullis inserts).
+#[derive(Default)]
+pub struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut b = [0u8; 8];
+        let n = bytes.len().min(8);
+        b[..n].copy_from_slice(&bytes[..n]);
+        self.0 = (self.0 ^ u64::from_le_bytes(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+    fn write_usize(&mut self, _: usize) {
+        // The length prefix of the 32-byte key: always the same.
+    }
+}
+
+type Map = HashMap<(u64, SessionKey), Entry, BuildHasherDefault<KeyHasher>>;
+
+thread_local! {
+    static CACHE: RefCell<Map> = RefCell::new(Map::default());
+}
+
+/// The tokens opened from `fingerprint` for session `key` of the `Sessions` instance
+/// `owner`, if this thread opened them less than [`TTL`] ago.
+pub fn get(owner: u64, key: &SessionKey, fingerprint: &Fingerprint) -> Option<Arc<Tokens>> {
+    CACHE.with_borrow(|c| {
+        let e = c.get(&(owner, *key))?;
+        (e.fingerprint == *fingerprint && e.opened.elapsed() < TTL).then(|| e.tokens.clone())
+    })
+}
+
+pub fn put(owner: u64, key: SessionKey, fingerprint: Fingerprint, tokens: Arc<Tokens>) {
+    CACHE.with_borrow_mut(|c| {
+        if c.len() >= CAPACITY && !c.contains_key(&(owner, key)) {
+            c.retain(|_, e| e.opened.elapsed() < TTL);
+            if c.len() >= CAPACITY {
+                c.clear();
+            }
+        }
+        c.insert(
+            (owner, key),
+            Entry {
+                fingerprint,
+                tokens,
+                opened: Instant::now(),
+            },
+        );
+    });
+}
+
+pub fn forget(owner: u64, key: &SessionKey) {
+    CACHE.with_borrow_mut(|c| c.remove(&(owner, *key)));
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::session::{MemoryStore, NewSession, Sessions, Store, Tokens, cipher};
+
+    fn tokens(access: &str) -> Tokens {
+        Tokens {
+            access_token: access.into(),
+            token_type: "Bearer".into(),
+            access_expires_at: None,
+            access_issued_at: None,
+            refresh_token: Some("RT".into()),
+            id_token: None,
+            scope: None,
+            dpop_key: None,
+        }
+    }
+
+    fn sessions() -> Sessions {
+        let config = crate::config::SessionConfig {
+            keys: vec![crate::config::Secret::new(cipher::generate_key())],
+            ..Default::default()
+        };
+        let cipher = cipher::TokenCipher::from_config(&config.keys).unwrap();
+        Sessions::new(Store::Memory(MemoryStore::new()), cipher, &config)
+    }
+
+    #[tokio::test]
+    async fn a_cached_answer_is_always_the_tokens_of_the_blob_in_the_record() {
+        let sessions = sessions();
+        let (_, record) = sessions
+            .create(NewSession {
+                frontend: String::new(),
+                sub: "alice".into(),
+                sid: None,
+                claims: Default::default(),
+                tokens: tokens("AT-1"),
+                refresh_expires_at: None,
+            })
+            .await
+            .unwrap();
+        let first = sessions.open_tokens_cached(&record).unwrap();
+        assert_eq!(first.access_token, "AT-1");
+        let again = sessions.open_tokens_cached(&record).unwrap();
+        assert!(
+            std::sync::Arc::ptr_eq(&first, &again),
+            "served from the cache"
+        );
+
+        // Refreshed tokens: a new blob, never answered with the old entry (and back).
+        let refreshed = sessions.with_tokens(&record, &tokens("AT-2"), None);
+        assert_eq!(
+            sessions
+                .open_tokens_cached(&refreshed)
+                .unwrap()
+                .access_token,
+            "AT-2"
+        );
+        assert_eq!(
+            sessions.open_tokens_cached(&record).unwrap().access_token,
+            "AT-1"
+        );
+
+        // A damaged blob is opened (and refused), not answered from the cache.
+        let mut damaged = (*record).clone();
+        let n = damaged.sealed_tokens.len();
+        damaged.sealed_tokens[n - 1] ^= 1;
+        assert!(sessions.open_tokens_cached(&damaged).is_err());
+
+        // Another `Sessions` (other keys) never sees this one's entries.
+        let other = self::sessions();
+        assert!(other.open_tokens_cached(&record).is_err());
+
+        // Ending the session forgets its entry.
+        sessions
+            .end(&record.key, crate::session::EndReason::Logout)
+            .await
+            .unwrap();
+        assert!(
+            super::get(
+                sessions.cache_owner,
+                &record.key,
+                &super::Fingerprint::of(&record.sealed_tokens).unwrap()
+            )
+            .is_none()
+        );
+    }
+}
