@@ -394,12 +394,14 @@ def svg_chart(rows, modes, targets, machine, sessions, title):
         False,
     )
     # Legend.
-    ly = H - 60
-    lx = 80
-    for t in targets:
+    # Four entries per row, so long labels never run off the chart.
+    per_row = 4
+    rows = (len(targets) + per_row - 1) // per_row
+    for i, t in enumerate(targets):
+        lx = 80 + (i % per_row) * 220
+        ly = H - 60 - (rows - 1 - i // per_row) * 18
         out.append(f'<rect x="{lx}" y="{ly - 10}" width="12" height="12" fill="{COLORS.get(t, "#888")}"/>')
         out.append(f'<text x="{lx + 18}" y="{ly}">{escape(TARGET_LABEL.get(t, t))}</text>')
-        lx += 170
     out.append(
         f'<text x="80" y="{H - 44}" fill="#555" font-size="11">Inside the bars: throughput as a multiple of '
         "nginx's (top); p99 added over calling the upstream directly (bottom).</text>"
