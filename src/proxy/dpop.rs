@@ -200,13 +200,9 @@ async fn forward(
     crate::telemetry::metrics().upstream_call(route.label, started.elapsed(), &result);
     match result {
         Err(_) => Err(ApiError::UpstreamTimeout),
-        Ok(Err(e)) => {
-            let detail = match std::error::Error::source(&e) {
-                Some(cause) => format!("{} ({e}: {cause})", route.upstream_label()),
-                None => format!("{} ({e})", route.upstream_label()),
-            };
-            Err(ApiError::UpstreamUnavailable(detail))
-        }
+        Ok(Err(e)) => Err(ApiError::UpstreamUnavailable(super::upstream_failure(
+            route, &e,
+        ))),
         Ok(Ok(response)) => Ok(response),
     }
 }

@@ -81,11 +81,7 @@ pub async fn proxy(
     let response = match result {
         Err(_) => return Err(ApiError::UpstreamTimeout),
         Ok(Err(e)) => {
-            let detail = match std::error::Error::source(&e) {
-                Some(cause) => format!("{} ({e}: {cause})", route.upstream_label()),
-                None => format!("{} ({e})", route.upstream_label()),
-            };
-            return Err(ApiError::UpstreamUnavailable(detail));
+            return Err(ApiError::UpstreamUnavailable(upstream_failure(route, &e)));
         }
         Ok(Ok(response)) => response,
     };
@@ -137,4 +133,19 @@ pub async fn authorize(
             Ok(Some(value))
         }
     }
+}
+
+/// The log detail of a failed upstream call: the upstream and the whole error chain
+/// (a refused TLS client certificate or an untrusted server certificate is only named
+/// a few levels down).
+pub(crate) fn upstream_failure(route: &Route, e: &(dyn std::error::Error + 'static)) -> String {
+    use std::fmt::Write;
+    let mut detail = format!("{} ({e}", route.upstream_label());
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let _ = write!(detail, ": {c}");
+        cause = c.source();
+    }
+    detail.push(')');
+    detail
 }
