@@ -14,36 +14,23 @@
 //! session without a DPoP key (from before `oidc.dpop` was on) and client tokens go
 //! as `Bearer`, as anywhere else.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Request};
+use axum::extract::Request;
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
 use http_body::Body as _;
 
-use super::{Route, rewrite};
-use crate::config::TokenKind;
+use super::{Credential, Route, authorization, credential, finish, forward, prepare};
 use crate::error::ApiError;
 use crate::frontend::Frontend;
 use crate::oidc::DpopKey;
 use crate::oidc::dpop::{self, NonceSlot};
 use crate::server::{AppState, Gateway};
+use crate::session::Tokens;
 
 static DPOP: HeaderName = HeaderName::from_static(dpop::DPOP_HEADER);
-
-/// What goes upstream on a DPoP route.
-enum Credential {
-    None,
-    /// A Bearer token (a client token, or a session without a DPoP key).
-    Header(HeaderValue),
-    /// The user's DPoP-bound token and the session's key.
-    Bound {
-        access_token: String,
-        key: Box<DpopKey>,
-    },
-}
 
 /// Proxies `request` over a DPoP `route`; `nonce` is the upstream origin's.
 pub(super) async fn proxy(
@@ -54,30 +41,22 @@ pub(super) async fn proxy(
     request: Request,
 ) -> Result<Response, ApiError> {
     let (mut parts, body) = request.into_parts();
-    let credential = credential(&state.gw, frontend, route, &parts.headers).await?;
-    let peer = parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip());
-    let (bearer, bound) = match credential {
-        Credential::None => (None, None),
-        Credential::Header(value) => (Some(value), None),
-        Credential::Bound { access_token, key } => (None, Some((access_token, key))),
+    let (bearer, bound) = match bind(&state.gw, frontend, route, &parts.headers).await? {
+        Bound::No(token) => (token, None),
+        Bound::Yes { tokens, key } => (None, Some((tokens, key))),
     };
-    rewrite::rewrite_request(&mut parts, route, bearer, peer, &frontend.rewrite)?;
-    #[cfg(feature = "otel")]
-    crate::telemetry::otel::inject(&parts.extensions, &mut parts.headers);
-    let Some((access_token, key)) = bound else {
+    prepare(&mut parts, frontend, route, bearer)?;
+    let Some((tokens, key)) = bound else {
         let response = forward(state, route, Request::from_parts(parts, body)).await?;
         return Ok(finish(response));
     };
 
+    let access_token = tokens.access_token.as_str();
     let htu = dpop::htu(&parts.uri);
-    let mut authorization = HeaderValue::try_from(format!("DPoP {access_token}"))
-        .map_err(|_| ApiError::Internal("access token is not a header value".into()))?;
-    authorization.set_sensitive(true);
-    parts.headers.insert(header::AUTHORIZATION, authorization);
-    let first = proof(&key, &parts.method, &htu, nonce, &access_token)?;
+    parts
+        .headers
+        .insert(header::AUTHORIZATION, authorization("DPoP", access_token)?);
+    let first = proof(&key, &parts.method, &htu, nonce, access_token)?;
     parts.headers.insert(DPOP.clone(), first);
     // Only a request without a body can be sent again (bodies are streamed, not kept).
     let replay = body.is_end_stream().then(|| {
@@ -99,7 +78,7 @@ pub(super) async fn proxy(
             tracing::debug!(upstream = %route.upstream_label(), "the upstream asked for a DPoP nonce; retrying");
             headers.insert(
                 DPOP.clone(),
-                proof(&key, &method, &htu, nonce, &access_token)?,
+                proof(&key, &method, &htu, nonce, access_token)?,
             );
             let mut retry = Request::new(Body::empty());
             *retry.method_mut() = method;
@@ -136,80 +115,42 @@ fn proof(
     Ok(value)
 }
 
-/// Phase: which token, as [`super::authorize`], but keeping the bound token and key.
-async fn credential(
+/// What goes upstream on a DPoP route.
+enum Bound {
+    /// A Bearer token (a client token, or a session without a DPoP key), or none.
+    No(Option<HeaderValue>),
+    /// The user's DPoP-bound tokens and the session's key.
+    Yes {
+        tokens: Arc<Tokens>,
+        key: Box<DpopKey>,
+    },
+}
+
+/// Phase: [`credential`], keeping a DPoP-bound user token with its session's key.
+async fn bind(
     gw: &Arc<Gateway>,
     frontend: &Frontend,
     route: &Route,
     headers: &axum::http::HeaderMap,
-) -> Result<Credential, ApiError> {
-    if !matches!(
-        route.token,
-        TokenKind::User | TokenKind::UserOrNone | TokenKind::UserOrClient
-    ) {
-        // Not reached with a validated config (dpop needs a user token kind).
-        return Ok(
-            match super::authorize(gw, frontend, route, headers).await? {
-                Some(value) => Credential::Header(value),
-                None => Credential::None,
-            },
-        );
-    }
-    let Some((_, record)) = crate::bff::current_session(gw, frontend, headers).await? else {
-        return match route.token {
-            TokenKind::UserOrNone => Ok(Credential::None),
-            TokenKind::UserOrClient => {
-                let slot = route
-                    .client_token
-                    .as_ref()
-                    .ok_or(ApiError::Internal("route has no client token".into()))?;
-                slot.authorization(&frontend.oidc, gw.config.tokens.refresh_before)
-                    .await
-                    .map(Credential::Header)
-            }
-            _ => Err(ApiError::Unauthenticated),
-        };
+) -> Result<Bound, ApiError> {
+    let tokens = match credential(gw, frontend, route, headers).await? {
+        Credential::None => return Ok(Bound::No(None)),
+        Credential::Header(value) => return Ok(Bound::No(Some(value))),
+        Credential::User(tokens) => tokens,
     };
-    crate::security::check_csrf_header(headers)?;
-    let tokens = gw.tokens.user_tokens(gw, &record).await?;
     if tokens.token_type.eq_ignore_ascii_case("dpop") {
         let key = crate::tokens::session_dpop_key(&frontend.oidc, &tokens).map_err(|e| {
             ApiError::Internal(format!("the session's DPoP key can't be used: {e}"))
         })?;
         if let Some(key) = key {
-            return Ok(Credential::Bound {
-                access_token: tokens.access_token.clone(),
+            return Ok(Bound::Yes {
+                tokens,
                 key: Box::new(key),
             });
         }
     }
-    let mut value = HeaderValue::try_from(format!("Bearer {}", tokens.access_token))
-        .map_err(|_| ApiError::Internal("access token is not a header value".into()))?;
-    value.set_sensitive(true);
-    Ok(Credential::Header(value))
-}
-
-/// Phase: forward, with the route's timeout, as [`super::proxy`] does.
-async fn forward(
-    state: &AppState,
-    route: &Route,
-    request: Request,
-) -> Result<axum::http::Response<hyper::body::Incoming>, ApiError> {
-    let started = std::time::Instant::now();
-    let result = tokio::time::timeout(route.timeout, state.upstream.request(request)).await;
-    crate::telemetry::metrics().upstream_call(route.label, started.elapsed(), &result);
-    match result {
-        Err(_) => Err(ApiError::UpstreamTimeout),
-        Ok(Err(e)) => Err(ApiError::UpstreamUnavailable(super::upstream_failure(
-            route, &e,
-        ))),
-        Ok(Ok(response)) => Ok(response),
-    }
-}
-
-fn finish(response: axum::http::Response<hyper::body::Incoming>) -> Response {
-    let (mut parts, body) = response.into_parts();
-    parts.version = axum::http::Version::HTTP_11;
-    rewrite::clean_response(&mut parts.headers);
-    Response::from_parts(parts, Body::new(body))
+    Ok(Bound::No(Some(authorization(
+        "Bearer",
+        &tokens.access_token,
+    )?)))
 }

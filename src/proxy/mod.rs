@@ -12,11 +12,10 @@ mod dpop;
 pub mod rewrite;
 mod routes;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Request};
+use axum::extract::Request;
 use axum::http::HeaderValue;
 use axum::response::Response;
 use hyper_util::client::legacy::Client;
@@ -29,6 +28,7 @@ use crate::config::TokenKind;
 use crate::error::ApiError;
 use crate::frontend::Frontend;
 use crate::server::{AppState, Gateway};
+use crate::session::Tokens;
 
 /// The pooled HTTP/1.1 client to upstreams of one runtime (`http://` and, verified
 /// by `server::tls::upstream_tls`, `https://`).
@@ -66,30 +66,18 @@ pub async fn proxy(
     }
     let (mut parts, body) = request.into_parts();
     let token = authorize(&state.gw, frontend, route, &parts.headers).await?;
-    let peer = parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip());
-    rewrite::rewrite_request(&mut parts, route, token, peer, &frontend.rewrite)?;
-    #[cfg(feature = "otel")]
-    crate::telemetry::otel::inject(&parts.extensions, &mut parts.headers);
-    let request = Request::from_parts(parts, body);
+    prepare(&mut parts, frontend, route, token)?;
+    let response = forward(state, route, Request::from_parts(parts, body)).await?;
+    Ok(finish(response))
+}
 
-    let started = std::time::Instant::now();
-    let result = tokio::time::timeout(route.timeout, state.upstream.request(request)).await;
-    crate::telemetry::metrics().upstream_call(route.label, started.elapsed(), &result);
-    let response = match result {
-        Err(_) => return Err(ApiError::UpstreamTimeout),
-        Ok(Err(e)) => {
-            return Err(ApiError::UpstreamUnavailable(upstream_failure(route, &e)));
-        }
-        Ok(Ok(response)) => response,
-    };
-    let (mut parts, body) = response.into_parts();
-    // Our answer is ours: HTTP/1.1 (or what the browser spoke), whatever the upstream used.
-    parts.version = axum::http::Version::HTTP_11;
-    rewrite::clean_response(&mut parts.headers);
-    Ok(Response::from_parts(parts, Body::new(body)))
+/// What a route sends upstream, before it becomes a header.
+pub(crate) enum Credential {
+    None,
+    /// A ready `Authorization` value (the gateway's client-credentials token).
+    Header(HeaderValue),
+    /// The session's tokens (the route uses the user's token).
+    User(Arc<Tokens>),
 }
 
 /// Phase: decide which token the request carries. Routes that use the session
@@ -101,6 +89,21 @@ pub async fn authorize(
     route: &Route,
     headers: &axum::http::HeaderMap,
 ) -> Result<Option<HeaderValue>, ApiError> {
+    Ok(match credential(gw, frontend, route, headers).await? {
+        Credential::None => None,
+        Credential::Header(value) => Some(value),
+        Credential::User(tokens) => Some(bearer(&tokens.access_token)?),
+    })
+}
+
+/// The shared part of [`authorize`]: the credential, with the user's tokens left
+/// whole (DPoP routes bind them to a proof instead of sending them as Bearer).
+pub(crate) async fn credential(
+    gw: &Arc<Gateway>,
+    frontend: &Frontend,
+    route: &Route,
+    headers: &axum::http::HeaderMap,
+) -> Result<Credential, ApiError> {
     let client_token = || async {
         let slot = route
             .client_token
@@ -108,31 +111,81 @@ pub async fn authorize(
             .ok_or(ApiError::Internal("route has no client token".into()))?;
         slot.authorization(&frontend.oidc, gw.config.tokens.refresh_before)
             .await
-            .map(Some)
+            .map(Credential::Header)
     };
     match route.token {
-        TokenKind::None => Ok(None),
+        TokenKind::None => Ok(Credential::None),
         TokenKind::Client => client_token().await,
         TokenKind::User | TokenKind::UserOrNone | TokenKind::UserOrClient => {
             let Some((_, record)) = crate::bff::current_session(gw, frontend, headers).await?
             else {
                 return match route.token {
-                    TokenKind::UserOrNone => Ok(None),
+                    TokenKind::UserOrNone => Ok(Credential::None),
                     TokenKind::UserOrClient => client_token().await,
                     _ => Err(ApiError::Unauthenticated),
                 };
             };
             crate::security::check_csrf_header(headers)?;
-            let tokens = gw.tokens.user_tokens(gw, &record).await?;
-            let mut value = String::with_capacity(7 + tokens.access_token.len());
-            value.push_str("Bearer ");
-            value.push_str(&tokens.access_token);
-            let mut value = HeaderValue::try_from(value)
-                .map_err(|_| ApiError::Internal("access token is not a header value".into()))?;
-            value.set_sensitive(true);
-            Ok(Some(value))
+            Ok(Credential::User(gw.tokens.user_tokens(gw, &record).await?))
         }
     }
+}
+
+/// `Authorization: <scheme> <token>`, marked sensitive (never logged by hyper).
+pub(crate) fn authorization(scheme: &str, token: &str) -> Result<HeaderValue, ApiError> {
+    let mut value = String::with_capacity(scheme.len() + 1 + token.len());
+    value.push_str(scheme);
+    value.push(' ');
+    value.push_str(token);
+    let mut value = HeaderValue::try_from(value)
+        .map_err(|_| ApiError::Internal("access token is not a header value".into()))?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+fn bearer(token: &str) -> Result<HeaderValue, ApiError> {
+    authorization("Bearer", token)
+}
+
+/// Phase: the browser's request made the upstream's (see [`rewrite::rewrite_request`]),
+/// with the trace context when exporting traces.
+fn prepare(
+    parts: &mut axum::http::request::Parts,
+    frontend: &Frontend,
+    route: &Route,
+    token: Option<HeaderValue>,
+) -> Result<(), ApiError> {
+    let peer = crate::security::peer_ip(&parts.extensions);
+    rewrite::rewrite_request(parts, route, token, peer, &frontend.rewrite)?;
+    #[cfg(feature = "otel")]
+    crate::telemetry::otel::inject(&parts.extensions, &mut parts.headers);
+    Ok(())
+}
+
+/// Phase: send to the upstream within the route's timeout (504 past it, 502 when
+/// it can't be reached), measured.
+async fn forward(
+    state: &AppState,
+    route: &Route,
+    request: Request,
+) -> Result<axum::http::Response<hyper::body::Incoming>, ApiError> {
+    let started = std::time::Instant::now();
+    let result = tokio::time::timeout(route.timeout, state.upstream.request(request)).await;
+    crate::telemetry::metrics().upstream_call(route.label, started.elapsed(), &result);
+    match result {
+        Err(_) => Err(ApiError::UpstreamTimeout),
+        Ok(Err(e)) => Err(ApiError::UpstreamUnavailable(upstream_failure(route, &e))),
+        Ok(Ok(response)) => Ok(response),
+    }
+}
+
+/// Phase: the upstream's answer made ours, body streamed.
+fn finish(response: axum::http::Response<hyper::body::Incoming>) -> Response {
+    let (mut parts, body) = response.into_parts();
+    // Our answer is ours: HTTP/1.1 (or what the browser spoke), whatever the upstream used.
+    parts.version = axum::http::Version::HTTP_11;
+    rewrite::clean_response(&mut parts.headers);
+    Response::from_parts(parts, Body::new(body))
 }
 
 /// The log detail of a failed upstream call: the upstream and the whole error chain

@@ -88,7 +88,7 @@ pub fn rewrite_request(
         headers.insert(header::AUTHORIZATION, token);
     }
 
-    let trusted = peer.is_some_and(|ip| config.trusted_proxies.iter().any(|net| net.contains(&ip)));
+    let trusted = crate::security::is_trusted_proxy(&config.trusted_proxies, peer);
     if trusted {
         append_forwarded_for(headers, peer);
         if !headers.contains_key(&X_FORWARDED_PROTO) {

@@ -1,11 +1,11 @@
 //! Rate limits: logins and callbacks per client IP, and logins started per browser.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::http::HeaderMap;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -82,7 +82,7 @@ fn refused(what: &str, wait: Duration) -> ApiError {
 /// The client's IP: the peer, or — when the peer is a trusted proxy — the last
 /// address in `X-Forwarded-For` that isn't a trusted proxy.
 pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
-    if !trusted.iter().any(|n| n.contains(&peer)) {
+    if !super::is_trusted_proxy(trusted, Some(peer)) {
         return peer;
     }
     let forwarded = headers
@@ -105,11 +105,7 @@ pub async fn login_rate_limit(
     request: Request,
     next: Next,
 ) -> Response {
-    let peer = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip());
-    if let Some(peer) = peer {
+    if let Some(peer) = super::peer_ip(request.extensions()) {
         let ip = client_ip(
             peer,
             request.headers(),

@@ -23,6 +23,19 @@ use crate::error::ApiError;
 /// Longest accepted `returnUrl`.
 const MAX_RETURN_URL: usize = 2048;
 
+/// The TCP peer of a request (what the listener recorded).
+pub fn peer_ip(extensions: &axum::http::Extensions) -> Option<std::net::IpAddr> {
+    extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip())
+}
+
+/// Is `peer` one of `server.trusted_proxies`, whose `X-Forwarded-*`, `X-Request-Id`
+/// and trace context are believed?
+pub fn is_trusted_proxy(trusted: &[ipnet::IpNet], peer: Option<std::net::IpAddr>) -> bool {
+    peer.is_some_and(|ip| trusted.iter().any(|net| net.contains(&ip)))
+}
+
 /// Accepts `returnUrl` only when it is a path on this origin.
 ///
 /// Refused: anything that does not start with a single `/` (absolute URLs, schemes,

@@ -26,10 +26,9 @@
 //! `tracing-opentelemetry`; they are kept out of the logs, and the logs out of them.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::OnceLock;
 
-use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::Response;
@@ -215,19 +214,10 @@ pub async fn layer(State(state): State<AppState>, mut request: Request, next: Ne
         otel.status_code = Empty,
         request_id = Empty,
     );
-    let trusted = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .is_some_and(|c| {
-            let ip = c.0.ip();
-            state
-                .gw
-                .config
-                .server
-                .trusted_proxies
-                .iter()
-                .any(|net| net.contains(&ip))
-        });
+    let trusted = crate::security::is_trusted_proxy(
+        &state.gw.config.server.trusted_proxies,
+        crate::security::peer_ip(request.extensions()),
+    );
     let inbound = if request.headers().contains_key(&TRACEPARENT) {
         TraceContextPropagator::new().extract(&Headers(request.headers()))
     } else {

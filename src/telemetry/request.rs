@@ -9,10 +9,9 @@
 //! The span carries the method and the path, never the query: `/bff/callback`'s
 //! query holds the authorization code and the state.
 
-use std::net::SocketAddr;
 use std::time::Instant;
 
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::Response;
@@ -38,19 +37,10 @@ pub struct RequestId(pub HeaderValue);
 /// The layer itself (`axum::middleware::from_fn_with_state`).
 pub async fn layer(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let peer = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip());
-    let trusted = peer.is_some_and(|ip| {
-        state
-            .gw
-            .config
-            .server
-            .trusted_proxies
-            .iter()
-            .any(|net| net.contains(&ip))
-    });
+    let trusted = crate::security::is_trusted_proxy(
+        &state.gw.config.server.trusted_proxies,
+        crate::security::peer_ip(request.extensions()),
+    );
     let id = request
         .headers()
         .get(&X_REQUEST_ID)
