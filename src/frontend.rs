@@ -50,11 +50,6 @@ impl Frontend {
             public_proto: HeaderValue::from_str(origin.scheme()).map_err(|e| e.to_string())?,
             public_host: HeaderValue::from_str(&host).map_err(|e| e.to_string())?,
         };
-        let login_cookie = if fc.name.is_empty() {
-            crate::session::cookie::LOGIN_COOKIE.to_owned()
-        } else {
-            fc.login_cookie_name()
-        };
         Ok(Self {
             name: fc.name.clone(),
             prefix: fc.prefix().to_owned(),
@@ -62,7 +57,7 @@ impl Frontend {
             origin_text: origin.origin().ascii_serialization(),
             origin,
             cookie_name: fc.cookie_name.clone(),
-            login_cookie,
+            login_cookie: fc.login_cookie_name(),
             oidc: Oidc::new(&fc.oidc, fc.redirect_uri(config))?,
             routes: RouteTable::from_config(&fc.routes)?,
             rewrite,
@@ -110,14 +105,7 @@ impl Frontends {
         let own_cookies: Vec<String> = config
             .frontends
             .iter()
-            .flat_map(|f| {
-                let login = if f.name.is_empty() {
-                    crate::session::cookie::LOGIN_COOKIE.to_owned()
-                } else {
-                    f.login_cookie_name()
-                };
-                [f.cookie_name.clone(), login]
-            })
+            .flat_map(|f| [f.cookie_name.clone(), f.login_cookie_name()])
             .collect();
         let mut all = config
             .frontends

@@ -114,9 +114,13 @@ impl FrontendConfig {
         format!("{}{}/bff/callback", self.origin(config), self.prefix())
     }
 
-    /// The login-binding cookie's name: `<cookie_name>-login`.
+    /// The login-binding cookie's name: `<cookie_name>-login` with `[[frontends]]`,
+    /// else the contract's `__Host-portcullis-login`.
     pub fn login_cookie_name(&self) -> String {
-        format!("{}-login", self.cookie_name)
+        match self.index {
+            None => crate::session::cookie::LOGIN_COOKIE.to_owned(),
+            Some(_) => format!("{}-login", self.cookie_name),
+        }
     }
 }
 
