@@ -444,6 +444,32 @@ pub struct Gateway {
     env: Vec<(String, String)>,
 }
 
+/// A config for a gateway that needs no provider (its issuer is unreachable and only
+/// `token = "none"` routes are used): one worker on `127.0.0.1:port`, a memory store.
+/// `server` holds extra lines of `[server]` (and may open `[server.tls]`), `routes`
+/// the `[[routes]]` tables.
+pub fn standalone_config(port: u16, public_origin: &str, server: &str, routes: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:{port}"
+public_origin = "{public_origin}"
+workers = 1
+{server}
+[oidc]
+issuer = "http://127.0.0.1:1"
+client_id = "c"
+client_secret = "s"
+http_timeout = "1s"
+[session]
+store = "memory"
+keys = ["{key}"]
+{routes}
+"#,
+        key = random_key(),
+    )
+}
+
 pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_portcullis")
 }

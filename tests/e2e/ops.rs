@@ -598,34 +598,19 @@ fn tls_termination_with_http2_reload_on_demand_and_verified_https_upstreams() {
     std::fs::write(&key_pem, &key_a).unwrap();
     std::fs::write(&ca_pem, &pki.ca_pem).unwrap();
     let port = free_port();
-    let config = format!(
-        r#"
-[server]
-listen = "127.0.0.1:{port}"
-public_origin = "https://localhost:{port}"
-workers = 1
-upstream_ca_file = {ca:?}
-[server.tls]
-cert = {cert:?}
-key = {key:?}
-[oidc]
-issuer = "http://127.0.0.1:1"
-client_id = "c"
-client_secret = "s"
-http_timeout = "1s"
-[session]
-store = "memory"
-keys = ["{k}"]
-[[routes]]
-prefix = "/loop"
-upstream = "https://localhost:{port}"
-token = "none"
-strip_prefix = true
-"#,
-        ca = ca_pem.to_str().unwrap(),
-        cert = cert_pem.to_str().unwrap(),
-        key = key_pem.to_str().unwrap(),
-        k = random_key(),
+    let config = standalone_config(
+        port,
+        &format!("https://localhost:{port}"),
+        &format!(
+            "upstream_ca_file = {:?}\n[server.tls]\ncert = {:?}\nkey = {:?}",
+            ca_pem.to_str().unwrap(),
+            cert_pem.to_str().unwrap(),
+            key_pem.to_str().unwrap(),
+        ),
+        &format!(
+            "[[routes]]\nprefix = \"/loop\"\nupstream = \"https://localhost:{port}\"\n\
+             token = \"none\"\nstrip_prefix = true"
+        ),
     );
     let config = portcullis::config::Config::from_toml(&config, []).unwrap();
     let server = portcullis::server::Server::start(config).unwrap();

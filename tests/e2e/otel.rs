@@ -106,28 +106,14 @@ async fn otel_spans_are_exported_and_traceparent_names_our_span_upstream() {
     let upstream = Upstream::start().await;
     let port = free_port();
     // Peers on 127.0.0.1 are trusted proxies; 127.0.0.2 (also loopback) is a browser.
-    let config = format!(
-        r#"
-[server]
-listen = "127.0.0.1:{port}"
-public_origin = "http://127.0.0.1:{port}"
-workers = 1
-trusted_proxies = ["127.0.0.1/32"]
-[oidc]
-issuer = "http://127.0.0.1:1"
-client_id = "c"
-client_secret = "s"
-http_timeout = "1s"
-[session]
-store = "memory"
-keys = ["{k}"]
-[[routes]]
-prefix = "/traced"
-upstream = "{upstream}"
-token = "none"
-"#,
-        k = random_key(),
-        upstream = upstream.url(),
+    let config = standalone_config(
+        port,
+        &format!("http://127.0.0.1:{port}"),
+        "trusted_proxies = [\"127.0.0.1/32\"]",
+        &format!(
+            "[[routes]]\nprefix = \"/traced\"\nupstream = \"{}\"\ntoken = \"none\"",
+            upstream.url()
+        ),
     );
     let endpoint = format!("http://{}", receiver.addr);
     let mut gateway = Gateway::start_with_env(

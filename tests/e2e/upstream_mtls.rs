@@ -103,31 +103,15 @@ fn gateway(port: u16, upstream: SocketAddr, ca: &Path, client: Option<(&Path, &P
         ),
         None => String::new(),
     };
-    let config = format!(
-        r#"
-[server]
-listen = "127.0.0.1:{port}"
-public_origin = "http://127.0.0.1:{port}"
-workers = 1
-upstream_ca_file = {ca:?}
-{identity}
-[oidc]
-issuer = "http://127.0.0.1:1"
-client_id = "c"
-client_secret = "s"
-http_timeout = "1s"
-[session]
-store = "memory"
-keys = ["{k}"]
-[[routes]]
-prefix = "/mtls"
-upstream = "https://localhost:{upstream_port}"
-token = "none"
-strip_prefix = true
-"#,
-        ca = ca.to_str().unwrap(),
-        upstream_port = upstream.port(),
-        k = random_key(),
+    let config = standalone_config(
+        port,
+        &format!("http://127.0.0.1:{port}"),
+        &format!("upstream_ca_file = {:?}\n{identity}", ca.to_str().unwrap()),
+        &format!(
+            "[[routes]]\nprefix = \"/mtls\"\nupstream = \"https://localhost:{}\"\n\
+             token = \"none\"\nstrip_prefix = true",
+            upstream.port()
+        ),
     );
     Gateway::start(port, &config)
 }
