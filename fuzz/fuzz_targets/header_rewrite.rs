@@ -70,7 +70,7 @@ fn setup() -> &'static (RouteTable, RewriteConfig) {
     static SETUP: OnceLock<(RouteTable, RewriteConfig)> = OnceLock::new();
     SETUP.get_or_init(|| {
         let config = Config::from_toml(CONFIG, std::iter::empty()).expect("fuzz config");
-        let table = RouteTable::from_config(&config.routes).expect("fuzz routes");
+        let table = RouteTable::from_config(&config.frontend().routes).expect("fuzz routes");
         let rewrite = RewriteConfig {
             trusted_proxies: config.server.trusted_proxies.clone(),
             own_cookies: vec![SESSION_COOKIE.into(), LOGIN_COOKIE.into()],

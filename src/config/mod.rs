@@ -44,9 +44,9 @@ fn invalid(key: &str, problem: impl Into<String>) -> ConfigError {
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub server: ServerConfig,
-    /// The OIDC client of the single frontend; with `[[frontends]]`, the defaults each
-    /// frontend's `oidc` table starts from (credentials are never inherited), and
-    /// `None` once loaded.
+    /// `[oidc]` as written: the single frontend's client, or with `[[frontends]]` the
+    /// defaults each frontend's `oidc` table starts from (credentials are never
+    /// inherited). Moved into `frontends` when loaded: `None` afterwards.
     #[serde(default)]
     pub oidc: Option<OidcConfig>,
     #[serde(default)]
@@ -55,10 +55,12 @@ pub struct Config {
     pub tokens: TokensConfig,
     #[serde(default)]
     pub security: SecurityConfig,
-    /// API routes proxied to upstreams, matched by the longest prefix.
+    /// `[[routes]]` as written: API routes proxied to upstreams, matched by the
+    /// longest prefix. Moved into `frontends[0]` when loaded: empty afterwards.
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
-    /// The SPA's files, served at `/` (optional).
+    /// `[static]` as written: the SPA's files, served at `/` (optional). Moved into
+    /// `frontends[0]` when loaded: `None` afterwards.
     #[serde(default, rename = "static")]
     pub static_files: Option<StaticConfig>,
     /// The SPAs served, each with its own OIDC client, cookie, routes and files. A
@@ -618,16 +620,17 @@ impl Config {
     /// `frontends[0]`, or checks that the multi-frontend form doesn't mix the two.
     fn settle_frontends(&mut self) -> Result<(), ConfigError> {
         if self.frontends.is_empty() {
-            let Some(oidc) = self.oidc.clone() else {
+            let Some(oidc) = self.oidc.take() else {
                 return Err(invalid(
                     "oidc",
                     "missing: configure [oidc] (or [[frontends]], each with its own oidc table)",
                 ));
             };
+            // Moved, not copied: `frontends` is the one place the loaded config is read.
             self.frontends.push(FrontendConfig::single(
                 oidc,
-                self.routes.clone(),
-                self.static_files.clone(),
+                std::mem::take(&mut self.routes),
+                self.static_files.take(),
                 &self.session.cookie_name,
             ));
             return Ok(());

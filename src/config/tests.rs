@@ -162,8 +162,8 @@ fn minimal_config_loads() {
         "s3cret"
     );
     assert_eq!(c.session.keys.len(), 1);
-    assert!(c.routes.is_empty());
-    assert!(c.static_files.is_none());
+    assert!(c.frontend().routes.is_empty());
+    assert!(c.frontend().static_files.is_none());
 }
 
 #[test]
@@ -214,7 +214,7 @@ fn defaults_follow_the_contract() {
 
     assert_eq!(c.tokens.refresh_before, Duration::from_secs(60));
 
-    let route = &c.routes[0];
+    let route = &c.frontend().routes[0];
     assert_eq!(route.token, TokenKind::User);
     assert!(!route.strip_prefix);
     assert_eq!(route.timeout, Duration::from_secs(30));
@@ -226,7 +226,7 @@ fn static_defaults_to_spa_fallback() {
     let c = Toml::minimal()
         .set("static", "dir", &toml_string(dir.path()))
         .valid();
-    let s = c.static_files.unwrap();
+    let s = c.frontend().static_files.clone().unwrap();
     assert_eq!(s.dir, dir.path());
     assert!(s.spa_fallback);
 }
@@ -279,11 +279,11 @@ fn every_documented_key_is_accepted() {
     assert_eq!(c.session.same_site, SameSite::Lax);
     assert_eq!(c.session.absolute_timeout, Duration::from_secs(86_400));
     assert_eq!(c.tokens.refresh_before, Duration::from_secs(120));
-    assert_eq!(c.routes[0].token, TokenKind::UserOrNone);
-    assert!(c.routes[0].strip_prefix);
-    assert_eq!(c.routes[0].timeout, Duration::from_secs(3));
-    assert_eq!(c.routes[1].token, TokenKind::None);
-    assert!(!c.static_files.unwrap().spa_fallback);
+    assert_eq!(c.frontend().routes[0].token, TokenKind::UserOrNone);
+    assert!(c.frontend().routes[0].strip_prefix);
+    assert_eq!(c.frontend().routes[0].timeout, Duration::from_secs(3));
+    assert_eq!(c.frontend().routes[1].token, TokenKind::None);
+    assert!(!c.frontend().static_files.clone().unwrap().spa_fallback);
 }
 
 #[test]
@@ -713,16 +713,16 @@ fn client_token_routes_take_scopes_and_a_resource() {
              scopes = [\"api:read\", \"api:write\"]\nresource = \"https://api.example.com/\"",
         )
         .valid();
-    assert_eq!(c.routes[0].token, TokenKind::Client);
-    assert_eq!(c.routes[0].scopes, None);
-    assert_eq!(c.routes[0].resource, None);
-    assert_eq!(c.routes[1].token, TokenKind::UserOrClient);
+    assert_eq!(c.frontend().routes[0].token, TokenKind::Client);
+    assert_eq!(c.frontend().routes[0].scopes, None);
+    assert_eq!(c.frontend().routes[0].resource, None);
+    assert_eq!(c.frontend().routes[1].token, TokenKind::UserOrClient);
     assert_eq!(
-        c.routes[1].scopes.as_deref(),
+        c.frontend().routes[1].scopes.as_deref(),
         Some(&["api:read".to_owned(), "api:write".to_owned()][..])
     );
     assert_eq!(
-        c.routes[1].resource.as_ref().map(Url::as_str),
+        c.frontend().routes[1].resource.as_ref().map(Url::as_str),
         Some("https://api.example.com/")
     );
     Toml::minimal()
@@ -820,8 +820,8 @@ fn every_example_config_in_the_repo_loads() {
     let demo = Config::load(&root.join("demo/demo.toml"), []).unwrap();
     assert_eq!(demo.redirect_uri(), "http://127.0.0.1:8080/bff/callback");
     assert_eq!(demo.session.store, StoreKind::Sqlite);
-    assert_eq!(demo.routes.len(), 1);
-    assert_eq!(demo.routes[0].prefix, "/api");
+    assert_eq!(demo.frontend().routes.len(), 1);
+    assert_eq!(demo.frontend().routes[0].prefix, "/api");
 }
 
 /// A path as a TOML string literal.

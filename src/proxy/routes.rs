@@ -152,7 +152,7 @@ mod tests {
             token = "none"
         "#;
         let config = crate::config::Config::from_toml(toml, []).unwrap();
-        RouteTable::from_config(&config.routes).unwrap()
+        RouteTable::from_config(&config.frontend().routes).unwrap()
     }
 
     #[test]
