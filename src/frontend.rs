@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, HeaderValue, Uri, header};
+use axum::response::Response;
 
 use crate::config::{Config, FrontendConfig, StaticConfig};
 use crate::oidc::Oidc;
@@ -170,12 +170,7 @@ impl FromRequestParts<crate::server::AppState> for Current {
     ) -> Result<Self, Self::Rejection> {
         match state.gw.frontends.select(&parts.uri, &parts.headers) {
             Some(f) if f.bff_path(parts.uri.path()).is_some() => Ok(Self(f.clone())),
-            _ => Err((
-                StatusCode::NOT_FOUND,
-                [(header::CACHE_CONTROL, "no-store")],
-                "not found\n",
-            )
-                .into_response()),
+            _ => Err(crate::server::not_found()),
         }
     }
 }

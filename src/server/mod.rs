@@ -146,7 +146,7 @@ async fn dispatch(State(state): State<AppState>, request: Request) -> Response {
     }
 }
 
-fn not_found() -> Response {
+pub(crate) fn not_found() -> Response {
     (
         StatusCode::NOT_FOUND,
         [(header::CACHE_CONTROL, "no-store")],
