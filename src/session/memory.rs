@@ -5,8 +5,8 @@ use dashmap::DashMap;
 
 use super::{PendingLogin, SessionFilter, SessionKey, SessionRecord, SessionStore, StoreError};
 
-/// SipHash of a SHA-256 output buys nothing: see `token_cache::KeyHasher`.
-type KeyHasher = std::hash::BuildHasherDefault<super::token_cache::KeyHasher>;
+/// SipHash of a SHA-256 output buys nothing: see [`super::record::KeyHasher`].
+type KeyHasher = std::hash::BuildHasherDefault<super::record::KeyHasher>;
 
 /// Sessions in this process only: fast, and gone at restart. Sharded maps, no lock
 /// held across an await (every operation is synchronous inside). Sessions are

@@ -18,10 +18,11 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::record::KeyHasher;
 use super::{SessionKey, Tokens};
 
 /// How long an entry may be used after it was opened.
@@ -59,29 +60,6 @@ struct Entry {
     fingerprint: Fingerprint,
     tokens: Arc<Tokens>,
     opened: Instant,
-}
-
-/// Session keys are SHA-256 outputs already: their first bytes are a fine hash (and a
-/// client can't choose keys: they are hashes of ids, and only Portcullis inserts).
-#[derive(Default)]
-pub struct KeyHasher(u64);
-
-impl Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        let mut b = [0u8; 8];
-        let n = bytes.len().min(8);
-        b[..n].copy_from_slice(&bytes[..n]);
-        self.0 = (self.0 ^ u64::from_le_bytes(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0 ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-    fn write_usize(&mut self, _: usize) {
-        // The length prefix of the 32-byte key: always the same.
-    }
 }
 
 type Map = HashMap<(u64, SessionKey), Entry, BuildHasherDefault<KeyHasher>>;
