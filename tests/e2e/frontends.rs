@@ -13,6 +13,8 @@ const PARTNER: (&str, &str) = ("partner-bff", "partner-secret-0123456789abcdef")
 
 struct Multi {
     _files: tempfile::TempDir,
+    /// A key published in the provider's JWKS: tokens it signs verify as the provider's.
+    signer: TestSigner,
     provider: Provider,
     upstream: Upstream,
     gateway: Gateway,
@@ -81,7 +83,9 @@ async fn start(store: &str) -> Multi {
     let port = free_port();
     let origin = format!("http://127.0.0.1:{port}");
     let partner = format!("http://localhost:{port}");
+    let signer = TestSigner::new("test-logout-key");
     let provider = Provider::start(json!({
+        "extraJwks": [signer.public_jwk()],
         "port": 0,
         "host": "127.0.0.1",
         "issuerHost": "localhost",
@@ -173,6 +177,7 @@ upstream = "{upstream}/partner"
     let gateway = Gateway::start(port, &config);
     Multi {
         _files: files,
+        signer,
         provider,
         upstream,
         gateway,
@@ -395,6 +400,63 @@ async fn backchannel_logout_ends_only_its_clients_sessions() {
 
     // Then the shop client: its session ends too.
     env.provider_logs_out("alice", SHOP.0).await;
+    browser
+        .get_with(&env.url("/bff/user"), &csrf)
+        .await
+        .assert_error(401, "unauthenticated");
+}
+
+/// A logout token that matches a session of another frontend (same `sub` and `sid`)
+/// but is for this frontend's client ends nothing there: the provider's own logout
+/// tokens name a `sid` per client, so only a signed token can show this.
+#[tokio::test]
+async fn a_logout_token_for_one_client_never_ends_another_frontends_session() {
+    let env = start("sqlite").await;
+    let browser = Browser::new();
+    let csrf = [("x-csrf", "1")];
+    assert_eq!(env.login(&browser, &env.url(""), "alice").await.status, 302);
+    let sid = browser.get_with(&env.url("/bff/user"), &csrf).await.json()["sid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let token = |aud: &str| {
+        let now = portcullis::session::now_secs();
+        env.signer.sign(
+            &json!({
+                "iss": env.provider.issuer,
+                "aud": aud,
+                "iat": now,
+                "exp": now + 120,
+                "jti": portcullis::session::cipher::generate_key(),
+                "sub": "alice",
+                "sid": sid,
+                "events": { "http://schemas.openid.net/event/backchannel-logout": {} },
+            }),
+            None,
+        )
+    };
+    let post = |path: &str, token: String| {
+        let body = form_urlencoded::Serializer::new(String::new())
+            .append_pair("logout_token", &token)
+            .finish();
+        reqwest::Client::new()
+            .post(env.url(path))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+    };
+    // For the admin client, at the admin's endpoint: valid, but not the shop's session.
+    let r = post("/admin/bff/backchannel-logout", token(ADMIN.0))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let me = browser.get_with(&env.url("/bff/user"), &csrf).await;
+    assert_eq!(me.status, 200, "the shop session survives: {}", me.text());
+    // The same claims for the shop client, at the shop's endpoint: it ends.
+    let r = post("/bff/backchannel-logout", token(SHOP.0))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
     browser
         .get_with(&env.url("/bff/user"), &csrf)
         .await
