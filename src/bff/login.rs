@@ -11,8 +11,10 @@ use crate::error::ApiError;
 use crate::frontend::Current;
 use crate::oidc::OidcError;
 use crate::server::AppState;
+use crate::security::limits::ClientNetwork;
 use crate::session::{
-    EndReason, NewSession, PendingLogin, SessionKey, SessionStore, Tokens, cookie, now_secs,
+    EndReason, NewSession, PendingCaps, PendingLogin, SessionKey, SessionStore, StoreError,
+    Tokens, cookie, now_secs,
 };
 
 #[derive(Deserialize)]
@@ -81,11 +83,56 @@ fn login_params(
     Ok(out)
 }
 
+/// The most binding values one browser's login-binding cookie carries (~700 bytes):
+/// that many tabs of one browser can be logging in at once.
+const MAX_BINDINGS: usize = 16;
+
+/// The binding values in a login-binding cookie, oldest first, malformed ones dropped.
+fn bindings(cookie_value: Option<&str>) -> Vec<&str> {
+    cookie_value
+        .unwrap_or_default()
+        .split('.')
+        .filter(|v| {
+            v.len() == 43
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+        .collect()
+}
+
+/// The login-binding cookie after starting one more login with the fresh binding
+/// `fresh`: the browser's earlier values (so its other tabs' logins still finish),
+/// then `fresh`, at most [`MAX_BINDINGS`]. When full, the second-oldest goes: the
+/// oldest stays, as the name of this browser for the per-browser cap.
+fn with_binding(earlier: &[&str], fresh: &str) -> String {
+    let mut values = earlier.to_vec();
+    while values.len() >= MAX_BINDINGS {
+        values.remove(1.min(values.len() - 1));
+    }
+    values.push(fresh);
+    values.join(".")
+}
+
 /// `GET /bff/login?returnUrl=/path`: starts a login and redirects to the provider.
+///
+/// **The binding is always the server's.** Each login gets a fresh random binding
+/// value; the pending login stores only its hash, and the login-binding cookie
+/// carries it (beside the values of this browser's other logins in progress, so
+/// many tabs can log in at once). A value the client sends is never adopted as a
+/// new login's binding: a cookie planted in the victim's browser (by a sibling
+/// site, an upstream's `Set-Cookie`, …) can't pre-bind the victim's login to a value
+/// the attacker knows, so a `state`/`code` leaked from the victim's login is useless
+/// in the attacker's browser.
+///
+/// **Bounded without a kill switch**: the pending login is stored under the client
+/// network's cap and the total memory bound ([`PendingCaps`]; see
+/// `security::limits`), so a flood of cookie-less logins from a few networks can't
+/// lock real users out.
 pub async fn login(
     State(state): State<AppState>,
     Current(fe): Current,
     Query(query): Query<LoginQuery>,
+    network: Option<axum::Extension<ClientNetwork>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let gw = &state.gw;
@@ -107,35 +154,47 @@ pub async fn login(
         verifier.as_bytes(),
     ));
 
-    // One binding cookie per browser, shared by every tab that logs in at once.
-    let binding = cookie::find(&headers, &fe.login_cookie)
-        .filter(|v| {
-            v.len() == 43
-                && v.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        })
-        .map(str::to_owned)
-        .unwrap_or_else(random_token);
+    let earlier = bindings(cookie::find(&headers, &fe.login_cookie));
+    let binding = random_token();
     let ttl = fe.config.oidc.pending_login_ttl.as_secs() as i64;
-    let binding_hash = hash_b64(&binding);
-    gw.limits.check_browser(&binding_hash)?;
+    // The per-browser cap counts by the browser's oldest binding (a fresh browser:
+    // this one). A client that sends none meets the per-network limits instead.
+    gw.limits
+        .check_browser(&hash_b64(earlier.first().copied().unwrap_or(&binding)))?;
+    let network = network.map(|n| n.0.0.to_string()).unwrap_or_default();
     let pending = PendingLogin {
-        binding: binding_hash,
+        binding: hash_b64(&binding),
         pkce_verifier: verifier,
         nonce: nonce.clone(),
         return_url,
         expires_at: now_secs() + ttl,
         silent,
         frontend: fe.name.clone(),
+        network,
     };
-    gw.sessions
+    let caps = PendingCaps {
+        total: fe.config.oidc.max_pending_logins,
+        per_network: gw.config.security.pending_logins_per_network,
+    };
+    let evicted = gw
+        .sessions
         .store()
-        .put_pending(
-            SessionKey::hash(login_state.as_bytes()),
-            pending,
-            fe.config.oidc.max_pending_logins,
-        )
-        .await?;
+        .put_pending(SessionKey::hash(login_state.as_bytes()), pending, caps)
+        .await
+        .map_err(|e| {
+            if matches!(e, StoreError::PendingFull) {
+                crate::security::audit_rate_limited("pending logins of the client network");
+            }
+            ApiError::from(e)
+        })?;
+    if evicted > 0 {
+        tracing::warn!(
+            target: "portcullis::audit",
+            event = "pending_login_evicted",
+            evicted,
+            "pending logins are at oidc.max_pending_logins: the heaviest network's oldest made room"
+        );
+    }
 
     let location = fe
         .oidc
@@ -150,7 +209,11 @@ pub async fn login(
         })?;
     Ok(redirect(
         &location,
-        [cookie::login_binding(&fe.login_cookie, &binding, ttl)],
+        [cookie::login_binding(
+            &fe.login_cookie,
+            &with_binding(&earlier, &binding),
+            ttl,
+        )],
     ))
 }
 
@@ -186,9 +249,12 @@ pub async fn callback(
         tracing::warn!("a login started by one frontend came back to another; refused");
         return Err(ApiError::invalid("unknown, used or expired login state"));
     }
-    let binding_ok = cookie::find(&headers, &fe.login_cookie).is_some_and(|b| {
-        crate::oidc::constant_time_eq(hash_b64(b).as_bytes(), pending.binding.as_bytes())
-    });
+    // Any of the browser's bindings: each tab's login has its own.
+    let binding_ok = bindings(cookie::find(&headers, &fe.login_cookie))
+        .iter()
+        .fold(false, |ok, b| {
+            crate::oidc::constant_time_eq(hash_b64(b).as_bytes(), pending.binding.as_bytes()) | ok
+        });
     if !binding_ok {
         return Err(ApiError::invalid(
             "the login was not started in this browser",
@@ -356,4 +422,33 @@ pub(super) fn redirect<const N: usize>(location: &str, cookies: [HeaderValue; N]
         h.append(header::SET_COOKIE, c);
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_binding_cookie_keeps_other_tabs_and_stays_bounded() {
+        let values: Vec<String> = (0..40).map(|_| random_token()).collect();
+        let mut cookie = String::new();
+        for (i, v) in values.iter().enumerate() {
+            let earlier = bindings(Some(&cookie));
+            assert_eq!(earlier.len(), i.min(MAX_BINDINGS));
+            cookie = with_binding(&earlier, v);
+            assert!(cookie.len() <= MAX_BINDINGS * 44, "{}", cookie.len());
+            let now = bindings(Some(&cookie));
+            // The newest, the ones just before it, and the browser's first stay.
+            assert_eq!(now.last(), Some(&v.as_str()));
+            assert_eq!(now.first(), Some(&values[0].as_str()));
+            if i > 0 {
+                assert!(now.contains(&values[i - 1].as_str()));
+            }
+        }
+        // Malformed parts are dropped, never adopted.
+        let good = random_token();
+        let sent = format!("short.{good}.{}!.{}", &good[..42], "x".repeat(44));
+        assert_eq!(bindings(Some(&sent)), vec![good.as_str()]);
+        assert!(bindings(None).is_empty() && bindings(Some("")).is_empty());
+    }
 }

@@ -200,7 +200,9 @@ pub struct OidcConfig {
     /// How long a started login may take before its callback. Default `10m`.
     #[serde(default = "default_pending_ttl", with = "humantime_serde")]
     pub pending_login_ttl: Duration,
-    /// Most pending logins kept at once (protects memory). Default `10000`.
+    /// Most pending logins kept at once (protects memory). Default `10000`. Not a
+    /// refusal: when full, the oldest login of the network holding the most is dropped
+    /// to make room (see `session::PendingCaps`).
     #[serde(default = "default_max_pending")]
     pub max_pending_logins: usize,
 }
@@ -337,12 +339,17 @@ pub struct SecurityConfig {
     /// check). Default none: the SPA is same-origin and CORS stays off.
     #[serde(default)]
     pub allowed_origins: Vec<Url>,
-    /// `/bff/login` and `/bff/callback` requests per client IP per minute. Default `60`.
+    /// `/bff/login` and `/bff/callback` requests per client network (an IPv4 address,
+    /// an IPv6 /64) per minute. Default `60`.
     #[serde(default = "default_login_rate")]
     pub login_rate_per_minute: u32,
     /// Logins one browser may start within `oidc.pending_login_ttl`. Default `10`.
     #[serde(default = "default_pending_per_browser")]
     pub pending_logins_per_browser: u32,
+    /// Most pending logins one client network (an IPv4 address, an IPv6 /64) may hold
+    /// at once; beyond, its new logins get 429. Default `100`.
+    #[serde(default = "default_pending_per_network")]
+    pub pending_logins_per_network: usize,
     /// Largest request head (request line + headers) accepted, in bytes (→ 431). Default `32768`.
     #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: usize,
@@ -360,6 +367,7 @@ impl Default for SecurityConfig {
             allowed_origins: Vec::new(),
             login_rate_per_minute: default_login_rate(),
             pending_logins_per_browser: default_pending_per_browser(),
+            pending_logins_per_network: default_pending_per_network(),
             max_header_bytes: default_max_header_bytes(),
             header_read_timeout: default_header_read_timeout(),
             max_bff_body_bytes: default_max_bff_body(),
@@ -372,6 +380,9 @@ fn default_login_rate() -> u32 {
 }
 fn default_pending_per_browser() -> u32 {
     10
+}
+fn default_pending_per_network() -> usize {
+    100
 }
 fn default_max_header_bytes() -> usize {
     32 * 1024
@@ -844,6 +855,12 @@ impl Config {
         if security.pending_logins_per_browser == 0 {
             return Err(invalid(
                 "security.pending_logins_per_browser",
+                "must be at least 1",
+            ));
+        }
+        if security.pending_logins_per_network == 0 {
+            return Err(invalid(
+                "security.pending_logins_per_network",
                 "must be at least 1",
             ));
         }

@@ -1,9 +1,12 @@
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 
-use super::{PendingLogin, SessionFilter, SessionKey, SessionRecord, SessionStore, StoreError};
+use super::{
+    PendingCaps, PendingLogin, SessionFilter, SessionKey, SessionRecord, SessionStore, StoreError,
+};
 
 /// SipHash of a SHA-256 output buys nothing: see [`super::record::KeyHasher`].
 type KeyHasher = std::hash::BuildHasherDefault<super::record::KeyHasher>;
@@ -16,9 +19,64 @@ pub struct MemoryStore {
     sessions: DashMap<SessionKey, Arc<SessionRecord>, KeyHasher>,
     by_sid: DashMap<String, Vec<SessionKey>>,
     by_sub: DashMap<String, Vec<SessionKey>>,
-    pending: DashMap<SessionKey, PendingLogin>,
+    pending: Mutex<PendingTable>,
     refresh_locks: DashMap<SessionKey, (String, Instant)>,
     seen_once: DashMap<SessionKey, i64>,
+}
+
+/// Pending logins and, per client network, their keys oldest first. One lock: the
+/// caps and the eviction must judge one consistent table (login traffic only, never
+/// the proxy path, and never held across an await).
+#[derive(Default)]
+struct PendingTable {
+    logins: HashMap<SessionKey, PendingLogin, KeyHasher>,
+    by_network: HashMap<String, BTreeSet<(i64, [u8; 32])>>,
+}
+
+impl PendingTable {
+    fn insert(&mut self, key: SessionKey, pending: PendingLogin) {
+        self.remove(&key);
+        self.by_network
+            .entry(pending.network.clone())
+            .or_default()
+            .insert((pending.expires_at, *key.as_bytes()));
+        self.logins.insert(key, pending);
+    }
+
+    fn remove(&mut self, key: &SessionKey) -> Option<PendingLogin> {
+        let pending = self.logins.remove(key)?;
+        if let Some(keys) = self.by_network.get_mut(&pending.network) {
+            keys.remove(&(pending.expires_at, *key.as_bytes()));
+            if keys.is_empty() {
+                self.by_network.remove(&pending.network);
+            }
+        }
+        Some(pending)
+    }
+
+    fn remove_expired(&mut self, now: i64) {
+        self.logins.retain(|_, p| now < p.expires_at);
+        self.by_network.retain(|_, keys| {
+            keys.retain(|(expires_at, _)| now < *expires_at);
+            !keys.is_empty()
+        });
+    }
+
+    fn in_network(&self, network: &str) -> usize {
+        self.by_network.get(network).map_or(0, BTreeSet::len)
+    }
+
+    /// Removes the oldest pending login of the network holding the most (of those
+    /// tied, the one whose oldest is oldest).
+    fn evict_from_heaviest(&mut self) -> usize {
+        let victim = self
+            .by_network
+            .values()
+            .filter_map(|keys| Some((keys.len(), keys.first()?)))
+            .max_by(|(n1, a), (n2, b)| n1.cmp(n2).then(b.cmp(a)))
+            .map(|(_, (_, key))| SessionKey::from_bytes(*key));
+        victim.map_or(0, |key| usize::from(self.remove(&key).is_some()))
+    }
 }
 
 fn index_add(index: &DashMap<String, Vec<SessionKey>>, name: &str, key: SessionKey) {
@@ -42,6 +100,10 @@ fn index_remove(index: &DashMap<String, Vec<SessionKey>>, name: &str, key: &Sess
 impl MemoryStore {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    fn pending_table(&self) -> MutexGuard<'_, PendingTable> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn index(&self, record: &SessionRecord) {
@@ -134,7 +196,7 @@ impl SessionStore for MemoryStore {
         for record in &expired {
             self.unindex(record);
         }
-        self.pending.retain(|_, p| now < p.expires_at);
+        self.pending_table().remove_expired(now);
         self.seen_once.retain(|_, until| now < *until);
         Ok(expired.len())
     }
@@ -143,17 +205,27 @@ impl SessionStore for MemoryStore {
         &self,
         key: SessionKey,
         pending: PendingLogin,
-        max: usize,
-    ) -> Result<(), StoreError> {
-        if self.pending.len() >= max {
-            let now = super::now_secs();
-            self.pending.retain(|_, p| now < p.expires_at);
-            if self.pending.len() >= max {
-                return Err(StoreError::PendingFull);
+        caps: PendingCaps,
+    ) -> Result<usize, StoreError> {
+        let mut table = self.pending_table();
+        // Expired logins count for nothing; forgetting them is a full pass, so only
+        // when a cap looks reached.
+        if table.logins.len() >= caps.total || table.in_network(&pending.network) >= caps.per_network
+        {
+            table.remove_expired(super::now_secs());
+        }
+        if table.in_network(&pending.network) >= caps.per_network {
+            return Err(StoreError::PendingFull);
+        }
+        let mut evicted = 0;
+        while table.logins.len() >= caps.total {
+            match table.evict_from_heaviest() {
+                0 => break,
+                n => evicted += n,
             }
         }
-        self.pending.insert(key, pending);
-        Ok(())
+        table.insert(key, pending);
+        Ok(evicted)
     }
 
     async fn take_pending(
@@ -162,9 +234,8 @@ impl SessionStore for MemoryStore {
         now: i64,
     ) -> Result<Option<PendingLogin>, StoreError> {
         Ok(self
-            .pending
+            .pending_table()
             .remove(key)
-            .map(|(_, p)| p)
             .filter(|p| now < p.expires_at))
     }
 

@@ -23,7 +23,7 @@ pub use memory::MemoryStore;
 pub use record::{PendingLogin, SessionId, SessionKey, SessionRecord, Tokens, now_secs};
 pub use redis::{RedisAddress, RedisStore};
 pub use sqlite::SqliteStore;
-pub use store::{SessionFilter, SessionStore, Store, StoreError};
+pub use store::{PendingCaps, SessionFilter, SessionStore, Store, StoreError};
 
 use crate::config::{SessionConfig, StoreKind};
 use cipher::{CipherError, TokenCipher};

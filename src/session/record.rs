@@ -187,6 +187,11 @@ pub struct PendingLogin {
     /// The frontend that started the login; only its callback may finish it.
     #[serde(default)]
     pub frontend: String,
+    /// The client network that started it (`security::limits::client_network`, e.g.
+    /// `203.0.113.7/32`, `2001:db8:1:2::/64`; "" when unknown): the per-network cap
+    /// counts by it, and a full store evicts from the heaviest network first.
+    #[serde(default)]
+    pub network: String,
 }
 
 impl std::fmt::Debug for PendingLogin {

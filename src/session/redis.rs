@@ -6,8 +6,11 @@
 //! - `sid:{sid}`, `sub:{sub}` — sets of session keys (the back-channel logout and
 //!   admin lookups); `all` — a sorted set of every key by expiry. Members whose
 //!   session expired are dropped lazily.
-//! - `{pending}:z` / `{pending}:h` — pending logins (one hash slot, so the cap check
-//!   and the single-use take are atomic Lua, also on Redis Cluster).
+//! - `{pending}:*` — pending logins, all in one hash slot so the caps, the eviction
+//!   and the single-use take are atomic Lua, also on Redis Cluster: `z` (key by
+//!   expiry), `h` (key → data), `o` (`network|expiry|key`, one lexicographic set: a
+//!   network's logins oldest first), `n` (key → its `o` member), `c` (network by
+//!   count: the heaviest network).
 //! - `lock:{key}` — the refresh lock: `SET NX PX` with a random owner, released by a
 //!   compare-and-delete script. `once:{key}` — replay cache (`SET NX EXAT`).
 //!
@@ -32,7 +35,9 @@ use futures_util::StreamExt;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Cmd, Pipeline, RedisFuture, Script, Value};
 
-use super::{PendingLogin, SessionFilter, SessionKey, SessionRecord, SessionStore, StoreError};
+use super::{
+    PendingCaps, PendingLogin, SessionFilter, SessionKey, SessionRecord, SessionStore, StoreError,
+};
 
 const PREFIX: &str = "portcullis:";
 const CHANNEL: &str = "portcullis:invalidate";
@@ -427,31 +432,74 @@ static UNLOCK: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
     )
 });
 
-/// Stores a pending login unless `max` live ones exist (KEYS: zset, hash).
+/// Lua shared by the pending-login scripts (KEYS: z, h, n, o, c): `drop(m)` removes
+/// the pending login `m` (hex key) from every structure.
+const DROP_PENDING: &str = r"
+local function drop(m)
+  local om = redis.call('HGET', KEYS[3], m)
+  if om then
+    local net = string.match(om, '^(.-)|')
+    redis.call('ZREM', KEYS[4], om)
+    if tonumber(redis.call('ZINCRBY', KEYS[5], -1, net)) <= 0 then
+      redis.call('ZREM', KEYS[5], net)
+    end
+  end
+  redis.call('HDEL', KEYS[2], m)
+  redis.call('HDEL', KEYS[3], m)
+  redis.call('ZREM', KEYS[1], m)
+end
+";
+
+/// Stores a pending login within the caps (see [`PendingCaps`]); returns how many
+/// were evicted, or -1 when the network is full. ARGV: now, total, per_network,
+/// expires_at, key, data, network.
 static PUT_PENDING: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
-    Script::new(
-        r"local now = tonumber(ARGV[1])
-          local old = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
-          for _, m in ipairs(old) do redis.call('HDEL', KEYS[2], m) end
-          redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-          if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
-          redis.call('ZADD', KEYS[1], ARGV[3], ARGV[4])
-          redis.call('HSET', KEYS[2], ARGV[4], ARGV[5])
-          return 1",
-    )
+    Script::new(&format!(
+        r"{DROP_PENDING}
+          local now = tonumber(ARGV[1])
+          for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)) do drop(m) end
+          local net = ARGV[7]
+          if redis.call('ZLEXCOUNT', KEYS[4], '[' .. net .. '|', '(' .. net .. '}}')
+              >= tonumber(ARGV[3]) then return -1 end
+          local evicted = 0
+          while redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) do
+            local heavy = redis.call('ZREVRANGE', KEYS[5], 0, 0)[1]
+            if not heavy then break end
+            local oldest = redis.call('ZRANGEBYLEX', KEYS[4], '[' .. heavy .. '|',
+              '(' .. heavy .. '}}', 'LIMIT', 0, 1)[1]
+            if oldest then
+              drop(string.match(oldest, '([^|]*)$'))
+              evicted = evicted + 1
+            else
+              redis.call('ZREM', KEYS[5], heavy)
+            end
+          end
+          if redis.call('HEXISTS', KEYS[2], ARGV[5]) == 1 then drop(ARGV[5]) end
+          local om = net .. '|' .. string.format('%012d', tonumber(ARGV[4])) .. '|' .. ARGV[5]
+          redis.call('ZADD', KEYS[1], ARGV[4], ARGV[5])
+          redis.call('HSET', KEYS[2], ARGV[5], ARGV[6])
+          redis.call('HSET', KEYS[3], ARGV[5], om)
+          redis.call('ZADD', KEYS[4], 0, om)
+          redis.call('ZINCRBY', KEYS[5], 1, net)
+          return evicted"
+    ))
 });
 
-/// Takes a pending login once (KEYS: zset, hash).
+/// Takes a pending login once (KEYS as [`DROP_PENDING`]; ARGV: key).
 static TAKE_PENDING: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
-    Script::new(
-        r"local d = redis.call('HGET', KEYS[2], ARGV[1])
-          if d then redis.call('HDEL', KEYS[2], ARGV[1]); redis.call('ZREM', KEYS[1], ARGV[1]) end
-          return d",
-    )
+    Script::new(&format!(
+        r"{DROP_PENDING}
+          local d = redis.call('HGET', KEYS[2], ARGV[1])
+          if d then drop(ARGV[1]) end
+          return d"
+    ))
 });
 
 const PENDING_Z: &str = "portcullis:{pending}:z";
 const PENDING_H: &str = "portcullis:{pending}:h";
+const PENDING_N: &str = "portcullis:{pending}:n";
+const PENDING_O: &str = "portcullis:{pending}:o";
+const PENDING_C: &str = "portcullis:{pending}:c";
 const ALL: &str = "portcullis:all";
 
 impl SessionStore for RedisStore {
@@ -627,26 +675,27 @@ impl SessionStore for RedisStore {
         &self,
         key: SessionKey,
         pending: PendingLogin,
-        max: usize,
-    ) -> Result<(), StoreError> {
+        caps: PendingCaps,
+    ) -> Result<usize, StoreError> {
         let mut conn = self.shared.conn().await?;
         let data = serde_json::to_string(&pending).expect("pending login serializes");
-        let stored: i64 = PUT_PENDING
+        let evicted: i64 = PUT_PENDING
             .key(PENDING_Z)
             .key(PENDING_H)
+            .key(PENDING_N)
+            .key(PENDING_O)
+            .key(PENDING_C)
             .arg(super::now_secs())
-            .arg(max)
+            .arg(caps.total)
+            .arg(caps.per_network)
             .arg(pending.expires_at)
             .arg(hex(&key))
             .arg(data)
+            .arg(&pending.network)
             .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;
-        if stored == 1 {
-            Ok(())
-        } else {
-            Err(StoreError::PendingFull)
-        }
+        usize::try_from(evicted).map_err(|_| StoreError::PendingFull)
     }
 
     async fn take_pending(
@@ -658,6 +707,9 @@ impl SessionStore for RedisStore {
         let data: Option<String> = TAKE_PENDING
             .key(PENDING_Z)
             .key(PENDING_H)
+            .key(PENDING_N)
+            .key(PENDING_O)
+            .key(PENDING_C)
             .arg(hex(key))
             .invoke_async(&mut conn)
             .await

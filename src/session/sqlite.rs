@@ -3,7 +3,9 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{PendingLogin, SessionFilter, SessionKey, SessionRecord, SessionStore, StoreError};
+use super::{
+    PendingCaps, PendingLogin, SessionFilter, SessionKey, SessionRecord, SessionStore, StoreError,
+};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS sessions (
@@ -34,7 +36,8 @@ CREATE TABLE IF NOT EXISTS seen_once (
 CREATE TABLE IF NOT EXISTS pending_logins (
     key         BLOB PRIMARY KEY,
     data        TEXT NOT NULL,
-    expires_at  INTEGER NOT NULL
+    expires_at  INTEGER NOT NULL,
+    network     TEXT NOT NULL DEFAULT ''
 ) WITHOUT ROWID;
 ";
 
@@ -135,6 +138,18 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     if !has_frontend {
         conn.execute_batch("ALTER TABLE sessions ADD COLUMN frontend TEXT NOT NULL DEFAULT ''")?;
     }
+    let has_network: bool = conn
+        .prepare("SELECT 1 FROM pragma_table_info('pending_logins') WHERE name = 'network'")?
+        .exists([])?;
+    if !has_network {
+        conn.execute_batch(
+            "ALTER TABLE pending_logins ADD COLUMN network TEXT NOT NULL DEFAULT ''",
+        )?;
+    }
+    // After the column exists (an older database gets it just above).
+    conn.execute_batch(
+        "CREATE INDEX IF NOT EXISTS pending_logins_network ON pending_logins(network, expires_at)",
+    )?;
     Ok(())
 }
 
@@ -292,31 +307,64 @@ impl SessionStore for SqliteStore {
         &self,
         key: SessionKey,
         pending: PendingLogin,
-        max: usize,
-    ) -> Result<(), StoreError> {
+        caps: PendingCaps,
+    ) -> Result<usize, StoreError> {
         let data = serde_json::to_string(&pending).expect("pending login serializes");
         let now = super::now_secs();
-        let full = self
+        let outcome = self
             .blocking(move |c| {
-                let live: i64 = c
+                // IMMEDIATE: the counts and the insert are one write transaction, so
+                // concurrent logins can't both see room for one.
+                let tx = rusqlite::Transaction::new_unchecked(
+                    c,
+                    rusqlite::TransactionBehavior::Immediate,
+                )?;
+                let in_network: i64 = tx
+                    .prepare_cached(
+                        "SELECT count(*) FROM pending_logins WHERE network = ?1 AND expires_at > ?2",
+                    )?
+                    .query_row(params![pending.network, now], |r| r.get(0))?;
+                if in_network as usize >= caps.per_network {
+                    return Ok(None);
+                }
+                let mut live: i64 = tx
                     .prepare_cached("SELECT count(*) FROM pending_logins WHERE expires_at > ?1")?
                     .query_row([now], |r| r.get(0))?;
-                if live as usize >= max {
-                    c.execute("DELETE FROM pending_logins WHERE expires_at <= ?1", [now])?;
-            c.execute("DELETE FROM refresh_locks WHERE expires_ms <= ?1", [now * 1000])?;
-            c.execute("DELETE FROM seen_once WHERE expires_at <= ?1", [now])?;
-                    return Ok(true);
+                let mut evicted = 0;
+                if live as usize >= caps.total {
+                    tx.execute("DELETE FROM pending_logins WHERE expires_at <= ?1", [now])?;
+                    tx.execute("DELETE FROM refresh_locks WHERE expires_ms <= ?1", [now * 1000])?;
+                    tx.execute("DELETE FROM seen_once WHERE expires_at <= ?1", [now])?;
                 }
-                c.prepare_cached("INSERT OR REPLACE INTO pending_logins (key, data, expires_at) VALUES (?1, ?2, ?3)")?
-                    .execute(params![key.as_bytes().as_slice(), data, pending.expires_at])?;
-                Ok(false)
+                while live > 0 && live as usize >= caps.total {
+                    // The oldest login of the network holding the most (ties: the
+                    // network whose oldest is oldest).
+                    evicted += tx
+                        .prepare_cached(
+                            "DELETE FROM pending_logins WHERE key = (
+                                SELECT key FROM pending_logins WHERE network = (
+                                    SELECT network FROM pending_logins GROUP BY network
+                                    ORDER BY count(*) DESC, min(expires_at) LIMIT 1)
+                                ORDER BY expires_at LIMIT 1)",
+                        )?
+                        .execute([])?;
+                    live -= 1;
+                }
+                tx.prepare_cached(
+                    "INSERT OR REPLACE INTO pending_logins (key, data, expires_at, network)
+                     VALUES (?1, ?2, ?3, ?4)",
+                )?
+                .execute(params![
+                    key.as_bytes().as_slice(),
+                    data,
+                    pending.expires_at,
+                    pending.network
+                ])?;
+                tx.commit()?;
+                Ok(Some(evicted))
             })
             .await?;
-        if full {
-            Err(StoreError::PendingFull)
-        } else {
-            Ok(())
-        }
+        outcome.ok_or(StoreError::PendingFull)
     }
 
     async fn take_pending(
@@ -419,9 +467,19 @@ mod tests {
         let path = dir.path().join("old.db");
         {
             let conn = Connection::open(&path).unwrap();
-            let old_schema = SCHEMA.replace("    frontend    TEXT NOT NULL DEFAULT '',\n", "");
-            assert!(!old_schema.contains("frontend"));
+            let old_schema = SCHEMA
+                .replace("    frontend    TEXT NOT NULL DEFAULT '',\n", "")
+                .replace(",\n    network     TEXT NOT NULL DEFAULT ''", "");
+            assert!(!old_schema.contains("frontend") && !old_schema.contains("network"));
             conn.execute_batch(&old_schema).unwrap();
+            conn.execute(
+                "INSERT INTO pending_logins (key, data, expires_at) VALUES (?1, ?2, 9999999999)",
+                params![
+                    [8u8; 32].as_slice(),
+                    r#"{"binding":"b","pkce_verifier":"v","nonce":"n","return_url":"/","expires_at":9999999999}"#
+                ],
+            )
+            .unwrap();
             conn.execute(
                 "INSERT INTO sessions (key, sub, sid, claims, tokens, created_at, last_seen, \
                  expires_at, version) VALUES (?1, 'alice', NULL, '{}', x'01', 1, 1, 9999999999, 1)",
@@ -437,6 +495,21 @@ mod tests {
             .expect("the old session is still there");
         assert_eq!(record.sub, "alice");
         assert_eq!(record.frontend, "");
+        // A login pending across the upgrade finishes, from the unknown network "".
+        let pending = store
+            .take_pending(&SessionKey::from_bytes([8; 32]), now_ms() / 1000)
+            .await
+            .unwrap()
+            .expect("the old pending login is still there");
+        assert_eq!(pending.network, "");
+        let caps = PendingCaps {
+            total: 10,
+            per_network: 10,
+        };
+        store
+            .put_pending(SessionKey::from_bytes([9; 32]), pending, caps)
+            .await
+            .unwrap();
         drop(store);
         // Opening again (already migrated) is fine.
         SqliteStore::open(&path).await.unwrap();

@@ -8,7 +8,8 @@ use super::{MemoryStore, PendingLogin, RedisStore, SessionKey, SessionRecord, Sq
 pub enum StoreError {
     #[error("session store unavailable: {0}")]
     Unavailable(String),
-    #[error("too many pending logins")]
+    /// The client's network holds `security.pending_logins_per_network` pending logins.
+    #[error("too many pending logins from this network")]
     PendingFull,
 }
 
@@ -21,6 +22,20 @@ impl From<StoreError> for crate::error::ApiError {
             },
         }
     }
+}
+
+/// The bounds on pending logins a store enforces in [`SessionStore::put_pending`].
+///
+/// `total` bounds memory; it is not a refusal: when it is reached the store evicts
+/// the oldest pending login of the network holding the most, so a flood from a few
+/// networks pushes out only its own logins and a real user (one pending login on
+/// its own network) keeps its place. `per_network` refuses a network that already
+/// holds that many, so one network can't take the whole table either. Pending logins
+/// past their expiry count for neither.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PendingCaps {
+    pub total: usize,
+    pub per_network: usize,
 }
 
 /// Which sessions an administrative lookup or a logout is about.
@@ -92,14 +107,18 @@ pub trait SessionStore: Send + Sync + 'static {
         idle: i64,
     ) -> impl Future<Output = Result<usize, StoreError>> + Send;
 
-    /// Keeps a pending login under `key` (the hash of its `state`); refuses with
-    /// [`StoreError::PendingFull`] when `max` live pending logins exist.
+    /// Keeps a pending login under `key` (the hash of its `state`) within `caps`:
+    /// refuses with [`StoreError::PendingFull`] when `pending.network` already holds
+    /// `caps.per_network` live pending logins; when `caps.total` live ones exist,
+    /// first removes the oldest (earliest expiry) of the network holding the most.
+    /// Returns how many live pending logins were evicted (0 or 1). Atomic: concurrent
+    /// calls, also from other instances, never exceed either cap.
     fn put_pending(
         &self,
         key: SessionKey,
         pending: PendingLogin,
-        max: usize,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+        caps: PendingCaps,
+    ) -> impl Future<Output = Result<usize, StoreError>> + Send;
 
     /// Removes and returns the pending login under `key`, unless it has expired by `now`.
     fn take_pending(
@@ -203,9 +222,9 @@ impl SessionStore for Store {
         &self,
         key: SessionKey,
         pending: PendingLogin,
-        max: usize,
-    ) -> Result<(), StoreError> {
-        dispatch!(self, "put_pending", s => s.put_pending(key, pending, max))
+        caps: PendingCaps,
+    ) -> Result<usize, StoreError> {
+        dispatch!(self, "put_pending", s => s.put_pending(key, pending, caps))
     }
     async fn take_pending(
         &self,

@@ -29,8 +29,22 @@ fn pending(expires_at: i64) -> PendingLogin {
         silent: false,
         expires_at,
         frontend: String::new(),
+        network: "192.0.2.1/32".into(),
     }
 }
+
+/// A pending login from `network`.
+fn pending_from(network: &str, expires_at: i64) -> PendingLogin {
+    PendingLogin {
+        network: network.into(),
+        ..pending(expires_at)
+    }
+}
+
+const ROOMY: PendingCaps = PendingCaps {
+    total: 100,
+    per_network: 100,
+};
 
 /// The frontend a session belongs to survives every store operation.
 pub async fn frontend_is_kept(store: impl SessionStore) {
@@ -160,7 +174,7 @@ pub async fn pending_logins_are_single_use(store: impl SessionStore) {
     let now = now_secs();
     let key = SessionKey::hash(b"state-1");
     store
-        .put_pending(key, pending(now + 600), 10)
+        .put_pending(key, pending(now + 600), ROOMY)
         .await
         .unwrap();
     assert_eq!(
@@ -168,36 +182,171 @@ pub async fn pending_logins_are_single_use(store: impl SessionStore) {
         Some(pending(now + 600))
     );
     assert_eq!(store.take_pending(&key, now).await.unwrap(), None);
+    // Taken, it no longer counts for its network.
+    let one = PendingCaps {
+        total: 100,
+        per_network: 1,
+    };
+    for i in 0..3u8 {
+        let key = SessionKey::hash(&[b's', i]);
+        store.put_pending(key, pending(now + 600), one).await.unwrap();
+        store.take_pending(&key, now).await.unwrap().unwrap();
+    }
 }
 
 pub async fn pending_logins_expire(store: impl SessionStore) {
     let now = now_secs();
     let key = SessionKey::hash(b"state-2");
-    store.put_pending(key, pending(now + 5), 10).await.unwrap();
+    store.put_pending(key, pending(now + 5), ROOMY).await.unwrap();
     assert_eq!(store.take_pending(&key, now + 10).await.unwrap(), None);
 }
 
-pub async fn pending_logins_are_capped(store: impl SessionStore) {
+/// One network holds at most `per_network` live pending logins; other networks are
+/// not affected, and a taken or expired login frees its place.
+pub async fn pending_logins_are_capped_per_network(store: impl SessionStore) {
     let now = now_secs();
+    let caps = PendingCaps {
+        total: 100,
+        per_network: 3,
+    };
+    // One of them has already expired: it counts for nothing.
+    store
+        .put_pending(SessionKey::hash(b"stale"), pending_from("a", now - 1), caps)
+        .await
+        .unwrap();
     for i in 0..3u8 {
-        store
-            .put_pending(SessionKey::hash(&[i]), pending(now + 600), 3)
+        let evicted = store
+            .put_pending(SessionKey::hash(&[b'a', i]), pending_from("a", now + 600), caps)
             .await
             .unwrap();
+        assert_eq!(evicted, 0);
     }
     let err = store
-        .put_pending(SessionKey::hash(b"one more"), pending(now + 600), 3)
+        .put_pending(SessionKey::hash(b"a more"), pending_from("a", now + 600), caps)
         .await;
     assert!(matches!(err, Err(StoreError::PendingFull)), "{err:?}");
     store
-        .take_pending(&SessionKey::hash(&[0]), now)
+        .put_pending(SessionKey::hash(b"b"), pending_from("b", now + 600), caps)
+        .await
+        .expect("another network is not affected");
+    store
+        .take_pending(&SessionKey::hash(&[b'a', 0]), now)
         .await
         .unwrap()
         .unwrap();
     store
-        .put_pending(SessionKey::hash(b"one more"), pending(now + 600), 3)
+        .put_pending(SessionKey::hash(b"a more"), pending_from("a", now + 600), caps)
+        .await
+        .expect("a taken login frees its place");
+    // The refused one was not stored; the others all are.
+    for i in 1..3u8 {
+        assert!(
+            store
+                .take_pending(&SessionKey::hash(&[b'a', i]), now)
+                .await
+                .unwrap()
+                .is_some()
+        );
+    }
+}
+
+/// The total cap is a memory bound, never a refusal: a full store evicts the oldest
+/// login of the network holding the most, so a flood pushes out its own logins and a
+/// user on another network keeps theirs.
+pub async fn a_full_store_evicts_from_the_heaviest_network(store: impl SessionStore) {
+    let now = now_secs();
+    let caps = PendingCaps {
+        total: 5,
+        per_network: 100,
+    };
+    let flood = |i: u8| SessionKey::hash(&[b'f', i]);
+    let user = SessionKey::hash(b"user");
+    // The user's login is the oldest of all.
+    store
+        .put_pending(user, pending_from("user", now + 500), caps)
         .await
         .unwrap();
+    store
+        .put_pending(SessionKey::hash(b"x"), pending_from("x", now + 550), caps)
+        .await
+        .unwrap();
+    // An expired login is dropped before anything live is evicted.
+    store
+        .put_pending(flood(0), pending_from("flood", now - 1), caps)
+        .await
+        .unwrap();
+    for i in 1..=3u8 {
+        let evicted = store
+            .put_pending(flood(i), pending_from("flood", now + 600 + i64::from(i)), caps)
+            .await
+            .unwrap();
+        assert_eq!(evicted, 0, "login {i}: the expired one made room");
+    }
+    // Full (5 live): every further login evicts the flood's oldest, never the user's.
+    for i in 4..=20u8 {
+        let evicted = store
+            .put_pending(flood(i), pending_from("flood", now + 600 + i64::from(i)), caps)
+            .await
+            .unwrap();
+        assert_eq!(evicted, 1, "login {i}");
+        assert_eq!(
+            store.take_pending(&flood(i - 3), now).await.unwrap(),
+            None,
+            "the flood's oldest ({}) was evicted",
+            i - 3
+        );
+    }
+    // Another new network evicts from the flood too.
+    let evicted = store
+        .put_pending(SessionKey::hash(b"y"), pending_from("y", now + 700), caps)
+        .await
+        .unwrap();
+    assert_eq!(evicted, 1);
+    assert!(store.take_pending(&user, now).await.unwrap().is_some());
+    assert!(
+        store
+            .take_pending(&SessionKey::hash(b"x"), now)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        store
+            .take_pending(&SessionKey::hash(b"y"), now)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(store.take_pending(&flood(20), now).await.unwrap().is_some());
+}
+
+/// Concurrent logins never exceed a cap.
+pub async fn pending_caps_hold_under_concurrency(store: impl SessionStore) {
+    let store = Arc::new(store);
+    let now = now_secs();
+    let caps = PendingCaps {
+        total: 100,
+        per_network: 5,
+    };
+    let tasks: Vec<_> = (0..20u8)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .put_pending(SessionKey::hash(&[b'c', i]), pending_from("c", now + 600), caps)
+                    .await
+            })
+        })
+        .collect();
+    let mut stored = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => stored += 1,
+            Err(StoreError::PendingFull) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(stored, 5);
 }
 
 pub async fn concurrent_sessions_do_not_interfere(store: impl SessionStore) {
@@ -388,7 +537,8 @@ macro_rules! store_suite {
             store_suite!(@tests $make; insert_get_remove, insert_replaces,
                 touch_moves_last_seen_forward_only, find_by_sid_and_sub,
                 expired_sessions_are_swept, pending_logins_are_single_use,
-                pending_logins_expire, pending_logins_are_capped,
+                pending_logins_expire, pending_logins_are_capped_per_network,
+                a_full_store_evicts_from_the_heaviest_network, pending_caps_hold_under_concurrency,
                 concurrent_sessions_do_not_interfere, update_only_replaces_live_sessions,
                 refresh_lock_is_exclusive_and_leased, refresh_lock_admits_one_of_many,
                 one_time_ids_are_seen_once, indexes_follow_changes,
