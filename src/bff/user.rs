@@ -1,5 +1,5 @@
 use axum::extract::{Query, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -47,6 +47,15 @@ pub struct LogoutQuery {
 /// the browser to the provider's end-session endpoint. `sid` is required (a
 /// cross-site page can't know it); when the session is already gone the browser
 /// just goes on to the post-logout page.
+///
+/// **Logout CSRF.** A foreign page can navigate the browser here (a link, a form,
+/// an `<img>`), but under `SameSite=Strict` the browser sends no session cookie with
+/// it, and the browser would still apply a `Set-Cookie` in the answer. So an answer
+/// touches cookies only when the request carried this frontend's session cookie:
+/// with a live session, after the `sid` matched (a wrong `sid` is a 400 and the
+/// session stays); with a dead one (ended in another tab, timed out, unreadable),
+/// removing it changes nothing for the user. Without the cookie nothing is ended
+/// and nothing is removed: the browser goes to the post-logout page as it is.
 pub async fn logout(
     State(state): State<AppState>,
     Current(fe): Current,
@@ -59,21 +68,31 @@ pub async fn logout(
         .as_deref()
         .filter(|s| !s.is_empty())
         .ok_or(ApiError::invalid("sid is missing"))?;
-    let clear = cookie::removal(&fe.cookie_name);
     let Some((_, record)) = current_session(gw, &fe, &headers).await? else {
-        // Already logged out (another tab, a timeout): nothing to end, go on.
-        return Ok(redirect(&after_logout(&fe), [clear]));
+        // Already logged out (another tab, a timeout), or a cross-site request that
+        // carries no cookie: nothing to end, go on.
+        return Ok(match removal_if_sent(&fe, &headers) {
+            Some(clear) => redirect(&after_logout(&fe), [clear]),
+            None => redirect(&after_logout(&fe), []),
+        });
     };
     if !crate::oidc::constant_time_eq(sid.as_bytes(), logout_sid(&record).as_bytes()) {
         return Err(ApiError::invalid("sid does not match the session"));
     }
     let to = end_session(&state, &fe, &record).await?;
-    Ok(redirect(&to, [clear]))
+    Ok(redirect(&to, [cookie::removal(&fe.cookie_name)]))
+}
+
+/// The removal of this frontend's session cookie, when the request carried one (that
+/// named no live session): a request without it gets no `Set-Cookie` at all.
+fn removal_if_sent(fe: &Frontend, headers: &HeaderMap) -> Option<HeaderValue> {
+    cookie::find(headers, &fe.cookie_name).map(|_| cookie::removal(&fe.cookie_name))
 }
 
 /// `POST /bff/logout` (with `X-CSRF: 1`), for SPAs that navigate themselves: ends
 /// the session like `GET /bff/logout` and answers `{"logout_url": …}`, the
-/// provider's end-session URL to send the browser to.
+/// provider's end-session URL to send the browser to. Like the `GET`, it removes the
+/// session cookie only when the request carried it.
 pub async fn logout_post(
     State(state): State<AppState>,
     Current(fe): Current,
@@ -86,10 +105,11 @@ pub async fn logout_post(
         None => after_logout(&fe),
     };
     let mut response = axum::Json(serde_json::json!({ "logout_url": to })).into_response();
-    response.headers_mut().insert(
-        axum::http::header::SET_COOKIE,
-        cookie::removal(&fe.cookie_name),
-    );
+    if let Some(clear) = removal_if_sent(&fe, &headers) {
+        response
+            .headers_mut()
+            .insert(axum::http::header::SET_COOKIE, clear);
+    }
     Ok(response)
 }
 
