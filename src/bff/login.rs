@@ -10,11 +10,11 @@ use super::{current_session, random_token};
 use crate::error::ApiError;
 use crate::frontend::Current;
 use crate::oidc::OidcError;
-use crate::server::AppState;
 use crate::security::limits::ClientNetwork;
+use crate::server::AppState;
 use crate::session::{
-    EndReason, NewSession, PendingCaps, PendingLogin, SessionKey, SessionStore, StoreError,
-    Tokens, cookie, now_secs,
+    EndReason, NewSession, PendingCaps, PendingLogin, SessionKey, SessionStore, StoreError, Tokens,
+    cookie, now_secs,
 };
 
 #[derive(Deserialize)]

@@ -2,8 +2,10 @@
 //!
 //! Login is started by a top-level navigation to `/bff/login` and finished by the
 //! provider's redirect to `/bff/callback`. A pending login lives server-side, keyed
-//! by the hash of its `state`, single-use, with a TTL and a global cap, and bound to
-//! the browser by the login-binding cookie. No endpoint here ever returns a token.
+//! by the hash of its `state`, single-use, with a TTL, bounded per browser, per client
+//! network and in total (a memory bound that evicts, never a refusal: see
+//! `security::limits`), and bound to the browser by a binding value the server issues
+//! for that login (see [`login()`]). No endpoint here ever returns a token.
 
 mod backchannel;
 mod login;

@@ -75,10 +75,12 @@ impl Limits {
     /// One more `/bff/login` or `/bff/callback` from this client network.
     pub fn check_login_network(&self, network: IpNet) -> Result<(), ApiError> {
         self.housekeeping();
-        self.login_by_network.check_key(&network).map_err(|not_until| {
-            let wait = not_until.wait_time_from(DefaultClock::default().now());
-            refused("client network", wait)
-        })
+        self.login_by_network
+            .check_key(&network)
+            .map_err(|not_until| {
+                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                refused("client network", wait)
+            })
     }
 
     /// One more login started by the browser with this binding (hash).

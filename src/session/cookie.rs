@@ -9,7 +9,9 @@
 //! The login-binding cookie ties a pending login to the browser that started it,
 //! so a `state` stolen or injected into another browser is useless. It is
 //! `SameSite=Lax` because it must come back on the provider's top-level redirect
-//! to `/bff/callback`, and it is shared by every tab: many tabs can log in at once.
+//! to `/bff/callback`. Its value is the server-issued binding of each of the
+//! browser's logins in progress, `.`-separated: many tabs can log in at once, and a
+//! value the client sends is never adopted for a new login (`bff::login`).
 
 use axum::http::{HeaderMap, HeaderValue, header};
 use cookie::{Cookie, SameSite};

@@ -210,7 +210,8 @@ impl SessionStore for MemoryStore {
         let mut table = self.pending_table();
         // Expired logins count for nothing; forgetting them is a full pass, so only
         // when a cap looks reached.
-        if table.logins.len() >= caps.total || table.in_network(&pending.network) >= caps.per_network
+        if table.logins.len() >= caps.total
+            || table.in_network(&pending.network) >= caps.per_network
         {
             table.remove_expired(super::now_secs());
         }

@@ -189,7 +189,10 @@ pub async fn pending_logins_are_single_use(store: impl SessionStore) {
     };
     for i in 0..3u8 {
         let key = SessionKey::hash(&[b's', i]);
-        store.put_pending(key, pending(now + 600), one).await.unwrap();
+        store
+            .put_pending(key, pending(now + 600), one)
+            .await
+            .unwrap();
         store.take_pending(&key, now).await.unwrap().unwrap();
     }
 }
@@ -197,7 +200,10 @@ pub async fn pending_logins_are_single_use(store: impl SessionStore) {
 pub async fn pending_logins_expire(store: impl SessionStore) {
     let now = now_secs();
     let key = SessionKey::hash(b"state-2");
-    store.put_pending(key, pending(now + 5), ROOMY).await.unwrap();
+    store
+        .put_pending(key, pending(now + 5), ROOMY)
+        .await
+        .unwrap();
     assert_eq!(store.take_pending(&key, now + 10).await.unwrap(), None);
 }
 
@@ -216,13 +222,21 @@ pub async fn pending_logins_are_capped_per_network(store: impl SessionStore) {
         .unwrap();
     for i in 0..3u8 {
         let evicted = store
-            .put_pending(SessionKey::hash(&[b'a', i]), pending_from("a", now + 600), caps)
+            .put_pending(
+                SessionKey::hash(&[b'a', i]),
+                pending_from("a", now + 600),
+                caps,
+            )
             .await
             .unwrap();
         assert_eq!(evicted, 0);
     }
     let err = store
-        .put_pending(SessionKey::hash(b"a more"), pending_from("a", now + 600), caps)
+        .put_pending(
+            SessionKey::hash(b"a more"),
+            pending_from("a", now + 600),
+            caps,
+        )
         .await;
     assert!(matches!(err, Err(StoreError::PendingFull)), "{err:?}");
     store
@@ -235,7 +249,11 @@ pub async fn pending_logins_are_capped_per_network(store: impl SessionStore) {
         .unwrap()
         .unwrap();
     store
-        .put_pending(SessionKey::hash(b"a more"), pending_from("a", now + 600), caps)
+        .put_pending(
+            SessionKey::hash(b"a more"),
+            pending_from("a", now + 600),
+            caps,
+        )
         .await
         .expect("a taken login frees its place");
     // The refused one was not stored; the others all are.
@@ -277,7 +295,11 @@ pub async fn a_full_store_evicts_from_the_heaviest_network(store: impl SessionSt
         .unwrap();
     for i in 1..=3u8 {
         let evicted = store
-            .put_pending(flood(i), pending_from("flood", now + 600 + i64::from(i)), caps)
+            .put_pending(
+                flood(i),
+                pending_from("flood", now + 600 + i64::from(i)),
+                caps,
+            )
             .await
             .unwrap();
         assert_eq!(evicted, 0, "login {i}: the expired one made room");
@@ -285,7 +307,11 @@ pub async fn a_full_store_evicts_from_the_heaviest_network(store: impl SessionSt
     // Full (5 live): every further login evicts the flood's oldest, never the user's.
     for i in 4..=20u8 {
         let evicted = store
-            .put_pending(flood(i), pending_from("flood", now + 600 + i64::from(i)), caps)
+            .put_pending(
+                flood(i),
+                pending_from("flood", now + 600 + i64::from(i)),
+                caps,
+            )
             .await
             .unwrap();
         assert_eq!(evicted, 1, "login {i}");
@@ -333,7 +359,11 @@ pub async fn pending_caps_hold_under_concurrency(store: impl SessionStore) {
             let store = store.clone();
             tokio::spawn(async move {
                 store
-                    .put_pending(SessionKey::hash(&[b'c', i]), pending_from("c", now + 600), caps)
+                    .put_pending(
+                        SessionKey::hash(&[b'c', i]),
+                        pending_from("c", now + 600),
+                        caps,
+                    )
                     .await
             })
         })

@@ -172,7 +172,10 @@ async fn a_planted_binding_cookie_does_not_bind_the_login() {
         let r = attacker.get(&callback).await;
         r.assert_error(400, "invalid_request");
         assert!(!r.sets_cookie(COOKIE), "the attacker got a session");
-        attacker.user(&env).await.assert_error(401, "unauthenticated");
+        attacker
+            .user(&env)
+            .await
+            .assert_error(401, "unauthenticated");
     }
 
     // The victim (planted cookie still there) logs in in two tabs at once.
@@ -201,7 +204,10 @@ async fn many_tabs_log_in_at_once() {
     }
     let mut callbacks = Vec::new();
     for (i, authorize) in &tabs {
-        callbacks.push((*i, browser.provider_login(authorize, "alice", "alice").await));
+        callbacks.push((
+            *i,
+            browser.provider_login(authorize, "alice", "alice").await,
+        ));
     }
     callbacks.reverse();
     for (i, callback) in callbacks {
@@ -231,11 +237,7 @@ async fn a_logout_without_the_session_cookie_touches_no_cookie() {
         let r = cross_site
             .get(&env.url(&format!("/bff/logout?sid={q}")))
             .await;
-        assert!(
-            r.set_cookies().is_empty(),
-            "sid={q}: {:?}",
-            r.set_cookies()
-        );
+        assert!(r.set_cookies().is_empty(), "sid={q}: {:?}", r.set_cookies());
         if !q.is_empty() {
             assert_eq!(r.status, 302, "sid={q}");
             assert_eq!(r.location(), env.url("/"));
