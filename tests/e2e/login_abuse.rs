@@ -97,7 +97,7 @@ async fn real_users_keep_logging_in_during_a_flood(store: &'static str) {
     let refused = count.refused.load(Ordering::Relaxed);
     eprintln!("flood ({store}): {started} logins started, {refused} refused");
     // The attackers kept the store over its cap the whole time.
-    assert!(started > 300, "{started}");
+    assert!(started > 200, "{started}");
     assert!(
         env.gateway.logs().contains("pending_login_evicted"),
         "the store was never full"
