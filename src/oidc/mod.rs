@@ -23,7 +23,7 @@ use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 
 pub use assertion::ClientKey;
-pub use discovery::ProviderMetadata;
+pub use discovery::{ProviderMetadata, RevocationSource};
 pub use dpop::DpopKey;
 pub use jwks::JwksCache;
 pub use logout::{BACKCHANNEL_LOGOUT_EVENT, LogoutRequest, check_logout_claims};
@@ -178,7 +178,9 @@ impl Oidc {
             algorithms,
             skew: config.clock_skew,
             http: http.clone(),
-            metadata: discovery::MetadataCache::new(),
+            metadata: discovery::MetadataCache::new(
+                config.revocation_endpoint.as_ref().map(|u| u.to_string()),
+            ),
             jwks: JwksCache::new(http),
         })
     }
@@ -605,7 +607,17 @@ impl Oidc {
     /// The provider's end-session URL for RP-initiated logout, if it has one.
     pub async fn end_session_url(&self, id_token_hint: Option<&str>) -> Option<String> {
         let meta = self.metadata().await.ok()?;
-        let mut url = url::Url::parse(meta.end_session_endpoint.as_deref()?).ok()?;
+        Some(self.end_session_url_at(meta.end_session_endpoint.as_deref()?, id_token_hint)?)
+    }
+
+    /// The end-session request (RP-Initiated Logout 1.0 §2) at `endpoint`, whose own
+    /// query is kept. It always carries a fresh random `state`: the specification
+    /// makes it optional, but some providers (Glewlwyd) send the browser back to
+    /// `post_logout_redirect_uri` only with one. Portcullis keeps nothing to check it
+    /// against — the session is already gone when the browser leaves — so it is a
+    /// value that means nothing to anyone else, and costs nothing.
+    fn end_session_url_at(&self, endpoint: &str, id_token_hint: Option<&str>) -> Option<String> {
+        let mut url = url::Url::parse(endpoint).ok()?;
         {
             let mut q = url.query_pairs_mut();
             if let Some(hint) = id_token_hint {
@@ -615,6 +627,10 @@ impl Oidc {
             if let Some(uri) = &self.post_logout_redirect_uri {
                 q.append_pair("post_logout_redirect_uri", uri);
             }
+            q.append_pair(
+                "state",
+                &crate::session::SessionId::generate().to_cookie_value(),
+            );
         }
         Some(url.into())
     }
