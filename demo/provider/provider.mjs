@@ -30,6 +30,10 @@
 //                       useGrantedResource: true, accessTokenTTL: <seconds> }
 //                     = any absolute resource URL is accepted; its access tokens are JWTs
 //                     (RS256) with aud = the resource.
+//   omitFromDiscovery  default []: members removed from the OIDC discovery document
+//                     (/.well-known/openid-configuration) only, e.g. ["revocation_endpoint"]; the
+//                     RFC 8414 document (/.well-known/oauth-authorization-server) keeps them —
+//                     the shape of django-oauth-toolkit
 //   users             optional override of the built-in accounts:
 //                     { "<login>": { "password": "...", "claims": { "name": ..., ... } } }
 //   keysFile          signing JWKS cache, default demo/provider/.keys.json (created on first start)
@@ -63,6 +67,16 @@
 //                                             "errors": {"invalid_grant": k}}, "authorization_code": …}
 //   POST /test/jwks  {"keys":[<public JWK>…]}   publishes extra public keys in the provider's JWKS
 //                                             (tests sign logout tokens with the private halves)
+//   POST /test/sign  {"claims": {...}, "typ": "JWT"|null, "alg": "RS256"|"ES256"}
+//                                             signs the claims with the provider's own signing key
+//                                             (default RS256; `typ` in the header unless null/absent)
+//                                             and answers 200 {"jwt": "..."} — tokens shaped like
+//                                             another provider's (e.g. a logout token with typ JWT)
+//   POST /test/refresh-id-token  {"sub": "mallory", "nonce": null, ...}
+//                                             from now on, every ID token a refresh_token grant
+//                                             returns has these claims replaced (null removes one)
+//                                             and is re-signed with the same provider key; `{}`
+//                                             turns it off (the default). Answers 200 {"claims": {...}}
 //   GET  /test/health                         200 "ok"
 //
 // Prints exactly one line `READY <issuer>` on stdout once listening; everything else goes to
@@ -79,7 +93,7 @@ console.info = (...args) => console.error(...args);
 console.log = (...args) => console.error(...args);
 
 const { default: Provider, errors, interactionPolicy } = await import('oidc-provider');
-const { generateKeyPair, exportJWK } = await import('jose');
+const { generateKeyPair, exportJWK, importJWK, SignJWT, decodeJwt, decodeProtectedHeader } = await import('jose');
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 
@@ -110,6 +124,7 @@ const rotateRefreshToken = cfg.rotateRefreshToken ?? true;
 const requirePAR = cfg.requirePAR ?? false;
 const dpop = cfg.dpop ?? true;
 const dpopNonce = cfg.dpopNonce ?? false;
+const omitFromDiscovery = cfg.omitFromDiscovery ?? [];
 const keysFile = cfg.keysFile ? path.resolve(cfg.keysFile) : path.join(here, '.keys.json');
 
 const users = cfg.users ?? {
@@ -174,6 +189,18 @@ async function loadKeys() {
 }
 
 const jwks = await loadKeys();
+
+/** Signs `payload` with the provider's own key for `alg` (or the key `kid`). */
+async function signWithProviderKey(payload, { alg = 'RS256', kid, typ } = {}) {
+  const jwk = jwks.keys.find((k) => (kid ? k.kid === kid : k.alg === alg));
+  if (!jwk) throw new Error(`no provider key for ${kid ?? alg}`);
+  const header = { alg: jwk.alg, kid: jwk.kid };
+  if (typ != null) header.typ = typ;
+  return new SignJWT(payload).setProtectedHeader(header).sign(await importJWK(jwk, jwk.alg));
+}
+
+// Claims replaced in the ID tokens of refresh_token grants (POST /test/refresh-id-token).
+let refreshIdTokenClaims = {};
 
 // ---------------------------------------------------------------- HTML helpers
 
@@ -668,6 +695,19 @@ provider.use(async (ctx, next) => {
     ctx.body = { sent, failed: failures.length, errors: failures };
     return;
   }
+  if (p === '/test/sign' && ctx.method === 'POST') {
+    const body = await readJson(ctx.req);
+    noStore(ctx);
+    ctx.body = { jwt: await signWithProviderKey(body.claims ?? {}, { alg: body.alg, typ: body.typ }) };
+    return;
+  }
+  if (p === '/test/refresh-id-token' && ctx.method === 'POST') {
+    refreshIdTokenClaims = await readJson(ctx.req);
+    console.error(`[provider] test: refreshed ID tokens get ${JSON.stringify(refreshIdTokenClaims)}`);
+    noStore(ctx);
+    ctx.body = { claims: refreshIdTokenClaims };
+    return;
+  }
   if (p === '/test/jwks' && ctx.method === 'POST') {
     // Publish extra PUBLIC keys in the JWKS (the test signs logout tokens with their
     // private halves, which never reach the provider).
@@ -679,6 +719,22 @@ provider.use(async (ctx, next) => {
   }
 
   await next();
+
+  if (p === '/.well-known/openid-configuration' && ctx.status === 200 && omitFromDiscovery.length) {
+    const doc = typeof ctx.body === 'string' ? JSON.parse(ctx.body) : { ...ctx.body };
+    for (const member of omitFromDiscovery) delete doc[member];
+    ctx.body = doc;
+  }
+  if (p === '/token' && ctx.status === 200 && ctx.oidc?.params?.grant_type === 'refresh_token'
+    && Object.keys(refreshIdTokenClaims).length && ctx.body?.id_token) {
+    const payload = decodeJwt(ctx.body.id_token);
+    for (const [k, v] of Object.entries(refreshIdTokenClaims)) {
+      if (v === null) delete payload[k];
+      else payload[k] = v;
+    }
+    const { kid } = decodeProtectedHeader(ctx.body.id_token);
+    ctx.body = { ...ctx.body, id_token: await signWithProviderKey(payload, { kid }) };
+  }
 
   if (p === '/jwks' && ctx.method === 'GET' && ctx.status === 200 && extraJwks.length) {
     const jwks = typeof ctx.body === 'string' ? JSON.parse(ctx.body) : ctx.body;

@@ -515,6 +515,48 @@ impl Oidc {
         Ok(tokens)
     }
 
+    /// Proves the client's credentials at the token endpoint (`portcullis check`):
+    /// an authorization-code grant with a made-up code, the real redirect URI and a
+    /// made-up PKCE verifier. Providers authenticate the client before they look at
+    /// the grant (RFC 6749 §5.2), so bad credentials are answered `invalid_client`
+    /// and good ones `invalid_grant` (no such code). Nothing is issued or spent.
+    pub async fn probe_client_credentials(&self) -> Result<CredentialProbe, OidcError> {
+        let made_up = || crate::session::SessionId::generate().to_cookie_value();
+        let answer = self
+            .token_request(
+                vec![
+                    ("grant_type", "authorization_code".into()),
+                    ("code", made_up()),
+                    ("redirect_uri", self.redirect_uri.clone()),
+                    ("code_verifier", made_up()),
+                ],
+                None,
+                None,
+            )
+            .await;
+        Ok(match answer {
+            Err(OidcError::Refused { error, .. }) if error == "invalid_grant" => {
+                CredentialProbe::Accepted
+            }
+            // RFC 6749 §5.2: invalid_client, with 401 when the client used Basic.
+            Err(OidcError::Refused { error, description })
+                if error == "invalid_client" || error == "http_401" =>
+            {
+                CredentialProbe::Refused { error, description }
+            }
+            Err(OidcError::Refused { error, description }) => {
+                CredentialProbe::Unproven(format!(
+                    "the provider answered {error}{}",
+                    description.map(|d| format!(" ({d})")).unwrap_or_default()
+                ))
+            }
+            Err(e) => return Err(e),
+            Ok(_) => CredentialProbe::Unproven(
+                "the provider issued tokens for a made-up authorization code".into(),
+            ),
+        })
+    }
+
     /// A client-credentials token (RFC 6749 §4.4), optionally for a scope and a
     /// resource (RFC 8707).
     pub async fn client_credentials(
@@ -664,6 +706,20 @@ impl Oidc {
             Err(error_from_body(status, response).await)
         }
     }
+}
+
+/// What [`Oidc::probe_client_credentials`] learnt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CredentialProbe {
+    /// The provider authenticated the client (it answered `invalid_grant`).
+    Accepted,
+    /// The provider refused the client's credentials (`invalid_client`).
+    Refused {
+        error: String,
+        description: Option<String>,
+    },
+    /// Neither: the text says what the provider answered instead.
+    Unproven(String),
 }
 
 /// Reads a JSON answer: 2xx → `T`; 4xx with an OAuth error → `Refused`; 5xx → `Unavailable`.
