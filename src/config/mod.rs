@@ -947,7 +947,10 @@ fn validate_oidc(oidc: &OidcConfig, prefix: &str) -> Result<(), ConfigError> {
     if let Some(uri) = &oidc.revocation_endpoint {
         let key = format!("{prefix}oidc.revocation_endpoint");
         if !matches!(uri.scheme(), "http" | "https") || uri.fragment().is_some() {
-            return Err(invalid(&key, "must be an absolute http(s) URL without a fragment"));
+            return Err(invalid(
+                &key,
+                "must be an absolute http(s) URL without a fragment",
+            ));
         }
         if uri.scheme() == "http" && !is_loopback_host(uri) {
             return Err(invalid(&key, "must be https unless the host is loopback"));

@@ -581,7 +581,11 @@ fn oidc_refusals() {
             .set("oidc", "revocation_endpoint", &format!("\"{good}\""))
             .valid();
         assert_eq!(
-            c.frontend().oidc.revocation_endpoint.as_ref().map(Url::as_str),
+            c.frontend()
+                .oidc
+                .revocation_endpoint
+                .as_ref()
+                .map(Url::as_str),
             Some(good)
         );
     }

@@ -240,10 +240,17 @@ async fn rfc8414_revocation_endpoint(http: &reqwest::Client, issuer: &str) -> Op
             }
             Ok(doc) => match doc.revocation_endpoint {
                 Some(endpoint) if is_endpoint_url(&endpoint) => {
-                    tracing::info!(url, endpoint, "revocation endpoint found in RFC 8414 metadata");
+                    tracing::info!(
+                        url,
+                        endpoint,
+                        "revocation endpoint found in RFC 8414 metadata"
+                    );
                     return Some(endpoint);
                 }
-                Some(_) => tracing::warn!(url, "RFC 8414 revocation_endpoint is not an http(s) URL; ignored"),
+                Some(_) => tracing::warn!(
+                    url,
+                    "RFC 8414 revocation_endpoint is not an http(s) URL; ignored"
+                ),
                 None => tracing::debug!(url, "RFC 8414 metadata has no revocation_endpoint"),
             },
             Err(e) => tracing::debug!(url, error = %e, "no RFC 8414 metadata here"),

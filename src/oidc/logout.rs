@@ -290,10 +290,17 @@ mod tests {
         ];
         for require in [false, true] {
             for t in always {
-                assert_eq!(check_typ(Some(t), require), Ok(()), "{t:?} require={require}");
+                assert_eq!(
+                    check_typ(Some(t), require),
+                    Ok(()),
+                    "{t:?} require={require}"
+                );
             }
             for t in never {
-                assert!(check_typ(Some(t), require).is_err(), "{t:?} require={require}");
+                assert!(
+                    check_typ(Some(t), require).is_err(),
+                    "{t:?} require={require}"
+                );
             }
             for t in generic {
                 assert_eq!(

@@ -544,12 +544,10 @@ impl Oidc {
             {
                 CredentialProbe::Refused { error, description }
             }
-            Err(OidcError::Refused { error, description }) => {
-                CredentialProbe::Unproven(format!(
-                    "the provider answered {error}{}",
-                    description.map(|d| format!(" ({d})")).unwrap_or_default()
-                ))
-            }
+            Err(OidcError::Refused { error, description }) => CredentialProbe::Unproven(format!(
+                "the provider answered {error}{}",
+                description.map(|d| format!(" ({d})")).unwrap_or_default()
+            )),
             Err(e) => return Err(e),
             Ok(_) => CredentialProbe::Unproven(
                 "the provider issued tokens for a made-up authorization code".into(),
@@ -584,6 +582,17 @@ impl Oidc {
         expected_nonce: &str,
     ) -> Result<IdTokenClaims, OidcError> {
         tokens::validate_id_token(self, id_token, expected_nonce).await
+    }
+
+    /// Validates the ID token a refresh returned before it may replace `previous`
+    /// (OIDC Core §12.2): same user (`session_sub`), same login, newly issued.
+    pub async fn validate_refreshed_id_token(
+        &self,
+        id_token: &str,
+        previous: Option<&str>,
+        session_sub: &str,
+    ) -> Result<IdTokenClaims, OidcError> {
+        tokens::validate_refreshed_id_token(self, id_token, previous, session_sub).await
     }
 
     /// Fetches userinfo with the access token. Its `sub` must equal the ID token's.
