@@ -34,6 +34,7 @@
 //                     (/.well-known/openid-configuration) only, e.g. ["revocation_endpoint"]; the
 //                     RFC 8414 document (/.well-known/oauth-authorization-server) keeps them —
 //                     the shape of django-oauth-toolkit
+//   omitFromRfc8414   default []: the same for the RFC 8414 document only
 //   users             optional override of the built-in accounts:
 //                     { "<login>": { "password": "...", "claims": { "name": ..., ... } } }
 //   keysFile          signing JWKS cache, default demo/provider/.keys.json (created on first start)
@@ -125,6 +126,7 @@ const requirePAR = cfg.requirePAR ?? false;
 const dpop = cfg.dpop ?? true;
 const dpopNonce = cfg.dpopNonce ?? false;
 const omitFromDiscovery = cfg.omitFromDiscovery ?? [];
+const omitFromRfc8414 = cfg.omitFromRfc8414 ?? [];
 const keysFile = cfg.keysFile ? path.resolve(cfg.keysFile) : path.join(here, '.keys.json');
 
 const users = cfg.users ?? {
@@ -720,9 +722,11 @@ provider.use(async (ctx, next) => {
 
   await next();
 
-  if (p === '/.well-known/openid-configuration' && ctx.status === 200 && omitFromDiscovery.length) {
+  const omit = { '/.well-known/openid-configuration': omitFromDiscovery,
+    '/.well-known/oauth-authorization-server': omitFromRfc8414 }[p];
+  if (omit?.length && ctx.method === 'GET' && ctx.status === 200) {
     const doc = typeof ctx.body === 'string' ? JSON.parse(ctx.body) : { ...ctx.body };
-    for (const member of omitFromDiscovery) delete doc[member];
+    for (const member of omit) delete doc[member];
     ctx.body = doc;
   }
   if (p === '/token' && ctx.status === 200 && ctx.oidc?.params?.grant_type === 'refresh_token'
