@@ -658,7 +658,7 @@ impl Oidc {
     /// The provider's end-session URL for RP-initiated logout, if it has one.
     pub async fn end_session_url(&self, id_token_hint: Option<&str>) -> Option<String> {
         let meta = self.metadata().await.ok()?;
-        Some(self.end_session_url_at(meta.end_session_endpoint.as_deref()?, id_token_hint)?)
+        self.end_session_url_at(meta.end_session_endpoint.as_deref()?, id_token_hint)
     }
 
     /// The end-session request (RP-Initiated Logout 1.0 §2) at `endpoint`, whose own

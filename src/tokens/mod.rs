@@ -299,7 +299,7 @@ async fn refresh_locked(gw: &Arc<Gateway>, key: &SessionKey) -> Outcome {
                     .validate_refreshed_id_token(id_token, tokens.id_token.as_deref(), &record.sub)
                     .await
             {
-                return refused_id_token(gw, &record, &frontend, response, e, started).await;
+                return refused_id_token(gw, &record, frontend, response, e, started).await;
             }
             let now = now_secs();
             let fresh = Tokens {
