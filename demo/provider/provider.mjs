@@ -10,6 +10,12 @@
 //   issuer            full issuer URL override, e.g. "http://localhost:9090" (no trailing slash)
 //   issuerHost        host name used in the computed issuer instead of `host`, e.g. "localhost"
 //                     (issuer = http://<issuerHost|host>:<port>; handy together with port 0)
+//   issuerPath        default "": a path for the computed issuer, e.g. "/tenant1" (issuer =
+//                     http://<host>:<port>/tenant1); the provider's endpoints live under it, and
+//                     its RFC 8414 metadata is also served at the path-inserted URL of RFC 8414
+//                     §3.1 (/.well-known/oauth-authorization-server/tenant1). Logins through the
+//                     interaction pages are not supported with a path (discovery, JWKS and the
+//                     token endpoint are)
 //   clients           array of oidc-provider client metadata, passed through unchanged, except that
 //                     a client without grant_types gets
 //                     ["authorization_code","refresh_token","client_credentials"]
@@ -436,7 +442,8 @@ await new Promise((resolve, reject) => {
   server.listen(wantedPort, host, resolve);
 });
 const { port } = server.address();
-const issuer = (cfg.issuer ?? `http://${cfg.issuerHost ?? host}:${port}`).replace(/\/+$/, '');
+const issuerPath = (cfg.issuerPath ?? '').replace(/\/+$/, '');
+const issuer = (cfg.issuer ?? `http://${cfg.issuerHost ?? host}:${port}${issuerPath}`).replace(/\/+$/, '');
 
 const provider = new Provider(issuer, configuration);
 impliedConsentPrompt(provider);
@@ -746,7 +753,29 @@ provider.use(async (ctx, next) => {
   }
 });
 
-server.on('request', provider.callback());
+const handle = provider.callback();
+const RFC8414 = '/.well-known/oauth-authorization-server';
+server.on('request', (req, res) => {
+  if (issuerPath) {
+    // The provider is mounted at the issuer's path (oidc-provider derives its URLs from
+    // `originalUrl`); RFC 8414 §3.1's path-inserted metadata URL maps to its own document.
+    const { url } = req;
+    const under = (prefix) => url === prefix || url.startsWith(`${prefix}/`) || url.startsWith(`${prefix}?`);
+    if (under(RFC8414 + issuerPath)) {
+      req.originalUrl = url;
+      req.baseUrl = issuerPath;
+      req.url = RFC8414 + url.slice((RFC8414 + issuerPath).length);
+    } else if (under(issuerPath)) {
+      req.originalUrl = url;
+      req.url = url.slice(issuerPath.length) || '/';
+    } else {
+      res.statusCode = 404;
+      res.end();
+      return;
+    }
+  }
+  handle(req, res);
+});
 
 // ---------------------------------------------------------------- lifecycle
 

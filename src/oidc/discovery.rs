@@ -53,26 +53,26 @@ pub struct ProviderMetadata {
 }
 
 /// Where the revocation endpoint in use was found.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum RevocationSource {
     /// Nowhere: refresh tokens are not revoked at logout.
     #[default]
     None,
     /// OIDC discovery (`/.well-known/openid-configuration`).
     Discovery,
-    /// RFC 8414 authorization server metadata.
-    Rfc8414,
+    /// RFC 8414 authorization server metadata, at `url`.
+    Rfc8414 { url: String },
     /// `oidc.revocation_endpoint`.
     Config,
 }
 
 impl RevocationSource {
-    pub fn describe(self) -> &'static str {
+    pub fn describe(&self) -> String {
         match self {
-            Self::None => "not advertised",
-            Self::Discovery => "from OIDC discovery",
-            Self::Rfc8414 => "from RFC 8414 metadata",
-            Self::Config => "from oidc.revocation_endpoint",
+            Self::None => "not advertised".into(),
+            Self::Discovery => "from OIDC discovery".into(),
+            Self::Rfc8414 { url } => format!("from RFC 8414 metadata at {url}"),
+            Self::Config => "from oidc.revocation_endpoint".into(),
         }
     }
 }
@@ -208,9 +208,10 @@ impl MetadataCache {
         {
             meta.revocation_endpoint_source = RevocationSource::Discovery;
         } else {
-            meta.revocation_endpoint = rfc8414_revocation_endpoint(http, issuer).await;
-            if meta.revocation_endpoint.is_some() {
-                meta.revocation_endpoint_source = RevocationSource::Rfc8414;
+            meta.revocation_endpoint = None;
+            if let Some((endpoint, url)) = rfc8414_revocation_endpoint(http, issuer).await {
+                meta.revocation_endpoint = Some(endpoint);
+                meta.revocation_endpoint_source = RevocationSource::Rfc8414 { url };
             }
         }
         let meta = Arc::new(meta);
@@ -219,10 +220,13 @@ impl MetadataCache {
     }
 }
 
-/// The revocation endpoint of the provider's RFC 8414 metadata, if it has one. Any
-/// failure (no such document, another issuer, not JSON) means none: the login flow
-/// does not depend on it, so it is logged, not fatal.
-async fn rfc8414_revocation_endpoint(http: &reqwest::Client, issuer: &str) -> Option<String> {
+/// The revocation endpoint of the provider's RFC 8414 metadata, if it has one, and
+/// the metadata's URL. Any failure (no such document, another issuer, not JSON)
+/// means none: the login flow does not depend on it, so it is logged, not fatal.
+async fn rfc8414_revocation_endpoint(
+    http: &reqwest::Client,
+    issuer: &str,
+) -> Option<(String, String)> {
     for url in rfc8414_urls(issuer) {
         let answer = async {
             let response = crate::telemetry::provider_call(
@@ -245,7 +249,7 @@ async fn rfc8414_revocation_endpoint(http: &reqwest::Client, issuer: &str) -> Op
                         endpoint,
                         "revocation endpoint found in RFC 8414 metadata"
                     );
-                    return Some(endpoint);
+                    return Some((endpoint, url));
                 }
                 Some(_) => tracing::warn!(
                     url,

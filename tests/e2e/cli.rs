@@ -154,8 +154,9 @@ async fn check_says_what_the_provider_does_not_advertise() {
     assert!(ok, "{err}");
     assert!(
         out.contains(&format!(
-            "revocation endpoint:     {} (from RFC 8414 metadata)",
-            env.provider.url("/token/revocation")
+            "revocation endpoint:     {} (from RFC 8414 metadata at {})",
+            env.provider.url("/token/revocation"),
+            env.provider.url("/.well-known/oauth-authorization-server")
         )),
         "{out}"
     );
@@ -215,6 +216,31 @@ async fn check_says_what_the_provider_does_not_advertise() {
         "{out}"
     );
     assert!(!out.contains("will not be revoked"), "{out}");
+}
+
+/// An issuer with a path: RFC 8414 §3.1 puts the path after the well-known part.
+#[tokio::test]
+async fn check_finds_rfc8414_metadata_of_an_issuer_with_a_path() {
+    let env = Env::builder()
+        .provider_option("issuerPath", serde_json::json!("/tenant1"))
+        .provider_option(
+            "omitFromDiscovery",
+            serde_json::json!(["revocation_endpoint"]),
+        )
+        .start()
+        .await;
+    let issuer = &env.provider.issuer;
+    let origin = issuer.strip_suffix("/tenant1").unwrap();
+    let (ok, out, err) = check(&env, &env.gateway.config_path).await;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(&format!(
+            "revocation endpoint:     {issuer}/token/revocation (from RFC 8414 metadata at \
+             {origin}/.well-known/oauth-authorization-server/tenant1)"
+        )),
+        "{out}"
+    );
+    assert!(out.contains("client credentials:      ok"), "{out}");
 }
 
 #[test]
