@@ -109,18 +109,38 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
         .map_err(|e| e.to_string())
 }
 
+/// `portcullis check`: every frontend is checked, and each failure is reported.
 async fn check(config: Config) -> Result<(), String> {
     println!("config:                  ok ({})", config_summary(&config));
+    let mut failures = Vec::new();
     for (i, frontend) in config.frontends.iter().enumerate() {
-        if !frontend.name.is_empty() {
+        let keys = if frontend.name.is_empty() {
+            String::new()
+        } else {
             println!("\nfrontend {} (frontends[{i}]):", frontend.name);
+            format!("frontends[{i}].")
+        };
+        if let Err(e) = check_frontend(&config, frontend, &keys).await {
+            failures.push(if frontend.name.is_empty() {
+                e
+            } else {
+                format!("frontend {}: {e}", frontend.name)
+            });
         }
-        check_frontend(&config, frontend).await?;
     }
-    Ok(())
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(failures.join("\n"))
+    }
 }
 
-async fn check_frontend(config: &Config, frontend: &FrontendConfig) -> Result<(), String> {
+/// `keys` is "" or "frontends[i]." for the config keys named in messages.
+async fn check_frontend(
+    config: &Config,
+    frontend: &FrontendConfig,
+    keys: &str,
+) -> Result<(), String> {
     let redirect_uri = frontend.redirect_uri(config);
     let oidc = crate::oidc::Oidc::new(&frontend.oidc, redirect_uri.clone())?;
     let meta = oidc
@@ -133,7 +153,19 @@ async fn check_frontend(config: &Config, frontend: &FrontendConfig) -> Result<()
         .await
         .map_err(|e| format!("oidc.issuer: JWKS at {} failed: {e}", meta.jwks_uri))?;
     let yes_no = |b: bool| if b { "yes" } else { "no" };
-    let opt = |o: &Option<String>| o.clone().unwrap_or_else(|| "(none)".into());
+    const NOT_ADVERTISED: &str = "(not advertised)";
+    let opt = |o: &Option<String>| {
+        o.clone()
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| NOT_ADVERTISED.into())
+    };
+    let list = |l: &[String]| {
+        if l.is_empty() {
+            NOT_ADVERTISED.to_owned()
+        } else {
+            l.join(", ")
+        }
+    };
     println!("issuer:                  {}", meta.issuer);
     println!("authorization endpoint:  {}", meta.authorization_endpoint);
     println!("token endpoint:          {}", meta.token_endpoint);
@@ -142,10 +174,13 @@ async fn check_frontend(config: &Config, frontend: &FrontendConfig) -> Result<()
         "end-session endpoint:    {}",
         opt(&meta.end_session_endpoint)
     );
-    println!(
-        "revocation endpoint:     {}",
-        opt(&meta.revocation_endpoint)
-    );
+    match &meta.revocation_endpoint {
+        Some(endpoint) => println!(
+            "revocation endpoint:     {endpoint} ({})",
+            meta.revocation_endpoint_source.describe()
+        ),
+        None => println!("revocation endpoint:     {NOT_ADVERTISED}"),
+    }
     println!(
         "PAR endpoint:            {}",
         opt(&meta.pushed_authorization_request_endpoint)
@@ -161,7 +196,7 @@ async fn check_frontend(config: &Config, frontend: &FrontendConfig) -> Result<()
     );
     println!(
         "PKCE methods:            {}",
-        meta.code_challenge_methods_supported.join(", ")
+        list(&meta.code_challenge_methods_supported)
     );
     let kids: Vec<String> = jwks
         .keys
@@ -187,7 +222,78 @@ async fn check_frontend(config: &Config, frontend: &FrontendConfig) -> Result<()
             "note: the provider does not advertise RFC 9207; mix-up defence relies on per-issuer state"
         );
     }
-    Ok(())
+    if meta.revocation_endpoint.is_none() {
+        println!(
+            "warning: no revocation endpoint (not in OIDC discovery nor RFC 8414 metadata; \
+             set {keys}oidc.revocation_endpoint if the provider has one): \
+             refresh tokens will not be revoked at logout"
+        );
+    }
+    check_client_credentials(&oidc, &frontend.oidc, keys).await
+}
+
+/// Proves the client credentials with a token request (see
+/// [`Oidc::probe_client_credentials`](crate::oidc::Oidc::probe_client_credentials)).
+async fn check_client_credentials(
+    oidc: &crate::oidc::Oidc,
+    settings: &crate::config::OidcConfig,
+    keys: &str,
+) -> Result<(), String> {
+    use crate::config::AuthMethod;
+    use crate::oidc::CredentialProbe;
+    let probe = oidc
+        .probe_client_credentials()
+        .await
+        .map_err(|e| format!("oidc.issuer: the token endpoint could not be reached: {e}"))?;
+    match probe {
+        CredentialProbe::Accepted => {
+            println!(
+                "client credentials:      ok (the provider authenticated {keys}oidc.client_id {}; \
+                 it answered invalid_grant for a made-up code)",
+                oidc.client_id()
+            );
+            Ok(())
+        }
+        CredentialProbe::Refused { error, description } => {
+            let what = match settings.auth_method {
+                AuthMethod::PrivateKeyJwt => format!(
+                    "{keys}oidc.private_key_file (and the public key registered at the provider, {keys}oidc.private_key_id)"
+                ),
+                AuthMethod::ClientSecretBasic | AuthMethod::ClientSecretPost => format!(
+                    "{keys}oidc.client_secret (and {keys}oidc.auth_method = {:?})",
+                    auth_method_name(settings.auth_method)
+                ),
+            };
+            let error = if error == "http_401" {
+                "invalid_client".to_owned()
+            } else {
+                error
+            };
+            Err(format!(
+                "the provider refused the client credentials for {keys}oidc.client_id {}: {error} — check {what}{}",
+                oidc.client_id(),
+                description
+                    .map(|d| format!("; the provider said: {d}"))
+                    .unwrap_or_default()
+            ))
+        }
+        CredentialProbe::Unproven(why) => {
+            println!(
+                "warning: the client credentials could not be proven: {why} \
+                 (expected invalid_grant for a made-up authorization code)"
+            );
+            Ok(())
+        }
+    }
+}
+
+fn auth_method_name(m: crate::config::AuthMethod) -> &'static str {
+    use crate::config::AuthMethod;
+    match m {
+        AuthMethod::ClientSecretBasic => "client_secret_basic",
+        AuthMethod::ClientSecretPost => "client_secret_post",
+        AuthMethod::PrivateKeyJwt => "private_key_jwt",
+    }
 }
 
 fn config_summary(config: &Config) -> String {

@@ -10,6 +10,12 @@
 //   issuer            full issuer URL override, e.g. "http://localhost:9090" (no trailing slash)
 //   issuerHost        host name used in the computed issuer instead of `host`, e.g. "localhost"
 //                     (issuer = http://<issuerHost|host>:<port>; handy together with port 0)
+//   issuerPath        default "": a path for the computed issuer, e.g. "/tenant1" (issuer =
+//                     http://<host>:<port>/tenant1); the provider's endpoints live under it, and
+//                     its RFC 8414 metadata is also served at the path-inserted URL of RFC 8414
+//                     §3.1 (/.well-known/oauth-authorization-server/tenant1). Logins through the
+//                     interaction pages are not supported with a path (discovery, JWKS and the
+//                     token endpoint are)
 //   clients           array of oidc-provider client metadata, passed through unchanged, except that
 //                     a client without grant_types gets
 //                     ["authorization_code","refresh_token","client_credentials"]
@@ -30,6 +36,11 @@
 //                       useGrantedResource: true, accessTokenTTL: <seconds> }
 //                     = any absolute resource URL is accepted; its access tokens are JWTs
 //                     (RS256) with aud = the resource.
+//   omitFromDiscovery  default []: members removed from the OIDC discovery document
+//                     (/.well-known/openid-configuration) only, e.g. ["revocation_endpoint"]; the
+//                     RFC 8414 document (/.well-known/oauth-authorization-server) keeps them —
+//                     the shape of django-oauth-toolkit
+//   omitFromRfc8414   default []: the same for the RFC 8414 document only
 //   users             optional override of the built-in accounts:
 //                     { "<login>": { "password": "...", "claims": { "name": ..., ... } } }
 //   keysFile          signing JWKS cache, default demo/provider/.keys.json (created on first start)
@@ -63,6 +74,16 @@
 //                                             "errors": {"invalid_grant": k}}, "authorization_code": …}
 //   POST /test/jwks  {"keys":[<public JWK>…]}   publishes extra public keys in the provider's JWKS
 //                                             (tests sign logout tokens with the private halves)
+//   POST /test/sign  {"claims": {...}, "typ": "JWT"|null, "alg": "RS256"|"ES256"}
+//                                             signs the claims with the provider's own signing key
+//                                             (default RS256; `typ` in the header unless null/absent)
+//                                             and answers 200 {"jwt": "..."} — tokens shaped like
+//                                             another provider's (e.g. a logout token with typ JWT)
+//   POST /test/refresh-id-token  {"sub": "mallory", "nonce": null, ...}
+//                                             from now on, every ID token a refresh_token grant
+//                                             returns has these claims replaced (null removes one)
+//                                             and is re-signed with the same provider key; `{}`
+//                                             turns it off (the default). Answers 200 {"claims": {...}}
 //   GET  /test/health                         200 "ok"
 //
 // Prints exactly one line `READY <issuer>` on stdout once listening; everything else goes to
@@ -79,7 +100,7 @@ console.info = (...args) => console.error(...args);
 console.log = (...args) => console.error(...args);
 
 const { default: Provider, errors, interactionPolicy } = await import('oidc-provider');
-const { generateKeyPair, exportJWK } = await import('jose');
+const { generateKeyPair, exportJWK, importJWK, SignJWT, decodeJwt, decodeProtectedHeader } = await import('jose');
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 
@@ -110,6 +131,8 @@ const rotateRefreshToken = cfg.rotateRefreshToken ?? true;
 const requirePAR = cfg.requirePAR ?? false;
 const dpop = cfg.dpop ?? true;
 const dpopNonce = cfg.dpopNonce ?? false;
+const omitFromDiscovery = cfg.omitFromDiscovery ?? [];
+const omitFromRfc8414 = cfg.omitFromRfc8414 ?? [];
 const keysFile = cfg.keysFile ? path.resolve(cfg.keysFile) : path.join(here, '.keys.json');
 
 const users = cfg.users ?? {
@@ -174,6 +197,18 @@ async function loadKeys() {
 }
 
 const jwks = await loadKeys();
+
+/** Signs `payload` with the provider's own key for `alg` (or the key `kid`). */
+async function signWithProviderKey(payload, { alg = 'RS256', kid, typ } = {}) {
+  const jwk = jwks.keys.find((k) => (kid ? k.kid === kid : k.alg === alg));
+  if (!jwk) throw new Error(`no provider key for ${kid ?? alg}`);
+  const header = { alg: jwk.alg, kid: jwk.kid };
+  if (typ != null) header.typ = typ;
+  return new SignJWT(payload).setProtectedHeader(header).sign(await importJWK(jwk, jwk.alg));
+}
+
+// Claims replaced in the ID tokens of refresh_token grants (POST /test/refresh-id-token).
+let refreshIdTokenClaims = {};
 
 // ---------------------------------------------------------------- HTML helpers
 
@@ -407,7 +442,8 @@ await new Promise((resolve, reject) => {
   server.listen(wantedPort, host, resolve);
 });
 const { port } = server.address();
-const issuer = (cfg.issuer ?? `http://${cfg.issuerHost ?? host}:${port}`).replace(/\/+$/, '');
+const issuerPath = (cfg.issuerPath ?? '').replace(/\/+$/, '');
+const issuer = (cfg.issuer ?? `http://${cfg.issuerHost ?? host}:${port}${issuerPath}`).replace(/\/+$/, '');
 
 const provider = new Provider(issuer, configuration);
 impliedConsentPrompt(provider);
@@ -668,6 +704,19 @@ provider.use(async (ctx, next) => {
     ctx.body = { sent, failed: failures.length, errors: failures };
     return;
   }
+  if (p === '/test/sign' && ctx.method === 'POST') {
+    const body = await readJson(ctx.req);
+    noStore(ctx);
+    ctx.body = { jwt: await signWithProviderKey(body.claims ?? {}, { alg: body.alg, typ: body.typ }) };
+    return;
+  }
+  if (p === '/test/refresh-id-token' && ctx.method === 'POST') {
+    refreshIdTokenClaims = await readJson(ctx.req);
+    console.error(`[provider] test: refreshed ID tokens get ${JSON.stringify(refreshIdTokenClaims)}`);
+    noStore(ctx);
+    ctx.body = { claims: refreshIdTokenClaims };
+    return;
+  }
   if (p === '/test/jwks' && ctx.method === 'POST') {
     // Publish extra PUBLIC keys in the JWKS (the test signs logout tokens with their
     // private halves, which never reach the provider).
@@ -680,13 +729,53 @@ provider.use(async (ctx, next) => {
 
   await next();
 
+  const omit = { '/.well-known/openid-configuration': omitFromDiscovery,
+    '/.well-known/oauth-authorization-server': omitFromRfc8414 }[p];
+  if (omit?.length && ctx.method === 'GET' && ctx.status === 200) {
+    const doc = typeof ctx.body === 'string' ? JSON.parse(ctx.body) : { ...ctx.body };
+    for (const member of omit) delete doc[member];
+    ctx.body = doc;
+  }
+  if (p === '/token' && ctx.status === 200 && ctx.oidc?.params?.grant_type === 'refresh_token'
+    && Object.keys(refreshIdTokenClaims).length && ctx.body?.id_token) {
+    const payload = decodeJwt(ctx.body.id_token);
+    for (const [k, v] of Object.entries(refreshIdTokenClaims)) {
+      if (v === null) delete payload[k];
+      else payload[k] = v;
+    }
+    const { kid } = decodeProtectedHeader(ctx.body.id_token);
+    ctx.body = { ...ctx.body, id_token: await signWithProviderKey(payload, { kid }) };
+  }
+
   if (p === '/jwks' && ctx.method === 'GET' && ctx.status === 200 && extraJwks.length) {
     const jwks = typeof ctx.body === 'string' ? JSON.parse(ctx.body) : ctx.body;
     ctx.body = { keys: [...jwks.keys, ...extraJwks] };
   }
 });
 
-server.on('request', provider.callback());
+const handle = provider.callback();
+const RFC8414 = '/.well-known/oauth-authorization-server';
+server.on('request', (req, res) => {
+  if (issuerPath) {
+    // The provider is mounted at the issuer's path (oidc-provider derives its URLs from
+    // `originalUrl`); RFC 8414 §3.1's path-inserted metadata URL maps to its own document.
+    const { url } = req;
+    const under = (prefix) => url === prefix || url.startsWith(`${prefix}/`) || url.startsWith(`${prefix}?`);
+    if (under(RFC8414 + issuerPath)) {
+      req.originalUrl = url;
+      req.baseUrl = issuerPath;
+      req.url = RFC8414 + url.slice((RFC8414 + issuerPath).length);
+    } else if (under(issuerPath)) {
+      req.originalUrl = url;
+      req.url = url.slice(issuerPath.length) || '/';
+    } else {
+      res.statusCode = 404;
+      res.end();
+      return;
+    }
+  }
+  handle(req, res);
+});
 
 // ---------------------------------------------------------------- lifecycle
 

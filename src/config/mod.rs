@@ -168,6 +168,12 @@ pub struct OidcConfig {
     /// Where the provider sends the browser after logout; absolute, registered at the provider.
     #[serde(default)]
     pub post_logout_redirect_uri: Option<Url>,
+    /// The provider's token revocation endpoint (RFC 7009), used at logout to revoke
+    /// the session's refresh token. Default: the `revocation_endpoint` of OIDC
+    /// discovery, else of the RFC 8414 metadata
+    /// (`/.well-known/oauth-authorization-server`). https unless loopback.
+    #[serde(default)]
+    pub revocation_endpoint: Option<Url>,
     /// Merge the userinfo endpoint's claims into `/bff/user`. Default `false`.
     #[serde(default)]
     pub userinfo: bool,
@@ -184,8 +190,9 @@ pub struct OidcConfig {
     /// `Authorization: DPoP` with a proof (see `routes.dpop`). Default `false`.
     #[serde(default)]
     pub dpop: bool,
-    /// Refuse back-channel logout tokens without `typ: logout+jwt` (a token with
-    /// another `typ` is always refused). Default `false`: some providers omit it.
+    /// Refuse back-channel logout tokens without `typ: logout+jwt`. Default `false`:
+    /// a missing `typ` or the generic `typ: JWT` (which some providers write) is then
+    /// accepted too. Any other explicit `typ` (`at+jwt`, …) is always refused.
     #[serde(default)]
     pub require_logout_token_typ: bool,
     /// Signature algorithms accepted on ID tokens. Asymmetric only; never `none`.
@@ -953,6 +960,18 @@ fn validate_oidc(oidc: &OidcConfig, prefix: &str) -> Result<(), ConfigError> {
             &format!("{prefix}oidc.post_logout_redirect_uri"),
             "must be an absolute http(s) URL",
         ));
+    }
+    if let Some(uri) = &oidc.revocation_endpoint {
+        let key = format!("{prefix}oidc.revocation_endpoint");
+        if !matches!(uri.scheme(), "http" | "https") || uri.fragment().is_some() {
+            return Err(invalid(
+                &key,
+                "must be an absolute http(s) URL without a fragment",
+            ));
+        }
+        if uri.scheme() == "http" && !is_loopback_host(uri) {
+            return Err(invalid(&key, "must be https unless the host is loopback"));
+        }
     }
     if oidc.id_token_algorithms.is_empty() {
         return Err(invalid(

@@ -562,6 +562,33 @@ fn oidc_refusals() {
         .refused_for("oidc.clock_skew");
     m().set("oidc", "post_logout_redirect_uri", "\"mailto:a@b.c\"")
         .refused_for("oidc.post_logout_redirect_uri");
+    for bad in [
+        "\"http://idp.example.com/revoke\"",
+        "\"ftp://idp.example.com/revoke\"",
+        "\"mailto:a@b.c\"",
+        "\"https://idp.example.com/revoke#x\"",
+    ] {
+        m().set("oidc", "revocation_endpoint", bad)
+            .refused_for("oidc.revocation_endpoint");
+    }
+    for good in [
+        "https://idp.example.com/oauth2/revoke",
+        "http://127.0.0.1:9090/token/revocation",
+        "http://localhost:9090/revoke",
+        "http://[::1]:9090/revoke?x=1",
+    ] {
+        let c = m()
+            .set("oidc", "revocation_endpoint", &format!("\"{good}\""))
+            .valid();
+        assert_eq!(
+            c.frontend()
+                .oidc
+                .revocation_endpoint
+                .as_ref()
+                .map(Url::as_str),
+            Some(good)
+        );
+    }
     for alg in ["HS256", "HS512", "none", "XYZ"] {
         let e = m()
             .set(

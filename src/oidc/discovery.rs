@@ -1,3 +1,7 @@
+//! Provider metadata: OIDC Discovery 1.0, with the revocation endpoint completed
+//! from RFC 8414 metadata when discovery lacks it (django-oauth-toolkit lists it only
+//! there), or set by `oidc.revocation_endpoint`.
+
 use std::sync::{Arc, RwLock};
 
 use serde::Deserialize;
@@ -15,8 +19,12 @@ pub struct ProviderMetadata {
     pub userinfo_endpoint: Option<String>,
     #[serde(default)]
     pub end_session_endpoint: Option<String>,
+    /// RFC 7009. Completed from RFC 8414 metadata or `oidc.revocation_endpoint`;
+    /// where it came from is `revocation_endpoint_source`.
     #[serde(default)]
     pub revocation_endpoint: Option<String>,
+    #[serde(skip)]
+    pub revocation_endpoint_source: RevocationSource,
     #[serde(default)]
     pub introspection_endpoint: Option<String>,
     #[serde(default)]
@@ -42,6 +50,66 @@ pub struct ProviderMetadata {
     /// RFC 9449 §5.1: the DPoP proof algorithms the provider accepts (when it says).
     #[serde(default)]
     pub dpop_signing_alg_values_supported: Option<Vec<String>>,
+}
+
+/// Where the revocation endpoint in use was found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum RevocationSource {
+    /// Nowhere: refresh tokens are not revoked at logout.
+    #[default]
+    None,
+    /// OIDC discovery (`/.well-known/openid-configuration`).
+    Discovery,
+    /// RFC 8414 authorization server metadata, at `url`.
+    Rfc8414 { url: String },
+    /// `oidc.revocation_endpoint`.
+    Config,
+}
+
+impl RevocationSource {
+    pub fn describe(&self) -> String {
+        match self {
+            Self::None => "not advertised".into(),
+            Self::Discovery => "from OIDC discovery".into(),
+            Self::Rfc8414 { url } => format!("from RFC 8414 metadata at {url}"),
+            Self::Config => "from oidc.revocation_endpoint".into(),
+        }
+    }
+}
+
+/// The RFC 8414 metadata URLs to try for `issuer`, best first: the path-inserted
+/// form of RFC 8414 §3.1 (`https://h/.well-known/oauth-authorization-server/tenant`),
+/// then, for an issuer with a path, the appended form some providers serve instead
+/// (`https://h/tenant/.well-known/oauth-authorization-server`, like OIDC discovery).
+pub fn rfc8414_urls(issuer: &str) -> Vec<String> {
+    const WELL_KNOWN: &str = "/.well-known/oauth-authorization-server";
+    let Ok(url) = url::Url::parse(issuer) else {
+        return Vec::new();
+    };
+    let path = url.path().trim_end_matches('/');
+    let mut origin = url.clone();
+    origin.set_path("");
+    origin.set_query(None);
+    origin.set_fragment(None);
+    let origin = origin.as_str().trim_end_matches('/').to_owned();
+    let mut urls = vec![format!("{origin}{WELL_KNOWN}{path}")];
+    if !path.is_empty() {
+        urls.push(format!("{origin}{path}{WELL_KNOWN}"));
+    }
+    urls
+}
+
+/// What Portcullis reads from RFC 8414 metadata.
+#[derive(Debug, Deserialize)]
+struct AuthorizationServerMetadata {
+    issuer: String,
+    #[serde(default)]
+    revocation_endpoint: Option<String>,
+}
+
+/// An endpoint URL from metadata must be absolute http(s).
+fn is_endpoint_url(value: &str) -> bool {
+    url::Url::parse(value).is_ok_and(|u| matches!(u.scheme(), "http" | "https"))
 }
 
 impl ProviderMetadata {
@@ -80,13 +148,16 @@ impl ProviderMetadata {
 pub(super) struct MetadataCache {
     value: RwLock<Option<Arc<ProviderMetadata>>>,
     fetching: tokio::sync::Mutex<()>,
+    /// `oidc.revocation_endpoint`, which wins over anything the provider says.
+    revocation_endpoint: Option<String>,
 }
 
 impl MetadataCache {
-    pub fn new() -> Self {
+    pub fn new(revocation_endpoint: Option<String>) -> Self {
         Self {
             value: RwLock::new(None),
             fetching: tokio::sync::Mutex::new(()),
+            revocation_endpoint,
         }
     }
 
@@ -119,15 +190,121 @@ impl MetadataCache {
             http.get(&url).header("accept", "application/json").send(),
         )
         .await?;
-        let meta: ProviderMetadata = parse_json_answer(response).await.map_err(|e| match e {
-            OidcError::Refused { error, .. } => {
-                OidcError::Unavailable(format!("discovery at {url}: {error}"))
-            }
-            other => other,
-        })?;
+        let mut meta: ProviderMetadata =
+            parse_json_answer(response).await.map_err(|e| match e {
+                OidcError::Refused { error, .. } => {
+                    OidcError::Unavailable(format!("discovery at {url}: {error}"))
+                }
+                other => other,
+            })?;
         meta.check(issuer)?;
+        if let Some(configured) = &self.revocation_endpoint {
+            meta.revocation_endpoint = Some(configured.clone());
+            meta.revocation_endpoint_source = RevocationSource::Config;
+        } else if meta
+            .revocation_endpoint
+            .as_deref()
+            .is_some_and(is_endpoint_url)
+        {
+            meta.revocation_endpoint_source = RevocationSource::Discovery;
+        } else {
+            meta.revocation_endpoint = None;
+            if let Some((endpoint, url)) = rfc8414_revocation_endpoint(http, issuer).await {
+                meta.revocation_endpoint = Some(endpoint);
+                meta.revocation_endpoint_source = RevocationSource::Rfc8414 { url };
+            }
+        }
         let meta = Arc::new(meta);
         *self.value.write().unwrap_or_else(|p| p.into_inner()) = Some(meta.clone());
         Ok(meta)
+    }
+}
+
+/// The revocation endpoint of the provider's RFC 8414 metadata, if it has one, and
+/// the metadata's URL. Any failure (no such document, another issuer, not JSON)
+/// means none: the login flow does not depend on it, so it is logged, not fatal.
+async fn rfc8414_revocation_endpoint(
+    http: &reqwest::Client,
+    issuer: &str,
+) -> Option<(String, String)> {
+    for url in rfc8414_urls(issuer) {
+        let answer = async {
+            let response = crate::telemetry::provider_call(
+                "discovery",
+                http.get(&url).header("accept", "application/json").send(),
+            )
+            .await?;
+            parse_json_answer::<AuthorizationServerMetadata>(response).await
+        }
+        .await;
+        match answer {
+            // RFC 8414 §3.3: the document must name the issuer asked for.
+            Ok(doc) if doc.issuer != issuer => {
+                tracing::warn!(url, named = %doc.issuer, "RFC 8414 metadata names another issuer; ignored");
+            }
+            Ok(doc) => match doc.revocation_endpoint {
+                Some(endpoint) if is_endpoint_url(&endpoint) => {
+                    tracing::info!(
+                        url,
+                        endpoint,
+                        "revocation endpoint found in RFC 8414 metadata"
+                    );
+                    return Some((endpoint, url));
+                }
+                Some(_) => tracing::warn!(
+                    url,
+                    "RFC 8414 revocation_endpoint is not an http(s) URL; ignored"
+                ),
+                None => tracing::debug!(url, "RFC 8414 metadata has no revocation_endpoint"),
+            },
+            Err(e) => tracing::debug!(url, error = %e, "no RFC 8414 metadata here"),
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc8414_urls_insert_the_issuer_path() {
+        assert_eq!(
+            rfc8414_urls("https://idp.example.com"),
+            ["https://idp.example.com/.well-known/oauth-authorization-server"]
+        );
+        assert_eq!(
+            rfc8414_urls("https://idp.example.com/"),
+            ["https://idp.example.com/.well-known/oauth-authorization-server"]
+        );
+        assert_eq!(
+            rfc8414_urls("http://127.0.0.1:9090"),
+            ["http://127.0.0.1:9090/.well-known/oauth-authorization-server"]
+        );
+        assert_eq!(
+            rfc8414_urls("https://idp.example.com/o/tenant1"),
+            [
+                "https://idp.example.com/.well-known/oauth-authorization-server/o/tenant1",
+                "https://idp.example.com/o/tenant1/.well-known/oauth-authorization-server",
+            ]
+        );
+        // A trailing slash of the issuer does not make an empty path segment.
+        assert_eq!(
+            rfc8414_urls("https://idp.example.com:8443/realms/main/"),
+            [
+                "https://idp.example.com:8443/.well-known/oauth-authorization-server/realms/main",
+                "https://idp.example.com:8443/realms/main/.well-known/oauth-authorization-server",
+            ]
+        );
+        assert!(rfc8414_urls("not a url").is_empty());
+    }
+
+    #[test]
+    fn endpoint_urls() {
+        assert!(is_endpoint_url("https://idp.example.com/revoke"));
+        assert!(is_endpoint_url("http://127.0.0.1:1/revoke"));
+        assert!(!is_endpoint_url(""));
+        assert!(!is_endpoint_url("/revoke"));
+        assert!(!is_endpoint_url("javascript:alert(1)"));
     }
 }

@@ -1,8 +1,7 @@
 //! Logout tokens (OpenID Connect Back-Channel Logout 1.0, §2.4 and §2.6).
 //!
 //! Validated like an ID token, plus what the specification adds: explicit typing
-//! (`typ` = `logout+jwt` when present, or always with `require_logout_token_typ`),
-//! the `events` member with the back-channel logout event as an object, `sub` or
+//! (see [`check_typ`]), the `events` member with the back-channel logout event as an object, `sub` or
 //! `sid`, no `nonce` (so an ID token can't be replayed as a logout token), and a
 //! `jti` the caller checks for replay.
 
@@ -42,12 +41,7 @@ impl Oidc {
                 header.alg
             )));
         }
-        match header.typ.as_deref() {
-            Some(typ) if is_logout_typ(typ) => {}
-            Some(_) => return Err(invalid("typ is not logout+jwt")),
-            None if self.require_logout_token_typ => return Err(invalid("typ is required")),
-            None => {}
-        }
+        check_typ(header.typ.as_deref(), self.require_logout_token_typ).map_err(invalid)?;
         let meta = self.metadata().await?;
         let keys = self
             .jwks
@@ -66,8 +60,44 @@ impl Oidc {
     }
 }
 
-fn is_logout_typ(typ: &str) -> bool {
-    typ.eq_ignore_ascii_case("logout+jwt") || typ.eq_ignore_ascii_case("application/logout+jwt")
+/// The JOSE `typ` rule (Back-Channel Logout 1.0 §2.4, RFC 7515 §4.1.9).
+///
+/// `logout+jwt` is always accepted. With `require` (`oidc.require_logout_token_typ`)
+/// nothing else is. Without it, a missing `typ` and the generic `JWT` of RFC 7519
+/// §5.1 (which many JWT libraries write, e.g. Glewlwyd's) are accepted alike: they
+/// say nothing about what the token is, and the `events` member and the absence
+/// of `nonce` already keep an ID token from passing as a logout token. Any other
+/// explicit type (`at+jwt`, `id_token+jwt`, `secevent+jwt`, …) names a different
+/// kind of token and is always refused. Media types compare case-insensitively,
+/// with or without the `application/` prefix.
+pub(super) fn check_typ(typ: Option<&str>, require: bool) -> Result<(), &'static str> {
+    let Some(typ) = typ else {
+        return if require {
+            Err("typ is required (oidc.require_logout_token_typ)")
+        } else {
+            Ok(())
+        };
+    };
+    let media = media_subtype(typ);
+    if media.eq_ignore_ascii_case("logout+jwt") {
+        Ok(())
+    } else if media.eq_ignore_ascii_case("jwt") {
+        if require {
+            Err("typ is JWT, not logout+jwt (oidc.require_logout_token_typ)")
+        } else {
+            Ok(())
+        }
+    } else {
+        Err("typ names another kind of token (not logout+jwt)")
+    }
+}
+
+/// `typ` without the optional `application/` prefix (RFC 7515 §4.1.9).
+fn media_subtype(typ: &str) -> &str {
+    match typ.split_at_checked("application/".len()) {
+        Some((prefix, rest)) if prefix.eq_ignore_ascii_case("application/") => rest,
+        _ => typ,
+    }
 }
 
 /// The claim checks that follow the signature, `iss`, `aud` and `exp`.
@@ -233,8 +263,54 @@ mod tests {
 
     #[test]
     fn typ_values() {
-        assert!(is_logout_typ("logout+jwt"));
-        assert!(is_logout_typ("application/logout+jwt"));
-        assert!(!is_logout_typ("JWT"));
+        let always = [
+            "logout+jwt",
+            "LOGOUT+JWT",
+            "Logout+JWT",
+            "application/logout+jwt",
+            "Application/Logout+Jwt",
+            "APPLICATION/LOGOUT+JWT",
+        ];
+        let generic = ["JWT", "jwt", "Jwt", "application/jwt", "APPLICATION/JWT"];
+        let never = [
+            "at+jwt",
+            "application/at+jwt",
+            "id_token+jwt",
+            "secevent+jwt",
+            "application/secevent+jwt",
+            "JOSE",
+            "JWS",
+            "logout+jwt ",
+            " JWT",
+            "logout+jwt;charset=utf-8",
+            "application/",
+            "application/application/logout+jwt",
+            "x-logout+jwt",
+            "",
+        ];
+        for require in [false, true] {
+            for t in always {
+                assert_eq!(
+                    check_typ(Some(t), require),
+                    Ok(()),
+                    "{t:?} require={require}"
+                );
+            }
+            for t in never {
+                assert!(
+                    check_typ(Some(t), require).is_err(),
+                    "{t:?} require={require}"
+                );
+            }
+            for t in generic {
+                assert_eq!(
+                    check_typ(Some(t), require).is_ok(),
+                    !require,
+                    "{t:?} require={require}"
+                );
+            }
+        }
+        assert_eq!(check_typ(None, false), Ok(()));
+        assert!(check_typ(None, true).is_err());
     }
 }

@@ -23,7 +23,7 @@ use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 
 pub use assertion::ClientKey;
-pub use discovery::ProviderMetadata;
+pub use discovery::{ProviderMetadata, RevocationSource};
 pub use dpop::DpopKey;
 pub use jwks::JwksCache;
 pub use logout::{BACKCHANNEL_LOGOUT_EVENT, LogoutRequest, check_logout_claims};
@@ -178,7 +178,9 @@ impl Oidc {
             algorithms,
             skew: config.clock_skew,
             http: http.clone(),
-            metadata: discovery::MetadataCache::new(),
+            metadata: discovery::MetadataCache::new(
+                config.revocation_endpoint.as_ref().map(|u| u.to_string()),
+            ),
             jwks: JwksCache::new(http),
         })
     }
@@ -513,6 +515,46 @@ impl Oidc {
         Ok(tokens)
     }
 
+    /// Proves the client's credentials at the token endpoint (`portcullis check`):
+    /// an authorization-code grant with a made-up code, the real redirect URI and a
+    /// made-up PKCE verifier. Providers authenticate the client before they look at
+    /// the grant (RFC 6749 §5.2), so bad credentials are answered `invalid_client`
+    /// and good ones `invalid_grant` (no such code). Nothing is issued or spent.
+    pub async fn probe_client_credentials(&self) -> Result<CredentialProbe, OidcError> {
+        let made_up = || crate::session::SessionId::generate().to_cookie_value();
+        let answer = self
+            .token_request(
+                vec![
+                    ("grant_type", "authorization_code".into()),
+                    ("code", made_up()),
+                    ("redirect_uri", self.redirect_uri.clone()),
+                    ("code_verifier", made_up()),
+                ],
+                None,
+                None,
+            )
+            .await;
+        Ok(match answer {
+            Err(OidcError::Refused { error, .. }) if error == "invalid_grant" => {
+                CredentialProbe::Accepted
+            }
+            // RFC 6749 §5.2: invalid_client, with 401 when the client used Basic.
+            Err(OidcError::Refused { error, description })
+                if error == "invalid_client" || error == "http_401" =>
+            {
+                CredentialProbe::Refused { error, description }
+            }
+            Err(OidcError::Refused { error, description }) => CredentialProbe::Unproven(format!(
+                "the provider answered {error}{}",
+                description.map(|d| format!(" ({d})")).unwrap_or_default()
+            )),
+            Err(e) => return Err(e),
+            Ok(_) => CredentialProbe::Unproven(
+                "the provider issued tokens for a made-up authorization code".into(),
+            ),
+        })
+    }
+
     /// A client-credentials token (RFC 6749 §4.4), optionally for a scope and a
     /// resource (RFC 8707).
     pub async fn client_credentials(
@@ -540,6 +582,17 @@ impl Oidc {
         expected_nonce: &str,
     ) -> Result<IdTokenClaims, OidcError> {
         tokens::validate_id_token(self, id_token, expected_nonce).await
+    }
+
+    /// Validates the ID token a refresh returned before it may replace `previous`
+    /// (OIDC Core §12.2): same user (`session_sub`), same login, newly issued.
+    pub async fn validate_refreshed_id_token(
+        &self,
+        id_token: &str,
+        previous: Option<&str>,
+        session_sub: &str,
+    ) -> Result<IdTokenClaims, OidcError> {
+        tokens::validate_refreshed_id_token(self, id_token, previous, session_sub).await
     }
 
     /// Fetches userinfo with the access token. Its `sub` must equal the ID token's.
@@ -605,7 +658,17 @@ impl Oidc {
     /// The provider's end-session URL for RP-initiated logout, if it has one.
     pub async fn end_session_url(&self, id_token_hint: Option<&str>) -> Option<String> {
         let meta = self.metadata().await.ok()?;
-        let mut url = url::Url::parse(meta.end_session_endpoint.as_deref()?).ok()?;
+        self.end_session_url_at(meta.end_session_endpoint.as_deref()?, id_token_hint)
+    }
+
+    /// The end-session request (RP-Initiated Logout 1.0 §2) at `endpoint`, whose own
+    /// query is kept. It always carries a fresh random `state`: the specification
+    /// makes it optional, but some providers (Glewlwyd) send the browser back to
+    /// `post_logout_redirect_uri` only with one. Portcullis keeps nothing to check it
+    /// against — the session is already gone when the browser leaves — so it is a
+    /// value that means nothing to anyone else, and costs nothing.
+    fn end_session_url_at(&self, endpoint: &str, id_token_hint: Option<&str>) -> Option<String> {
+        let mut url = url::Url::parse(endpoint).ok()?;
         {
             let mut q = url.query_pairs_mut();
             if let Some(hint) = id_token_hint {
@@ -615,6 +678,10 @@ impl Oidc {
             if let Some(uri) = &self.post_logout_redirect_uri {
                 q.append_pair("post_logout_redirect_uri", uri);
             }
+            q.append_pair(
+                "state",
+                &crate::session::SessionId::generate().to_cookie_value(),
+            );
         }
         Some(url.into())
     }
@@ -648,6 +715,20 @@ impl Oidc {
             Err(error_from_body(status, response).await)
         }
     }
+}
+
+/// What [`Oidc::probe_client_credentials`] learnt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CredentialProbe {
+    /// The provider authenticated the client (it answered `invalid_grant`).
+    Accepted,
+    /// The provider refused the client's credentials (`invalid_client`).
+    Refused {
+        error: String,
+        description: Option<String>,
+    },
+    /// Neither: the text says what the provider answered instead.
+    Unproven(String),
 }
 
 /// Reads a JSON answer: 2xx → `T`; 4xx with an OAuth error → `Refused`; 5xx → `Unavailable`.

@@ -1,6 +1,6 @@
 use serde_json::json;
 
-use super::tokens::check_claims;
+use super::tokens::{check_claims, check_refreshed_claims};
 use super::*;
 
 fn claims(v: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
@@ -69,4 +69,251 @@ fn claim_checks() {
         check_claims(&claims(multi_ok), "bff", "n1", now, 60),
         Ok(())
     );
+}
+
+fn test_client(extra: serde_json::Value) -> Oidc {
+    let mut config = json!({
+        "issuer": "https://idp.example.com",
+        "client_id": "bff client&1",
+        "client_secret": "s",
+    });
+    config
+        .as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    let config: OidcConfig = serde_json::from_value(config).unwrap();
+    Oidc::new(&config, "https://app.example.com/bff/callback".into()).unwrap()
+}
+
+#[test]
+fn every_end_session_request_has_its_own_state() {
+    let oidc = test_client(json!({
+        "post_logout_redirect_uri": "https://app.example.com/bye?from=logout&x=a%20b",
+    }));
+    let endpoint = "https://idp.example.com/logout?tenant=t%2F1";
+    let mut states = std::collections::HashSet::new();
+    for _ in 0..50 {
+        let url = oidc.end_session_url_at(endpoint, Some("h.i.nt")).unwrap();
+        let parsed = url::Url::parse(&url).unwrap();
+        assert_eq!(
+            parsed.as_str().split('?').next(),
+            Some("https://idp.example.com/logout")
+        );
+        let q: Vec<(String, String)> = parsed.query_pairs().into_owned().collect();
+        let get = |k: &str| {
+            let v: Vec<&str> = q
+                .iter()
+                .filter(|(n, _)| n == k)
+                .map(|(_, v)| v.as_str())
+                .collect();
+            assert_eq!(v.len(), 1, "{k} once in {url}");
+            v[0].to_owned()
+        };
+        // The endpoint's own query stays; ours is encoded and decodes back exactly.
+        assert_eq!(get("tenant"), "t/1");
+        assert_eq!(get("id_token_hint"), "h.i.nt");
+        assert_eq!(get("client_id"), "bff client&1");
+        assert_eq!(
+            get("post_logout_redirect_uri"),
+            "https://app.example.com/bye?from=logout&x=a%20b"
+        );
+        let state = get("state");
+        // 256 random bits, base64url: nothing in it needs escaping.
+        assert_eq!(state.len(), 43, "{state}");
+        assert!(
+            state
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        );
+        assert!(url.contains(&format!("state={state}")), "{url}");
+        assert!(states.insert(state), "a state was repeated");
+    }
+    // Without a hint or post-logout URI: still a state.
+    let bare = test_client(json!({}));
+    let url = bare
+        .end_session_url_at("https://idp.example.com/logout", None)
+        .unwrap();
+    let parsed = url::Url::parse(&url).unwrap();
+    assert!(
+        parsed
+            .query_pairs()
+            .any(|(k, v)| k == "state" && v.len() == 43)
+    );
+    assert!(!parsed.query_pairs().any(|(k, _)| k == "id_token_hint"));
+}
+
+#[test]
+fn refreshed_id_token_checks() {
+    let now = 1_000_000;
+    let original = claims(json!({
+        "iss": "https://idp.example.com", "sub": "alice", "aud": "bff", "iat": now - 3000,
+        "exp": now - 2000, "nonce": "n1", "auth_time": now - 3000, "sid": "s1",
+    }));
+    let fresh = json!({
+        "iss": "https://idp.example.com", "sub": "alice", "aud": ["bff"], "iat": now,
+        "exp": now + 600, "nonce": "n1", "auth_time": now - 3000, "sid": "s1",
+    });
+    let check = |c: &serde_json::Value| {
+        check_refreshed_claims(&claims(c.clone()), Some(&original), "bff", "alice", now, 60)
+    };
+    let with = |f: &dyn Fn(&mut serde_json::Map<String, serde_json::Value>)| {
+        let mut c = claims(fresh.clone());
+        f(&mut c);
+        serde_json::Value::Object(c)
+    };
+    assert_eq!(check(&fresh), Ok(()));
+    // nonce and auth_time may be left out.
+    assert_eq!(
+        check(&with(&|c| {
+            c.remove("nonce");
+            c.remove("auth_time");
+        })),
+        Ok(())
+    );
+    let cases: Vec<(serde_json::Value, &str)> = vec![
+        (
+            with(&|c| {
+                c.insert("sub".into(), json!("mallory"));
+            }),
+            "sub is not the session's user",
+        ),
+        (
+            with(&|c| {
+                c.insert("sub".into(), json!(""));
+            }),
+            "sub is not the session's user",
+        ),
+        (
+            with(&|c| {
+                c.remove("sub");
+            }),
+            "sub is missing",
+        ),
+        (
+            with(&|c| {
+                c.insert("nonce".into(), json!("n2"));
+            }),
+            "nonce differs from the original ID token",
+        ),
+        (
+            with(&|c| {
+                c.insert("nonce".into(), json!(""));
+            }),
+            "nonce differs from the original ID token",
+        ),
+        (
+            with(&|c| {
+                c.insert("nonce".into(), json!(5));
+            }),
+            "nonce differs from the original ID token",
+        ),
+        (
+            with(&|c| {
+                c.insert("iss".into(), json!("https://other.example.com"));
+            }),
+            "iss differs from the original ID token",
+        ),
+        (
+            with(&|c| {
+                c.insert("aud".into(), json!(["bff", "x"]));
+                c.insert("azp".into(), json!("bff"));
+            }),
+            "aud differs from the original ID token",
+        ),
+        (
+            with(&|c| {
+                c.insert("aud".into(), json!(["bff", "x"]));
+            }),
+            "azp is required with several audiences",
+        ),
+        (
+            with(&|c| {
+                c.insert("azp".into(), json!("bff"));
+            }),
+            "azp is present, the original ID token had none",
+        ),
+        (
+            with(&|c| {
+                c.insert("azp".into(), json!("evil"));
+            }),
+            "azp is not this client",
+        ),
+        (
+            with(&|c| {
+                c.insert("auth_time".into(), json!(now));
+            }),
+            "auth_time is not the original authentication's",
+        ),
+        (
+            with(&|c| {
+                c.insert("auth_time".into(), json!("yesterday"));
+            }),
+            "auth_time is not a number",
+        ),
+        (
+            with(&|c| {
+                c.insert("iat".into(), json!(now + 3600));
+            }),
+            "iat is in the future",
+        ),
+        (
+            with(&|c| {
+                c.insert("iat".into(), json!(now - 86400));
+            }),
+            "iat is too old",
+        ),
+        (
+            with(&|c| {
+                c.remove("iat");
+            }),
+            "iat is missing or not a number",
+        ),
+    ];
+    for (c, want) in cases {
+        assert_eq!(check(&c), Err(want.to_string()), "{c}");
+    }
+    // The session's user wins even over a stored token that says otherwise.
+    assert_eq!(
+        check_refreshed_claims(
+            &claims(fresh.clone()),
+            Some(&original),
+            "bff",
+            "bob",
+            now,
+            60
+        ),
+        Err("sub is not the session's user".into())
+    );
+    // azp kept as it was is fine.
+    let mut with_azp = original.clone();
+    with_azp.insert("azp".into(), json!("bff"));
+    let mut fresh_azp = claims(fresh.clone());
+    fresh_azp.insert("azp".into(), json!("bff"));
+    assert_eq!(
+        check_refreshed_claims(&fresh_azp, Some(&with_azp), "bff", "alice", now, 60),
+        Ok(())
+    );
+    // An original with no nonce: a nonce now is refused; none is fine.
+    let mut no_nonce = original.clone();
+    no_nonce.remove("nonce");
+    assert!(
+        check_refreshed_claims(
+            &claims(fresh.clone()),
+            Some(&no_nonce),
+            "bff",
+            "alice",
+            now,
+            60
+        )
+        .is_err()
+    );
+    // No stored ID token at all: the session's sub, and no nonce.
+    assert!(check_refreshed_claims(&claims(fresh.clone()), None, "bff", "alice", now, 60).is_err());
+    let mut bare = claims(fresh);
+    bare.remove("nonce");
+    assert_eq!(
+        check_refreshed_claims(&bare, None, "bff", "alice", now, 60),
+        Ok(())
+    );
+    assert!(check_refreshed_claims(&bare, None, "bff", "bob", now, 60).is_err());
 }

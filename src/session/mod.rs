@@ -45,6 +45,8 @@ pub enum EndReason {
     IdleTimeout,
     AbsoluteTimeout,
     Unreadable,
+    /// A refresh answered an ID token that failed OIDC Core §12.2 (another `sub`, …).
+    InvalidIdToken,
 }
 
 impl EndReason {
@@ -60,6 +62,7 @@ impl EndReason {
             Self::IdleTimeout => "idle_timeout",
             Self::AbsoluteTimeout => "absolute_timeout",
             Self::Unreadable => "unreadable",
+            Self::InvalidIdToken => "invalid_id_token",
         }
     }
 }

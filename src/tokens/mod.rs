@@ -15,6 +15,10 @@
 //!   waiter proceeds.
 //! - **Its own task.** The refresh is spawned, so a client hanging up can't cancel
 //!   it halfway and lose the new refresh token.
+//! - **Refreshed ID tokens are validated** (OIDC Core §12.2: same `iss`, `sub`,
+//!   `aud`, `azp`, `auth_time`, `nonce` absent or the same, signature, `exp`, `iat`)
+//!   before they replace the stored one. One that fails ends the session like
+//!   `invalid_grant`, and nothing of that answer is kept (see [`refused_id_token`]).
 //! - **Failures.** `invalid_grant` ends the session (`session_expired`). A provider
 //!   that is down, slow or answering 5xx keeps the session: the current token is
 //!   used while it is still valid (with a short back-off before the next try),
@@ -289,6 +293,14 @@ async fn refresh_locked(gw: &Arc<Gateway>, key: &SessionKey) -> Outcome {
         .await
     {
         Ok(response) => {
+            if let Some(id_token) = &response.id_token
+                && let Err(e) = frontend
+                    .oidc
+                    .validate_refreshed_id_token(id_token, tokens.id_token.as_deref(), &record.sub)
+                    .await
+            {
+                return refused_id_token(gw, &record, frontend, response, e, started).await;
+            }
             let now = now_secs();
             let fresh = Tokens {
                 access_token: response.access_token,
@@ -331,6 +343,49 @@ async fn refresh_locked(gw: &Arc<Gateway>, key: &SessionKey) -> Outcome {
             crate::telemetry::audit_refresh(&record, "provider_unavailable", started.elapsed());
             Outcome::ProviderDown(detail)
         }
+    }
+}
+
+/// A refresh whose ID token failed OIDC Core §12.2 (another user, another login, a
+/// bad signature, …). Nothing of that answer is stored: its tokens can't be trusted
+/// to be this session's user's, and keeping the session without them doesn't work
+/// either — the old refresh token is spent once the provider rotated it, and
+/// sending it again would revoke the grant. So the session ends, as after
+/// `invalid_grant` (the user logs in again), and the answer's new refresh token is
+/// revoked at the provider in the background so that it doesn't outlive the session.
+async fn refused_id_token(
+    gw: &Arc<Gateway>,
+    record: &SessionRecord,
+    frontend: &Arc<crate::frontend::Frontend>,
+    response: crate::oidc::TokenResponse,
+    error: OidcError,
+    started: Instant,
+) -> Outcome {
+    tracing::error!(
+        session = %record.key.log_label(),
+        error = %error,
+        "the provider's refreshed ID token failed validation (OIDC Core 12.2); nothing of this refresh is kept and the session ends"
+    );
+    crate::telemetry::audit_refresh(record, "invalid_id_token", started.elapsed());
+    if let Some(refresh_token) = response.refresh_token {
+        let frontend = frontend.clone();
+        let (sub, session) = (record.sub.clone(), record.key.log_label());
+        tokio::spawn(async move {
+            use crate::telemetry::audit_revocation as audit;
+            match frontend.oidc.revoke_refresh_token(&refresh_token).await {
+                Ok(true) => audit(&sub, &session, "revoked", None),
+                Ok(false) => audit(&sub, &session, "unsupported", None),
+                Err(e) => audit(&sub, &session, "failed", Some(&e.to_string())),
+            }
+        });
+    }
+    match gw
+        .sessions
+        .end(&record.key, EndReason::InvalidIdToken)
+        .await
+    {
+        Ok(_) => Outcome::Ended,
+        Err(e) => Outcome::StoreDown(e.to_string()),
     }
 }
 

@@ -200,7 +200,14 @@ async fn forged_and_broken_logout_tokens_are_refused() {
                 c.as_object_mut().unwrap().remove("jti");
             })),
         ),
-        ("wrong typ", signer.sign(&good(), Some("JWT"))),
+        (
+            "an access token's typ",
+            signer.sign(&good(), Some("at+jwt")),
+        ),
+        (
+            "a security event token's typ",
+            signer.sign(&good(), Some("application/secevent+jwt")),
+        ),
         (
             "an ID token's typ",
             signer.sign(&good(), Some("id_token+jwt")),

@@ -63,6 +63,186 @@ async fn check_reports_what_the_provider_offers() {
     assert!(err.contains("oidc.issuer"), "{err}");
 }
 
+/// `portcullis check --config <path>` in the gateway's folder: (success, stdout, stderr).
+async fn check(env: &Env, path: &std::path::Path) -> (bool, String, String) {
+    let config = path.to_str().unwrap().to_owned();
+    let dir = env.gateway.dir.path().to_owned();
+    tokio::task::spawn_blocking(move || run(&["check", "--config", &config], &dir))
+        .await
+        .unwrap()
+}
+
+/// The gateway's config with `from` replaced by `to`, written next to it.
+fn edited_config(env: &Env, from: &str, to: &str) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(&env.gateway.config_path).unwrap();
+    assert!(text.contains(from), "{from} is not in the config");
+    let path = env.gateway.dir.path().join("edited.toml");
+    std::fs::write(&path, text.replace(from, to)).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn check_proves_the_client_secret() {
+    for method in ["client_secret_basic", "client_secret_post"] {
+        let env = Env::builder().auth_method(method).start().await;
+        let (ok, out, err) = check(&env, &env.gateway.config_path).await;
+        assert!(ok, "{method}: check failed: {err}");
+        assert!(
+            out.contains("client credentials:      ok (the provider authenticated oidc.client_id portcullis-test;"),
+            "{method}: {out}"
+        );
+
+        let wrong = edited_config(&env, CLIENT_SECRET, "not-the-secret");
+        let (ok, out, err) = check(&env, &wrong).await;
+        assert!(!ok, "{method}: a wrong secret passed: {out}");
+        assert!(
+            err.contains(&format!(
+                "the provider refused the client credentials for oidc.client_id {CLIENT_ID}: \
+                 invalid_client — check oidc.client_secret (and oidc.auth_method = \"{method}\")"
+            )),
+            "{method}: {err}"
+        );
+        assert!(!err.contains("not-the-secret") && !out.contains("not-the-secret"));
+        // The made-up code of the probe is refused as a grant, not counted as anything else.
+        let grants = env.provider.grants(CLIENT_ID).await;
+        assert_eq!(
+            grants["authorization_code"]["errors"]["invalid_grant"], 1,
+            "{grants}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn check_proves_the_client_key() {
+    let signer = TestSigner::new("client-key-1");
+    let keys = tempfile::tempdir().unwrap();
+    let env = Env::builder()
+        .private_key_jwt(&signer, keys.path())
+        .start()
+        .await;
+    let (ok, out, err) = check(&env, &env.gateway.config_path).await;
+    assert!(ok, "check failed: {err}");
+    assert!(out.contains("client credentials:      ok"), "{out}");
+
+    // Another key under the same kid: the provider can't verify the assertion.
+    let other = keys.path().join("other-key.pem");
+    std::fs::write(&other, TestSigner::new("client-key-1").private_pem()).unwrap();
+    let key_path = keys.path().join("client-key.pem");
+    let wrong = edited_config(&env, key_path.to_str().unwrap(), other.to_str().unwrap());
+    let (ok, _, err) = check(&env, &wrong).await;
+    assert!(!ok);
+    assert!(
+        err.contains(&format!(
+            "the provider refused the client credentials for oidc.client_id {CLIENT_ID}: \
+             invalid_client — check oidc.private_key_file"
+        )),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn check_says_what_the_provider_does_not_advertise() {
+    // django-oauth-toolkit's shape: revocation only in RFC 8414 metadata.
+    let env = Env::builder()
+        .provider_option(
+            "omitFromDiscovery",
+            serde_json::json!(["revocation_endpoint"]),
+        )
+        .start()
+        .await;
+    let (ok, out, err) = check(&env, &env.gateway.config_path).await;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(&format!(
+            "revocation endpoint:     {} (from RFC 8414 metadata at {})",
+            env.provider.url("/token/revocation"),
+            env.provider.url("/.well-known/oauth-authorization-server")
+        )),
+        "{out}"
+    );
+    assert!(!out.contains("will not be revoked"), "{out}");
+
+    // Nothing anywhere: a warning, and "(not advertised)" instead of empty values.
+    let env = Env::builder()
+        .provider_option(
+            "omitFromDiscovery",
+            serde_json::json!([
+                "revocation_endpoint",
+                "end_session_endpoint",
+                "userinfo_endpoint",
+                "code_challenge_methods_supported",
+                "pushed_authorization_request_endpoint"
+            ]),
+        )
+        .provider_option(
+            "omitFromRfc8414",
+            serde_json::json!(["revocation_endpoint"]),
+        )
+        .userinfo(false)
+        .start()
+        .await;
+    let (ok, out, err) = check(&env, &env.gateway.config_path).await;
+    assert!(ok, "{err}");
+    for line in [
+        "revocation endpoint:     (not advertised)",
+        "end-session endpoint:    (not advertised)",
+        "userinfo endpoint:       (not advertised)",
+        "PKCE methods:            (not advertised)",
+        "PAR endpoint:            (not advertised)",
+    ] {
+        assert!(out.contains(line), "{line:?} missing: {out}");
+    }
+    assert!(
+        out.contains("refresh tokens will not be revoked at logout"),
+        "{out}"
+    );
+    for line in out.lines() {
+        assert!(!line.trim_end().ends_with(':'), "an empty value: {line:?}");
+    }
+
+    // oidc.revocation_endpoint fills the gap.
+    let endpoint = env.provider.url("/token/revocation");
+    let path = edited_config(
+        &env,
+        "[oidc]\n",
+        &format!("[oidc]\nrevocation_endpoint = \"{endpoint}\"\n"),
+    );
+    let (ok, out, err) = check(&env, &path).await;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(&format!(
+            "revocation endpoint:     {endpoint} (from oidc.revocation_endpoint)"
+        )),
+        "{out}"
+    );
+    assert!(!out.contains("will not be revoked"), "{out}");
+}
+
+/// An issuer with a path: RFC 8414 §3.1 puts the path after the well-known part.
+#[tokio::test]
+async fn check_finds_rfc8414_metadata_of_an_issuer_with_a_path() {
+    let env = Env::builder()
+        .provider_option("issuerPath", serde_json::json!("/tenant1"))
+        .provider_option(
+            "omitFromDiscovery",
+            serde_json::json!(["revocation_endpoint"]),
+        )
+        .start()
+        .await;
+    let issuer = &env.provider.issuer;
+    let origin = issuer.strip_suffix("/tenant1").unwrap();
+    let (ok, out, err) = check(&env, &env.gateway.config_path).await;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(&format!(
+            "revocation endpoint:     {issuer}/token/revocation (from RFC 8414 metadata at \
+             {origin}/.well-known/oauth-authorization-server/tenant1)"
+        )),
+        "{out}"
+    );
+    assert!(out.contains("client credentials:      ok"), "{out}");
+}
+
 #[test]
 fn keygen_prints_a_fresh_key() {
     let dir = tempfile::tempdir().unwrap();

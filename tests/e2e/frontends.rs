@@ -521,3 +521,57 @@ async fn frontends_are_chosen_by_host_and_path() {
         assert!(text.contains(&uri), "{uri} missing from:\n{text}");
     }
 }
+
+/// `portcullis check` proves each frontend's client credentials and names the one
+/// the provider refuses.
+#[tokio::test]
+async fn check_names_the_frontend_whose_client_secret_is_refused() {
+    let env = start("memory").await;
+    let check = |path: std::path::PathBuf| {
+        let dir = env.gateway.dir.path().to_owned();
+        tokio::task::spawn_blocking(move || {
+            let out = std::process::Command::new(binary())
+                .args(["check", "--config"])
+                .arg(&path)
+                .current_dir(dir)
+                .env_remove("PORTCULLIS_CONFIG")
+                .output()
+                .unwrap();
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        })
+    };
+    let (ok, out, err) = check(env.gateway.config_path.clone()).await.unwrap();
+    assert!(ok, "{err}");
+    for (i, id) in [SHOP.0, ADMIN.0, PARTNER.0].iter().enumerate() {
+        assert!(
+            out.contains(&format!(
+                "client credentials:      ok (the provider authenticated frontends[{i}].oidc.client_id {id};"
+            )),
+            "{out}"
+        );
+    }
+
+    let text = std::fs::read_to_string(&env.gateway.config_path).unwrap();
+    let wrong = env.gateway.dir.path().join("wrong-admin-secret.toml");
+    std::fs::write(&wrong, text.replace(ADMIN.1, "not-the-admin-secret")).unwrap();
+    let (ok, out, err) = check(wrong).await.unwrap();
+    assert!(!ok, "a wrong secret passed: {out}");
+    assert!(
+        err.contains(&format!(
+            "frontend admin: the provider refused the client credentials for frontends[1].oidc.client_id {}: \
+             invalid_client — check frontends[1].oidc.client_secret",
+            ADMIN.0
+        )),
+        "{err}"
+    );
+    assert!(!err.contains(SHOP.0) && !err.contains(PARTNER.0), "{err}");
+    // The other frontends are still checked, and pass.
+    assert!(
+        out.contains("frontends[2].oidc.client_id partner-bff;"),
+        "{out}"
+    );
+}

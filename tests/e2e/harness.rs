@@ -159,6 +159,33 @@ impl Provider {
         assert!(r.status().is_success());
     }
 
+    /// `claims` signed with the provider's own signing key (RS256), `typ` in the
+    /// header when given: a token shaped like another provider's.
+    pub async fn sign(&self, claims: &Value, typ: Option<&str>) -> String {
+        let answer: Value = reqwest::Client::new()
+            .post(self.url("/test/sign"))
+            .json(&json!({ "claims": claims, "typ": typ }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        answer["jwt"].as_str().unwrap().to_owned()
+    }
+
+    /// From now on the ID tokens of refreshes have these claims replaced (`null`
+    /// removes one), re-signed with the provider's key; `{}` turns it off.
+    pub async fn tamper_refreshed_id_tokens(&self, claims: Value) {
+        let r = reqwest::Client::new()
+            .post(self.url("/test/refresh-id-token"))
+            .json(&claims)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+    }
+
     /// Every opaque token and code the provider issued for `sub`.
     pub async fn issued_values(&self, sub: &str) -> Vec<String> {
         let v: Value = reqwest::get(self.url(&format!("/test/issued?sub={sub}")))

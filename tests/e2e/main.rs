@@ -15,6 +15,7 @@ mod login_flow;
 mod ops;
 #[cfg(feature = "otel")]
 mod otel;
+mod provider_shapes;
 mod proxying;
 mod scale_out;
 mod sessions;
