@@ -293,13 +293,32 @@ async fn refresh_locked(gw: &Arc<Gateway>, key: &SessionKey) -> Outcome {
         .await
     {
         Ok(response) => {
-            if let Some(id_token) = &response.id_token
-                && let Err(e) = frontend
+            let mut keep_stored_id_token = false;
+            if let Some(id_token) = &response.id_token {
+                match frontend
                     .oidc
                     .validate_refreshed_id_token(id_token, tokens.id_token.as_deref(), &record.sub)
                     .await
-            {
-                return refused_id_token(gw, &record, frontend, response, e, started).await;
+                {
+                    Ok(_) => {}
+                    // The provider's metadata or keys can't be fetched right now. The
+                    // answer came from the token endpoint over TLS with client
+                    // authentication, and its refresh token is the session's only one
+                    // (the old one may be spent by rotation): keep the new tokens and the
+                    // stored ID token, never end the session for an outage. The next
+                    // refresh's ID token is validated again.
+                    Err(crate::oidc::OidcError::Unavailable(e)) => {
+                        tracing::warn!(
+                            frontend = %frontend.name,
+                            error = %e,
+                            "the refreshed ID token could not be validated (provider keys unavailable); keeping the stored ID token"
+                        );
+                        keep_stored_id_token = true;
+                    }
+                    Err(e) => {
+                        return refused_id_token(gw, &record, frontend, response, e, started).await;
+                    }
+                }
             }
             let now = now_secs();
             let fresh = Tokens {
@@ -309,7 +328,11 @@ async fn refresh_locked(gw: &Arc<Gateway>, key: &SessionKey) -> Outcome {
                 access_issued_at: Some(now),
                 // A provider that doesn't rotate keeps the old refresh token valid.
                 refresh_token: response.refresh_token.or(tokens.refresh_token),
-                id_token: response.id_token.or(tokens.id_token),
+                id_token: if keep_stored_id_token {
+                    tokens.id_token
+                } else {
+                    response.id_token.or(tokens.id_token)
+                },
                 scope: response.scope.or(tokens.scope),
                 dpop_key: dpop.as_ref().and(tokens.dpop_key),
             };
