@@ -14,6 +14,7 @@ mod login_flow;
 mod ops;
 #[cfg(feature = "otel")]
 mod otel;
+mod path_confinement;
 mod proxying;
 mod scale_out;
 mod sessions;
