@@ -85,8 +85,16 @@ fuzz_target!(|data: &[u8]| {
     let Ok(up) = upstream_uri(&uri, route) else {
         return;
     };
-    assert_eq!(up.scheme(), Some(&route.scheme), "scheme is not the route's");
-    assert_eq!(up.authority(), Some(&route.authority), "authority is not the route's");
+    assert_eq!(
+        up.scheme(),
+        Some(&route.scheme),
+        "scheme is not the route's"
+    );
+    assert_eq!(
+        up.authority(),
+        Some(&route.authority),
+        "authority is not the route's"
+    );
     assert_eq!(up.query(), uri.query(), "query altered");
     let mut root = route.base_path.clone();
     if !route.strip_prefix {

@@ -343,15 +343,24 @@ mod tests {
         assert_eq!(show(nginx, "/public/../../x"), None);
         assert_eq!(show(nginx, "/public/%zz"), None);
         assert_eq!(show(tomcat, "/public/..;/admin"), some("/admin"));
-        assert_eq!(show(tomcat, "/public/..;jsessionid=1/admin"), some("/admin"));
+        assert_eq!(
+            show(tomcat, "/public/..;jsessionid=1/admin"),
+            some("/admin")
+        );
         assert_eq!(show(tomcat, "/public/..%2fadmin"), None);
-        assert_eq!(show(tomcat, "/public/..%5cadmin"), some("/public/..\\admin"));
+        assert_eq!(
+            show(tomcat, "/public/..%5cadmin"),
+            some("/public/..\\admin")
+        );
         assert_eq!(show(tomcat, "/public/%c0%ae%c0%ae/admin"), None);
         assert_eq!(
             show(tomcat_permissive, "/public/%c0%ae%c0%ae/admin"),
             some("/admin")
         );
-        assert_eq!(show(tomcat_permissive, "/public/%u002e%u002e/a"), some("/a"));
+        assert_eq!(
+            show(tomcat_permissive, "/public/%u002e%u002e/a"),
+            some("/a")
+        );
         assert_eq!(show(tomcat_permissive, "/public/..\\a"), some("/a"));
         assert_eq!(show(spring, "/public/..%3bx/a"), some("/a"));
         assert_eq!(show(iis, "/public/..%5ca"), some("/a"));

@@ -121,7 +121,10 @@ fn raw_get(port: u16, target: &[u8]) -> (u16, String) {
     let _ = s.read_to_end(&mut out);
     let text = String::from_utf8_lossy(&out).into_owned();
     let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
     (status, body)
 }
 
@@ -155,8 +158,19 @@ const DOTS: &[&str] = &[
 
 /// Separators, in the spellings some upstream resolves.
 const SEPARATORS: &[&str] = &[
-    "/", "%2f", "%2F", "%5c", "%5C", "\\", "%252f", "%255c", "%c0%af", "%u2215", "%ef%bc%8f",
-    "%e2%88%95", "%c2%a5",
+    "/",
+    "%2f",
+    "%2F",
+    "%5c",
+    "%5C",
+    "\\",
+    "%252f",
+    "%255c",
+    "%c0%af",
+    "%u2215",
+    "%ef%bc%8f",
+    "%e2%88%95",
+    "%c2%a5",
 ];
 
 /// Every combination, once and twice, towards `target` (e.g. `internal/secret.txt`),
@@ -239,14 +253,20 @@ strip_prefix = true
     // nginx saw nothing outside /public/ (a line without a uri is a request nginx
     // itself refused).
     let log = nginx.access_log();
-    assert!(log.len() >= 6, "nginx served the legitimate requests: {log:?}");
+    assert!(
+        log.len() >= 6,
+        "nginx served the legitimate requests: {log:?}"
+    );
     for (request_uri, uri, status) in &log {
         assert!(
             uri.is_empty() || uri == "/public" || uri.starts_with("/public/"),
             "nginx resolved {request_uri} to {uri} ({status})"
         );
     }
-    assert!(log.len() < attacks.len() / 10, "attacks reached nginx: {log:?}");
+    assert!(
+        log.len() < attacks.len() / 10,
+        "attacks reached nginx: {log:?}"
+    );
     let logs = env.gateway.logs();
     assert!(
         logs.contains("invalid request path: an encoded") && logs.contains("a dot segment"),
@@ -338,8 +358,7 @@ impl TomcatStyle {
 }
 
 #[tokio::test]
-async fn a_tomcat_style_upstream_behind_a_client_token_route_resolves_nothing_outside_its_base()
-{
+async fn a_tomcat_style_upstream_behind_a_client_token_route_resolves_nothing_outside_its_base() {
     let upstream = TomcatStyle::start();
     let env = Env::builder()
         .routes(&format!(
@@ -378,7 +397,12 @@ strip_prefix = true
         assert_refused(port, &path);
     }
     let seen = upstream.seen();
-    assert_eq!(seen.len(), before, "attacks reached the upstream: {:?}", &seen[before..]);
+    assert_eq!(
+        seen.len(),
+        before,
+        "attacks reached the upstream: {:?}",
+        &seen[before..]
+    );
     for r in &seen {
         let p = r.path.as_deref().unwrap_or("/v1/partner");
         assert!(

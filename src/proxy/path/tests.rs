@@ -190,7 +190,11 @@ fn passes_legitimate_paths_unchanged() {
                 expected_path.as_bytes(),
                 "{ok} is forwarded unchanged"
             );
-            assert_eq!(up.query(), uri.query(), "{ok}{query}: the query is untouched");
+            assert_eq!(
+                up.query(),
+                uri.query(),
+                "{ok}{query}: the query is untouched"
+            );
         }
     }
 }
