@@ -402,7 +402,8 @@ fn benign_paths_are_all_accepted() {
         for _ in 0..1 + rng.below(6) {
             path.push(b'/');
             for _ in 0..1 + rng.below(3) {
-                path.extend_from_slice(*rng.pick(BENIGN));
+                let token: &&[u8] = rng.pick(BENIGN);
+                path.extend_from_slice(token);
             }
             if rng.below(5) == 0 {
                 path.extend_from_slice(b";v=1.2");
