@@ -41,21 +41,40 @@ pub const MODELS: [(&str, Model); 6] = [
 /// Whether `path` resolves under `root` (an upstream base such as `/public`) in every
 /// model; the error names the model and what it resolved.
 pub fn confined(path: &[u8], root: &[u8]) -> Result<(), String> {
-    for (name, model) in MODELS {
-        let Some(resolved) = model(path) else {
-            continue; // refused by that upstream: nothing served
-        };
-        let base = model(root).unwrap_or_default();
-        if !resolved.starts_with(&base) {
-            return Err(format!(
-                "{name} resolves {:?} to /{} outside /{}",
-                String::from_utf8_lossy(path),
-                join(&resolved),
-                join(&base),
-            ));
-        }
+    Confinement::new(root).check(path)
+}
+
+/// A root resolved once by every model, to check many paths against.
+pub struct Confinement {
+    bases: Vec<Vec<Vec<u8>>>,
+}
+
+impl Confinement {
+    pub fn new(root: &[u8]) -> Self {
+        let bases = MODELS
+            .iter()
+            .map(|(_, model)| model(root).unwrap_or_default())
+            .collect();
+        Self { bases }
     }
-    Ok(())
+
+    /// Like [`confined`].
+    pub fn check(&self, path: &[u8]) -> Result<(), String> {
+        for ((name, model), base) in MODELS.iter().zip(&self.bases) {
+            let Some(resolved) = model(path) else {
+                continue; // refused by that upstream: nothing served
+            };
+            if !resolved.starts_with(base) {
+                return Err(format!(
+                    "{name} resolves {:?} to /{} outside /{}",
+                    String::from_utf8_lossy(path),
+                    join(&resolved),
+                    join(base),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 fn join(segments: &[Vec<u8>]) -> String {
