@@ -111,11 +111,18 @@ impl Drop for Nginx {
 
 /// One raw HTTP/1.1 request (the target exactly as given); the status and the body.
 fn raw_get(port: u16, target: &[u8]) -> (u16, String) {
+    raw_get_with(port, target, "")
+}
+
+/// [`raw_get`] with extra header lines (each ending in `\r\n`).
+fn raw_get_with(port: u16, target: &[u8], headers: &str) -> (u16, String) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut request = b"GET ".to_vec();
     request.extend_from_slice(target);
-    request.extend_from_slice(b" HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    request.extend_from_slice(b" HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+    request.extend_from_slice(headers.as_bytes());
+    request.extend_from_slice(b"\r\n");
     s.write_all(&request).unwrap();
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out);
@@ -250,6 +257,15 @@ strip_prefix = true
         assert!(!body.contains(SECRET));
     }
 
+    // A refusal is logged with its reason, never with the cookie.
+    let cookie = "__Host-portcullis=cookie-value-never-logged-5b1e";
+    let (status, _) = raw_get_with(
+        port,
+        b"/pub2/..;/internal/secret.txt",
+        &format!("Cookie: {cookie}\r\n"),
+    );
+    assert_eq!(status, 400);
+
     // nginx saw nothing outside /public/ (a line without a uri is a request nginx
     // itself refused).
     let log = nginx.access_log();
@@ -272,6 +288,7 @@ strip_prefix = true
         logs.contains("invalid request path: an encoded") && logs.contains("a dot segment"),
         "the refusals are logged with their reason"
     );
+    assert!(!logs.contains("cookie-value-never-logged"), "a cookie was logged");
 
     // The control: this nginx does resolve the escape, so the gateway is what stops it.
     let (status, body) = raw_get(nginx.port, b"/public/..%2finternal/secret.txt");
