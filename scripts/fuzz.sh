@@ -5,8 +5,8 @@
 #   FUZZ_SECONDS=300 ./scripts/fuzz.sh    # longer
 #   ./scripts/fuzz.sh return_url          # some targets only
 #
-# Targets: cookie_header, return_url, logout_token, header_rewrite, config_toml (see
-# the comment at the top of each for its input format and properties).
+# Targets: cookie_header, return_url, logout_token, header_rewrite, config_toml,
+# upstream_path (see the comment at the top of each for its input format and properties).
 #
 # 1. installs cargo-fuzz (cargo install --locked) when it is missing;
 # 2. builds the targets: cargo-fuzz needs nightly compiler flags (-Zsanitizer=address,
@@ -28,7 +28,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 FUZZ_SECONDS="${FUZZ_SECONDS:-60}"
 FUZZ_RSS_LIMIT_MB="${FUZZ_RSS_LIMIT_MB:-2048}"
 FUZZ_TIMEOUT="${FUZZ_TIMEOUT:-10}"
-ALL_TARGETS=(cookie_header return_url logout_token header_rewrite config_toml)
+ALL_TARGETS=(cookie_header return_url logout_token header_rewrite config_toml upstream_path)
 if [[ $# -gt 0 ]]; then
   TARGETS=("$@")
 else

@@ -160,9 +160,12 @@ install_debian_packages() {
   local missing=()
   [[ -x /usr/bin/chromium ]] || missing+=(chromium)
   command -v redis-server >/dev/null || [[ -x /usr/bin/redis-server ]] || missing+=(redis-server)
+  # nginx: the real upstream of tests/e2e/path_confinement.rs (run as the test's own process).
+  [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
   if [[ ${#missing[@]} -eq 0 ]]; then
     note "/usr/bin/chromium: $(/usr/bin/chromium --version 2>/dev/null || echo present)"
     note "redis-server: $(redis-server --version 2>/dev/null | head -n 1)"
+    note "nginx: $(/usr/sbin/nginx -v 2>&1 | head -n 1)"
     return 0
   fi
   warn "missing Debian packages: ${missing[*]}"
@@ -181,6 +184,10 @@ install_debian_packages() {
   show apt-get install -y "${missing[@]}" || return 1
   [[ -x /usr/bin/chromium ]] || {
     warn "/usr/bin/chromium still missing after apt-get install"
+    return 1
+  }
+  [[ -x /usr/sbin/nginx ]] || {
+    warn "/usr/sbin/nginx still missing after apt-get install"
     return 1
   }
 }

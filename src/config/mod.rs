@@ -1028,6 +1028,10 @@ fn validate_routes(
         if route.prefix.ends_with('/') {
             return Err(invalid(&key("prefix"), "must not end with '/'"));
         }
+        // Matched on the raw path and forwarded as is: it must mean the same to every upstream.
+        if let Err(why) = crate::proxy::path::check(route.prefix.as_bytes()) {
+            return Err(invalid(&key("prefix"), format!("must not contain {why}")));
+        }
         if route.prefix == "/bff" || route.prefix.starts_with("/bff/") {
             return Err(invalid(&key("prefix"), "/bff is reserved for Portcullis"));
         }

@@ -688,6 +688,18 @@ fn route_refusals() {
     route("/api/").refused_for("routes[0].prefix");
     route("/bff").refused_for("routes[0].prefix");
     route("/bff/api").refused_for("routes[0].prefix");
+    // Matched raw and forwarded as is: no spelling an upstream would resolve differently.
+    for odd in [
+        "/api/..",
+        "/a/./b",
+        "/api%2fv1",
+        "/a/%2e%2e",
+        "/a\\\\b",
+        "/a/..;x",
+        "/a%00",
+    ] {
+        route(odd).refused_for("routes[0].prefix");
+    }
     // `/bffx` is not under `/bff`.
     route("/bffx").valid();
 

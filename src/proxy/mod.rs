@@ -9,6 +9,9 @@
 //! per runtime (thread-per-core), so its connection pool never crosses threads.
 
 mod dpop;
+pub mod path;
+#[doc(hidden)]
+pub mod path_models;
 pub mod rewrite;
 mod routes;
 

@@ -219,18 +219,25 @@ pub fn strip_own_cookies(headers: &mut HeaderMap, own: &[String]) {
 
 /// The upstream URI: the route's scheme and authority, its base path, and the
 /// request's path (without the prefix when `strip_prefix`) and query, unchanged.
+///
+/// The path the upstream receives can't leave the route's upstream base (and prefix,
+/// when it is not stripped), however the upstream decodes it: a path that some upstream
+/// would resolve upward — a dot segment in any spelling (`..`, `%2e%2e`, `..;`,
+/// `%252e`, `%u002e`, `%c0%ae`, `.. `, U+FF0E…), an encoded `/` or `\`, a backslash, a
+/// NUL or control character, a `%u` or malformed escape, bytes that are not UTF-8 — is
+/// refused with 400 `invalid_request`, the reason in the log. [`super::path`] lists
+/// every spelling and the upstream that resolves it. Browsers resolve dot segments
+/// before sending, so no page needs them. The query is not part of path resolution
+/// and is passed on untouched.
 pub fn upstream_uri(uri: &Uri, route: &Route) -> Result<Uri, ApiError> {
     let path = uri.path();
-    // `.` and `..` segments (also as %2e) would let the upstream resolve the path out
-    // of the route (`/api/../admin`); browsers resolve them before sending, so refuse.
-    if path.split('/').any(is_dot_segment) {
-        return Err(ApiError::invalid("invalid request path"));
-    }
     let rest = if route.strip_prefix {
         &path[route.prefix.len()..]
     } else {
         path
     };
+    super::path::check(rest.as_bytes())
+        .map_err(|why| ApiError::invalid(format!("invalid request path: {why}")))?;
     let mut pq = String::with_capacity(
         route.base_path.len() + rest.len() + 1 + uri.query().map_or(0, str::len),
     );
@@ -250,21 +257,6 @@ pub fn upstream_uri(uri: &Uri, route: &Route) -> Result<Uri, ApiError> {
         .path_and_query(pq)
         .build()
         .map_err(|_| ApiError::invalid("invalid request path"))
-}
-
-/// `.` or `..`, each dot possibly percent-encoded (`%2e`, `%2E`).
-fn is_dot_segment(segment: &str) -> bool {
-    fn strip_dot(s: &[u8]) -> Option<&[u8]> {
-        match s {
-            [b'.', rest @ ..] | [b'%', b'2', b'e' | b'E', rest @ ..] => Some(rest),
-            _ => None,
-        }
-    }
-    match strip_dot(segment.as_bytes()) {
-        Some([]) => true,
-        Some(rest) => strip_dot(rest).is_some_and(<[u8]>::is_empty),
-        None => false,
-    }
 }
 
 /// Phase: clean the upstream's response headers.

@@ -167,4 +167,36 @@ mod tests {
         assert!(t.matching("/ap").is_none());
         assert_eq!(t.matching("/api/admin").unwrap().base_path, "/base");
     }
+
+    #[test]
+    fn a_prefix_matches_only_the_literal_segments() {
+        // Matched on the raw path: what follows the prefix must start a new segment, so
+        // the prefix the upstream sees is the configured one, byte for byte. (Spellings
+        // an upstream decodes, like `/api/%61dmin`, match the shorter prefix and stay
+        // under its base: see `proxy::path`.)
+        let t = table();
+        for other in [
+            "/apifoo",
+            "/api.",
+            "/api;x/admin",
+            "/api%2fadmin",
+            "/api%2Fadmin",
+            "/api\\admin",
+            "/api%5cadmin",
+            "/API/x",
+            "/%61pi/x",
+            "//api/x",
+        ] {
+            assert!(t.matching(other).is_none(), "{other} matched");
+        }
+        for (path, prefix) in [
+            ("/api/admin;x/users", "/api"),
+            ("/api/admin%2fusers", "/api"),
+            ("/api/%61dmin/users", "/api"),
+            ("/api/admin/", "/api/admin"),
+            ("/api//admin", "/api"),
+        ] {
+            assert_eq!(t.matching(path).unwrap().prefix, prefix, "{path}");
+        }
+    }
 }

@@ -16,6 +16,7 @@ mod ops;
 #[cfg(feature = "otel")]
 mod otel;
 mod provider_shapes;
+mod path_confinement;
 mod proxying;
 mod scale_out;
 mod sessions;
