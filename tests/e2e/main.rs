@@ -15,8 +15,8 @@ mod login_flow;
 mod ops;
 #[cfg(feature = "otel")]
 mod otel;
-mod provider_shapes;
 mod path_confinement;
+mod provider_shapes;
 mod proxying;
 mod scale_out;
 mod sessions;

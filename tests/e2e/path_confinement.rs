@@ -288,7 +288,10 @@ strip_prefix = true
         logs.contains("invalid request path: an encoded") && logs.contains("a dot segment"),
         "the refusals are logged with their reason"
     );
-    assert!(!logs.contains("cookie-value-never-logged"), "a cookie was logged");
+    assert!(
+        !logs.contains("cookie-value-never-logged"),
+        "a cookie was logged"
+    );
 
     // The control: this nginx does resolve the escape, so the gateway is what stops it.
     let (status, body) = raw_get(nginx.port, b"/public/..%2finternal/secret.txt");
