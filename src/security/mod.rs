@@ -8,6 +8,7 @@
 //! anything but a refusal.
 
 pub mod guard;
+pub mod headers;
 pub mod limits;
 
 pub use guard::{GuardConfig, guard};

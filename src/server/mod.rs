@@ -102,6 +102,8 @@ pub fn app(state: AppState) -> Router {
             state.clone(),
             crate::security::guard,
         ))
+        // Methods and Host refused before anything else; nosniff on every answer.
+        .layer(axum::middleware::from_fn(crate::security::headers::layer))
         // Outermost: request id, span and metrics see every answer, refusals included.
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -141,7 +143,7 @@ async fn dispatch(State(state): State<AppState>, request: Request) -> Response {
         return not_found();
     }
     match frontend.static_files() {
-        Some(s) => serve_static(s, &frontend.prefix, request).await,
+        Some(s) => serve_static(s, frontend, request).await,
         None => not_found(),
     }
 }
@@ -158,23 +160,30 @@ pub(crate) fn not_found() -> Response {
 /// The SPA's files; an unknown GET navigation gets `index.html` when `spa_fallback`.
 /// A frontend under a path prefix serves its files under it: `{prefix}/app.js` is
 /// `{dir}/app.js`.
+///
+/// A directory without its trailing slash is redirected to it, and that `Location` is
+/// built here, never from the request as sent: ServeDir would answer `//assets` with
+/// `Location: //assets/` (a protocol-relative URL a browser follows off-site) and an
+/// absolute-form request with its own authority. Ours is `{prefix}/{dir}/` with the
+/// leading slashes and backslashes collapsed, and must pass the `returnUrl` rules, or
+/// the answer is 404.
 async fn serve_static(
     config: &crate::config::StaticConfig,
-    prefix: &str,
+    frontend: &crate::frontend::Frontend,
     mut request: Request,
 ) -> Response {
-    if !prefix.is_empty() {
-        let path = request.uri().path();
-        let rest = path.strip_prefix(prefix).unwrap_or(path);
-        let rest = if rest.is_empty() { "/" } else { rest };
-        let uri = match request.uri().query() {
-            Some(q) => format!("{rest}?{q}"),
-            None => rest.to_owned(),
-        };
-        match uri.parse() {
-            Ok(uri) => *request.uri_mut() = uri,
-            Err(_) => return not_found(),
-        }
+    let prefix = frontend.prefix.as_str();
+    let path = request.uri().path();
+    let rest = path.strip_prefix(prefix).unwrap_or(path);
+    let rest = if rest.is_empty() { "/" } else { rest };
+    let local = match request.uri().query() {
+        Some(q) => format!("{rest}?{q}"),
+        None => rest.to_owned(),
+    };
+    // Path and query only: ServeDir never sees an authority it could redirect to.
+    match local.parse() {
+        Ok(uri) => *request.uri_mut() = uri,
+        Err(_) => return not_found(),
     }
     let (dir, spa_fallback) = (&config.dir, config.spa_fallback);
     let navigation = spa_fallback
@@ -197,6 +206,14 @@ async fn serve_static(
         Ok(r) => r.map(Body::new),
         Err(never) => match never {},
     };
+    let response = if response.status().is_redirection() {
+        match directory_redirect(frontend, request_path_query(&local)) {
+            Some(r) => r,
+            None => return not_found(),
+        }
+    } else {
+        response
+    };
     let mut response = if response.status() == StatusCode::NOT_FOUND && navigation {
         let index = Request::builder()
             .method(method)
@@ -217,4 +234,28 @@ async fn serve_static(
     }
     crate::security::frame_and_sniff(response.headers_mut());
     response
+}
+
+fn request_path_query(local: &str) -> (&str, Option<&str>) {
+    match local.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (local, None),
+    }
+}
+
+/// `307 Location: {prefix}/{dir}/` for a directory asked for without its slash; `None`
+/// when that would not be a plain path on the frontend's origin.
+fn directory_redirect(
+    frontend: &crate::frontend::Frontend,
+    (path, query): (&str, Option<&str>),
+) -> Option<Response> {
+    let dir = path.trim_start_matches(['/', '\\']);
+    let mut location = format!("{}/{dir}/", frontend.prefix);
+    if let Some(q) = query {
+        location.push('?');
+        location.push_str(q);
+    }
+    let location = crate::security::validate_return_url(&location, &frontend.origin).ok()?;
+    let value = HeaderValue::try_from(location).ok()?;
+    Some((StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, value)]).into_response())
 }
