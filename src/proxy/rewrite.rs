@@ -514,6 +514,130 @@ mod tests {
     }
 
     #[test]
+    fn proxy_set_headers_are_recognised_by_rule() {
+        for name in [
+            "forwarded",
+            "x-forwarded-for",
+            "x-forwarded-host",
+            "x-forwarded-proto",
+            "x-forwarded-port",
+            "x-forwarded-prefix",
+            "x-forwarded-server",
+            "x-forwarded-scheme",
+            "x-forwarded-ssl",
+            "x-forwarded-uri",
+            "x-forwarded-path",
+            "x-forwarded-client-cert",
+            "x-forwarded-user",
+            "x-forwardedfor",
+            "x_forwarded_for",
+            "x-forwarded_for",
+            "x_real_ip",
+            "http_x_forwarded_for",
+            "x-real-ip",
+            "true-client-ip",
+            "x-client-ip",
+            "cf-connecting-ip",
+            "cf-connecting-ipv6",
+            "client-ip",
+            "x-originating-ip",
+            "x-cluster-client-ip",
+            "fastly-client-ip",
+            "x-proxyuser-ip",
+            "x-remote-ip",
+            "x-remote-addr",
+            "x-envoy-external-address",
+            "x-original-url",
+            "x-original-uri",
+            "x-original-host",
+            "x-original-method",
+            "x-rewrite-url",
+            "x-host",
+            "x-http-host",
+            "x-http-method-override",
+            "x-http-method",
+            "x-method-override",
+            "front-end-https",
+            "x-url-scheme",
+            "x-arr-ssl",
+            "x-ssl-client-cert",
+            "ssl-client-cert",
+            "x-client-cert",
+            "x-arr-clientcert",
+            "x-auth-request-user",
+            "x-auth-request-email",
+            "remote-user",
+            "x-remote-user",
+            "x-amzn-oidc-identity",
+            "x-ms-client-principal-name",
+            "x-goog-authenticated-user-email",
+            "cf-access-authenticated-user-email",
+            "cf-visitor",
+            "x-azure-clientip",
+            "x-appengine-user-ip",
+        ] {
+            assert!(is_proxy_set(name), "{name}");
+        }
+        for name in [
+            "accept",
+            "content-type",
+            "cookie",
+            "x-csrf",
+            "x-request-id",
+            "x-client-version",
+            "x-end-to-end",
+            "traceparent",
+            "if-none-match",
+            "access-control-request-method",
+            "origin",
+            "referer",
+            "user-agent",
+        ] {
+            assert!(!is_proxy_set(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn untrusted_peers_choose_no_forwarding_header() {
+        let mut b = axum::http::Request::builder()
+            .uri("/api/x")
+            .header("host", "evil.example");
+        for name in [
+            "x-forwarded-host",
+            "x-forwarded-port",
+            "x-real-ip",
+            "x_forwarded_for",
+            "x-original-url",
+            "x-http-method-override",
+            "true-client-ip",
+        ] {
+            b = b.header(name, "spoofed");
+        }
+        let mut req = b.header("x-kept", "1").body(()).unwrap().into_parts().0;
+        rewrite_request(
+            &mut req,
+            &route("/api", "http://up:1", false),
+            None,
+            Some("192.0.2.1".parse().unwrap()),
+            &config(),
+        )
+        .unwrap();
+        let mut names: Vec<_> = req.headers.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            [
+                "x-forwarded-for",
+                "x-forwarded-host",
+                "x-forwarded-proto",
+                "x-kept"
+            ]
+        );
+        assert_eq!(req.headers["x-forwarded-host"], "app.example.com");
+        assert_eq!(req.headers["x-forwarded-for"], "192.0.2.1");
+    }
+
+    #[test]
     fn trusted_proxies_may_supply_forwarded_headers() {
         let mut req = axum::http::Request::builder()
             .uri("/api/x")

@@ -84,8 +84,7 @@ fn check_host(request: &Request) -> Result<(), ApiError> {
         .ok()
         .filter(|h| !h.contains('@'))
         .and_then(|h| h.parse::<Authority>().ok())
-        .filter(|a| a.port().is_none() || a.port_u16().is_some())
-        .filter(|a| !a.host().is_empty());
+        .filter(|a| !a.host().is_empty() && (!has_port(a.as_str()) || a.port_u16().is_some()));
     let Some(authority) = valid else {
         return Err(ApiError::invalid("the Host header is not host[:port]"));
     };
@@ -96,6 +95,13 @@ fn check_host(request: &Request) -> Result<(), ApiError> {
         return Err(ApiError::invalid("the Host header differs from :authority"));
     }
     Ok(())
+}
+
+/// Does `authority` end in `:port` (an IPv6 literal's colons are inside brackets)?
+fn has_port(authority: &str) -> bool {
+    authority
+        .rsplit_once(':')
+        .is_some_and(|(host, _)| !host.starts_with('[') || host.ends_with(']'))
 }
 
 #[cfg(test)]
