@@ -211,8 +211,8 @@ fn make_private(headers: &mut HeaderMap) {
     // The usual cases cost nothing: already `private` (or `no-store`) and nothing shared.
     if single && let Ok(v) = first.to_str() {
         let shared = directives(v).any(shared_only);
-        let private = directives(v)
-            .any(|d| is_bare_private(d) || d.eq_ignore_ascii_case("no-store"));
+        let private =
+            directives(v).any(|d| is_bare_private(d) || d.eq_ignore_ascii_case("no-store"));
         if private && !shared {
             return;
         }

@@ -104,8 +104,16 @@ html_sandbox = false
 }
 
 /// A raw HTTP exchange: sends `request` as is and reads until the server closes the
-/// connection (the requests say `Connection: close`) or 5 s pass.
-fn raw(port: u16, request: &[u8]) -> RawAnswer {
+/// connection (the requests say `Connection: close`) or 5 s pass. On a blocking
+/// thread, so in-process upstreams keep running.
+async fn raw(port: u16, request: &[u8]) -> RawAnswer {
+    let request = request.to_vec();
+    tokio::task::spawn_blocking(move || raw_blocking(port, &request))
+        .await
+        .unwrap()
+}
+
+fn raw_blocking(port: u16, request: &[u8]) -> RawAnswer {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
@@ -246,11 +254,7 @@ async fn an_upstream_cannot_set_or_delete_portcullis_cookies() {
         let r = browser.get_with(&url, &[("x-csrf", "1")]).await;
         assert!(r.headers.get("clear-site-data").is_none(), "{clear}");
     }
-    let url = env.url(&asking(
-        "/respond/x",
-        &["Clear-Site-Data: \"cache\""],
-        &[],
-    ));
+    let url = env.url(&asking("/respond/x", &["Clear-Site-Data: \"cache\""], &[]));
     let r = browser.get_with(&url, &[("x-csrf", "1")]).await;
     assert_eq!(r.headers["clear-site-data"], "\"cache\"");
 
@@ -340,7 +344,7 @@ async fn forwarding_headers_from_an_untrusted_peer_never_reach_the_upstream() {
         request.push_str("\r\n");
     }
     request.push_str("\r\n");
-    let r = raw(gw.port, request.as_bytes());
+    let r = raw(gw.port, request.as_bytes()).await;
     assert_eq!(r.status, 200, "{r:?}");
 
     let seen = upstream.last();
@@ -380,7 +384,8 @@ async fn forwarding_headers_from_an_untrusted_peer_never_reach_the_upstream() {
         trusted.port,
         b"GET /public/echo HTTP/1.1\r\nHost: app.example\r\nX-Forwarded-For: 203.0.113.9\r\n\
           X-Forwarded-Host: app.example\r\nX-Real-IP: 203.0.113.9\r\nConnection: close\r\n\r\n",
-    );
+    )
+    .await;
     assert_eq!(r.status, 200, "{r:?}");
     let seen = upstream.last();
     assert_eq!(seen.headers["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
@@ -409,7 +414,7 @@ async fn a_missing_duplicate_or_malformed_host_is_refused() {
         b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n",
     ];
     for request in bad {
-        let r = raw(gw.port, request);
+        let r = raw(gw.port, request).await;
         assert!(
             r.status == 400,
             "{:?}: {r:?}",
@@ -420,7 +425,10 @@ async fn a_missing_duplicate_or_malformed_host_is_refused() {
             r.assert_error(400, "invalid_request");
         }
     }
-    assert!(upstream.requests().is_empty(), "nothing reached the upstream");
+    assert!(
+        upstream.requests().is_empty(),
+        "nothing reached the upstream"
+    );
 
     // HTTP/1.0 needs no Host; absolute form names its own authority.
     for ok in [
@@ -428,7 +436,7 @@ async fn a_missing_duplicate_or_malformed_host_is_refused() {
         b"GET http://127.0.0.1/public/x HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
         b"GET /public/x HTTP/1.1\r\nHost: 127.0.0.1:1234\r\nConnection: close\r\n\r\n",
     ] {
-        let r = raw(gw.port, ok);
+        let r = raw(gw.port, ok).await;
         assert_eq!(r.status, 200, "{:?}: {r:?}", String::from_utf8_lossy(ok));
     }
     assert_eq!(upstream.requests().len(), 3);
@@ -470,11 +478,17 @@ async fn answers_to_session_requests_are_never_shared_cacheable() {
             !cc.contains("public") && !cc.contains("s-maxage"),
             "{path}: {cc}"
         );
-        assert!(cc.contains("max-age=600"), "the browser may still cache it: {cc}");
+        assert!(
+            cc.contains("max-age=600"),
+            "the browser may still cache it: {cc}"
+        );
         assert!(r.headers.get("cdn-cache-control").is_none(), "{path}");
         assert!(r.headers.get("surrogate-control").is_none(), "{path}");
         let vary = values(&r.headers, "vary").join(", ");
-        assert!(vary.contains("Cookie") && vary.contains("Accept-Encoding"), "{path}: {vary}");
+        assert!(
+            vary.contains("Cookie") && vary.contains("Accept-Encoding"),
+            "{path}: {vary}"
+        );
     }
     // A field-qualified `private="…"` leaves the rest shareable: replaced.
     let url = env.url(&asking(
@@ -526,7 +540,11 @@ async fn upstream_documents_are_sandboxed_and_nothing_is_sniffed() {
         "",
     ] {
         let r = browser
-            .get(&gw.url(&asking("/respond-anon/page", &[], &[("ct", ct), ("body", html)])))
+            .get(&gw.url(&asking(
+                "/respond-anon/page",
+                &[],
+                &[("ct", ct), ("body", html)],
+            )))
             .await;
         assert_eq!(r.status, 200);
         let csp = values(&r.headers, "content-security-policy");
@@ -618,18 +636,20 @@ async fn trace_track_and_connect_are_refused_everywhere() {
             gw.port,
             format!("CONNECT {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
                 .as_bytes(),
-        );
+        )
+        .await;
         r.assert_error(405, "method_not_allowed");
     }
     let r = raw(
         gw.port,
         b"CONNECT 127.0.0.1:22 HTTP/1.1\r\nHost: 127.0.0.1:22\r\nConnection: close\r\n\r\n",
-    );
+    )
+    .await;
     r.assert_error(405, "method_not_allowed");
     let r = raw(
         gw.port,
         b"TRACE /public/x HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer x\r\nConnection: close\r\n\r\n",
-    );
+    ).await;
     r.assert_error(405, "method_not_allowed");
     assert!(upstream.requests().is_empty(), "no upstream was called");
     // Other methods still pass.
@@ -696,7 +716,8 @@ async fn no_redirect_portcullis_writes_leaves_the_origin() {
             port,
             format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n")
                 .as_bytes(),
-        );
+        )
+        .await;
         match r.header("location") {
             Some(location) => {
                 assert!(
@@ -724,7 +745,8 @@ async fn no_redirect_portcullis_writes_leaves_the_origin() {
             port,
             format!("GET {target} HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n")
                 .as_bytes(),
-        );
+        )
+        .await;
         if let Some(location) = r.header("location") {
             assert!(stays_on(&origin, location), "{target}: {location}");
         }
@@ -835,7 +857,12 @@ async fn every_answer_portcullis_writes_says_nosniff() {
         browser.get(&env.url("/bff/login")).await,
     ));
     browser.login(&env, "alice", "alice", "/").await;
-    answers.push(("/api/x (200)", browser.get_with(&env.url("/api/x"), &[("x-csrf", "1")]).await));
+    answers.push((
+        "/api/x (200)",
+        browser
+            .get_with(&env.url("/api/x"), &[("x-csrf", "1")])
+            .await,
+    ));
     answers.push(("/bff/user (200)", browser.user(&env).await));
     for (what, r) in &answers {
         assert_eq!(
@@ -856,7 +883,8 @@ async fn every_answer_portcullis_writes_says_nosniff() {
     let r = raw(
         env.gateway.port,
         b"GET /healthz HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n",
-    );
+    )
+    .await;
     r.assert_error(400, "invalid_request");
     assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
 }
