@@ -206,7 +206,8 @@ async fn serve_static(
         Ok(r) => r.map(Body::new),
         Err(never) => match never {},
     };
-    let response = if response.status().is_redirection() {
+    // ServeDir's only redirect is the directory one (a 304 is a redirection class too).
+    let response = if response.headers().contains_key(header::LOCATION) {
         match directory_redirect(frontend, request_path_query(&local)) {
             Some(r) => r,
             None => return not_found(),

@@ -735,6 +735,14 @@ async fn no_redirect_portcullis_writes_leaves_the_origin() {
             "{path}: {r:?}"
         );
     }
+    // Revalidation is not a redirect: a 304 stays a 304.
+    let first = Browser::new().get(&env.url("/assets/index.html")).await;
+    let etag = first.headers["etag"].to_str().unwrap().to_owned();
+    let again = Browser::new()
+        .get_with(&env.url("/assets/index.html"), &[("if-none-match", &etag)])
+        .await;
+    assert_eq!(again.status, 304);
+    assert!(again.headers.get("location").is_none());
     // An absolute-form request names another authority: the redirect stays ours.
     for target in [
         "http://evil.example/assets",
