@@ -896,3 +896,84 @@ async fn every_answer_portcullis_writes_says_nosniff() {
     r.assert_error(400, "invalid_request");
     assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
 }
+
+// ---------------------------------------------------------------- several frontends
+
+#[tokio::test]
+async fn with_several_frontends_every_frontends_cookies_and_prefix_are_kept() {
+    let responder = Responder::start().await;
+    let files = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(files.path().join("assets")).unwrap();
+    std::fs::write(files.path().join("index.html"), "<!doctype html>").unwrap();
+    std::fs::write(files.path().join("assets/index.html"), "a").unwrap();
+    let port = free_port();
+    let config = format!(
+        r#"
+[server]
+listen = "127.0.0.1:{port}"
+public_origin = "http://127.0.0.1:{port}"
+workers = 1
+[oidc]
+issuer = "http://127.0.0.1:1"
+http_timeout = "1s"
+[session]
+store = "memory"
+keys = ["{key}"]
+
+[[frontends]]
+name = "shop"
+[frontends.oidc]
+client_id = "shop"
+client_secret = "s"
+[[frontends.routes]]
+prefix = "/respond"
+upstream = "{up}"
+token = "none"
+
+[[frontends]]
+name = "admin"
+path_prefix = "/admin"
+[frontends.oidc]
+client_id = "admin"
+client_secret = "s"
+[frontends.static]
+dir = "{files}"
+"#,
+        key = random_key(),
+        up = responder.url(),
+        files = files.path().display(),
+    );
+    let gw = Gateway::start(port, &config);
+    // The shop's upstream can't set the admin frontend's cookies either.
+    for cookie in [
+        "__Host-portcullis-admin=planted; Path=/; Secure; HttpOnly",
+        "__Host-portcullis-admin-login=planted; Path=/; Secure",
+        "__Secure-portcullis-admin=planted; Path=/; Secure",
+        "__Host-portcullis-shop=planted; Path=/; Secure",
+        "__Host-portcullis-shop-login=planted; Path=/; Secure",
+    ] {
+        let r = Browser::new()
+            .get(&gw.url(&asking(
+                "/respond/x",
+                &[&format!("Set-Cookie: {cookie}"), "Set-Cookie: theme=dark"],
+                &[],
+            )))
+            .await;
+        assert_eq!(r.set_cookies(), ["theme=dark"], "{cookie}");
+    }
+    // A prefixed frontend's directory redirect keeps the prefix and the origin.
+    for (path, want) in [
+        ("/admin/assets", "/admin/assets/"),
+        ("/admin//assets", "/admin/assets/"),
+        ("/admin///assets?x=1", "/admin/assets/?x=1"),
+    ] {
+        let r = raw(
+            port,
+            format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await;
+        assert_eq!(r.status, 307, "{path}: {r:?}");
+        assert_eq!(r.header("location"), Some(want), "{path}");
+    }
+}
