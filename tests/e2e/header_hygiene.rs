@@ -977,3 +977,99 @@ dir = "{files}"
         assert_eq!(r.header("location"), Some(want), "{path}");
     }
 }
+
+// ---------------------------------------------------------------- HTTP/2
+
+/// One HTTP/2 request over TLS (ALPN h2) with the given `Host` lines; the status.
+async fn h2_status(port: u16, ca_pem: &str, path: &str, hosts: &[&str]) -> u16 {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())
+        .unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let mut request = axum::http::Request::builder()
+        .uri(format!("https://localhost:{port}{path}"))
+        .body(http_body_util::Empty::<axum::body::Bytes>::new())
+        .unwrap();
+    for h in hosts {
+        request
+            .headers_mut()
+            .append("host", axum::http::HeaderValue::from_str(h).unwrap());
+    }
+    send.send_request(request).await.unwrap().status().as_u16()
+}
+
+#[test]
+fn over_http2_a_host_beside_authority_must_name_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = crate::ops::TestPki::new();
+    let (cert, key, _) = pki.leaf("gateway");
+    std::fs::write(dir.path().join("cert.pem"), cert).unwrap();
+    std::fs::write(dir.path().join("key.pem"), key).unwrap();
+    let port = free_port();
+    let config = standalone_config(
+        port,
+        &format!("https://localhost:{port}"),
+        &format!(
+            "[server.tls]\ncert = {:?}\nkey = {:?}",
+            dir.path().join("cert.pem").to_str().unwrap(),
+            dir.path().join("key.pem").to_str().unwrap(),
+        ),
+        "",
+    );
+    let config = portcullis::config::Config::from_toml(&config, []).unwrap();
+    let server = portcullis::server::Server::start(config).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let authority = format!("localhost:{port}");
+    rt.block_on(async {
+        let ca = &pki.ca_pem;
+        assert_eq!(h2_status(port, ca, "/healthz", &[]).await, 200);
+        assert_eq!(h2_status(port, ca, "/healthz", &[&authority]).await, 200);
+        assert_eq!(
+            h2_status(port, ca, "/healthz", &[&authority.to_uppercase()]).await,
+            200
+        );
+        for hosts in [
+            &["evil.example"][..],
+            &[&format!("evil.example:{port}")],
+            &[&authority, &authority],
+            &[&authority, "evil.example"],
+            &["a b"],
+        ] {
+            assert_eq!(
+                h2_status(port, ca, "/healthz", hosts).await,
+                400,
+                "{hosts:?}"
+            );
+        }
+    });
+    drop(rt); // closes the client connections, so the drain has nothing to wait for
+    server.stop();
+}
