@@ -173,18 +173,21 @@ async fn serve_static(
     mut request: Request,
 ) -> Response {
     let prefix = frontend.prefix.as_str();
-    let path = request.uri().path();
-    let rest = path.strip_prefix(prefix).unwrap_or(path);
-    let rest = if rest.is_empty() { "/" } else { rest };
-    let local = match request.uri().query() {
-        Some(q) => format!("{rest}?{q}"),
-        None => rest.to_owned(),
-    };
-    // Path and query only: ServeDir never sees an authority it could redirect to.
-    match local.parse() {
-        Ok(uri) => *request.uri_mut() = uri,
-        Err(_) => return not_found(),
+    // Path and query only, under the prefix: ServeDir never sees an authority.
+    if !prefix.is_empty() || request.uri().authority().is_some() {
+        let path = request.uri().path();
+        let rest = path.strip_prefix(prefix).unwrap_or(path);
+        let rest = if rest.is_empty() { "/" } else { rest };
+        let uri = match request.uri().query() {
+            Some(q) => format!("{rest}?{q}"),
+            None => rest.to_owned(),
+        };
+        match uri.parse() {
+            Ok(uri) => *request.uri_mut() = uri,
+            Err(_) => return not_found(),
+        }
     }
+    let local = request.uri().clone(); // shares its bytes: no copy
     let (dir, spa_fallback) = (&config.dir, config.spa_fallback);
     let navigation = spa_fallback
         && matches!(*request.method(), Method::GET | Method::HEAD)
@@ -208,7 +211,7 @@ async fn serve_static(
     };
     // ServeDir's only redirect is the directory one (a 304 is a redirection class too).
     let response = if response.headers().contains_key(header::LOCATION) {
-        match directory_redirect(frontend, request_path_query(&local)) {
+        match directory_redirect(frontend, local.path(), local.query()) {
             Some(r) => r,
             None => return not_found(),
         }
@@ -237,18 +240,12 @@ async fn serve_static(
     response
 }
 
-fn request_path_query(local: &str) -> (&str, Option<&str>) {
-    match local.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (local, None),
-    }
-}
-
 /// `307 Location: {prefix}/{dir}/` for a directory asked for without its slash; `None`
 /// when that would not be a plain path on the frontend's origin.
 fn directory_redirect(
     frontend: &crate::frontend::Frontend,
-    (path, query): (&str, Option<&str>),
+    path: &str,
+    query: Option<&str>,
 ) -> Option<Response> {
     let dir = path.trim_start_matches(['/', '\\']);
     let mut location = format!("{}/{dir}/", frontend.prefix);
