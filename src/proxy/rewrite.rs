@@ -137,8 +137,6 @@ const PROXY_SET_PREFIXES: &[&str] = &[
     "x-original-",
     "x-rewrite-",
     "x-real-",
-    "x-host",
-    "x-http-host",
     "x-proxyuser-",
     "x-cluster-client-",
     // TLS and client certificates (nginx `X-SSL-*`, IIS ARR `X-ARR-*`).
@@ -171,19 +169,21 @@ const PROXY_SET_PREFIXES: &[&str] = &[
 
 /// Is `name` (lowercase, as `HeaderName` keeps it) a header only a proxy in front of
 /// the upstream should set? By rule rather than by list where a rule exists: any name
-/// with `_`; `Forwarded` and every `X-Forwarded*`; every name ending in `-ip`, `-ipv6`,
-/// `-addr` or `-address` (`X-Real-IP`, `True-Client-IP`, `CF-Connecting-IP`,
-/// `Client-IP`, `X-Originating-IP`, …); every `x-*method*` (`X-HTTP-Method-Override`,
-/// `X-HTTP-Method`, `X-Method-Override`); every name with `client-cert`/`clientcert`;
-/// and the prefixes of [`PROXY_SET_PREFIXES`].
+/// with `_`; `Forwarded` and every `X-Forwarded*`; every name ending in `-ip` or
+/// `-ipv6` (`X-Real-IP`, `True-Client-IP`, `CF-Connecting-IP`, `Client-IP`,
+/// `X-Originating-IP`, …); the method overrides (`*method-override`, `X-HTTP-Method`,
+/// `X-Method`); `X-Host` and `X-HTTP-Host`; every name with `client-cert`/`clientcert`;
+/// and the prefixes of [`PROXY_SET_PREFIXES`]. An application's own headers
+/// (`X-Payment-Method`, `X-Hostname`, `X-Client-Version`) pass.
 pub fn is_proxy_set(name: &str) -> bool {
     name.contains('_')
-        || name == "forwarded"
-        || name == "client-ip"
-        || [b"-ip", &b"-ipv6"[..], b"-addr", b"-address"]
-            .iter()
-            .any(|s| name.as_bytes().ends_with(s))
-        || (name.starts_with("x-") && name.contains("method"))
+        || matches!(
+            name,
+            "forwarded" | "client-ip" | "x-host" | "x-http-host" | "x-http-method" | "x-method"
+        )
+        || name.ends_with("-ip")
+        || name.ends_with("-ipv6")
+        || name.contains("method-override")
         || name.contains("client-cert")
         || name.contains("clientcert")
         || PROXY_SET_PREFIXES.iter().any(|p| name.starts_with(p))
@@ -585,6 +585,10 @@ mod tests {
             "x-csrf",
             "x-request-id",
             "x-client-version",
+            "x-payment-method",
+            "x-hostname",
+            "x-host-id",
+            "x-email-address",
             "x-end-to-end",
             "traceparent",
             "if-none-match",
