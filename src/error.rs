@@ -36,6 +36,12 @@ pub enum ApiError {
     /// The request head is larger than `security.max_header_bytes` (431).
     #[error("request head too large")]
     HeadTooLarge,
+    /// A method Portcullis never serves (`TRACE`, `TRACK`, `CONNECT`; 405 with `Allow`).
+    #[error("method not allowed: {method}")]
+    MethodNotAllowed {
+        method: axum::http::Method,
+        allow: &'static str,
+    },
     /// Too many requests from one client.
     #[error("rate limited")]
     RateLimited { retry_after_secs: u64 },
@@ -68,6 +74,7 @@ impl ApiError {
             Self::Unauthenticated => "unauthenticated",
             Self::SessionExpired => "session_expired",
             Self::Csrf(_) => "csrf",
+            Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::RateLimited { .. } => "rate_limited",
             Self::UpstreamUnavailable(_) => "upstream_unavailable",
             Self::UpstreamTimeout => "upstream_timeout",
@@ -83,6 +90,7 @@ impl ApiError {
             Self::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::Unauthenticated | Self::SessionExpired => StatusCode::UNAUTHORIZED,
             Self::Csrf(_) => StatusCode::FORBIDDEN,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -98,6 +106,7 @@ impl ApiError {
             | Self::Unauthenticated
             | Self::SessionExpired
             | Self::Csrf(_)
+            | Self::MethodNotAllowed { .. }
             | Self::RateLimited { .. } => Fault::Client,
             Self::UpstreamUnavailable(_) | Self::UpstreamTimeout => Fault::Upstream,
             Self::IdpUnavailable(_) => Fault::Provider,
@@ -114,6 +123,7 @@ impl ApiError {
             Self::Unauthenticated => "no valid session",
             Self::SessionExpired => "the session has ended; log in again",
             Self::Csrf(why) => why,
+            Self::MethodNotAllowed { .. } => "this method is not allowed",
             Self::RateLimited { .. } => "too many requests",
             Self::UpstreamUnavailable(_) => "the upstream service is unavailable",
             Self::UpstreamTimeout => "the upstream service did not answer in time",
@@ -144,8 +154,14 @@ impl IntoResponse for ApiError {
             .insert(crate::telemetry::ErrorCode(self.code()));
         let headers = response.headers_mut();
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        if let Self::RateLimited { retry_after_secs } = self {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+        match self {
+            Self::RateLimited { retry_after_secs } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+            }
+            Self::MethodNotAllowed { allow, .. } => {
+                headers.insert(header::ALLOW, HeaderValue::from_static(allow));
+            }
+            _ => {}
         }
         response
     }

@@ -435,6 +435,11 @@ pub struct RouteConfig {
     /// bound token as `Bearer`, only for upstreams that don't check the binding.
     #[serde(default)]
     pub dpop: Option<bool>,
+    /// Add a sandboxing `Content-Security-Policy` (no script, an opaque origin) to the
+    /// upstream's HTML and other script-capable documents (`proxy::answer`). Default
+    /// `true`; `false` only for upstreams whose pages must run script on this origin.
+    #[serde(default = "yes")]
+    pub html_sandbox: bool,
 }
 
 impl RouteConfig {

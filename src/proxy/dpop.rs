@@ -41,14 +41,14 @@ pub(super) async fn proxy(
     request: Request,
 ) -> Result<Response, ApiError> {
     let (mut parts, body) = request.into_parts();
-    let (bearer, bound) = match bind(&state.gw, frontend, route, &parts.headers).await? {
-        Bound::No(token) => (token, None),
-        Bound::Yes { tokens, key } => (None, Some((tokens, key))),
+    let (bearer, bound, session) = match bind(&state.gw, frontend, route, &parts.headers).await? {
+        Bound::No { token, session } => (token, None, session),
+        Bound::Yes { tokens, key } => (None, Some((tokens, key)), true),
     };
     prepare(&mut parts, frontend, route, bearer)?;
     let Some((tokens, key)) = bound else {
         let response = forward(state, route, Request::from_parts(parts, body)).await?;
-        return Ok(finish(response));
+        return Ok(finish(response, frontend, route, session));
     };
 
     let access_token = tokens.access_token.as_str();
@@ -91,7 +91,7 @@ pub(super) async fn proxy(
         }
         _ => response,
     };
-    Ok(finish(response))
+    Ok(finish(response, frontend, route, true))
 }
 
 fn proof(
@@ -117,8 +117,12 @@ fn proof(
 
 /// What goes upstream on a DPoP route.
 enum Bound {
-    /// A Bearer token (a client token, or a session without a DPoP key), or none.
-    No(Option<HeaderValue>),
+    /// A Bearer token (a client token, or a session without a DPoP key), or none;
+    /// `session`: the token is the session's.
+    No {
+        token: Option<HeaderValue>,
+        session: bool,
+    },
     /// The user's DPoP-bound tokens and the session's key.
     Yes {
         tokens: Arc<Tokens>,
@@ -134,8 +138,18 @@ async fn bind(
     headers: &axum::http::HeaderMap,
 ) -> Result<Bound, ApiError> {
     let tokens = match credential(gw, frontend, route, headers).await? {
-        Credential::None => return Ok(Bound::No(None)),
-        Credential::Header(value) => return Ok(Bound::No(Some(value))),
+        Credential::None => {
+            return Ok(Bound::No {
+                token: None,
+                session: false,
+            });
+        }
+        Credential::Header(value) => {
+            return Ok(Bound::No {
+                token: Some(value),
+                session: false,
+            });
+        }
         Credential::User(tokens) => tokens,
     };
     if tokens.token_type.eq_ignore_ascii_case("dpop") {
@@ -149,8 +163,8 @@ async fn bind(
             });
         }
     }
-    Ok(Bound::No(Some(authorization(
-        "Bearer",
-        &tokens.access_token,
-    )?)))
+    Ok(Bound::No {
+        token: Some(authorization("Bearer", &tokens.access_token)?),
+        session: true,
+    })
 }

@@ -3,11 +3,12 @@
 //!
 //! A proxied request goes through named phases, each a function of its own:
 //! [`RouteTable::matching`] → [`authorize`] (session, CSRF, token) →
-//! [`rewrite::rewrite_request`] → forward → [`rewrite::clean_response`] → stream back.
+//! [`rewrite::rewrite_request`] → forward → [`answer::clean`] → stream back.
 //! Bodies stream both ways; nothing is buffered. An API route is never answered
 //! with a redirect: failures are the contract's JSON errors. The upstream client is
 //! per runtime (thread-per-core), so its connection pool never crosses threads.
 
+pub mod answer;
 mod dpop;
 pub mod path;
 #[doc(hidden)]
@@ -68,10 +69,12 @@ pub async fn proxy(
         return dpop::proxy(state, frontend, route, nonce, request).await;
     }
     let (mut parts, body) = request.into_parts();
-    let token = authorize(&state.gw, frontend, route, &parts.headers).await?;
+    let credential = credential(&state.gw, frontend, route, &parts.headers).await?;
+    let session = credential.uses_session();
+    let token = credential.into_header()?;
     prepare(&mut parts, frontend, route, token)?;
     let response = forward(state, route, Request::from_parts(parts, body)).await?;
-    Ok(finish(response))
+    Ok(finish(response, frontend, route, session))
 }
 
 /// What a route sends upstream, before it becomes a header.
@@ -92,11 +95,25 @@ pub async fn authorize(
     route: &Route,
     headers: &axum::http::HeaderMap,
 ) -> Result<Option<HeaderValue>, ApiError> {
-    Ok(match credential(gw, frontend, route, headers).await? {
-        Credential::None => None,
-        Credential::Header(value) => Some(value),
-        Credential::User(tokens) => Some(bearer(&tokens.access_token)?),
-    })
+    credential(gw, frontend, route, headers)
+        .await?
+        .into_header()
+}
+
+impl Credential {
+    /// Did the session's token go upstream? (Its answer is then the user's alone.)
+    pub(crate) fn uses_session(&self) -> bool {
+        matches!(self, Self::User(_))
+    }
+
+    /// The `Authorization` value, a user token as `Bearer`.
+    fn into_header(self) -> Result<Option<HeaderValue>, ApiError> {
+        Ok(match self {
+            Self::None => None,
+            Self::Header(value) => Some(value),
+            Self::User(tokens) => Some(bearer(&tokens.access_token)?),
+        })
+    }
 }
 
 /// The shared part of [`authorize`]: the credential, with the user's tokens left
@@ -182,12 +199,23 @@ async fn forward(
     }
 }
 
-/// Phase: the upstream's answer made ours, body streamed.
-fn finish(response: axum::http::Response<hyper::body::Incoming>) -> Response {
+/// Phase: the upstream's answer made ours (see [`answer`]), body streamed. `session`:
+/// the session's token went upstream.
+fn finish(
+    response: axum::http::Response<hyper::body::Incoming>,
+    frontend: &Frontend,
+    route: &Route,
+    session: bool,
+) -> Response {
     let (mut parts, body) = response.into_parts();
     // Our answer is ours: HTTP/1.1 (or what the browser spoke), whatever the upstream used.
     parts.version = axum::http::Version::HTTP_11;
-    rewrite::clean_response(&mut parts.headers);
+    answer::clean(
+        &mut parts.headers,
+        route,
+        &frontend.rewrite.own_cookies,
+        session,
+    );
     Response::from_parts(parts, Body::new(body))
 }
 

@@ -4,8 +4,14 @@
 //! it names, `Keep-Alive`, `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`,
 //! `Proxy-*`), the browser's `Authorization` (only Portcullis decides what token an
 //! upstream sees), Portcullis's own cookies, and — unless the peer is a trusted proxy
-//! — inbound `X-Forwarded-*`/`Forwarded` (RFC 9700 §4.13: a proxy sanitises the
-//! headers it sets itself). Dropped on the way down: hop-by-hop headers.
+//! — every header that only a proxy in front of the upstream should set, because
+//! upstreams believe it (see [`is_proxy_set`]: forwarding, client address, URL and
+//! method overrides, TLS and client-certificate, identity headers of auth proxies, CDN
+//! headers, and any name with `_`, which CGI, WSGI and PHP fold into the same variable
+//! as its `-` spelling). `X-Forwarded-For` is then the peer, `X-Forwarded-Proto` and
+//! `X-Forwarded-Host` the frontend's public origin — never the request's `Host`. A
+//! trusted proxy's own `X-Forwarded-*` are kept and extended. Dropped on the way
+//! down: hop-by-hop headers (the rest of the answer's rules are in `proxy::answer`).
 
 use std::net::IpAddr;
 
@@ -80,7 +86,9 @@ pub fn rewrite_request(
     parts.uri = upstream_uri(&parts.uri, route)?;
     parts.version = axum::http::Version::HTTP_11;
     let headers = &mut parts.headers;
-    let host = headers.remove(header::HOST);
+    // The upstream's Host comes from its URI; the browser's is not the public origin's
+    // (a client chooses it freely), so it goes nowhere, not even into X-Forwarded-Host.
+    headers.remove(header::HOST);
     remove_hop_by_hop(headers);
     headers.remove(header::AUTHORIZATION);
     strip_own_cookies(headers, &config.own_cookies);
@@ -95,22 +103,90 @@ pub fn rewrite_request(
             headers.insert(X_FORWARDED_PROTO.clone(), config.public_proto.clone());
         }
         if !headers.contains_key(&X_FORWARDED_HOST) {
-            headers.insert(
-                X_FORWARDED_HOST.clone(),
-                host.unwrap_or_else(|| config.public_host.clone()),
-            );
+            headers.insert(X_FORWARDED_HOST.clone(), config.public_host.clone());
         }
     } else {
-        headers.remove(&X_FORWARDED_FOR);
-        headers.remove(header::FORWARDED);
+        remove_proxy_set(headers);
         append_forwarded_for(headers, peer);
         headers.insert(X_FORWARDED_PROTO.clone(), config.public_proto.clone());
-        headers.insert(
-            X_FORWARDED_HOST.clone(),
-            host.unwrap_or_else(|| config.public_host.clone()),
-        );
+        headers.insert(X_FORWARDED_HOST.clone(), config.public_host.clone());
     }
     Ok(())
+}
+
+/// Removes every header [`is_proxy_set`] names. Allocates only when one is there.
+pub fn remove_proxy_set(headers: &mut HeaderMap) {
+    if !headers.keys().any(|n| is_proxy_set(n.as_str())) {
+        return;
+    }
+    let names: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| is_proxy_set(n.as_str()))
+        .cloned()
+        .collect();
+    for name in names {
+        headers.remove(name);
+    }
+}
+
+/// Name prefixes of headers set by the proxies, CDNs and auth gateways in front of
+/// an upstream, which upstreams therefore believe.
+const PROXY_SET_PREFIXES: &[&str] = &[
+    // Forwarding (RFC 7239 `Forwarded` is matched exactly below), URL and host overrides.
+    "x-forwarded",
+    "x-original-",
+    "x-rewrite-",
+    "x-real-",
+    "x-proxyuser-",
+    "x-cluster-client-",
+    // TLS and client certificates (nginx `X-SSL-*`, IIS ARR `X-ARR-*`).
+    "x-ssl",
+    "ssl-",
+    "x-arr-",
+    "x-url-scheme",
+    "front-end-https",
+    // Identity set by auth proxies: oauth2-proxy, AWS ALB, Azure App Service, Google
+    // IAP, Cloudflare Access, Apache/mod_auth.
+    "x-auth-request-",
+    "x-amzn-",
+    "x-ms-client-principal",
+    "x-goog-authenticated-",
+    "x-goog-iap-",
+    "x-webauth-",
+    "x-authenticated-",
+    "x-remote-",
+    "remote-",
+    // CDN and platform headers (client address, country, scheme).
+    "cf-",
+    "fastly-",
+    "akamai-",
+    "x-akamai-",
+    "x-azure-",
+    "x-appengine-",
+    "x-envoy-",
+    "x-vercel-",
+];
+
+/// Is `name` (lowercase, as `HeaderName` keeps it) a header only a proxy in front of
+/// the upstream should set? By rule rather than by list where a rule exists: any name
+/// with `_`; `Forwarded` and every `X-Forwarded*`; every name ending in `-ip` or
+/// `-ipv6` (`X-Real-IP`, `True-Client-IP`, `CF-Connecting-IP`, `Client-IP`,
+/// `X-Originating-IP`, …); the method overrides (`*method-override`, `X-HTTP-Method`,
+/// `X-Method`); `X-Host` and `X-HTTP-Host`; every name with `client-cert`/`clientcert`;
+/// and the prefixes of [`PROXY_SET_PREFIXES`]. An application's own headers
+/// (`X-Payment-Method`, `X-Hostname`, `X-Client-Version`) pass.
+pub fn is_proxy_set(name: &str) -> bool {
+    name.contains('_')
+        || matches!(
+            name,
+            "forwarded" | "client-ip" | "x-host" | "x-http-host" | "x-http-method" | "x-method"
+        )
+        || name.ends_with("-ip")
+        || name.ends_with("-ipv6")
+        || name.contains("method-override")
+        || name.contains("client-cert")
+        || name.contains("clientcert")
+        || PROXY_SET_PREFIXES.iter().any(|p| name.starts_with(p))
 }
 
 fn append_forwarded_for(headers: &mut HeaderMap, peer: Option<IpAddr>) {
@@ -280,6 +356,7 @@ mod tests {
             resource: None,
             timeout: std::time::Duration::from_secs(1),
             dpop: None,
+            html_sandbox: true,
         };
         Route::from_config(&c).unwrap()
     }
@@ -426,6 +503,134 @@ mod tests {
             req.headers["x-forwarded-for"],
             "198.51.100.7, 203.0.113.9, 10.1.2.3"
         );
+    }
+
+    #[test]
+    fn proxy_set_headers_are_recognised_by_rule() {
+        for name in [
+            "forwarded",
+            "x-forwarded-for",
+            "x-forwarded-host",
+            "x-forwarded-proto",
+            "x-forwarded-port",
+            "x-forwarded-prefix",
+            "x-forwarded-server",
+            "x-forwarded-scheme",
+            "x-forwarded-ssl",
+            "x-forwarded-uri",
+            "x-forwarded-path",
+            "x-forwarded-client-cert",
+            "x-forwarded-user",
+            "x-forwardedfor",
+            "x_forwarded_for",
+            "x-forwarded_for",
+            "x_real_ip",
+            "http_x_forwarded_for",
+            "x-real-ip",
+            "true-client-ip",
+            "x-client-ip",
+            "cf-connecting-ip",
+            "cf-connecting-ipv6",
+            "client-ip",
+            "x-originating-ip",
+            "x-cluster-client-ip",
+            "fastly-client-ip",
+            "x-proxyuser-ip",
+            "x-remote-ip",
+            "x-remote-addr",
+            "x-envoy-external-address",
+            "x-original-url",
+            "x-original-uri",
+            "x-original-host",
+            "x-original-method",
+            "x-rewrite-url",
+            "x-host",
+            "x-http-host",
+            "x-http-method-override",
+            "x-http-method",
+            "x-method-override",
+            "front-end-https",
+            "x-url-scheme",
+            "x-arr-ssl",
+            "x-ssl-client-cert",
+            "ssl-client-cert",
+            "x-client-cert",
+            "x-arr-clientcert",
+            "x-auth-request-user",
+            "x-auth-request-email",
+            "remote-user",
+            "x-remote-user",
+            "x-amzn-oidc-identity",
+            "x-ms-client-principal-name",
+            "x-goog-authenticated-user-email",
+            "cf-access-authenticated-user-email",
+            "cf-visitor",
+            "x-azure-clientip",
+            "x-appengine-user-ip",
+        ] {
+            assert!(is_proxy_set(name), "{name}");
+        }
+        for name in [
+            "accept",
+            "content-type",
+            "cookie",
+            "x-csrf",
+            "x-request-id",
+            "x-client-version",
+            "x-payment-method",
+            "x-hostname",
+            "x-host-id",
+            "x-email-address",
+            "x-end-to-end",
+            "traceparent",
+            "if-none-match",
+            "access-control-request-method",
+            "origin",
+            "referer",
+            "user-agent",
+        ] {
+            assert!(!is_proxy_set(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn untrusted_peers_choose_no_forwarding_header() {
+        let mut b = axum::http::Request::builder()
+            .uri("/api/x")
+            .header("host", "evil.example");
+        for name in [
+            "x-forwarded-host",
+            "x-forwarded-port",
+            "x-real-ip",
+            "x_forwarded_for",
+            "x-original-url",
+            "x-http-method-override",
+            "true-client-ip",
+        ] {
+            b = b.header(name, "spoofed");
+        }
+        let mut req = b.header("x-kept", "1").body(()).unwrap().into_parts().0;
+        rewrite_request(
+            &mut req,
+            &route("/api", "http://up:1", false),
+            None,
+            Some("192.0.2.1".parse().unwrap()),
+            &config(),
+        )
+        .unwrap();
+        let mut names: Vec<_> = req.headers.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            [
+                "x-forwarded-for",
+                "x-forwarded-host",
+                "x-forwarded-proto",
+                "x-kept"
+            ]
+        );
+        assert_eq!(req.headers["x-forwarded-host"], "app.example.com");
+        assert_eq!(req.headers["x-forwarded-for"], "192.0.2.1");
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub struct Route {
     /// DPoP routes: the upstream origin's latest `DPoP-Nonce` (shared by the routes
     /// of one origin). `None`: the user token goes as `Bearer`.
     pub dpop: Option<Arc<NonceSlot>>,
+    /// Sandbox the upstream's documents (`routes[].html_sandbox`, see `proxy::answer`).
+    pub html_sandbox: bool,
 }
 
 impl std::fmt::Debug for ClientSlot {
@@ -56,6 +58,7 @@ impl Route {
             base_path: c.upstream.path().trim_end_matches('/').to_owned(),
             client_token: None,
             dpop: None,
+            html_sandbox: c.html_sandbox,
         })
     }
 

@@ -8,6 +8,7 @@
 //! anything but a refusal.
 
 pub mod guard;
+pub mod headers;
 pub mod limits;
 
 pub use guard::{GuardConfig, guard};
@@ -179,6 +180,15 @@ mod tests {
             "",
             "https:evil.com",
             "HTTPS://EVIL.COM",
+            "//evil.com/..",
+            "/\\/evil.com",
+            "//\\evil.com",
+            "/%2f%2fevil.com",
+            "/%5c%5cevil.com",
+            "\t//evil.com",
+            "/\u{b}/evil.com",
+            "/\u{7f}/evil.com",
+            "//%09evil.com",
         ];
         for bad in attacks {
             assert!(

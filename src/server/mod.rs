@@ -102,6 +102,8 @@ pub fn app(state: AppState) -> Router {
             state.clone(),
             crate::security::guard,
         ))
+        // Methods and Host refused before anything else; nosniff on every answer.
+        .layer(axum::middleware::from_fn(crate::security::headers::layer))
         // Outermost: request id, span and metrics see every answer, refusals included.
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -141,7 +143,7 @@ async fn dispatch(State(state): State<AppState>, request: Request) -> Response {
         return not_found();
     }
     match frontend.static_files() {
-        Some(s) => serve_static(s, &frontend.prefix, request).await,
+        Some(s) => serve_static(s, frontend, request).await,
         None => not_found(),
     }
 }
@@ -158,12 +160,21 @@ pub(crate) fn not_found() -> Response {
 /// The SPA's files; an unknown GET navigation gets `index.html` when `spa_fallback`.
 /// A frontend under a path prefix serves its files under it: `{prefix}/app.js` is
 /// `{dir}/app.js`.
+///
+/// A directory without its trailing slash is redirected to it, and that `Location` is
+/// built here, never from the request as sent: ServeDir would answer `//assets` with
+/// `Location: //assets/` (a protocol-relative URL a browser follows off-site) and an
+/// absolute-form request with its own authority. Ours is `{prefix}/{dir}/` with the
+/// leading slashes and backslashes collapsed, and must pass the `returnUrl` rules, or
+/// the answer is 404.
 async fn serve_static(
     config: &crate::config::StaticConfig,
-    prefix: &str,
+    frontend: &crate::frontend::Frontend,
     mut request: Request,
 ) -> Response {
-    if !prefix.is_empty() {
+    let prefix = frontend.prefix.as_str();
+    // Path and query only, under the prefix: ServeDir never sees an authority.
+    if !prefix.is_empty() || request.uri().authority().is_some() {
         let path = request.uri().path();
         let rest = path.strip_prefix(prefix).unwrap_or(path);
         let rest = if rest.is_empty() { "/" } else { rest };
@@ -176,6 +187,7 @@ async fn serve_static(
             Err(_) => return not_found(),
         }
     }
+    let local = request.uri().clone(); // shares its bytes: no copy
     let (dir, spa_fallback) = (&config.dir, config.spa_fallback);
     let navigation = spa_fallback
         && matches!(*request.method(), Method::GET | Method::HEAD)
@@ -197,6 +209,15 @@ async fn serve_static(
         Ok(r) => r.map(Body::new),
         Err(never) => match never {},
     };
+    // ServeDir's only redirect is the directory one (a 304 is a redirection class too).
+    let response = if response.headers().contains_key(header::LOCATION) {
+        match directory_redirect(frontend, local.path(), local.query()) {
+            Some(r) => r,
+            None => return not_found(),
+        }
+    } else {
+        response
+    };
     let mut response = if response.status() == StatusCode::NOT_FOUND && navigation {
         let index = Request::builder()
             .method(method)
@@ -217,4 +238,22 @@ async fn serve_static(
     }
     crate::security::frame_and_sniff(response.headers_mut());
     response
+}
+
+/// `307 Location: {prefix}/{dir}/` for a directory asked for without its slash; `None`
+/// when that would not be a plain path on the frontend's origin.
+fn directory_redirect(
+    frontend: &crate::frontend::Frontend,
+    path: &str,
+    query: Option<&str>,
+) -> Option<Response> {
+    let dir = path.trim_start_matches(['/', '\\']);
+    let mut location = format!("{}/{dir}/", frontend.prefix);
+    if let Some(q) = query {
+        location.push('?');
+        location.push_str(q);
+    }
+    let location = crate::security::validate_return_url(&location, &frontend.origin).ok()?;
+    let value = HeaderValue::try_from(location).ok()?;
+    Some((StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, value)]).into_response())
 }

@@ -10,6 +10,7 @@ mod cli;
 mod dpop;
 mod frontends;
 mod hardening;
+mod header_hygiene;
 mod login_abuse;
 mod login_flow;
 mod ops;
