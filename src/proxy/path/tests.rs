@@ -17,6 +17,7 @@ fn route(prefix: &str, upstream: &str, strip: bool) -> Route {
         resource: None,
         timeout: std::time::Duration::from_secs(1),
         dpop: None,
+        html_sandbox: true,
     };
     Route::from_config(&c).unwrap()
 }
