@@ -10,7 +10,7 @@
 pub mod guard;
 pub mod limits;
 
-pub use guard::{GuardConfig, guard};
+pub use guard::{AmbiguousFraming, GuardConfig, guard};
 pub use limits::Limits;
 
 use axum::extract::Request;
