@@ -498,7 +498,7 @@ fn silent_tls_idle_http2_and_stalled_downloads_are_closed_at_the_descriptor_limi
         ),
         &format!("[static]\ndir = {:?}", root.to_str().unwrap()),
     );
-    let gw = Gateway::start(port, &config);
+    let gw = Gateway::start_tls(port, &config);
     let (h1, h2) = (tls_client(&pki.ca_pem, b"http/1.1"), tls_client(&pki.ca_pem, b"h2"));
     let started = Instant::now();
 
