@@ -884,7 +884,10 @@ impl Config {
             ));
         }
         for (key, value) in [
-            ("server.first_request_timeout", self.server.first_request_timeout),
+            (
+                "server.first_request_timeout",
+                self.server.first_request_timeout,
+            ),
             ("server.idle_timeout", self.server.idle_timeout),
             ("server.write_timeout", self.server.write_timeout),
         ] {

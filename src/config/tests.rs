@@ -962,7 +962,10 @@ fn connection_timeouts_must_be_positive() {
     let c = Toml::minimal()
         .set("server", "max_connections_per_client", "0")
         .valid();
-    assert_eq!(c.server.max_connections_per_client, 0, "0 turns the cap off");
+    assert_eq!(
+        c.server.max_connections_per_client, 0,
+        "0 turns the cap off"
+    );
 }
 
 // ---- docs/configuration.md matches the structs ---------------------------------------

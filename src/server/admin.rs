@@ -145,9 +145,10 @@ pub async fn serve(
             }
         };
         let app = app.clone();
-        let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-            app.clone().oneshot(request.map(axum::body::Body::new))
-        });
+        let service =
+            hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                app.clone().oneshot(request.map(axum::body::Body::new))
+            });
         let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         let ended = ended.clone();
         tokio::spawn(async move {

@@ -279,7 +279,8 @@ impl<S> Guarded<S> {
         let s = &*self.shared;
         let t = &self.timeouts;
         if s.in_flight.load(Relaxed) > 0 {
-            return (s.stalled.load(Relaxed) > 0).then(|| (s.at(&s.progress_ms) + t.write, "write"));
+            return (s.stalled.load(Relaxed) > 0)
+                .then(|| (s.at(&s.progress_ms) + t.write, "write"));
         }
         let (base, kind) = if s.started.load(Relaxed) == 0 {
             (s.epoch + t.first_request, "first_request")
@@ -342,7 +343,11 @@ impl<S> Guarded<S> {
         }
     }
 
-    fn wrote<T>(&mut self, result: Poll<io::Result<T>>, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+    fn wrote<T>(
+        &mut self,
+        result: Poll<io::Result<T>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<T>> {
         match result {
             Poll::Pending => self.poll_write_timer(cx),
             ready => {

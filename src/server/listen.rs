@@ -26,9 +26,9 @@ use axum::http::header::CONNECTION;
 
 use super::connection::{AcceptBackoff, ClientLimits, Guarded, Shared, Timeouts, Tracked};
 use super::tls::TlsTerminator;
-use crate::security::AmbiguousFraming;
 use super::{AppState, Gateway, app};
 use crate::config::Config;
+use crate::security::AmbiguousFraming;
 
 /// How often expired sessions and pending logins are swept from the store.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
@@ -329,8 +329,9 @@ fn service(
     hyper::Request<Incoming>,
     Response = hyper::Response<Tracked<Body>>,
     Error = std::convert::Infallible,
-    Future = impl std::future::Future<Output = Result<hyper::Response<Tracked<Body>>, std::convert::Infallible>>
-                 + Send,
+    Future = impl std::future::Future<
+        Output = Result<hyper::Response<Tracked<Body>>, std::convert::Infallible>,
+    > + Send,
 > + Clone {
     hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
         let flight = shared.begin();

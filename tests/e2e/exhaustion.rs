@@ -87,10 +87,16 @@ fn status_of(answer: &str) -> u16 {
 /// Lowers the running gateway's descriptor limit to what it uses now plus `spare`.
 fn limit_descriptors(gw: &Gateway, spare: usize) -> usize {
     let pid = gw.pid().expect("gateway running");
-    let open = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
     let limit = open + spare;
     let status = std::process::Command::new("prlimit")
-        .args(["--pid", &pid.to_string(), &format!("--nofile={limit}:{limit}")])
+        .args([
+            "--pid",
+            &pid.to_string(),
+            &format!("--nofile={limit}:{limit}"),
+        ])
         .status()
         .expect("prlimit (util-linux) must be installed");
     assert!(status.success(), "prlimit failed");
@@ -103,13 +109,15 @@ fn all_closed<S: Read>(what: &str, sockets: &mut [S], within: Duration) {
     let mut open: Vec<usize> = (0..sockets.len()).collect();
     let mut buf = [0u8; 65536];
     while !open.is_empty() && started.elapsed() < within {
-        open.retain(|&i| loop {
-            match sockets[i].read(&mut buf) {
-                Ok(0) => break false,
-                // Data (an answer being written): keep reading until the close.
-                Ok(_) => continue,
-                Err(e) if would_block(&e) => break true,
-                Err(_) => break false,
+        open.retain(|&i| {
+            loop {
+                match sockets[i].read(&mut buf) {
+                    Ok(0) => break false,
+                    // Data (an answer being written): keep reading until the close.
+                    Ok(_) => continue,
+                    Err(e) if would_block(&e) => break true,
+                    Err(_) => break false,
+                }
             }
         });
     }
@@ -221,16 +229,19 @@ fn idle_and_never_reading_connections_are_closed_at_the_descriptor_limit() {
     // A legitimate client waits in the backlog at worst, and is served. While the
     // gateway is at its limit, a request may still find no descriptor for the file
     // (500): the client tries again, as a browser's user would.
-    let answer = until_served(|| {
-        get_from("127.0.0.2", port, "/index.html", Duration::from_secs(20))
-    });
+    let answer =
+        until_served(|| get_from("127.0.0.2", port, "/index.html", Duration::from_secs(20)));
     assert_eq!(status_of(&answer), 200, "{answer}");
     assert!(answer.ends_with("hello\n"), "{answer}");
 
     // Every attacker connection is closed, well before hyper's 10 s header timer
     // would have (idle ones) or ever (never-reading ones).
     all_closed("idle connections", &mut idle, Duration::from_secs(8));
-    all_closed("quiet keep-alive connections", &mut quiet, Duration::from_secs(8));
+    all_closed(
+        "quiet keep-alive connections",
+        &mut quiet,
+        Duration::from_secs(8),
+    );
     // The downloads stalled at least 8 s ago; a 2 s write timeout has closed them.
     std::thread::sleep(Duration::from_secs(8).saturating_sub(stall_started.elapsed()));
     gave_up_on("never-reading download", &mut stalled, 32 << 20);
@@ -238,7 +249,9 @@ fn idle_and_never_reading_connections_are_closed_at_the_descriptor_limit() {
     let m = metrics(admin);
     for kind in ["first_request", "idle", "write"] {
         assert!(
-            m.contains(&format!("portcullis_connection_timeouts_total{{kind=\"{kind}\"}}")),
+            m.contains(&format!(
+                "portcullis_connection_timeouts_total{{kind=\"{kind}\"}}"
+            )),
             "{kind} timeouts counted:\n{m}"
         );
     }
@@ -279,7 +292,11 @@ fn health_answers_while_the_gateway_is_out_of_descriptors() {
     let cpu_before = cpu_ticks(pid);
     for _ in 0..3 {
         let answer = get_from("127.0.0.2", admin, "/healthz", Duration::from_secs(5));
-        assert_eq!(status_of(&answer), 200, "admin /healthz at the limit: {answer:?}");
+        assert_eq!(
+            status_of(&answer),
+            200,
+            "admin /healthz at the limit: {answer:?}"
+        );
     }
     // Backing off, not spinning: well under half a core over these seconds.
     std::thread::sleep(Duration::from_secs(2));
@@ -287,7 +304,10 @@ fn health_answers_while_the_gateway_is_out_of_descriptors() {
     assert!(spent < 100, "{spent} CPU ticks while out of descriptors");
     let logs = gw.logs();
     let warnings = logs.matches("accept failed; backing off").count();
-    assert!(warnings <= 3, "accept failures are logged at a bounded rate: {warnings}");
+    assert!(
+        warnings <= 3,
+        "accept failures are logged at a bounded rate: {warnings}"
+    );
 
     drop(idle);
     let answer = get_from("127.0.0.2", port, "/healthz", Duration::from_secs(10));
@@ -297,7 +317,12 @@ fn health_answers_while_the_gateway_is_out_of_descriptors() {
 /// utime + stime of a process, in clock ticks.
 fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
     fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
 
@@ -322,7 +347,10 @@ fn one_client_address_holds_at_most_its_share_of_connections() {
         .set_read_timeout(Some(Duration::from_millis(100)))
         .unwrap();
     let (answer, closed) = exchange(&mut fifth, || {}, Duration::from_secs(3));
-    assert!(closed && answer.is_empty(), "refused without an answer: {answer:?}");
+    assert!(
+        closed && answer.is_empty(),
+        "refused without an answer: {answer:?}"
+    );
     // The four are still open and served.
     let mut first = held.remove(0);
     first
@@ -352,7 +380,9 @@ fn one_client_address_holds_at_most_its_share_of_connections() {
     let started = Instant::now();
     let m = loop {
         let m = metrics(admin);
-        if m.contains("portcullis_connections_open 3\n") || started.elapsed() > Duration::from_secs(3) {
+        if m.contains("portcullis_connections_open 3\n")
+            || started.elapsed() > Duration::from_secs(3)
+        {
             break m;
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -469,7 +499,9 @@ fn h2_hold(mut tls: Tls, started: Instant) -> Duration {
             Err(_) => return started.elapsed(),
         }
         while pending.len() >= 9 {
-            let len = (usize::from(pending[0]) << 16) | (usize::from(pending[1]) << 8) | usize::from(pending[2]);
+            let len = (usize::from(pending[0]) << 16)
+                | (usize::from(pending[1]) << 8)
+                | usize::from(pending[2]);
             if pending.len() < 9 + len {
                 break;
             }
@@ -516,7 +548,10 @@ fn silent_tls_idle_http2_and_stalled_downloads_are_closed_at_the_descriptor_limi
         &format!("[static]\ndir = {:?}", root.to_str().unwrap()),
     );
     let gw = Gateway::start_tls(port, &config);
-    let (h1, h2) = (tls_client(&pki.ca_pem, b"http/1.1"), tls_client(&pki.ca_pem, b"h2"));
+    let (h1, h2) = (
+        tls_client(&pki.ca_pem, b"http/1.1"),
+        tls_client(&pki.ca_pem, b"h2"),
+    );
     let started = Instant::now();
 
     // HTTP/2 downloads whose flow-control window is never opened, and HTTP/2
@@ -568,7 +603,11 @@ fn silent_tls_idle_http2_and_stalled_downloads_are_closed_at_the_descriptor_limi
         .into_iter()
         .filter_map(|h| h.join().unwrap())
         .collect();
-    all_closed("silent TLS connections", &mut silent, Duration::from_secs(8));
+    all_closed(
+        "silent TLS connections",
+        &mut silent,
+        Duration::from_secs(8),
+    );
     std::thread::sleep(Duration::from_secs(8).saturating_sub(started.elapsed()));
     gave_up_on("never-reading TLS download", &mut stalled, 32 << 20);
     for (i, holder) in holders.into_iter().enumerate() {
@@ -581,7 +620,9 @@ fn silent_tls_idle_http2_and_stalled_downloads_are_closed_at_the_descriptor_limi
     let m = metrics(admin);
     for kind in ["first_request", "write"] {
         assert!(
-            m.contains(&format!("portcullis_connection_timeouts_total{{kind=\"{kind}\"}}")),
+            m.contains(&format!(
+                "portcullis_connection_timeouts_total{{kind=\"{kind}\"}}"
+            )),
             "{kind} timeouts counted:\n{m}"
         );
     }
@@ -611,22 +652,49 @@ async fn a_framing_error_closes_the_connection_and_nothing_after_it_is_served() 
     // (head and body of the refused request, refused by Portcullis with its JSON error)
     let attacks: &[(&str, bool)] = &[
         // CL.TE and TE.CL, in either order and any case.
-        ("Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", true),
-        ("Transfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n", true),
-        ("transfer-encoding: chunked\r\ncontent-length: 0\r\n\r\n0\r\n\r\n", true),
-        ("TRANSFER-ENCODING: Chunked\r\nCONTENT-LENGTH: 40\r\n\r\n0\r\n\r\n", true),
-        ("Content-Length: 5\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", true),
+        (
+            "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            true,
+        ),
+        (
+            "Transfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n",
+            true,
+        ),
+        (
+            "transfer-encoding: chunked\r\ncontent-length: 0\r\n\r\n0\r\n\r\n",
+            true,
+        ),
+        (
+            "TRANSFER-ENCODING: Chunked\r\nCONTENT-LENGTH: 40\r\n\r\n0\r\n\r\n",
+            true,
+        ),
+        (
+            "Content-Length: 5\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            true,
+        ),
         // Repeated or listed codings.
-        ("Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", true),
+        (
+            "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            true,
+        ),
         ("Transfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n", true),
         ("Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", true),
-        ("Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", true),
-        ("Transfer-Encoding: identity, chunked\r\n\r\n0\r\n\r\n", true),
+        (
+            "Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            true,
+        ),
+        (
+            "Transfer-Encoding: identity, chunked\r\n\r\n0\r\n\r\n",
+            true,
+        ),
         // Refused by hyper's parser (its plain 400), which closes as well.
         ("Transfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n", false),
         ("Transfer-Encoding: xchunked\r\n\r\n0\r\n\r\n", false),
         ("Transfer-Encoding: identity\r\n\r\n", false),
-        ("Content-Length: 5\r\nContent-Length: 6\r\n\r\nhello!", false),
+        (
+            "Content-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+            false,
+        ),
         ("Content-Length: 5, 6\r\n\r\nhello!", false),
         ("Content-Length: +5\r\n\r\nhello", false),
         ("Content-Length: -1\r\n\r\n", false),
@@ -635,12 +703,16 @@ async fn a_framing_error_closes_the_connection_and_nothing_after_it_is_served() 
         ("Transfer-Encoding:\r\n chunked\r\n\r\n0\r\n\r\n", false),
         ("X-Folded: a\r\n b\r\nContent-Length: 5\r\n\r\nhello", false),
         ("\tTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", false),
-        ("Content-Length: 5\r\n Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n", false),
+        (
+            "Content-Length: 5\r\n Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            false,
+        ),
     ];
     for (i, (rest, ours)) in attacks.iter().enumerate() {
         let request = format!("POST /public/attack{i} HTTP/1.1\r\nHost: x\r\n{rest}{smuggled}");
         let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
         let mut w = s.try_clone().unwrap();
         let (answer, closed) = exchange(
             &mut s,
@@ -649,10 +721,17 @@ async fn a_framing_error_closes_the_connection_and_nothing_after_it_is_served() 
         );
         assert_eq!(status_of(&answer), 400, "{request:?} → {answer}");
         assert!(closed, "the connection stays open after {request:?}");
-        assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "one answer: {answer}");
+        assert_eq!(
+            answer.matches("HTTP/1.1 ").count(),
+            1,
+            "one answer: {answer}"
+        );
         if *ours {
             assert!(answer.contains("\"error\":\"invalid_request\""), "{answer}");
-            assert!(answer.to_ascii_lowercase().contains("connection: close"), "{answer}");
+            assert!(
+                answer.to_ascii_lowercase().contains("connection: close"),
+                "{answer}"
+            );
         }
     }
     let seen: Vec<String> = upstream
@@ -665,7 +744,8 @@ async fn a_framing_error_closes_the_connection_and_nothing_after_it_is_served() 
     // Well-framed requests keep the connection: a body with a length, then a
     // pipelined request, both served on one connection.
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
     let mut w = s.try_clone().unwrap();
     let (answer, _) = exchange(
         &mut s,
@@ -678,7 +758,8 @@ async fn a_framing_error_closes_the_connection_and_nothing_after_it_is_served() 
     assert_eq!(answer.matches("HTTP/1.1 200").count(), 2, "{answer}");
     // A chunked request is served, and its answer ends the connection.
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
     let mut w = s.try_clone().unwrap();
     let (answer, closed) = exchange(
         &mut s,
@@ -689,7 +770,10 @@ async fn a_framing_error_closes_the_connection_and_nothing_after_it_is_served() 
         Duration::from_secs(5),
     );
     assert_eq!(status_of(&answer), 200, "{answer}");
-    assert!(closed && answer.matches("HTTP/1.1 ").count() == 1, "{answer}");
+    assert!(
+        closed && answer.matches("HTTP/1.1 ").count() == 1,
+        "{answer}"
+    );
     let seen: Vec<(String, usize)> = upstream
         .requests()
         .iter()
