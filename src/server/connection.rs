@@ -685,6 +685,28 @@ impl AcceptBackoff {
     }
 }
 
+/// Raises the soft descriptor limit to the hard one, as Go's runtime does: the usual
+/// soft default (1024) is far below what a gateway needs, and the hard limit is what
+/// the operator allowed (`LimitNOFILE`). Returns the soft limit now in force
+/// (`None`: unlimited).
+pub fn raise_descriptor_limit() -> Option<u64> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if let (Some(current), Some(maximum)) = (limit.current, limit.maximum)
+        && current < maximum
+    {
+        let raised = Rlimit {
+            current: Some(maximum),
+            maximum: Some(maximum),
+        };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => return Some(maximum),
+            Err(e) => tracing::debug!(error = %e, "could not raise the descriptor limit"),
+        }
+    }
+    limit.current
+}
+
 /// The process (EMFILE) or the system (ENFILE) has no file descriptor left.
 pub fn out_of_descriptors(error: &io::Error) -> bool {
     matches!(error.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))

@@ -118,6 +118,7 @@ impl Server {
             None => None,
         };
 
+        let descriptors = super::connection::raise_descriptor_limit();
         let clients = ClientLimits::new(&gw.config);
         let mut handles = Vec::new();
         for (i, listener) in listeners.into_iter().enumerate() {
@@ -138,7 +139,7 @@ impl Server {
             handles.push(handle);
         }
         control.spawn(sweeper(gw));
-        tracing::info!(%addr, workers, tls = tls.is_some(), "listening");
+        tracing::info!(%addr, workers, tls = tls.is_some(), descriptor_limit = descriptors, "listening");
         Ok(Self {
             addr,
             admin_addr,
