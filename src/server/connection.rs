@@ -516,9 +516,10 @@ impl Inspector {
 
     /// Parses a request head at the start of `bytes`; on success sets what follows it.
     fn head(&mut self, bytes: &[u8], shared: &Shared) -> Head {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut request = httparse::Request::new(&mut headers);
-        let n = match request.parse(bytes) {
+        // Uninitialised: no 4 KiB to clear for every head.
+        let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+        let mut request = httparse::Request::new(&mut []);
+        let n = match request.parse_with_uninit_headers(bytes, &mut headers) {
             Ok(httparse::Status::Complete(n)) => n,
             Ok(httparse::Status::Partial) => return Head::Partial,
             Err(_) => return Head::Refused,
@@ -754,6 +755,73 @@ POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\ncontent-length: 3\r
             inspect(&[b"GET / HTTP/1.1\nHost: x\n\nPOST / HTTP/1.1\nContent-Length: 1\nTransfer-Encoding: chunked\n\n"]),
             (2, 2, u64::MAX)
         );
+    }
+
+    fn timeouts() -> Timeouts {
+        Timeouts {
+            first_request: Duration::from_secs(10),
+            idle: Duration::from_secs(60),
+            header_read: Duration::from_secs(5),
+            write: Duration::from_secs(30),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_timeouts_follow_the_requests_of_the_connection() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let elapsed = |started: Instant| started.elapsed().as_secs();
+
+        // Nothing sent: closed at the first-request timeout.
+        let (io, _client) = tokio::io::duplex(1024);
+        let mut guarded = Guarded::new(io, Shared::new(), timeouts(), true, 32768);
+        let started = Instant::now();
+        let e = guarded.read(&mut [0; 64]).await.unwrap_err();
+        assert_eq!((e.kind(), elapsed(started)), (io::ErrorKind::TimedOut, 10));
+
+        // A request served, then quiet: closed at the idle timeout after its answer,
+        // however long the request took.
+        let (io, mut client) = tokio::io::duplex(1024);
+        let shared = Shared::new();
+        let mut guarded = Guarded::new(io, shared.clone(), timeouts(), true, 32768);
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        guarded.read(&mut [0; 64]).await.unwrap();
+        let flight = shared.begin();
+        tokio::time::sleep(Duration::from_secs(100)).await;
+        drop(flight);
+        let started = Instant::now();
+        let e = guarded.read(&mut [0; 64]).await.unwrap_err();
+        assert_eq!((e.kind(), elapsed(started)), (io::ErrorKind::TimedOut, 60));
+
+        // A head begun after the idle period began must be done in `header_read`.
+        let (io, mut client) = tokio::io::duplex(1024);
+        let shared = Shared::new();
+        let mut guarded = Guarded::new(io, shared.clone(), timeouts(), true, 32768);
+        drop(shared.begin());
+        client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        let started = Instant::now();
+        guarded.read(&mut [0; 64]).await.unwrap();
+        let e = guarded.read(&mut [0; 64]).await.unwrap_err();
+        assert_eq!((e.kind(), elapsed(started)), (io::ErrorKind::TimedOut, 5));
+
+        // A client that stops reading: the write fails after `write` without progress.
+        let (io, mut client) = tokio::io::duplex(1024);
+        let mut guarded = Guarded::new(io, Shared::new(), timeouts(), true, 32768);
+        guarded.write_all(&[0; 1024]).await.unwrap();
+        let started = Instant::now();
+        let e = guarded.write_all(&[0; 1]).await.unwrap_err();
+        assert_eq!((e.kind(), elapsed(started)), (io::ErrorKind::TimedOut, 30));
+        // Progress resets it.
+        let (io, mut client2) = tokio::io::duplex(16);
+        let mut guarded = Guarded::new(io, Shared::new(), timeouts(), true, 32768);
+        let reader = tokio::spawn(async move {
+            for _ in 0..4 {
+                tokio::time::sleep(Duration::from_secs(20)).await;
+                client2.read_exact(&mut [0; 16]).await.unwrap();
+            }
+        });
+        guarded.write_all(&[0; 64]).await.unwrap();
+        reader.await.unwrap();
+        client.read_exact(&mut [0; 1024]).await.unwrap();
     }
 
     #[test]
