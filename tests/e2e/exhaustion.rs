@@ -183,6 +183,9 @@ fn metrics(admin_port: u16) -> String {
 fn idle_and_never_reading_connections_are_closed_at_the_descriptor_limit() {
     let dir = tempfile::tempdir().unwrap();
     let root = site(dir.path());
+    // A real upstream (on a runtime of its own: this test blocks on raw sockets).
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let upstream = rt.block_on(Upstream::start());
     let (port, admin) = (free_port(), free_port());
     let config = standalone_config(
         port,
@@ -191,17 +194,25 @@ fn idle_and_never_reading_connections_are_closed_at_the_descriptor_limit() {
             "admin_listen = \"127.0.0.1:{admin}\"\nfirst_request_timeout = \"1s\"\n\
              idle_timeout = \"2s\"\nwrite_timeout = \"2s\"\nmax_connections_per_client = 0"
         ),
-        &format!("[static]\ndir = {:?}", root.to_str().unwrap()),
+        &format!(
+            "[[routes]]\nprefix = \"/api\"\nupstream = \"{}\"\ntoken = \"none\"\n\
+             strip_prefix = true\n[static]\ndir = {:?}",
+            upstream.url(),
+            root.to_str().unwrap()
+        ),
     );
     let gw = Gateway::start(port, &config);
     let limit = limit_descriptors(&gw, 24);
 
-    // Clients that ask for 32 MiB and never read.
+    // Clients that ask for 32 MiB (a file, a proxied answer) and never read.
     let stall_started = Instant::now();
     let mut stalled: Vec<TcpStream> = (0..6)
-        .map(|_| {
+        .map(|i| {
             let s = connect_from("127.0.0.1", port, Some(4096));
-            stall(&s, "/big.bin");
+            match i % 2 {
+                0 => stall(&s, "/big.bin"),
+                _ => stall(&s, "/api/download?bytes=33554432"),
+            }
             s
         })
         .collect();
@@ -256,7 +267,17 @@ fn idle_and_never_reading_connections_are_closed_at_the_descriptor_limit() {
         );
     }
     assert!(m.contains("portcullis_connections_open 0\n"), "{m}");
+    assert_eq!(
+        upstream
+            .requests()
+            .iter()
+            .filter(|r| r.path_and_query.starts_with("/download"))
+            .count(),
+        3,
+        "the proxied downloads reached the upstream"
+    );
     eprintln!("descriptor limit {limit}");
+    drop(upstream);
 }
 
 /// Out of descriptors for good (the connections are within their timeouts): the
