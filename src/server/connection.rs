@@ -784,7 +784,7 @@ POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\ncontent-length: 3\r
         let shared = Shared::new();
         let mut guarded = Guarded::new(io, shared.clone(), timeouts(), true, 32768);
         client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
-        guarded.read(&mut [0; 64]).await.unwrap();
+        guarded.read_exact(&mut [0; 18]).await.unwrap();
         let flight = shared.begin();
         tokio::time::sleep(Duration::from_secs(100)).await;
         drop(flight);
@@ -799,7 +799,7 @@ POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\ncontent-length: 3\r
         drop(shared.begin());
         client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
         let started = Instant::now();
-        guarded.read(&mut [0; 64]).await.unwrap();
+        guarded.read_exact(&mut [0; 16]).await.unwrap();
         let e = guarded.read(&mut [0; 64]).await.unwrap_err();
         assert_eq!((e.kind(), elapsed(started)), (io::ErrorKind::TimedOut, 5));
 
