@@ -364,7 +364,8 @@ pub struct SecurityConfig {
     /// Largest request head (request line + headers) accepted, in bytes (→ 431). Default `32768`.
     #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: usize,
-    /// A client must send its request headers within this time. Default `10s`.
+    /// Once the first byte of a request head has arrived, the whole head must arrive
+    /// within this time (slowloris). Default `10s`.
     #[serde(default = "default_header_read_timeout", with = "humantime_serde")]
     pub header_read_timeout: Duration,
     /// Largest request body accepted on `/bff/*`, in bytes. Default `65536`.
