@@ -92,6 +92,24 @@ pub struct ServerConfig {
     /// How long in-flight requests may take to finish at shutdown. Default `30s`.
     #[serde(default = "default_drain", with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// How long a new connection may take, from accept (TLS handshake included), to
+    /// deliver its first request's headers before it is closed. Default `10s`.
+    #[serde(default = "default_first_request_timeout", with = "humantime_serde")]
+    pub first_request_timeout: Duration,
+    /// How long a connection with no request in progress stays open: HTTP/1.1
+    /// keep-alive between requests, HTTP/2 with no open stream. Default `60s`.
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// How long an answer may wait for a client that stops reading (no byte written,
+    /// or on HTTP/2 no stream making progress) before the connection is closed, which
+    /// frees its socket, open file and upstream connection. Default `30s`.
+    #[serde(default = "default_write_timeout", with = "humantime_serde")]
+    pub write_timeout: Duration,
+    /// Open connections one client address may hold on `listen` (IPv6: one /64);
+    /// more are closed at once. Peers in `trusted_proxies` are exempt; `0` turns the
+    /// cap off. Default `256`.
+    #[serde(default = "default_max_connections_per_client")]
+    pub max_connections_per_client: u32,
     /// Log format: `auto` (default: JSON unless stderr is a terminal), `json` or `text`.
     #[serde(default)]
     pub log_format: LogFormat,
@@ -360,7 +378,8 @@ pub struct SecurityConfig {
     /// Largest request head (request line + headers) accepted, in bytes (→ 431). Default `32768`.
     #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: usize,
-    /// A client must send its request headers within this time. Default `10s`.
+    /// Once the first byte of a request head has arrived, the whole head must arrive
+    /// within this time (slowloris). Default `10s`.
     #[serde(default = "default_header_read_timeout", with = "humantime_serde")]
     pub header_read_timeout: Duration,
     /// Largest request body accepted on `/bff/*`, in bytes. Default `65536`.
@@ -485,6 +504,18 @@ fn default_listen() -> SocketAddr {
 }
 fn default_drain() -> Duration {
     Duration::from_secs(30)
+}
+fn default_first_request_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_write_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_connections_per_client() -> u32 {
+    256
 }
 fn default_private_key_alg() -> String {
     "ES256".into()
@@ -881,6 +912,18 @@ impl Config {
                 "security.max_header_bytes",
                 "must be at least 8192",
             ));
+        }
+        for (key, value) in [
+            (
+                "server.first_request_timeout",
+                self.server.first_request_timeout,
+            ),
+            ("server.idle_timeout", self.server.idle_timeout),
+            ("server.write_timeout", self.server.write_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(invalid(key, "must be positive"));
+            }
         }
         if security.header_read_timeout.is_zero() {
             return Err(invalid("security.header_read_timeout", "must be positive"));

@@ -177,6 +177,10 @@ fn defaults_follow_the_contract() {
     assert!(c.server.trusted_proxies.is_empty());
     assert_eq!(c.server.workers, None);
     assert_eq!(c.server.drain_timeout, Duration::from_secs(30));
+    assert_eq!(c.server.first_request_timeout, Duration::from_secs(10));
+    assert_eq!(c.server.idle_timeout, Duration::from_secs(60));
+    assert_eq!(c.server.write_timeout, Duration::from_secs(30));
+    assert_eq!(c.server.max_connections_per_client, 256);
 
     assert_eq!(c.frontend().oidc.auth_method, AuthMethod::ClientSecretBasic);
     assert_eq!(c.frontend().oidc.scopes, ["openid"]);
@@ -985,6 +989,22 @@ fn upstream_client_certificate_keys_come_in_pairs_of_files() {
             "\"/nonexistent/client.key\"",
         )
         .refused_for("server.upstream_client_key");
+}
+
+#[test]
+fn connection_timeouts_must_be_positive() {
+    for key in ["first_request_timeout", "idle_timeout", "write_timeout"] {
+        Toml::minimal()
+            .set("server", key, "\"0s\"")
+            .refused_for(&format!("server.{key}"));
+    }
+    let c = Toml::minimal()
+        .set("server", "max_connections_per_client", "0")
+        .valid();
+    assert_eq!(
+        c.server.max_connections_per_client, 0,
+        "0 turns the cap off"
+    );
 }
 
 // ---- docs/configuration.md matches the structs ---------------------------------------

@@ -107,8 +107,14 @@ pub fn check_request_origin(
 pub async fn guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let gw = &state.gw;
     let config = &gw.guard;
-    if let Err(e) = check_framing(request.headers()) {
-        return e.into_response();
+    let framing = match request.extensions().get::<AmbiguousFraming>() {
+        Some(_) => Err(ApiError::invalid(
+            "Content-Length together with Transfer-Encoding",
+        )),
+        None => check_framing(request.headers()),
+    };
+    if let Err(e) = framing {
+        return framing_refused(e, request.version());
     }
     // hyper's read buffer limit only bounds a head that arrives in pieces; this is exact.
     if head_size(&request) > config.max_head {
@@ -155,10 +161,30 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
     with_cors(response, cross.as_ref(), config.hsts)
 }
 
+/// Marks a request whose head carried both `Content-Length` and
+/// `Transfer-Encoding` (found by the listener's framing inspector, because hyper drops
+/// the `Content-Length` of such a request before any handler sees it).
+#[derive(Debug, Clone, Copy)]
+pub struct AmbiguousFraming;
+
+/// A framing refusal closes the connection (HTTP/1.1): once the framing is in doubt,
+/// so is where the next request starts, and the bytes after this one must never be
+/// served as a request.
+fn framing_refused(e: ApiError, version: axum::http::Version) -> Response {
+    tracing::info!(error = %e, "request with ambiguous framing refused; closing the connection");
+    let mut response = e.into_response();
+    if version < axum::http::Version::HTTP_2 {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
 /// Ambiguous message framing is refused before anything reaches an upstream
 /// (RFC 9112 §6.3; request smuggling): `Content-Length` together with
 /// `Transfer-Encoding`, several `Content-Length`s, or a transfer coding other than
-/// a lone `chunked`.
+/// a lone `chunked`. The connection is closed after the refusal.
 pub fn check_framing(headers: &HeaderMap) -> Result<(), ApiError> {
     let lengths = headers.get_all(header::CONTENT_LENGTH).iter().count();
     if lengths > 1 {

@@ -11,7 +11,7 @@ pub mod guard;
 pub mod headers;
 pub mod limits;
 
-pub use guard::{GuardConfig, guard};
+pub use guard::{AmbiguousFraming, GuardConfig, guard};
 pub use limits::Limits;
 
 use axum::extract::Request;

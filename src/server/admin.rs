@@ -101,21 +101,67 @@ pub async fn readiness(gw: &Gateway) -> Response {
 }
 
 /// Serves the admin application until `shutdown` turns true.
+///
+/// Health stays answerable when the process is out of file descriptors: the loop
+/// keeps one spare descriptor (`/dev/null`) and gives it up when an accept fails
+/// with EMFILE/ENFILE, so the monitoring connection waiting in the backlog gets it;
+/// the spare is taken back when that connection ends.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     gw: Arc<Gateway>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower::ServiceExt;
+
     let app = router(gw);
-    let stop = async move {
-        let _ = shutdown.wait_for(|stop| *stop).await;
-    };
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(stop)
-        .await
-    {
-        tracing::warn!(error = %e, "admin listener failed");
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10));
+    let ended = Arc::new(tokio::sync::Notify::new());
+    let mut spare = spare_descriptor();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = ended.notified(), if spare.is_none() => {
+                spare = spare_descriptor();
+                continue;
+            }
+            _ = shutdown.wait_for(|stop| *stop) => break,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) if super::connection::out_of_descriptors(&e) && spare.is_some() => {
+                spare = None;
+                continue;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "admin accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                if spare.is_none() {
+                    spare = spare_descriptor();
+                }
+                continue;
+            }
+        };
+        let app = app.clone();
+        let service =
+            hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                app.clone().oneshot(request.map(axum::body::Body::new))
+            });
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        let ended = ended.clone();
+        tokio::spawn(async move {
+            let _ = connection.await;
+            ended.notify_one();
+        });
     }
+    let _ = tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await;
+}
+
+fn spare_descriptor() -> Option<std::fs::File> {
+    std::fs::File::open("/dev/null").ok()
 }
 
 /// Refreshes the `sessions_active` gauge from the store, at scrape time: one

@@ -21,14 +21,17 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::sync::watch;
 use tower::ServiceExt;
 
+use axum::http::HeaderValue;
+use axum::http::header::CONNECTION;
+
+use super::connection::{AcceptBackoff, ClientLimits, Guarded, Shared, Timeouts, Tracked};
 use super::tls::TlsTerminator;
 use super::{AppState, Gateway, app};
 use crate::config::Config;
+use crate::security::AmbiguousFraming;
 
 /// How often expired sessions and pending logins are swept from the store.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
-/// How long a client may take to complete the TLS handshake.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A running gateway: worker threads plus the control runtime.
 pub struct Server {
@@ -115,11 +118,14 @@ impl Server {
             None => None,
         };
 
+        let descriptors = super::connection::raise_descriptor_limit();
+        let clients = ClientLimits::new(&gw.config);
         let mut handles = Vec::new();
         for (i, listener) in listeners.into_iter().enumerate() {
             let gw = gw.clone();
             let rx = rx.clone();
             let tls = tls.clone();
+            let clients = clients.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("portcullis-worker-{i}"))
                 .spawn(move || {
@@ -127,13 +133,13 @@ impl Server {
                         .enable_all()
                         .build()
                         .expect("worker runtime");
-                    rt.block_on(worker(listener, AppState::new(gw), rx, drain, tls));
+                    rt.block_on(worker(listener, AppState::new(gw), rx, drain, tls, clients));
                 })
                 .map_err(|e| format!("worker thread: {e}"))?;
             handles.push(handle);
         }
         control.spawn(sweeper(gw));
-        tracing::info!(%addr, workers, tls = tls.is_some(), "listening");
+        tracing::info!(%addr, workers, tls = tls.is_some(), descriptor_limit = descriptors, "listening");
         Ok(Self {
             addr,
             admin_addr,
@@ -216,52 +222,62 @@ async fn worker(
     mut shutdown: watch::Receiver<bool>,
     drain: Duration,
     tls: Option<Arc<TlsTerminator>>,
+    clients: Arc<ClientLimits>,
 ) {
     let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
     let limits = state.gw.config.security.clone();
+    let timeouts = Timeouts::new(&state.gw.config);
     let router = app(state);
     let graceful = GracefulShutdown::new();
+    // Request limits: an oversized head is refused (431) before any handler runs.
+    // The header, first-request, idle and write timeouts are the connection's
+    // (`connection::Guarded`), so hyper's own header timer is off.
     let mut http = hyper::server::conn::http1::Builder::new();
-    // Request limits: a slow client can't hold a connection by dribbling headers,
-    // and an oversized head is refused (431) before any handler runs.
-    http.timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
+    http.header_read_timeout(None)
         .max_buf_size(limits.max_header_bytes)
         .keep_alive(true);
     // With TLS, ALPN picks HTTP/2 or HTTP/1.1; the same limits apply to both.
     let mut auto = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     auto.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
+        .header_read_timeout(None)
         .max_buf_size(limits.max_header_bytes)
         .keep_alive(true);
+    // PINGs find dead peers under open streams; an idle HTTP/2 connection (no
+    // stream) is closed by `server.idle_timeout` whatever it pings.
     auto.http2()
         .timer(TokioTimer::new())
+        .keep_alive_interval(Some(timeouts.idle))
+        .keep_alive_timeout(timeouts.write)
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    let mut backoff = AcceptBackoff::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, peer) = match accepted {
-                    Ok(a) => a,
+                    Ok(a) => {
+                        backoff.succeeded();
+                        a
+                    }
                     Err(e) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        backoff.failed(&e).await;
                         continue;
                     }
                 };
+                let Some(slot) = clients.admit(peer.ip()) else {
+                    tracing::debug!(%peer, "connection refused: per-client connection limit");
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
-                let router = router.clone();
-                let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
-                    request.extensions_mut().insert(ConnectInfo(peer));
-                    router.clone().oneshot(request.map(Body::new))
-                });
+                let shared = Shared::new();
+                let max_head = limits.max_header_bytes;
                 if let Some(tls) = &tls {
                     let acceptor = tls.acceptor();
                     let watcher = graceful.watcher();
                     let auto = auto.clone();
+                    let router = router.clone();
                     tokio::spawn(async move {
-                        let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        let _slot = slot;
+                        let stream = match tokio::time::timeout(timeouts.first_request, acceptor.accept(stream)).await {
                             Ok(Ok(s)) => s,
                             Ok(Err(e)) => {
                                 tracing::debug!(error = %e, %peer, "TLS handshake failed");
@@ -272,17 +288,23 @@ async fn worker(
                                 return;
                             }
                         };
-                        let connection = watcher.watch(auto.serve_connection(TokioIo::new(stream), service));
+                        let http2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                        let service = service(router, peer, shared.clone(), http2);
+                        let io = Guarded::new(stream, shared, timeouts, !http2, max_head);
+                        let connection = watcher.watch(auto.serve_connection(TokioIo::new(io), service));
                         if let Err(e) = connection.await {
-                            tracing::debug!(error = %e, "connection ended with an error");
+                            tracing::debug!(error = %e, %peer, "connection ended with an error");
                         }
                     });
                     continue;
                 }
-                let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+                let service = service(router.clone(), peer, shared.clone(), false);
+                let io = Guarded::new(stream, shared, timeouts, true, max_head);
+                let connection = graceful.watch(http.serve_connection(TokioIo::new(io), service));
                 tokio::spawn(async move {
+                    let _slot = slot;
                     if let Err(e) = connection.await {
-                        tracing::debug!(error = %e, "connection ended with an error");
+                        tracing::debug!(error = %e, %peer, "connection ended with an error");
                     }
                 });
             }
@@ -295,6 +317,43 @@ async fn worker(
         _ = graceful.shutdown() => {}
         _ = tokio::time::sleep(drain) => tracing::warn!("drain timeout: closing remaining connections"),
     }
+}
+
+/// The service of one connection: each request is counted in flight until its
+/// answer is done (the connection's idle timer), and carries the peer address.
+fn service(
+    router: axum::Router,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    http2: bool,
+) -> impl hyper::service::Service<
+    hyper::Request<Incoming>,
+    Response = hyper::Response<Tracked<Body>>,
+    Error = std::convert::Infallible,
+    Future = impl std::future::Future<
+        Output = Result<hyper::Response<Tracked<Body>>, std::convert::Infallible>,
+    > + Send,
+> + Clone {
+    hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+        let flight = shared.begin();
+        let extensions = request.extensions_mut();
+        extensions.insert(ConnectInfo(peer));
+        if flight.ambiguous() {
+            extensions.insert(AmbiguousFraming);
+        }
+        let answer = router.clone().oneshot(request.map(Body::new));
+        async move {
+            let mut response = answer.await?;
+            if flight.closes() {
+                // After a chunked request the framing inspector no longer follows
+                // this connection: nothing more is read from it.
+                response
+                    .headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+            }
+            Ok(response.map(|body| Tracked::new(body, flight, http2)))
+        }
+    })
 }
 
 async fn sweeper(gw: Arc<Gateway>) {

@@ -8,6 +8,7 @@
 //! request never hops threads. A separate control runtime runs background work.
 
 pub mod admin;
+mod connection;
 mod listen;
 pub mod tls;
 

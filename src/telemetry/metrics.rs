@@ -68,6 +68,16 @@ pub struct Metrics {
     pub provider_errors: Family<L2, Counter>,
     /// `tls_reloads_total{outcome}`: certificate reloads on SIGHUP.
     pub tls_reloads: Family<L1, Counter>,
+    /// `connections_open`: browser-facing connections open now (all workers).
+    pub connections_open: Gauge,
+    /// `connections_refused_total{reason}`: connections closed at accept;
+    /// `per_client_limit` (`server.max_connections_per_client`).
+    pub connections_refused: Family<L1, Counter>,
+    /// `connection_timeouts_total{kind}`: connections closed by a timeout:
+    /// `first_request`, `idle`, `header_read` or `write`.
+    pub connection_timeouts: Family<L1, Counter>,
+    /// `accept_errors_total`: failed accepts (out of file descriptors and the like).
+    pub accept_errors: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -101,6 +111,10 @@ impl Metrics {
             provider_duration: hist(),
             provider_errors: Family::default(),
             tls_reloads: Family::default(),
+            connections_open: Gauge::default(),
+            connections_refused: Family::default(),
+            connection_timeouts: Family::default(),
+            accept_errors: Counter::default(),
         };
         let r = &mut registry;
         r.register(
@@ -192,6 +206,26 @@ impl Metrics {
             "tls_reloads",
             "TLS certificate reloads, by outcome",
             m.tls_reloads.clone(),
+        );
+        r.register(
+            "connections_open",
+            "Browser-facing connections open now",
+            m.connections_open.clone(),
+        );
+        r.register(
+            "connections_refused",
+            "Connections closed at accept, by reason",
+            m.connections_refused.clone(),
+        );
+        r.register(
+            "connection_timeouts",
+            "Connections closed by a timeout, by kind",
+            m.connection_timeouts.clone(),
+        );
+        r.register(
+            "accept_errors",
+            "Failed accepts on the browser-facing listener (e.g. out of file descriptors)",
+            m.accept_errors.clone(),
         );
         let build = Family::<L1, Gauge>::default();
         build

@@ -254,10 +254,9 @@ async fn ambiguous_framing_never_reaches_the_upstream() {
     let env = Env::builder().start().await;
     let port = env.gateway.port;
     // CL.TE: a front end trusting the length would pass on 6 bytes and a chunked back
-    // end would see a second, smuggled request. hyper follows RFC 9112 §6.3: it drops
-    // the Content-Length, decodes the chunked body, and closes the connection after
-    // answering, so the bytes behind the body are never parsed as a request, and the
-    // upstream gets one request with a body it frames itself.
+    // end would see a second, smuggled request. hyper drops the Content-Length
+    // (RFC 9112 §6.3); Portcullis's framing inspector still sees it, answers 400 and
+    // closes, so neither request reaches the upstream (more in `exhaustion.rs`).
     for cl_te in [
         "POST /public/a HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /public/smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
         "POST /public/a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 6\r\n\r\n0\r\n\r\nGET /public/smuggled HTTP/1.1\r\nHost: x\r\n\r\n",

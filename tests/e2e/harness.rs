@@ -506,6 +506,12 @@ impl Gateway {
         Self::start_with_env(port, config, &[])
     }
 
+    /// Like [`Gateway::start`] for a config with `[server.tls]`: ready once it
+    /// listens (the health probe speaks plain HTTP).
+    pub fn start_tls(port: u16, config: &str) -> Self {
+        Self::start_with_env(port, config, &[("PORTCULLIS_TEST_TLS", "1")])
+    }
+
     /// Like [`Gateway::start`], with extra environment variables.
     pub fn start_with_env(port: u16, config: &str, env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
@@ -606,7 +612,12 @@ impl Gateway {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("portcullis exited before it was ready: {status}");
             }
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            let tls = self.env.iter().any(|(k, _)| k == "PORTCULLIS_TEST_TLS");
+            if tls && self.logs().contains("\"message\":\"listening\"") {
+                self.origin = format!("https://localhost:{}", self.port);
+                return;
+            }
+            if !tls && std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
                 let ok = status_probe(&format!("{}/healthz", self.origin));
                 if ok == Some(200) {
                     return;

@@ -8,6 +8,7 @@ mod backchannel;
 mod callback_attacks;
 mod cli;
 mod dpop;
+mod exhaustion;
 mod frontends;
 mod hardening;
 mod header_hygiene;
