@@ -107,7 +107,7 @@ pub struct ServerConfig {
     pub write_timeout: Duration,
     /// Open connections one client address may hold on `listen` (IPv6: one /64);
     /// more are closed at once. Peers in `trusted_proxies` are exempt; `0` turns the
-    /// cap off. Default `256`.
+    /// cap off. Default `1024` (generous: offices share one address behind NAT).
     #[serde(default = "default_max_connections_per_client")]
     pub max_connections_per_client: u32,
     /// Log format: `auto` (default: JSON unless stderr is a terminal), `json` or `text`.
@@ -515,7 +515,7 @@ fn default_write_timeout() -> Duration {
     Duration::from_secs(30)
 }
 fn default_max_connections_per_client() -> u32 {
-    256
+    1024
 }
 fn default_private_key_alg() -> String {
     "ES256".into()

@@ -180,7 +180,7 @@ fn defaults_follow_the_contract() {
     assert_eq!(c.server.first_request_timeout, Duration::from_secs(10));
     assert_eq!(c.server.idle_timeout, Duration::from_secs(60));
     assert_eq!(c.server.write_timeout, Duration::from_secs(30));
-    assert_eq!(c.server.max_connections_per_client, 256);
+    assert_eq!(c.server.max_connections_per_client, 1024);
 
     assert_eq!(c.frontend().oidc.auth_method, AuthMethod::ClientSecretBasic);
     assert_eq!(c.frontend().oidc.scopes, ["openid"]);
