@@ -782,21 +782,30 @@ impl SessionStore for SqliteStore {
         owner: &str,
         lease_ms: u64,
     ) -> Result<bool, StoreError> {
-        let key = *key;
+        let k = *key;
         let owner = owner.to_owned();
         let now = now_ms();
-        self.blocking(Access::Write, move |c| {
-            // One statement: take the lock if it's free or its lease has run out.
-            let n = c
-                .prepare_cached(
-                    "INSERT INTO refresh_locks (key, owner, expires_ms) VALUES (?1, ?2, ?3) \
-                     ON CONFLICT(key) DO UPDATE SET owner = excluded.owner, expires_ms = excluded.expires_ms \
-                     WHERE refresh_locks.expires_ms <= ?4",
-                )?
-                .execute(params![key.as_bytes().as_slice(), owner, now + lease_ms as i64, now])?;
-            Ok(n == 1)
-        })
-        .await
+        let taken = self
+            .blocking(Access::Write, move |c| {
+                // One statement: take the lock if it's free or its lease has run out.
+                let n = c
+                    .prepare_cached(
+                        "INSERT INTO refresh_locks (key, owner, expires_ms) VALUES (?1, ?2, ?3) \
+                         ON CONFLICT(key) DO UPDATE SET owner = excluded.owner, expires_ms = excluded.expires_ms \
+                         WHERE refresh_locks.expires_ms <= ?4",
+                    )?
+                    .execute(params![k.as_bytes().as_slice(), owner, now + lease_ms as i64, now])?;
+                Ok(n == 1)
+            })
+            .await?;
+        if taken {
+            // The holder re-reads the session under the lock to see whether someone
+            // refreshed it meanwhile: that read must be the file's (another process's
+            // refresh may not have reached the change log reader yet), or the rotated
+            // refresh token would be used again and the provider would revoke the grant.
+            self.shared.cache.evict(key);
+        }
+        Ok(taken)
     }
 
     async fn unlock_refresh(&self, key: &SessionKey, owner: &str) -> Result<(), StoreError> {
@@ -1033,6 +1042,33 @@ mod tests {
             assert!(store.cached_sessions() <= 100);
         }
         assert!(store.file_reads() >= 900, "{}", store.file_reads());
+    }
+
+    /// Two processes refresh the same session one after the other: the second, once
+    /// it holds the lock, must see the first one's new tokens at once, not its cached
+    /// copy (whose refresh token the provider has already rotated away).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_refresh_lock_holder_reads_the_file() {
+        let (_dir, a, b) = two_stores(SqliteOptions::default()).await;
+        let r = record("alice");
+        a.insert(r.clone()).await.unwrap();
+        b.get(&r.key).await.unwrap().unwrap();
+        b.get(&r.key).await.unwrap().unwrap();
+        assert_eq!(b.file_reads(), 1, "cached in b");
+        for round in 2..12u64 {
+            assert!(a.try_lock_refresh(&r.key, "a", 60_000).await.unwrap());
+            let mut rotated = (*a.get(&r.key).await.unwrap().unwrap()).clone();
+            rotated.sealed_tokens = round.to_le_bytes().to_vec();
+            rotated.version = round;
+            assert!(a.update(Arc::new(rotated)).await.unwrap());
+            a.unlock_refresh(&r.key, "a").await.unwrap();
+            assert!(b.try_lock_refresh(&r.key, "b", 60_000).await.unwrap());
+            let seen = b.get(&r.key).await.unwrap().unwrap();
+            assert_eq!(seen.version, round, "b, under the lock, saw an old refresh");
+            b.unlock_refresh(&r.key, "b").await.unwrap();
+            // b's copy is cached again, as after any read.
+            b.get(&r.key).await.unwrap().unwrap();
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
