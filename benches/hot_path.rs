@@ -276,9 +276,10 @@ fn sqlite_load(c: &mut Criterion) {
         b.iter(|| common::now(cached.load(black_box(id), "")).unwrap())
     });
     let uncached = open(0);
-    c.bench_function("session: Sessions::load (sqlite, cache off: the file)", |b| {
-        b.iter(|| rt.block_on(uncached.load(black_box(id), "")).unwrap())
-    });
+    c.bench_function(
+        "session: Sessions::load (sqlite, cache off: the file)",
+        |b| b.iter(|| rt.block_on(uncached.load(black_box(id), "")).unwrap()),
+    );
 }
 
 fn short() -> Criterion {

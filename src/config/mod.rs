@@ -247,8 +247,8 @@ pub struct SessionConfig {
     #[serde(default = "default_sqlite_path")]
     pub sqlite_path: PathBuf,
     /// Most session records the SQLite store keeps in process (the request path reads
-    /// them there, not from the file); 0 turns that cache off, at most 10000000. Each
-    /// cached session costs its record plus about 100 bytes (≈ 3 KB). Default 100000.
+    /// them there, not from the file); 0 turns that cache off, at most 10000000. A
+    /// cached session costs about 3.2 KB of memory, as in the memory store. Default 100000.
     #[serde(default = "default_sqlite_cache_size")]
     pub sqlite_cache_size: usize,
     /// Redis URL, for `store = "redis"`: `redis://[user:pass@]host:port[/db]`,
