@@ -6,7 +6,9 @@
 //!     cargo bench --bench hot_path -- authorize    # a filter
 //!
 //! The sessions hold realistic tokens (see `common::tokens`); the memory store holds
-//! 100,000 of them so the lookup is not a cache-friendly toy.
+//! 100,000 of them so the lookup is not a cache-friendly toy. The SQLite store's load
+//! is measured answered from its in-process cache and, for comparison, with the cache
+//! off (a query on tokio's blocking pool).
 
 mod common;
 
@@ -21,7 +23,7 @@ use portcullis::config::Config;
 use portcullis::proxy::RouteTable;
 use portcullis::proxy::rewrite::{RewriteConfig, clean_response, rewrite_request};
 use portcullis::server::Gateway;
-use portcullis::session::{SessionId, cookie};
+use portcullis::session::{SessionId, SqliteOptions, SqliteStore, Store, cookie};
 
 const COOKIE_NAME: &str = "__Host-portcullis";
 const POPULATION: u64 = 100_000;
@@ -243,6 +245,43 @@ fn hot_path(c: &mut Criterion) {
     });
 }
 
+/// Sessions in the SQLite benchmarks' file (created at login speed, so fewer).
+const SQLITE_POPULATION: u64 = 2_000;
+
+fn sqlite_load(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sessions.db");
+    let open = |cache_size| {
+        let options = SqliteOptions {
+            cache_size,
+            ..SqliteOptions::default()
+        };
+        let store = rt.block_on(SqliteStore::open_with(&path, options)).unwrap();
+        common::sessions(Store::Sqlite(store))
+    };
+    let cached = open(SqliteOptions::DEFAULT_CACHE_SIZE);
+    let ids: Vec<SessionId> = rt.block_on(async {
+        let mut ids = Vec::new();
+        for n in 0..SQLITE_POPULATION {
+            ids.push(cached.create(common::new_session(n)).await.unwrap().0);
+        }
+        ids
+    });
+    let id = &ids[ids.len() / 2];
+    c.bench_function("session: Sessions::load (sqlite, cached)", |b| {
+        b.iter(|| common::now(cached.load(black_box(id), "")).unwrap())
+    });
+    let uncached = open(0);
+    c.bench_function(
+        "session: Sessions::load (sqlite, cache off: the file)",
+        |b| b.iter(|| rt.block_on(uncached.load(black_box(id), "")).unwrap()),
+    );
+}
+
 fn short() -> Criterion {
     Criterion::default()
         .warm_up_time(Duration::from_millis(500))
@@ -253,6 +292,6 @@ fn short() -> Criterion {
 criterion_group! {
     name = benches;
     config = short();
-    targets = hot_path
+    targets = hot_path, sqlite_load
 }
 criterion_main!(benches);

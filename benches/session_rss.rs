@@ -11,7 +11,10 @@
 //! SHA-256 store key, the tokens sealed with AES-256-GCM) and measures
 //! - the memory store: this process's `VmRSS` before and after (the ids themselves are
 //!   dropped, as the gateway does: only the browser keeps them);
-//! - the SQLite store: the database file after a WAL checkpoint.
+//! - the SQLite store: the database file after a WAL checkpoint, and the memory its
+//!   in-process cache takes per cached session: `VmRSS` of a fresh process (this
+//!   benchmark run again, so that no memory freed by the phases above is reused)
+//!   before and after a store on that file has loaded every session once.
 //!
 //! Prints a human summary and one line `RESULT {json}` for bench/run.sh.
 
@@ -20,9 +23,15 @@ mod common;
 use std::time::Instant;
 
 use portcullis::config::{SessionConfig, StoreKind};
-use portcullis::session::{MemoryStore, Sessions, SqliteStore, Store};
+use portcullis::session::{MemoryStore, SessionId, Sessions, SqliteStore, Store};
+
+/// Set (to the database file) for the child process that measures the SQLite cache.
+const CACHE_PHASE: &str = "SESSION_RSS_SQLITE_CACHE";
 
 fn main() {
+    if let Ok(path) = std::env::var(CACHE_PHASE) {
+        return sqlite_cache_phase(std::path::Path::new(&path));
+    }
     let n = common::env_count("BENCH_SESSIONS", 100_000);
     let sqlite_n = common::env_count("BENCH_SQLITE_SESSIONS", 20_000).max(1);
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -75,19 +84,22 @@ fn main() {
             &config,
         ));
         // 16 logins at a time.
+        let mut ids = String::new();
         let mut next = 0u64;
         while next < sqlite_n as u64 {
             let batch: Vec<_> = (next..(next + 16).min(sqlite_n as u64))
                 .map(|i| {
                     let s = sessions.clone();
-                    tokio::spawn(async move { s.create(common::new_session(i)).await.map(drop) })
+                    tokio::spawn(async move { s.create(common::new_session(i)).await.map(|c| c.0) })
                 })
                 .collect();
             next += batch.len() as u64;
             for t in batch {
-                t.await.unwrap().unwrap();
+                ids.push_str(&t.await.unwrap().unwrap().to_cookie_value());
+                ids.push('\n');
             }
         }
+        std::fs::write(dir.path().join("ids"), ids).unwrap();
     });
     let conn = rusqlite::Connection::open(&path).unwrap();
     conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
@@ -102,6 +114,22 @@ fn main() {
         file_bytes as f64 / 1048576.0,
         per_row
     );
+    let child = std::process::Command::new(std::env::current_exe().unwrap())
+        .env(CACHE_PHASE, &path)
+        .output()
+        .unwrap();
+    let child_out = String::from_utf8_lossy(&child.stdout);
+    print!("{child_out}");
+    let cache_per_session: f64 = child_out
+        .lines()
+        .find_map(|l| l.strip_prefix("CACHE_BYTES_PER_SESSION "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "cache phase failed: {}",
+                String::from_utf8_lossy(&child.stderr)
+            )
+        });
     let (access, refresh, id) = common::token_sizes();
     println!(
         "RESULT {}",
@@ -115,6 +143,39 @@ fn main() {
             "memory_mib_per_100k_sessions": (per_100k_mib * 10.0).round() / 10.0,
             "sqlite_file_bytes": file_bytes,
             "sqlite_bytes_per_session": per_row.round(),
+            "sqlite_cache_bytes_per_session": cache_per_session.round(),
         })
     );
+}
+
+/// In a fresh process: the SQLite store's cache, filled by one load of each session
+/// of the file the parent wrote (their ids in `ids` beside it).
+fn sqlite_cache_phase(path: &std::path::Path) {
+    let text = std::fs::read_to_string(path.with_file_name("ids")).unwrap();
+    let ids: Vec<SessionId> = text.lines().filter_map(SessionId::parse).collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let store = SqliteStore::open(path).await.unwrap();
+        let sessions = common::sessions(Store::Sqlite(store));
+        // One load first: connections, statements, the runtime's blocking pool.
+        sessions.load(&ids[0], "").await.unwrap();
+        let before = common::rss_bytes().expect("VmRSS");
+        for id in &ids {
+            sessions.load(id, "").await.unwrap().expect("a live session");
+        }
+        let after = common::rss_bytes().expect("VmRSS");
+        let Store::Sqlite(store) = sessions.store() else {
+            unreachable!()
+        };
+        let cached = store.cached_sessions();
+        let per = after.saturating_sub(before) as f64 / cached.max(1) as f64;
+        println!(
+            "sqlite store: {cached} sessions cached in process, VmRSS +{:.1} MiB: {per:.0} bytes/cached session",
+            after.saturating_sub(before) as f64 / 1048576.0
+        );
+        println!("CACHE_BYTES_PER_SESSION {per:.0}");
+    });
 }

@@ -210,6 +210,7 @@ fn defaults_follow_the_contract() {
 
     assert_eq!(c.session.store, StoreKind::Sqlite);
     assert_eq!(c.session.sqlite_path, Path::new("portcullis.db"));
+    assert_eq!(c.session.sqlite_cache_size, 100_000);
     assert!(c.session.redis_url.is_none());
     assert_eq!(c.session.cookie_name, "__Host-portcullis");
     assert_eq!(c.session.same_site, SameSite::Strict);
@@ -678,6 +679,17 @@ fn session_refusals() {
         .unparsable(&["store", "postgres"]);
     m().set("session", "sqlite_path", "\"\"")
         .refused_for("session.sqlite_path");
+    m().set("session", "sqlite_cache_size", "10000001")
+        .refused_for("session.sqlite_cache_size");
+    m().set("session", "sqlite_cache_size", "-1")
+        .unparsable(&["sqlite_cache_size"]);
+    assert_eq!(
+        m().set("session", "sqlite_cache_size", "0")
+            .valid()
+            .session
+            .sqlite_cache_size,
+        0
+    );
     m().set("session", "same_site", "\"none\"")
         .unparsable(&["same_site"]);
 }

@@ -22,7 +22,7 @@ use std::time::Duration;
 pub use memory::MemoryStore;
 pub use record::{PendingLogin, SessionId, SessionKey, SessionRecord, Tokens, now_secs};
 pub use redis::{RedisAddress, RedisStore};
-pub use sqlite::SqliteStore;
+pub use sqlite::{SqliteOptions, SqliteStore};
 pub use store::{PendingCaps, SessionFilter, SessionStore, Store, StoreError};
 
 use crate::config::{SessionConfig, StoreKind};
@@ -118,9 +118,15 @@ impl Sessions {
         let store = match config.store {
             StoreKind::Memory => Store::Memory(MemoryStore::new()),
             StoreKind::Sqlite => Store::Sqlite(
-                SqliteStore::open(&config.sqlite_path)
-                    .await
-                    .map_err(|e| format!("session.sqlite_path: {e}"))?,
+                SqliteStore::open_with(
+                    &config.sqlite_path,
+                    SqliteOptions {
+                        cache_size: config.sqlite_cache_size,
+                        idle_timeout: secs(config.idle_timeout),
+                    },
+                )
+                .await
+                .map_err(|e| format!("session.sqlite_path: {e}"))?,
             ),
             StoreKind::Redis => {
                 let url = config

@@ -82,6 +82,8 @@ pub trait SessionStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// Records use at `last_seen` (idle timeout). A missing session is not an error.
+    /// A backend may write it behind the request (SQLite: within a second), as long as
+    /// its own reads see it at once.
     fn touch(
         &self,
         key: &SessionKey,

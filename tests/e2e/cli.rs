@@ -327,6 +327,8 @@ async fn sessions_list_and_revoke_against_sqlite() {
     .unwrap();
     assert!(ok, "{err}");
     assert!(out.contains("revoked 1"), "{out}");
+    // The gateway caches sessions: another process's revocation is seen within 0.75 s.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     alice.user(&env).await.assert_error(401, "unauthenticated");
     assert_eq!(bob.user(&env).await.status, 200);
 }

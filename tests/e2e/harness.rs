@@ -855,7 +855,8 @@ impl EnvBuilder {
         self.store = store;
         self
     }
-    /// Several Portcullis instances on one Redis, behind one public origin.
+    /// Several Portcullis instances on one Redis (or one SQLite file), behind one
+    /// public origin.
     pub fn instances(mut self, n: usize) -> Self {
         self.instances = n;
         self
@@ -1064,6 +1065,12 @@ token = "user_or_none"
             redis_url = redis.as_ref().map(RedisServer::url).unwrap_or_default(),
         );
         let gateway = Gateway::start(port, &config.replace("LISTEN_PORT", &port.to_string()));
+        // With the SQLite store, the other instances share the first one's file (one host).
+        let shared_file = format!(
+            "sqlite_path = {:?}",
+            gateway.dir.path().join("sessions.db").to_str().unwrap()
+        );
+        let config = config.replace("sqlite_path = \"sessions.db\"", &shared_file);
         let others = (1..self.instances)
             .map(|_| {
                 let p = free_port();
