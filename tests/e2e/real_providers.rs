@@ -1,0 +1,538 @@
+//! The whole story against OpenID providers nobody here wrote: login, `/bff/user`, an
+//! API call with a token the provider accepts, two refreshes (one under parallel load),
+//! logout with revocation, end-session back to the SPA, and `prompt=none` without a
+//! provider session.
+//!
+//! - django-oauth-toolkit 3.4 (`tests/providers/dot/`, in the venv `target/venv-dot`
+//!   that scripts/test.sh makes from its requirements.txt): PKCE required, refresh
+//!   tokens rotating with reuse protection, RP-initiated logout, and its revocation
+//!   endpoint advertised only in RFC 8414 metadata.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::harness::*;
+
+const USER: &str = "alice";
+const PASSWORD: &str = "alice-dot-password";
+
+// ---------------------------------------------------------------- django-oauth-toolkit
+
+/// A django-oauth-toolkit provider of the test's own (fresh DB, fresh RSA key) on
+/// `http://localhost:PORT`, stopped on drop.
+struct Dot {
+    issuer: String,
+    child: Child,
+    _data: tempfile::TempDir,
+}
+
+impl Dot {
+    /// Starts DOT with the client [`CLIENT_ID`] registered for Portcullis at `origin`,
+    /// issuing access tokens that live `access_token_ttl` seconds.
+    async fn start(origin: &str, access_token_ttl: u64) -> Self {
+        let root = repo_root();
+        let python = root.join("target/venv-dot/bin/python");
+        assert!(
+            python.is_file(),
+            "{} is missing: run ./scripts/test.sh (its prerequisites step makes the venv from \
+             tests/providers/dot/requirements.txt)",
+            python.display()
+        );
+        let data = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let child = Command::new(&python)
+            .arg(root.join("tests/providers/dot/serve.py"))
+            .env("DOT_PORT", port.to_string())
+            .env("DOT_DATA", data.path())
+            .env("DOT_USER", USER)
+            .env("DOT_PASSWORD", PASSWORD)
+            .env("DOT_CLIENT_ID", CLIENT_ID)
+            .env("DOT_CLIENT_SECRET", CLIENT_SECRET)
+            .env("DOT_REDIRECT_URI", format!("{origin}/bff/callback"))
+            .env("DOT_POST_LOGOUT_REDIRECT_URI", format!("{origin}/"))
+            .env("DOT_ACCESS_TOKEN_TTL", access_token_ttl.to_string())
+            .env("PYTHONUNBUFFERED", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("python of target/venv-dot");
+        let dot = Self {
+            issuer: format!("http://localhost:{port}"),
+            child,
+            _data: data,
+        };
+        // Ready when discovery answers (migrate + runserver: a few seconds).
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            if let Ok(r) = reqwest::get(dot.url("/.well-known/openid-configuration")).await
+                && r.status() == 200
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "django-oauth-toolkit did not answer discovery within 90 s"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        dot
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.issuer)
+    }
+
+    /// The refresh tokens DOT issued to our client, oldest first: (token, revoked).
+    async fn refresh_tokens(&self) -> Vec<(String, bool)> {
+        let v: Value =
+            reqwest::get(self.url(&format!("/test/refresh-tokens?client_id={CLIENT_ID}")))
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+        v["refresh_tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                (
+                    t["token"].as_str().unwrap().to_owned(),
+                    t["revoked"].as_bool().unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    /// A `refresh_token` grant as our client, as an attacker holding the token would try.
+    async fn refresh_grant(&self, refresh_token: &str) -> (u16, Value) {
+        let r = reqwest::Client::new()
+            .post(self.url("/token/"))
+            .basic_auth(CLIENT_ID, Some(CLIENT_SECRET))
+            .form(&[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", refresh_token),
+            ])
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// DOT's userinfo with `access_token`: the provider's own word that the token is good.
+    async fn userinfo(&self, access_token: &str) -> (u16, Value) {
+        let r = reqwest::Client::new()
+            .get(self.url("/userinfo/"))
+            .bearer_auth(access_token)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+}
+
+impl Drop for Dot {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `<input type="hidden">` fields of an HTML page, unescaped.
+fn hidden_inputs(html: &str) -> Vec<(String, String)> {
+    fn attr(tag: &str, name: &str) -> Option<String> {
+        let start = tag.find(&format!(" {name}=\""))? + name.len() + 3;
+        let len = tag[start..].find('"')?;
+        Some(
+            tag[start..start + len]
+                .replace("&quot;", "\"")
+                .replace("&#x27;", "'")
+                .replace("&#39;", "'")
+                .replace("&lt;", "<")
+                .replace("&gt;", ">")
+                .replace("&amp;", "&"),
+        )
+    }
+    html.split("<input")
+        .skip(1)
+        .filter_map(|rest| {
+            let tag = &rest[..rest.find('>')?];
+            if !tag.contains("type=\"hidden\"") {
+                return None;
+            }
+            Some((attr(tag, "name")?, attr(tag, "value").unwrap_or_default()))
+        })
+        .collect()
+}
+
+/// Signs in at DOT from an authorization URL as a person would: Django's login form,
+/// then DOT's consent form ("Authorize") when it shows one. Returns the URL DOT
+/// redirects back to (Portcullis's callback).
+async fn dot_login(browser: &Browser, authorize_url: &str) -> String {
+    let mut url = authorize_url.to_owned();
+    for _ in 0..10 {
+        let r = browser.get(&url).await;
+        if r.status.is_redirection() {
+            let next = resolve(&url, &r.location());
+            if next.contains("/bff/callback") {
+                return next;
+            }
+            url = next;
+            continue;
+        }
+        assert_eq!(r.status, 200, "{url}: {}", r.text());
+        let page = r.text();
+        let mut form = hidden_inputs(&page);
+        if page.contains("id=\"login-form\"") {
+            form.push(("username".into(), USER.into()));
+            form.push(("password".into(), PASSWORD.into()));
+        } else if page.contains("id=\"authorizationForm\"") {
+            form.push(("allow".into(), "Authorize".into()));
+        } else {
+            panic!("neither DOT's login nor its consent form at {url}: {page}");
+        }
+        // Both forms post back to the page's own URL.
+        let pairs: Vec<(&str, &str)> = form.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let posted = browser.post_form_sized(&url, &pairs).await;
+        assert!(
+            posted.status.is_redirection(),
+            "POST {url}: {} {}",
+            posted.status,
+            posted.text()
+        );
+        let next = resolve(&url, &posted.location());
+        if next.contains("/bff/callback") {
+            return next;
+        }
+        url = next;
+    }
+    panic!("DOT's login did not come back to the callback");
+}
+
+// ---------------------------------------------------------------- Portcullis in front
+
+/// DOT, an upstream, and Portcullis (with an admin listener for `/metrics`).
+struct DotEnv {
+    dot: Dot,
+    upstream: Upstream,
+    gateway: Gateway,
+    admin: u16,
+}
+
+impl DotEnv {
+    async fn start(access_token_ttl: u64) -> Self {
+        let port = free_port();
+        let admin = free_port();
+        let origin = format!("http://127.0.0.1:{port}");
+        let dot = Dot::start(&origin, access_token_ttl).await;
+        let upstream = Upstream::start().await;
+        // No `oidc.revocation_endpoint`: Portcullis must find it in DOT's RFC 8414
+        // metadata, DOT's OIDC discovery has none.
+        let config = format!(
+            r#"
+[server]
+listen = "127.0.0.1:{port}"
+public_origin = "{origin}"
+admin_listen = "127.0.0.1:{admin}"
+drain_timeout = "2s"
+
+[oidc]
+issuer = "{issuer}"
+client_id = "{CLIENT_ID}"
+client_secret = "{CLIENT_SECRET}"
+scopes = ["openid", "profile", "email"]
+post_logout_redirect_uri = "{origin}/"
+
+[session]
+store = "memory"
+keys = ["{key}"]
+
+[[routes]]
+prefix = "/api"
+upstream = "{upstream}"
+token = "user"
+"#,
+            issuer = dot.issuer,
+            key = random_key(),
+            upstream = upstream.url(),
+        );
+        let gateway = Gateway::start(port, &config);
+        Self {
+            dot,
+            upstream,
+            gateway,
+            admin,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        self.gateway.url(path)
+    }
+
+    async fn api(&self, browser: &Browser, path: &str) -> Answer {
+        browser.get_with(&self.url(path), &[("x-csrf", "1")]).await
+    }
+
+    /// `/bff/user` with the CSRF header.
+    async fn user(&self, browser: &Browser) -> Answer {
+        browser
+            .get_with(&self.url("/bff/user"), &[("x-csrf", "1")])
+            .await
+    }
+
+    /// A Portcullis counter from `/metrics` (`name{labels}`), 0 when absent.
+    async fn metric(&self, series: &str) -> f64 {
+        let text = reqwest::get(format!("http://127.0.0.1:{}/metrics", self.admin))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .map(|v| v.split(' ').next().unwrap().parse().unwrap())
+            .unwrap_or(0.0)
+    }
+
+    /// The bearer token of the upstream's last request.
+    fn last_bearer(&self) -> String {
+        self.upstream.last().headers["authorization"]
+            .to_str()
+            .unwrap()
+            .strip_prefix("Bearer ")
+            .expect("a bearer token upstream")
+            .to_owned()
+    }
+
+    /// `/bff/login?{query}` and DOT's answer to it, followed until it comes back to
+    /// the callback (no login form: for `prompt=none`). Returns the callback URL.
+    async fn silent_login(&self, browser: &Browser) -> String {
+        let r = browser
+            .get(&self.url("/bff/login?prompt=none&returnUrl=%2Fapp"))
+            .await;
+        assert_eq!(r.status, 302, "{}", r.text());
+        let mut url = r.location();
+        assert!(url.starts_with(&self.dot.issuer), "{url}");
+        for _ in 0..5 {
+            let step = browser.get(&url).await;
+            assert!(
+                step.status.is_redirection(),
+                "prompt=none at DOT: {} {}",
+                step.status,
+                step.text()
+            );
+            url = resolve(&url, &step.location());
+            if url.contains("/bff/callback") {
+                return url;
+            }
+        }
+        panic!("DOT's prompt=none did not come back to the callback: {url}");
+    }
+
+    /// A silent login without a provider session: DOT answers `login_required` and
+    /// Portcullis sends the browser back to its `returnUrl`, not logged in.
+    async fn assert_silent_login_is_not_logged_in(&self, browser: &Browser) {
+        let callback = self.silent_login(browser).await;
+        assert_eq!(query(&callback)["error"], "login_required", "{callback}");
+        let back = browser.get(&callback).await;
+        assert_eq!(back.status, 302, "{}", back.text());
+        assert_eq!(back.location(), "/app");
+        assert!(!back.sets_cookie(COOKIE), "{:?}", back.set_cookies());
+        self.user(browser)
+            .await
+            .assert_error(401, "unauthenticated");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn django_oauth_toolkit_the_whole_story() {
+    // 6 s access tokens: Portcullis refreshes at half their life, 3 s after issue.
+    let ttl = 6;
+    let env = DotEnv::start(ttl).await;
+
+    // prompt=none in a browser that never signed in at DOT.
+    env.assert_silent_login_is_not_logged_in(&Browser::new())
+        .await;
+
+    // Login: Portcullis → DOT's login form and consent → callback → the SPA.
+    let browser = Browser::new();
+    let r = browser.get(&env.url("/bff/login?returnUrl=%2Fapp")).await;
+    assert_eq!(r.status, 302, "{}", r.text());
+    let authorize = r.location();
+    assert!(
+        authorize.starts_with(&env.dot.url("/authorize/")),
+        "{authorize}"
+    );
+    let q = query(&authorize);
+    assert_eq!(q["code_challenge_method"], "S256", "{authorize}");
+    let callback = dot_login(&browser, &authorize).await;
+    assert!(query(&callback).contains_key("code"), "{callback}");
+    let r = browser.get(&callback).await;
+    assert_eq!(r.status, 302, "callback: {}", r.text());
+    assert_eq!(r.location(), "/app");
+    assert!(r.sets_cookie(COOKIE), "{:?}", r.set_cookies());
+    let logged_in = Instant::now();
+
+    // /bff/user: DOT's claims, no token.
+    let user = env.user(&browser).await;
+    assert_eq!(user.status, 200, "{}", user.text());
+    let claims = user.json();
+    assert_eq!(claims["preferred_username"], USER, "{claims}");
+    assert_eq!(claims["email"], "alice@example.com", "{claims}");
+    let sub = claims["sub"].as_str().unwrap().to_owned();
+    let text = user.text();
+    assert!(!text.contains("access_token") && !text.contains("refresh_token"));
+
+    // An API call carries an access token DOT itself accepts.
+    let r = env.api(&browser, "/api/hello").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let first = env.last_bearer();
+    let (status, info) = env.dot.userinfo(&first).await;
+    assert_eq!(
+        status, 200,
+        "DOT's userinfo with the upstream's token: {info}"
+    );
+    assert_eq!(info["sub"], sub.as_str());
+    assert_eq!(env.dot.refresh_tokens().await.len(), 1);
+
+    // First refresh: past the refresh point, one call.
+    tokio::time::sleep_until((logged_in + Duration::from_millis(ttl * 1000 / 2 + 500)).into())
+        .await;
+    let r = env.api(&browser, "/api/after-first-refresh").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let second = env.last_bearer();
+    assert_ne!(second, first, "a refreshed access token upstream");
+    assert_eq!(env.dot.userinfo(&second).await.0, 200);
+    let tokens = env.dot.refresh_tokens().await;
+    assert_eq!(tokens.len(), 2, "one refresh: {tokens:?}");
+    assert!(tokens[0].1, "DOT rotated (revoked) the first refresh token");
+    assert_eq!(
+        env.metric("portcullis_refreshes_total{outcome=\"success\"}")
+            .await,
+        1.0
+    );
+    let refreshed = Instant::now();
+
+    // Second refresh, under parallel load: 12 calls at the refresh point, one refresh.
+    tokio::time::sleep_until((refreshed + Duration::from_millis(ttl * 1000 / 2 + 500)).into())
+        .await;
+    let before = env.upstream.requests().len();
+    let calls: Vec<_> = (0..12)
+        .map(|i| {
+            let (browser, url) = (browser.clone(), env.url(&format!("/api/parallel/{i}")));
+            tokio::spawn(async move { browser.get_with(&url, &[("x-csrf", "1")]).await })
+        })
+        .collect();
+    for call in calls {
+        let r = call.await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let mut used: Vec<String> = env.upstream.requests()[before..]
+        .iter()
+        .map(|s| s.headers["authorization"].to_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(used.len(), 12);
+    used.sort();
+    used.dedup();
+    assert_eq!(used.len(), 1, "all 12 calls carried the one new token");
+    let third = env.last_bearer();
+    assert!(third != first && third != second);
+    assert_eq!(env.dot.userinfo(&third).await.0, 200);
+    let tokens = env.dot.refresh_tokens().await;
+    assert_eq!(
+        tokens.len(),
+        3,
+        "exactly one more refresh at DOT: {tokens:?}"
+    );
+    assert!(tokens[1].1 && !tokens[2].1, "{tokens:?}");
+    assert_eq!(
+        env.metric("portcullis_refreshes_total{outcome=\"success\"}")
+            .await,
+        2.0
+    );
+    assert_eq!(
+        env.metric("portcullis_refreshes_total{outcome=\"invalid_grant\"}")
+            .await,
+        0.0
+    );
+    // The session survived both refreshes (the refreshed ID tokens passed §12.2).
+    assert_eq!(env.user(&browser).await.status, 200);
+
+    // Logout: Portcullis revokes the refresh token at the endpoint DOT lists only in
+    // its RFC 8414 metadata, before the browser even reaches DOT's end-session.
+    let live = tokens[2].0.clone();
+    let user = env.user(&browser).await;
+    let logout_url = user.json()["bff:logout_url"].as_str().unwrap().to_owned();
+    let r = browser.get(&env.url(&logout_url)).await;
+    assert_eq!(r.status, 302, "{}", r.text());
+    let end_session = r.location();
+    assert!(
+        end_session.starts_with(&env.dot.url("/logout/")),
+        "{end_session}"
+    );
+    let q = query(&end_session);
+    assert!(
+        q.contains_key("id_token_hint") && q.contains_key("state"),
+        "{end_session}"
+    );
+    assert_eq!(q["post_logout_redirect_uri"], env.url("/"));
+    // Revocation runs beside the answer: wait for it (generously).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while env
+        .metric("portcullis_revocations_total{outcome=\"revoked\"}")
+        .await
+        < 1.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no revocation within 20 s: revocations_total unsupported = {}, failed = {}",
+            env.metric("portcullis_revocations_total{outcome=\"unsupported\"}")
+                .await,
+            env.metric("portcullis_revocations_total{outcome=\"failed\"}")
+                .await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let tokens = env.dot.refresh_tokens().await;
+    assert!(
+        tokens.iter().all(|(_, revoked)| *revoked),
+        "every refresh token revoked at DOT: {tokens:?}"
+    );
+    let (status, answer) = env.dot.refresh_grant(&live).await;
+    assert_eq!(
+        status, 400,
+        "the last refresh token is dead at DOT: {answer}"
+    );
+    assert_eq!(answer["error"], "invalid_grant", "{answer}");
+    env.user(&browser)
+        .await
+        .assert_error(401, "unauthenticated");
+
+    // End-session at DOT sends the browser back to the SPA, with our state.
+    let r = browser.get(&end_session).await;
+    assert_eq!(r.status, 302, "DOT's end-session: {}", r.text());
+    let back = r.location();
+    assert!(back.starts_with(&env.url("/")), "{back}");
+    assert_eq!(query(&back).get("state"), q.get("state"), "{back}");
+
+    // DOT's session is gone too: a silent login is a clean "not logged in".
+    env.assert_silent_login_is_not_logged_in(&browser).await;
+}
+
+#[test]
+fn hidden_inputs_reads_djangos_forms() {
+    let html = r#"<form><input type="hidden" name="csrfmiddlewaretoken" value="abc">
+        <input type="hidden" name="redirect_uri" value="http://x/cb?a=1&amp;b=&quot;2&quot;" id="id_redirect_uri">
+        <input type="text" name="username"><input type="hidden" name="empty" value=""></form>"#;
+    assert_eq!(
+        hidden_inputs(html),
+        vec![
+            ("csrfmiddlewaretoken".into(), "abc".into()),
+            ("redirect_uri".into(), "http://x/cb?a=1&b=\"2\"".into()),
+            ("empty".into(), String::new()),
+        ]
+    );
+}
