@@ -3,7 +3,7 @@
 #
 #   1. prerequisites  node/npm (must exist); `npm ci` in demo/provider and tests/browser
 #                     when node_modules is missing or older than package-lock.json;
-#                     Debian `chromium` and `redis-server` via apt-get when missing (as root,
+#                     Debian `chromium`, `redis-server`, `nginx`, `glewlwyd` via apt-get when missing (as root,
 #                     otherwise it prints the command to run); the venv target/venv-dot
 #                     (pip, tests/providers/dot/requirements.txt) for the
 #                     django-oauth-toolkit provider
@@ -157,17 +157,24 @@ npm_install() {
   (cd "$dir" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 show npm ci --no-audit --no-fund)
 }
 
-# Debian packages the tests use: chromium (browser test), redis-server (Redis store tests).
+# Debian packages the tests use: chromium (browser test), redis-server (Redis store tests),
+# nginx and glewlwyd (e2e).
 install_debian_packages() {
   local missing=()
   [[ -x /usr/bin/chromium ]] || missing+=(chromium)
   command -v redis-server >/dev/null || [[ -x /usr/bin/redis-server ]] || missing+=(redis-server)
   # nginx: the real upstream of tests/e2e/path_confinement.rs (run as the test's own process).
   [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
+  # glewlwyd: a real OpenID provider of tests/e2e/real_providers.rs, set up by
+  # tests/providers/glewlwyd/start.sh with the sqlite3 and openssl command-line tools.
+  [[ -x /usr/bin/glewlwyd ]] || missing+=(glewlwyd)
+  command -v sqlite3 >/dev/null || missing+=(sqlite3)
+  command -v openssl >/dev/null || missing+=(openssl)
   if [[ ${#missing[@]} -eq 0 ]]; then
     note "/usr/bin/chromium: $(/usr/bin/chromium --version 2>/dev/null || echo present)"
     note "redis-server: $(redis-server --version 2>/dev/null | head -n 1)"
     note "nginx: $(/usr/sbin/nginx -v 2>&1 | head -n 1)"
+    note "glewlwyd: $(dpkg-query -W -f '${Version}' glewlwyd 2>/dev/null || echo present)"
     return 0
   fi
   warn "missing Debian packages: ${missing[*]}"
@@ -190,6 +197,10 @@ install_debian_packages() {
   }
   [[ -x /usr/sbin/nginx ]] || {
     warn "/usr/sbin/nginx still missing after apt-get install"
+    return 1
+  }
+  [[ -x /usr/bin/glewlwyd ]] || {
+    warn "/usr/bin/glewlwyd still missing after apt-get install"
     return 1
   }
 }
