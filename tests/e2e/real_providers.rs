@@ -367,8 +367,9 @@ token = "user"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn django_oauth_toolkit_the_whole_story() {
-    // 6 s access tokens: Portcullis refreshes at half their life, 3 s after issue.
-    let ttl = 6;
+    // 8 s access tokens: Portcullis refreshes at half their life, 4 s after issue (a
+    // margin for a loaded machine between the login and the first checks).
+    let ttl = 8;
     let (port, origin) = origin();
     let dot = Dot::start(&origin, ttl).await;
     let env = Front::start(port, &dot.issuer, r#"["openid", "profile", "email"]"#).await;
@@ -837,7 +838,7 @@ impl Drop for Glewlwyd {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn glewlwyd_the_whole_story_with_back_channel_logout() {
-    let ttl = 6;
+    let ttl = 8;
     let (port, origin) = origin();
     let glw = Glewlwyd::start(&origin, ttl).await;
     let env = Front::start(port, &glw.issuer, r#"["openid"]"#).await;
