@@ -3,8 +3,10 @@
 #
 #   1. prerequisites  node/npm (must exist); `npm ci` in demo/provider and tests/browser
 #                     when node_modules is missing or older than package-lock.json;
-#                     Debian `chromium` and `redis-server` via apt-get when missing (as root,
-#                     otherwise it prints the command to run)
+#                     Debian `chromium`, `redis-server`, `nginx`, `glewlwyd` via apt-get when missing (as root,
+#                     otherwise it prints the command to run); the venv target/venv-dot
+#                     (pip, tests/providers/dot/requirements.txt) for the
+#                     django-oauth-toolkit provider
 #   2. lint           cargo fmt --check; cargo clippy --locked --all-targets -- -D warnings
 #   3. build          cargo build --locked --all-targets (debug: the e2e and browser tests
 #                     run target/debug/portcullis)
@@ -155,17 +157,24 @@ npm_install() {
   (cd "$dir" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 show npm ci --no-audit --no-fund)
 }
 
-# Debian packages the tests use: chromium (browser test), redis-server (Redis store tests).
+# Debian packages the tests use: chromium (browser test), redis-server (Redis store tests),
+# nginx and glewlwyd (e2e).
 install_debian_packages() {
   local missing=()
   [[ -x /usr/bin/chromium ]] || missing+=(chromium)
   command -v redis-server >/dev/null || [[ -x /usr/bin/redis-server ]] || missing+=(redis-server)
   # nginx: the real upstream of tests/e2e/path_confinement.rs (run as the test's own process).
   [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
+  # glewlwyd: a real OpenID provider of tests/e2e/real_providers.rs, set up by
+  # tests/providers/glewlwyd/start.sh with the sqlite3 and openssl command-line tools.
+  [[ -x /usr/bin/glewlwyd ]] || missing+=(glewlwyd)
+  command -v sqlite3 >/dev/null || missing+=(sqlite3)
+  command -v openssl >/dev/null || missing+=(openssl)
   if [[ ${#missing[@]} -eq 0 ]]; then
     note "/usr/bin/chromium: $(/usr/bin/chromium --version 2>/dev/null || echo present)"
     note "redis-server: $(redis-server --version 2>/dev/null | head -n 1)"
     note "nginx: $(/usr/sbin/nginx -v 2>&1 | head -n 1)"
+    note "glewlwyd: $(dpkg-query -W -f '${Version}' glewlwyd 2>/dev/null || echo present)"
     return 0
   fi
   warn "missing Debian packages: ${missing[*]}"
@@ -190,10 +199,44 @@ install_debian_packages() {
     warn "/usr/sbin/nginx still missing after apt-get install"
     return 1
   }
+  [[ -x /usr/bin/glewlwyd ]] || {
+    warn "/usr/bin/glewlwyd still missing after apt-get install"
+    return 1
+  }
+}
+
+# The django-oauth-toolkit test provider (tests/e2e/real_providers.rs) runs in the venv
+# target/venv-dot, made from tests/providers/dot/requirements.txt (exact versions) when
+# missing or older than that file.
+DOT_VENV=target/venv-dot
+DOT_REQUIREMENTS=tests/providers/dot/requirements.txt
+
+python_venv() {
+  local marker=$DOT_VENV/.installed
+  if [[ -e $marker && ! $DOT_REQUIREMENTS -nt $marker ]]; then
+    note "$DOT_VENV is up to date: $("$DOT_VENV/bin/python" -m pip show django-oauth-toolkit 2>/dev/null | grep -i '^version' || echo '?')"
+    return 0
+  fi
+  if ! command -v python3 >/dev/null || ! python3 -m venv --help >/dev/null 2>&1; then
+    warn "python3 with the venv module is required for the django-oauth-toolkit provider:"
+    warn "    apt-get install -y python3 python3-venv"
+    return 1
+  fi
+  note "$DOT_VENV is missing or older than $DOT_REQUIREMENTS: installing"
+  rm -rf "$DOT_VENV"
+  show python3 -m venv "$DOT_VENV" || return 1
+  show "$DOT_VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+    --require-virtualenv -r "$DOT_REQUIREMENTS" || return 1
+  "$DOT_VENV/bin/python" -c 'import oauth2_provider, django' || {
+    warn "$DOT_VENV: django-oauth-toolkit does not import after pip install"
+    return 1
+  }
+  touch "$marker"
 }
 
 prerequisites() {
   local ok=0
+  python_venv || ok=1
   check_toolchain || ok=1
   if check_node; then
     npm_install demo/provider || ok=1
@@ -238,7 +281,7 @@ browser_tests() {
   show node --test --test-concurrency=1 tests/browser/
 }
 
-run_step "prerequisites (toolchain, node, npm ci, chromium, redis-server)" prerequisites
+run_step "prerequisites (toolchain, node, npm ci, chromium, redis-server, python venv)" prerequisites
 run_step "lint: cargo fmt --check" show cargo fmt --all --check
 run_step "lint: cargo clippy" show cargo clippy --locked --all-targets -- -D warnings
 run_step "build: cargo build --locked --all-targets" show cargo build --locked --all-targets

@@ -1207,6 +1207,19 @@ impl Browser {
         headers: &[(&str, &str)],
         body: Option<Body>,
     ) -> Answer {
+        let body = body.map(|b| reqwest::Body::wrap_stream(b.into_data_stream()));
+        self.send_body(method, url, headers, body).await
+    }
+
+    /// Like [`Browser::send`] with a reqwest body: one made from bytes is sent with a
+    /// `Content-Length` (servers that can't read chunked requests, like WSGI's).
+    pub async fn send_body(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Option<reqwest::Body>,
+    ) -> Answer {
         let parsed = ::url::Url::parse(url).unwrap();
         let mut request = self.client.request(method, url);
         let cookie_header = {
@@ -1225,7 +1238,7 @@ impl Browser {
             request = request.header(*k, *v);
         }
         if let Some(body) = body {
-            request = request.body(reqwest::Body::wrap_stream(body.into_data_stream()));
+            request = request.body(body);
         }
         let response = request
             .send()
@@ -1277,6 +1290,20 @@ impl Browser {
             url,
             &[("content-type", "application/x-www-form-urlencoded")],
             Some(Body::from(body)),
+        )
+        .await
+    }
+
+    /// Like [`Browser::post_form`], with a `Content-Length` instead of a chunked body.
+    pub async fn post_form_sized(&self, url: &str, form: &[(&str, &str)]) -> Answer {
+        let body = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(form)
+            .finish();
+        self.send_body(
+            Method::POST,
+            url,
+            &[("content-type", "application/x-www-form-urlencoded")],
+            Some(reqwest::Body::from(body)),
         )
         .await
     }

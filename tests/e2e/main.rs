@@ -20,6 +20,7 @@ mod otel;
 mod path_confinement;
 mod provider_shapes;
 mod proxying;
+mod real_providers;
 mod scale_out;
 mod sessions;
 mod token_lifecycle;
