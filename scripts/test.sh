@@ -12,9 +12,16 @@
 #                     cargo test; unit tests in src/, e2e tests in tests/e2e against the
 #                     real provider (node demo/provider/provider.mjs)
 #   5. browser test   node --test tests/browser/ (Debian chromium via playwright-core)
-#   6. feature otel   cargo clippy --features otel; the OpenTelemetry unit tests and the
+#   6. deploy         scripts/deploy-check.sh: deploy/portcullis.service through
+#                     systemd-analyze verify/security, deploy/kubernetes/ against the
+#                     Kubernetes API schema (PyPI kubernetes-validate, in a venv), the deploy
+#                     configs loaded; then deploy/Dockerfile built with podman FROM a
+#                     debootstrap bookworm base (made once, cached in
+#                     /var/cache/portcullis-deploy) with target/debug/portcullis, run, and
+#                     its /readyz, HEALTHCHECK, non-root user and data volume checked
+#   7. feature otel   cargo clippy --features otel; the OpenTelemetry unit tests and the
 #                     e2e test `otel::…` with the binary built with the feature (last, so
-#                     the browser test runs the default binary)
+#                     the browser test and the image run the default binary)
 #
 # Every step runs even when an earlier one failed (a suite that can't run is reported as
 # FAILED, never skipped); the summary lists each step with its time, and the exit status is
@@ -158,6 +165,12 @@ npm_install() {
 # Debian packages the tests use: chromium (browser test), redis-server (Redis store tests).
 install_debian_packages() {
   local missing=()
+  # The deploy step: systemd-analyze (systemd), podman with runc (this machine's hybrid
+  # cgroups are refused by crun), debootstrap (the image's base), python3-venv.
+  command -v systemd-analyze >/dev/null || missing+=(systemd)
+  command -v podman >/dev/null || missing+=(podman)
+  command -v runc >/dev/null || missing+=(runc)
+  command -v debootstrap >/dev/null || [[ -x /usr/sbin/debootstrap ]] || missing+=(debootstrap)
   [[ -x /usr/bin/chromium ]] || missing+=(chromium)
   command -v redis-server >/dev/null || [[ -x /usr/bin/redis-server ]] || missing+=(redis-server)
   # nginx: the real upstream of tests/e2e/path_confinement.rs (run as the test's own process).
@@ -166,6 +179,7 @@ install_debian_packages() {
     note "/usr/bin/chromium: $(/usr/bin/chromium --version 2>/dev/null || echo present)"
     note "redis-server: $(redis-server --version 2>/dev/null | head -n 1)"
     note "nginx: $(/usr/sbin/nginx -v 2>&1 | head -n 1)"
+    note "podman: $(podman --version 2>/dev/null), debootstrap, runc, systemd-analyze: present"
     return 0
   fi
   warn "missing Debian packages: ${missing[*]}"
@@ -190,6 +204,13 @@ install_debian_packages() {
     warn "/usr/sbin/nginx still missing after apt-get install"
     return 1
   }
+  local tool
+  for tool in systemd-analyze podman runc; do
+    command -v "$tool" >/dev/null || {
+      warn "$tool still missing after apt-get install"
+      return 1
+    }
+  done
 }
 
 prerequisites() {
@@ -253,10 +274,13 @@ if [[ $build_ok == PASS ]]; then
     run_step "rust tests: cargo test" rust_tests
   fi
   run_step "browser test: node --test tests/browser/" browser_tests
+  run_step "deploy: systemd unit, Kubernetes manifests, configs" show scripts/deploy-check.sh fast
+  run_step "deploy: container image built and run (podman)" show scripts/deploy-check.sh image
   run_step "feature otel: clippy, unit and e2e tests" otel_tests
 else
   not_run "rust tests" "the build failed"
   not_run "browser test" "the build failed"
+  not_run "deploy" "the build failed"
   not_run "feature otel" "the build failed"
 fi
 

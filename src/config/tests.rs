@@ -896,7 +896,10 @@ fn every_deploy_config_loads() {
     assert_eq!(c.server.admin_listen.unwrap().port(), 9091);
     // Without the secrets it is refused: they are not in the file.
     let e = Config::load(&file, []).unwrap_err().to_string();
-    assert!(e.contains("client_secret") || e.contains("session.keys"), "{e}");
+    assert!(
+        e.contains("client_secret") || e.contains("session.keys"),
+        "{e}"
+    );
 
     let yaml = std::fs::read_to_string(root.join("deploy/kubernetes/configmap.yaml")).unwrap();
     let toml = configmap_file(&yaml, "portcullis.toml");
