@@ -6,6 +6,8 @@
 #                     Debian `chromium` and `redis-server` via apt-get when missing (as root,
 #                     otherwise it prints the command to run)
 #   2. lint           cargo fmt --check; cargo clippy --locked --all-targets -- -D warnings
+#                     (its incompatible_msrv lint checks std API use against rust-version);
+#                     rust-version in Cargo.toml is at least every locked dependency's
 #   3. build          cargo build --locked --all-targets (debug: the e2e and browser tests
 #                     run target/debug/portcullis)
 #   4. rust tests     cargo nextest run (+ doctests) if cargo-nextest is installed, else
@@ -228,6 +230,26 @@ prerequisites() {
 
 # ---- 2.–5. lint, build, tests ------------------------------------------------------------
 
+# Cargo.toml's rust-version must be at least the highest rust-version among the locked
+# dependencies (only one toolchain is installed here, so the minimum is measured, not built).
+rust_version_check() {
+  cargo metadata --locked --all-features --format-version 1 | python3 -c '
+import json, sys
+meta = json.load(sys.stdin)
+used = {n["id"] for n in meta["resolve"]["nodes"]}
+def v(s):
+    return tuple(int(x) for x in s.split(".")) + (0,) * (3 - len(s.split(".")))
+ours = next(p for p in meta["packages"] if p["id"] == meta["resolve"]["root"])
+need = max((v(p["rust_version"]), p["name"] + " " + p["version"])
+           for p in meta["packages"] if p["id"] in used and p.get("rust_version")
+           and p["id"] != ours["id"])
+have = v(ours["rust_version"])
+print("rust-version %s; the highest a dependency needs: %s (%s)"
+      % (ours["rust_version"], ".".join(map(str, need[0])), need[1]))
+sys.exit(0 if have >= need[0] else "Cargo.toml rust-version is below what a dependency needs")
+'
+}
+
 rust_tests() {
   if command -v cargo-nextest >/dev/null; then
     show cargo nextest run --locked --no-fail-fast
@@ -262,6 +284,7 @@ browser_tests() {
 run_step "prerequisites (toolchain, node, npm ci, chromium, redis-server)" prerequisites
 run_step "lint: cargo fmt --check" show cargo fmt --all --check
 run_step "lint: cargo clippy" show cargo clippy --locked --all-targets -- -D warnings
+run_step "lint: rust-version covers the locked dependencies" rust_version_check
 run_step "build: cargo build --locked --all-targets" show cargo build --locked --all-targets
 build_ok=${STEP_RESULTS[${#STEP_RESULTS[@]} - 1]}
 
