@@ -210,7 +210,7 @@ base_image() {
   fi
   note "podman import $rootfs as $BASE_IMAGE"
   tar -C "$rootfs" --numeric-owner -c . |
-    timeout 300 "${PODMAN[@]}" import --change 'CMD ["/bin/bash"]' - "$BASE_IMAGE" >/dev/null ||
+    timeout 300 "${PODMAN[@]}" import -q --change 'CMD ["/bin/bash"]' - "$BASE_IMAGE" >/dev/null ||
     fail "podman import failed"
   note "base image: done ($(elapsed "$start"))"
 }
@@ -245,20 +245,36 @@ check_image() {
   need podman podman
   need runc runc
   need curl curl
+  need strip binutils
+  need objdump binutils
   [[ -d demo/provider/node_modules/oidc-provider ]] ||
     fail "demo/provider/node_modules is missing: npm ci in demo/provider"
   [[ -x target/debug/portcullis ]] || fail "target/debug/portcullis is missing (cargo build)"
   # The host's binary runs on the bookworm base only if it needs no newer glibc.
-  ldd target/debug/portcullis | grep -q 'libc.so.6' || fail "unexpected: portcullis not linked to glibc"
+  local libs
+  libs=$(ldd target/debug/portcullis) || fail "ldd target/debug/portcullis failed"
+  grep -q 'libc.so.6' <<<"$libs" || fail "unexpected: portcullis is not linked to glibc"
+  # Its newest glibc symbol version must exist in bookworm's glibc (2.36).
+  local glibc
+  glibc=$(objdump -T target/debug/portcullis | grep -o 'GLIBC_2\.[0-9]*' | sort -t. -k2 -n | tail -n 1)
+  [[ ${glibc#GLIBC_2.} -le 36 ]] || fail "target/debug/portcullis needs $glibc, newer than bookworm's 2.36"
+  note "target/debug/portcullis needs $glibc at most (bookworm has 2.36)"
   base_image
 
   t=$SECONDS
   rm -rf "$WORK/context"
   mkdir -p "$WORK/context"
   strip -o "$WORK/context/portcullis" target/debug/portcullis
+  # --isolation chroot: RUN needs no OCI runtime (see PODMAN above).
   timeout 300 "${PODMAN[@]}" build --isolation chroot --format docker --quiet \
     -f deploy/Dockerfile --build-arg BINARY=prebuilt --build-arg "BASE_IMAGE=$BASE_IMAGE" \
     -t "$IMAGE" "$WORK/context" >/dev/null || fail "podman build failed"
+  # Earlier runs' images (untagged now) and stages: only this Dockerfile's (its labels).
+  local title
+  for title in portcullis portcullis-binary; do
+    "${PODMAN[@]}" image prune -f --filter "label=org.opencontainers.image.title=$title" \
+      >/dev/null || true
+  done
   note "podman build deploy/Dockerfile: ok ($(elapsed "$t"))"
   [[ $("${PODMAN[@]}" image inspect "$IMAGE" --format '{{.Config.User}}') == 10001:10001 ]] ||
     fail "the image's USER is not 10001:10001"
