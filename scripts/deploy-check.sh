@@ -221,11 +221,13 @@ free_port() {
 
 PROVIDER_PID=
 CONTAINER=
+UNIT_CONTAINER=
 VOLUME=
 cleanup_image() {
-  if [[ -n $CONTAINER ]]; then
-    "${PODMAN[@]}" rm -f -t 0 "$CONTAINER" >/dev/null 2>&1 || true
-  fi
+  local c
+  for c in "$CONTAINER" "$UNIT_CONTAINER"; do
+    [[ -z $c ]] || "${PODMAN[@]}" rm -f -t 0 "$c" >/dev/null 2>&1 || true
+  done
   if [[ -n $VOLUME ]]; then
     "${PODMAN[@]}" volume rm -f "$VOLUME" >/dev/null 2>&1 || true
   fi
@@ -285,10 +287,13 @@ check_image() {
   port=$(free_port)
   admin=$(free_port)
   [[ $port != "$admin" ]] || admin=$(free_port)
+  local uport uadmin
+  uport=$(free_port)
+  uadmin=$(free_port)
   # The test provider on loopback, with the client the shipped config names.
   local provider_log="$WORK/provider.log"
   coproc PROVIDER {
-    PROVIDER_CONFIG="{\"port\":0,\"keysFile\":\"$WORK/provider-keys.json\",\"clients\":[{\"client_id\":\"portcullis\",\"client_secret\":\"deploy-check-secret\",\"redirect_uris\":[\"http://127.0.0.1:$port/bff/callback\"]}]}" \
+    PROVIDER_CONFIG="{\"port\":0,\"keysFile\":\"$WORK/provider-keys.json\",\"clients\":[{\"client_id\":\"portcullis\",\"client_secret\":\"deploy-check-secret\",\"redirect_uris\":[\"http://127.0.0.1:$port/bff/callback\",\"http://127.0.0.1:$uport/bff/callback\"]}]}" \
       exec node demo/provider/provider.mjs 2>"$provider_log"
   }
   PROVIDER_PID=$PROVIDER_PID
@@ -372,9 +377,108 @@ check_image() {
     fail "the container exited with $code after SIGTERM"
   }
   note "SIGTERM: exited 0 ($(elapsed "$t"))"
+  note "image: passed ($(elapsed "$start"))"
+
+  check_unit_runs "$issuer" "$uport" "$uadmin"
   cleanup_image
   trap - EXIT
-  note "image: passed ($(elapsed "$start"))"
+}
+
+# deploy/portcullis.service started by a real systemd (PID 1 of a podman container made
+# from the same debootstrap base with Debian's systemd): the sandbox lets Portcullis run.
+SYSTEMD_IMAGE=localhost/portcullis-systemd:bookworm
+unit_exec() { "${PODMAN[@]}" exec "$UNIT_CONTAINER" "$@"; }
+unit_journal() {
+  echo "--- journalctl -u portcullis:" >&2
+  unit_exec journalctl -u portcullis --no-pager 2>&1 | tail -n 30 >&2 || true
+}
+check_unit_runs() {
+  local issuer=$1 port=$2 admin=$3 start=$SECONDS i code pid status uid
+  if ! "${PODMAN[@]}" image exists "$SYSTEMD_IMAGE"; then
+    note "building $SYSTEMD_IMAGE (the base + Debian's systemd and procps; once)"
+    mkdir -p "$WORK/systemd-image"
+    cat >"$WORK/systemd-image/Containerfile" <<CONTAINERFILE
+FROM $BASE_IMAGE
+RUN apt-get update && apt-get install -y --no-install-recommends systemd systemd-sysv procps \
+ && rm -rf /var/lib/apt/lists/*
+CMD ["/sbin/init"]
+CONTAINERFILE
+    timeout 600 "${PODMAN[@]}" build --isolation chroot --quiet -t "$SYSTEMD_IMAGE" \
+      "$WORK/systemd-image" >/dev/null || fail "building $SYSTEMD_IMAGE failed"
+  fi
+  UNIT_CONTAINER="portcullis-unit-check-$$"
+  "${PODMAN[@]}" run -d --name "$UNIT_CONTAINER" --network host --systemd=always \
+    --ulimit nofile=4096:4096 --ulimit nproc=4096:4096 "$SYSTEMD_IMAGE" >/dev/null ||
+    fail "podman run $SYSTEMD_IMAGE failed"
+  status=
+  for ((i = 0; i < 150; i++)); do
+    status=$(unit_exec systemctl is-system-running 2>/dev/null || true)
+    [[ $status == running || $status == degraded ]] && break
+    sleep 0.2
+  done
+  [[ $status == running || $status == degraded ]] || fail "systemd did not start: $status"
+  "${PODMAN[@]}" cp "$WORK/context/portcullis" "$UNIT_CONTAINER:/usr/local/bin/portcullis"
+  unit_exec install -d -m 0755 /etc/portcullis
+  "${PODMAN[@]}" cp deploy/portcullis.toml "$UNIT_CONTAINER:/etc/portcullis/portcullis.toml"
+  "${PODMAN[@]}" cp deploy/portcullis.service \
+    "$UNIT_CONTAINER:/etc/systemd/system/portcullis.service"
+  cat >"$WORK/secrets.env" <<SECRETS
+PORTCULLIS_OIDC__CLIENT_SECRET=deploy-check-secret
+PORTCULLIS_SESSION__KEYS=["hekyQHTosvculEk8CMUKNgwBC6Y3BzZ7iPc9C1RuEJI"]
+PORTCULLIS_OIDC__ISSUER=$issuer
+PORTCULLIS_SERVER__LISTEN=127.0.0.1:$port
+PORTCULLIS_SERVER__ADMIN_LISTEN=127.0.0.1:$admin
+PORTCULLIS_SERVER__PUBLIC_ORIGIN=http://127.0.0.1:$port
+PORTCULLIS_OIDC__POST_LOGOUT_REDIRECT_URI=http://127.0.0.1:$port/
+SECRETS
+  "${PODMAN[@]}" cp "$WORK/secrets.env" "$UNIT_CONTAINER:/etc/portcullis/secrets.env"
+  unit_exec sh -c 'chmod 0600 /etc/portcullis/secrets.env && systemctl daemon-reload &&
+    systemctl start portcullis' || {
+    unit_journal
+    fail "systemctl start portcullis failed"
+  }
+  code=
+  for ((i = 0; i < 150; i++)); do
+    code=$(curl -s -o "$WORK/readyz.json" -w '%{http_code}' --max-time 2 \
+      "http://127.0.0.1:$admin/readyz" || true)
+    [[ $code == 200 ]] && break
+    unit_exec systemctl is-active --quiet portcullis || {
+      unit_journal
+      fail "portcullis.service stopped"
+    }
+    sleep 0.2
+  done
+  [[ $code == 200 ]] || {
+    unit_journal
+    fail "/readyz of the unit answered ${code:-nothing} after 30 s"
+  }
+  note "systemd unit: active, /readyz 200 $(cat "$WORK/readyz.json")"
+  pid=$(unit_exec systemctl show -p MainPID --value portcullis)
+  status=$(unit_exec cat "/proc/$pid/status")
+  uid=$(awk '/^Uid:/ { print $2 }' <<<"$status")
+  [[ -n $uid && $uid != 0 ]] || fail "the unit runs as root"
+  grep -qx $'NoNewPrivs:\t1' <<<"$status" || fail "the unit's process may gain privileges"
+  grep -qx $'Seccomp:\t2' <<<"$status" || fail "the unit's process has no seccomp filter"
+  grep -qx $'CapEff:\t0000000000000000' <<<"$status" || fail "the unit's process has capabilities"
+  [[ $(unit_exec stat -c %u /var/lib/private/portcullis/portcullis.db) == "$uid" ]] ||
+    fail "the unit's SQLite DB is not in its StateDirectory, owned by its dynamic user"
+  note "systemd unit: dynamic uid $uid, no capabilities, seccomp, no new privileges, DB in /var/lib/portcullis"
+  unit_exec systemctl reload portcullis || {
+    unit_journal
+    fail "systemctl reload portcullis failed"
+  }
+  sleep 0.5
+  unit_exec systemctl is-active --quiet portcullis || fail "portcullis.service died at reload"
+  unit_exec journalctl -u portcullis --no-pager | grep -q 'SIGHUP' ||
+    fail "reload did not reach Portcullis (no SIGHUP in its log)"
+  note "systemd unit: reload (SIGHUP) reached it, still active"
+  unit_exec systemctl stop portcullis || fail "systemctl stop portcullis failed"
+  [[ $(unit_exec systemctl show -p Result --value portcullis) == success ]] || {
+    unit_journal
+    fail "portcullis.service did not stop cleanly"
+  }
+  note "systemd unit: stopped by SIGTERM, result success"
+  note "systemd unit run: passed ($(elapsed "$start"))"
 }
 
 mkdir -p "$WORK"
