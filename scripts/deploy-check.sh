@@ -14,7 +14,11 @@
 #               with a read-only root, the shipped deploy/portcullis.toml mounted, a data
 #               volume, and the test provider (demo/provider) on loopback: `check` passes,
 #               /readyz answers 200, the HEALTHCHECK is healthy, the process is uid 10001,
-#               the SQLite DB is written in /var/lib/portcullis, SIGTERM stops it cleanly
+#               the SQLite DB is written in /var/lib/portcullis, SIGTERM stops it cleanly;
+#               then deploy/portcullis.service is started by a real systemd (PID 1 of a
+#               podman container from the same base plus Debian's systemd): active,
+#               /readyz 200, a dynamic non-root user without capabilities, seccomp on,
+#               the DB in its StateDirectory, `systemctl reload` (SIGHUP) and stop clean
 #
 # Usage: scripts/deploy-check.sh [fast|image|all]   (default all; fast = systemd,
 # kubernetes, config). Missing tools are installed with apt-get / pip (as root); if that

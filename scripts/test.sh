@@ -20,7 +20,8 @@
 #                     configs loaded; then deploy/Dockerfile built with podman FROM a
 #                     debootstrap bookworm base (made once, cached in
 #                     /var/cache/portcullis-deploy) with target/debug/portcullis, run, and
-#                     its /readyz, HEALTHCHECK, non-root user and data volume checked
+#                     its /readyz, HEALTHCHECK, non-root user and data volume checked; the
+#                     systemd unit started by a real systemd in a podman container
 #   7. feature otel   cargo clippy --features otel; the OpenTelemetry unit tests and the
 #                     e2e test `otel::…` with the binary built with the feature (last, so
 #                     the browser test and the image run the default binary)
@@ -298,7 +299,7 @@ if [[ $build_ok == PASS ]]; then
   fi
   run_step "browser test: node --test tests/browser/" browser_tests
   run_step "deploy: systemd unit, Kubernetes manifests, configs" show scripts/deploy-check.sh fast
-  run_step "deploy: container image built and run (podman)" show scripts/deploy-check.sh image
+  run_step "deploy: container image and systemd unit run (podman)" show scripts/deploy-check.sh image
   run_step "feature otel: clippy, unit and e2e tests" otel_tests
 else
   not_run "rust tests" "the build failed"
