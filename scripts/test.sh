@@ -8,15 +8,25 @@
 #                     (pip, tests/providers/dot/requirements.txt) for the
 #                     django-oauth-toolkit provider
 #   2. lint           cargo fmt --check; cargo clippy --locked --all-targets -- -D warnings
+#                     (its incompatible_msrv lint checks std API use against rust-version);
+#                     rust-version in Cargo.toml is at least every locked dependency's
 #   3. build          cargo build --locked --all-targets (debug: the e2e and browser tests
 #                     run target/debug/portcullis)
 #   4. rust tests     cargo nextest run (+ doctests) if cargo-nextest is installed, else
 #                     cargo test; unit tests in src/, e2e tests in tests/e2e against the
 #                     real provider (node demo/provider/provider.mjs)
 #   5. browser test   node --test tests/browser/ (Debian chromium via playwright-core)
-#   6. feature otel   cargo clippy --features otel; the OpenTelemetry unit tests and the
+#   6. deploy         scripts/deploy-check.sh: deploy/portcullis.service through
+#                     systemd-analyze verify/security, deploy/kubernetes/ against the
+#                     Kubernetes API schema (PyPI kubernetes-validate, in a venv), the deploy
+#                     configs loaded; then deploy/Dockerfile built with podman FROM a
+#                     debootstrap bookworm base (made once, cached in
+#                     /var/cache/portcullis-deploy) with target/debug/portcullis, run, and
+#                     its /readyz, HEALTHCHECK, non-root user and data volume checked; the
+#                     systemd unit started by a real systemd in a podman container
+#   7. feature otel   cargo clippy --features otel; the OpenTelemetry unit tests and the
 #                     e2e test `otel::…` with the binary built with the feature (last, so
-#                     the browser test runs the default binary)
+#                     the browser test and the image run the default binary)
 #
 # Every step runs even when an earlier one failed (a suite that can't run is reported as
 # FAILED, never skipped); the summary lists each step with its time, and the exit status is
@@ -161,6 +171,12 @@ npm_install() {
 # nginx and glewlwyd (e2e).
 install_debian_packages() {
   local missing=()
+  # The deploy step: systemd-analyze (systemd), podman with runc (this machine's hybrid
+  # cgroups are refused by crun), debootstrap (the image's base), python3-venv.
+  command -v systemd-analyze >/dev/null || missing+=(systemd)
+  command -v podman >/dev/null || missing+=(podman)
+  command -v runc >/dev/null || missing+=(runc)
+  command -v debootstrap >/dev/null || [[ -x /usr/sbin/debootstrap ]] || missing+=(debootstrap)
   [[ -x /usr/bin/chromium ]] || missing+=(chromium)
   command -v redis-server >/dev/null || [[ -x /usr/bin/redis-server ]] || missing+=(redis-server)
   # nginx: the real upstream of tests/e2e/path_confinement.rs (run as the test's own process).
@@ -175,6 +191,7 @@ install_debian_packages() {
     note "redis-server: $(redis-server --version 2>/dev/null | head -n 1)"
     note "nginx: $(/usr/sbin/nginx -v 2>&1 | head -n 1)"
     note "glewlwyd: $(dpkg-query -W -f '${Version}' glewlwyd 2>/dev/null || echo present)"
+    note "podman: $(podman --version 2>/dev/null), debootstrap, runc, systemd-analyze: present"
     return 0
   fi
   warn "missing Debian packages: ${missing[*]}"
@@ -203,6 +220,13 @@ install_debian_packages() {
     warn "/usr/bin/glewlwyd still missing after apt-get install"
     return 1
   }
+  local tool
+  for tool in systemd-analyze podman runc; do
+    command -v "$tool" >/dev/null || {
+      warn "$tool still missing after apt-get install"
+      return 1
+    }
+  done
 }
 
 # The django-oauth-toolkit test provider (tests/e2e/real_providers.rs) runs in the venv
@@ -250,6 +274,26 @@ prerequisites() {
 
 # ---- 2.–5. lint, build, tests ------------------------------------------------------------
 
+# Cargo.toml's rust-version must be at least the highest rust-version among the locked
+# dependencies (only one toolchain is installed here, so the minimum is measured, not built).
+rust_version_check() {
+  cargo metadata --locked --all-features --format-version 1 | python3 -c '
+import json, sys
+meta = json.load(sys.stdin)
+used = {n["id"] for n in meta["resolve"]["nodes"]}
+def v(s):
+    return tuple(int(x) for x in s.split(".")) + (0,) * (3 - len(s.split(".")))
+ours = next(p for p in meta["packages"] if p["id"] == meta["resolve"]["root"])
+need = max((v(p["rust_version"]), p["name"] + " " + p["version"])
+           for p in meta["packages"] if p["id"] in used and p.get("rust_version")
+           and p["id"] != ours["id"])
+have = v(ours["rust_version"])
+print("rust-version %s; the highest a dependency needs: %s (%s)"
+      % (ours["rust_version"], ".".join(map(str, need[0])), need[1]))
+sys.exit(0 if have >= need[0] else "Cargo.toml rust-version is below what a dependency needs")
+'
+}
+
 rust_tests() {
   if command -v cargo-nextest >/dev/null; then
     show cargo nextest run --locked --no-fail-fast
@@ -284,6 +328,7 @@ browser_tests() {
 run_step "prerequisites (toolchain, node, npm ci, chromium, redis-server, python venv)" prerequisites
 run_step "lint: cargo fmt --check" show cargo fmt --all --check
 run_step "lint: cargo clippy" show cargo clippy --locked --all-targets -- -D warnings
+run_step "lint: rust-version covers the locked dependencies" rust_version_check
 run_step "build: cargo build --locked --all-targets" show cargo build --locked --all-targets
 build_ok=${STEP_RESULTS[${#STEP_RESULTS[@]} - 1]}
 
@@ -296,10 +341,13 @@ if [[ $build_ok == PASS ]]; then
     run_step "rust tests: cargo test" rust_tests
   fi
   run_step "browser test: node --test tests/browser/" browser_tests
+  run_step "deploy: systemd unit, Kubernetes manifests, configs" show scripts/deploy-check.sh fast
+  run_step "deploy: container image and systemd unit run (podman)" show scripts/deploy-check.sh image
   run_step "feature otel: clippy, unit and e2e tests" otel_tests
 else
   not_run "rust tests" "the build failed"
   not_run "browser test" "the build failed"
+  not_run "deploy" "the build failed"
   not_run "feature otel" "the build failed"
 fi
 

@@ -879,6 +879,69 @@ fn every_example_config_in_the_repo_loads() {
     assert_eq!(demo.frontend().routes[0].prefix, "/api");
 }
 
+/// The configs shipped in deploy/ (the container's and systemd's file, and the one the
+/// Kubernetes ConfigMap embeds) load with their secrets from the environment, as the
+/// Dockerfile, the unit and the Deployment pass them.
+#[test]
+fn every_deploy_config_loads() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let env = |extra: &[(&str, &str)]| {
+        let mut env = vec![
+            ("PORTCULLIS_OIDC__CLIENT_SECRET", "from-the-secret"),
+            (
+                "PORTCULLIS_SESSION__KEYS",
+                r#"["hekyQHTosvculEk8CMUKNgwBC6Y3BzZ7iPc9C1RuEJI"]"#,
+            ),
+        ];
+        env.extend_from_slice(extra);
+        env.into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect::<Vec<_>>()
+    };
+
+    let file = root.join("deploy/portcullis.toml");
+    let c = Config::load(&file, env(&[]))
+        .unwrap_or_else(|e| panic!("deploy/portcullis.toml does not load: {e}"));
+    assert_eq!(c.session.store, StoreKind::Sqlite);
+    assert!(c.session.sqlite_path.is_absolute());
+    assert!(c.session.sqlite_path.starts_with("/var/lib/portcullis"));
+    assert_eq!(c.server.admin_listen.unwrap().port(), 9091);
+    // Without the secrets it is refused: they are not in the file.
+    let e = Config::load(&file, []).unwrap_err().to_string();
+    assert!(
+        e.contains("client_secret") || e.contains("session.keys"),
+        "{e}"
+    );
+
+    let yaml = std::fs::read_to_string(root.join("deploy/kubernetes/configmap.yaml")).unwrap();
+    let toml = configmap_file(&yaml, "portcullis.toml");
+    assert!(toml.contains("[oidc]"), "{toml}");
+    let redis = ("PORTCULLIS_SESSION__REDIS_URL", "redis://:pw@redis:6379/0");
+    let c = Config::from_toml(&toml, env(&[redis]))
+        .unwrap_or_else(|e| panic!("the ConfigMap's portcullis.toml does not load: {e}"));
+    assert_eq!(c.session.store, StoreKind::Redis);
+    assert_eq!(c.server.admin_listen.unwrap().port(), 9091);
+    // The Redis URL comes from the Secret only.
+    assert!(Config::from_toml(&toml, env(&[])).is_err());
+}
+
+/// The text of `key: |` under `data:` in a ConfigMap (a literal block, 4-space indent).
+fn configmap_file(yaml: &str, key: &str) -> String {
+    let start = format!("  {key}: |");
+    let mut lines = yaml.lines().skip_while(|l| *l != start);
+    assert!(lines.next().is_some(), "no `{start}` in the ConfigMap");
+    let mut text = String::new();
+    for line in lines {
+        if let Some(rest) = line.strip_prefix("    ") {
+            text.push_str(rest);
+        } else if !line.trim().is_empty() {
+            break;
+        }
+        text.push('\n');
+    }
+    text
+}
+
 /// A path as a TOML string literal.
 fn toml_string(path: &Path) -> String {
     format!("{:?}", path.display().to_string())
