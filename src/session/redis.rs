@@ -735,6 +735,13 @@ impl SessionStore for RedisStore {
             .query_async(&mut conn)
             .await
             .map_err(unavailable)?;
+        if set.is_some() {
+            // The holder re-reads the session next: never from this instance's cache,
+            // which may not have seen another instance's refresh yet (its invalidation
+            // travels over pub/sub) — a stale copy would spend a rotated refresh token,
+            // and the provider revokes the whole grant on reuse.
+            self.shared.evict(key);
+        }
         Ok(set.is_some())
     }
 
