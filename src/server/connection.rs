@@ -566,6 +566,9 @@ pub struct ClientLimits {
     max: u32,
     trusted: Vec<IpNet>,
     open: DashMap<ClientKey, u32>,
+    /// Woken whenever a connection ends: an accept loop out of descriptors waits for
+    /// it instead of retrying on a timer (see [`AcceptBackoff::failed`]).
+    ended: tokio::sync::Notify,
 }
 
 /// A client address as counted: IPv4 whole, IPv6 by its /64.
@@ -593,6 +596,7 @@ impl ClientLimits {
             max: config.server.max_connections_per_client,
             trusted: config.server.trusted_proxies.clone(),
             open: DashMap::new(),
+            ended: tokio::sync::Notify::new(),
         })
     }
 
@@ -602,7 +606,10 @@ impl ClientLimits {
         let metrics = crate::telemetry::metrics();
         if self.max == 0 || self.trusted.iter().any(|n| n.contains(&peer)) {
             metrics.connections_open.inc();
-            return Some(Slot { counted: None });
+            return Some(Slot {
+                limits: self.clone(),
+                counted: None,
+            });
         }
         let key = ClientKey::of(peer);
         {
@@ -619,25 +626,29 @@ impl ClientLimits {
         }
         metrics.connections_open.inc();
         Some(Slot {
-            counted: Some((self.clone(), key)),
+            limits: self.clone(),
+            counted: Some(key),
         })
     }
 }
 
 /// One open connection, counted until dropped.
 pub struct Slot {
-    counted: Option<(Arc<ClientLimits>, ClientKey)>,
+    limits: Arc<ClientLimits>,
+    /// The client it counts against (`None`: exempt or no cap).
+    counted: Option<ClientKey>,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         crate::telemetry::metrics().connections_open.dec();
-        if let Some((limits, key)) = self.counted.take() {
-            limits.open.remove_if_mut(&key, |_, open| {
+        if let Some(key) = self.counted.take() {
+            self.limits.open.remove_if_mut(&key, |_, open| {
                 *open -= 1;
                 *open == 0
             });
         }
+        self.limits.ended.notify_waiters();
     }
 }
 
@@ -652,6 +663,8 @@ pub struct AcceptBackoff {
 const BACKOFF_MIN: Duration = Duration::from_millis(10);
 const BACKOFF_MAX: Duration = Duration::from_millis(500);
 const LOG_EVERY: Duration = Duration::from_secs(5);
+/// Out of descriptors: the longest wait for a connection to end before trying again.
+const OUT_OF_DESCRIPTORS_WAIT: Duration = Duration::from_secs(2);
 
 impl AcceptBackoff {
     pub fn new() -> Self {
@@ -666,7 +679,11 @@ impl AcceptBackoff {
         self.delay = BACKOFF_MIN;
     }
 
-    pub async fn failed(&mut self, error: &io::Error) {
+    /// Backs off after a failed accept. Out of descriptors, the loop waits until one
+    /// of this process's connections ends (or the longest back-off passes) rather
+    /// than retrying on a timer: a retry at a random moment could take the descriptor
+    /// the admin listener just freed for a health check (its spare).
+    pub async fn failed(&mut self, error: &io::Error, clients: &ClientLimits) {
         crate::telemetry::metrics().accept_errors.inc();
         let now = Instant::now();
         if self.logged.is_none_or(|at| now - at >= LOG_EVERY) {
@@ -681,7 +698,11 @@ impl AcceptBackoff {
         } else {
             self.suppressed += 1;
         }
-        tokio::time::sleep(self.delay).await;
+        if out_of_descriptors(error) {
+            let _ = tokio::time::timeout(OUT_OF_DESCRIPTORS_WAIT, clients.ended.notified()).await;
+        } else {
+            tokio::time::sleep(self.delay).await;
+        }
         self.delay = (self.delay * 2).min(BACKOFF_MAX);
     }
 }

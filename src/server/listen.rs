@@ -259,7 +259,7 @@ async fn worker(
                         a
                     }
                     Err(e) => {
-                        backoff.failed(&e).await;
+                        backoff.failed(&e, &clients).await;
                         continue;
                     }
                 };
