@@ -724,8 +724,7 @@ impl SessionStore for RedisStore {
                 None => {
                     // Expired by Redis: drop the dangling index entry.
                     if let Some(index) = &index {
-                        let _: redis::RedisResult<i64> =
-                            s.conn().await?.srem(index, &member).await;
+                        let _: redis::RedisResult<i64> = s.conn().await?.srem(index, &member).await;
                     }
                 }
             }

@@ -733,6 +733,8 @@ impl RedisServer {
                 "",
                 "--appendonly",
                 "yes",
+                "--appendfsync",
+                "always",
             ])
             .arg("--dir")
             .arg(self.dir.path())
@@ -761,6 +763,18 @@ impl RedisServer {
     pub fn restart(&mut self) {
         self.stop();
         self.spawn();
+    }
+
+    /// Waits until Redis answers PING (not `-LOADING` while it reads its append-only file).
+    pub fn wait_pong(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.command(&["PING"]).starts_with("+PONG") {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server does not answer PING"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Runs a command with redis-cli semantics through a raw RESP exchange.

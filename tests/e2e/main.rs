@@ -18,8 +18,10 @@ mod ops;
 #[cfg(feature = "otel")]
 mod otel;
 mod path_confinement;
+mod process_faults;
 mod provider_shapes;
 mod proxying;
+mod redis_faults;
 mod scale_out;
 mod sessions;
 mod token_lifecycle;
