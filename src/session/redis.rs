@@ -5,7 +5,9 @@
 //!   absolute deadline, so both timeouts hold even if no instance is running.
 //! - `sid:{sid}`, `sub:{sub}` — sets of session keys (the back-channel logout and
 //!   admin lookups); `all` — a sorted set of every key by expiry. Members whose
-//!   session expired are dropped lazily.
+//!   session expired are dropped lazily. A session and its index entries live in
+//!   different slots on Redis Cluster: they are written by separate single-key
+//!   pipelines (the session first), never by one command or script.
 //! - `{pending}:*` — pending logins, all in one hash slot so the caps, the eviction
 //!   and the single-use take are atomic Lua, also on Redis Cluster: `z` (key by
 //!   expiry), `h` (key → data), `o` (`network|expiry|key`, one lexicographic set: a
@@ -318,6 +320,17 @@ impl Shared {
         }
     }
 
+    /// Sends pipelines that each touch one key (one slot on Redis Cluster, where a
+    /// pipeline across slots is refused), all at once. Each is idempotent: sent again
+    /// whole, it gives the same result.
+    async fn send_each(&self, groups: &[Pipeline]) -> Result<(), StoreError> {
+        futures_util::future::try_join_all(groups.iter().map(|pipe| {
+            self.run(move |mut conn, _| async move { pipe.query_async::<()>(&mut conn).await })
+        }))
+        .await?;
+        Ok(())
+    }
+
     fn evict(&self, key: &SessionKey) {
         self.invalidations.fetch_add(1, Ordering::AcqRel);
         self.cache.remove(key);
@@ -576,6 +589,12 @@ impl SessionStore for RedisStore {
         pipe.del(&k).ignore();
         pipe.hset_multiple(&k, &hash_fields(&record)).ignore();
         pipe.expire_at(&k, deadline).ignore();
+        // The session first, then its indexes: an index member whose session does
+        // not exist yet would be dropped as dangling by a concurrent `find`.
+        let pipe = &pipe;
+        s.run(|mut conn, _| async move { pipe.query_async::<()>(&mut conn).await })
+            .await?;
+        let mut pipe = redis::pipe();
         let sub_key = format!("{PREFIX}sub:{}", record.sub);
         pipe.sadd(&sub_key, &member).ignore();
         pipe.cmd("EXPIREAT")
@@ -586,7 +605,9 @@ impl SessionStore for RedisStore {
         pipe.expire_at(&sub_key, record.expires_at)
             .arg("NX")
             .ignore();
+        let mut groups = vec![pipe];
         if let Some(sid) = &record.sid {
+            let mut pipe = redis::pipe();
             let sid_key = format!("{PREFIX}sid:{sid}");
             pipe.sadd(&sid_key, &member).ignore();
             pipe.cmd("EXPIREAT")
@@ -597,13 +618,12 @@ impl SessionStore for RedisStore {
             pipe.expire_at(&sid_key, record.expires_at)
                 .arg("NX")
                 .ignore();
+            groups.push(pipe);
         }
+        let mut pipe = redis::pipe();
         pipe.zadd(ALL, &member, record.expires_at).ignore();
-        // A pipeline, not a transaction: on Redis Cluster these keys live in different
-        // slots. Sent again whole, it gives the same result.
-        let pipe = &pipe;
-        s.run(|mut conn, _| async move { pipe.query_async::<()>(&mut conn).await })
-            .await?;
+        groups.push(pipe);
+        s.send_each(&groups).await?;
         s.evict(&record.key);
         s.publish_invalidation(&mut s.conn().await?, &record.key)
             .await;
@@ -664,16 +684,20 @@ impl SessionStore for RedisStore {
             return Ok(None);
         };
         let member = hex(key);
+        let mut groups = Vec::with_capacity(3);
         let mut pipe = redis::pipe();
         pipe.srem(format!("{PREFIX}sub:{}", record.sub), &member)
             .ignore();
+        groups.push(pipe);
         if let Some(sid) = &record.sid {
+            let mut pipe = redis::pipe();
             pipe.srem(format!("{PREFIX}sid:{sid}"), &member).ignore();
+            groups.push(pipe);
         }
+        let mut pipe = redis::pipe();
         pipe.zrem(ALL, &member).ignore();
-        let pipe = &pipe;
-        s.run(|mut conn, _| async move { pipe.query_async::<()>(&mut conn).await })
-            .await?;
+        groups.push(pipe);
+        s.send_each(&groups).await?;
         Ok(Some(Arc::new(record)))
     }
 

@@ -559,20 +559,27 @@ pub async fn indexes_follow_changes(store: impl SessionStore) {
     );
 }
 
+/// Calls `$callback!($args; every suite test's name)`: the one list of the suite.
+macro_rules! with_suite_names {
+    ($callback:ident!($($args:tt)*)) => {
+        $callback!($($args)*; insert_get_remove, insert_replaces,
+            touch_moves_last_seen_forward_only, find_by_sid_and_sub,
+            expired_sessions_are_swept, pending_logins_are_single_use,
+            pending_logins_expire, pending_logins_are_capped_per_network,
+            a_full_store_evicts_from_the_heaviest_network, pending_caps_hold_under_concurrency,
+            concurrent_sessions_do_not_interfere, update_only_replaces_live_sessions,
+            refresh_lock_is_exclusive_and_leased, refresh_lock_admits_one_of_many,
+            one_time_ids_are_seen_once, indexes_follow_changes,
+            frontend_is_kept);
+    };
+}
+
 macro_rules! store_suite {
     ($backend:ident, $make:expr) => {
         mod $backend {
             #[allow(unused_imports)]
             use super::*;
-            store_suite!(@tests $make; insert_get_remove, insert_replaces,
-                touch_moves_last_seen_forward_only, find_by_sid_and_sub,
-                expired_sessions_are_swept, pending_logins_are_single_use,
-                pending_logins_expire, pending_logins_are_capped_per_network,
-                a_full_store_evicts_from_the_heaviest_network, pending_caps_hold_under_concurrency,
-                concurrent_sessions_do_not_interfere, update_only_replaces_live_sessions,
-                refresh_lock_is_exclusive_and_leased, refresh_lock_admits_one_of_many,
-                one_time_ids_are_seen_once, indexes_follow_changes,
-                frontend_is_kept);
+            with_suite_names!(store_suite!(@tests $make));
         }
     };
     (@tests $make:expr; $($name:ident),*) => {
@@ -583,6 +590,23 @@ macro_rules! store_suite {
                 super::$name(store).await;
             }
         )*
+    };
+}
+
+/// The whole suite, one test after another, on one real Redis Cluster (six
+/// processes are too many to start per test), emptied between tests.
+macro_rules! cluster_suite {
+    (@all; $($name:ident),*) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn redis_cluster_store_suite() {
+            let cluster = RedisCluster::start();
+            $(
+                cluster.flush();
+                eprintln!("cluster: {}", stringify!($name));
+                let store = RedisStore::open(&cluster.url(), 1800).await.unwrap();
+                $name(store).await;
+            )*
+        }
     };
 }
 
@@ -648,6 +672,138 @@ async fn sqlite() -> (SqliteStore, tempfile::TempDir) {
 store_suite!(memory_store, memory());
 store_suite!(sqlite_store, sqlite());
 store_suite!(redis_store, redis());
+with_suite_names!(cluster_suite!(@all));
+
+/// A port for a cluster node: below 55535 (its bus port is 10000 higher, and a node
+/// refuses a bus port above 65535), both free.
+fn cluster_port() -> u16 {
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        if port < 55535 && std::net::TcpListener::bind(("127.0.0.1", port + 10000)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// A Redis Cluster of this test's own: three masters, three replicas, real
+/// `redis-server` processes created with `redis-cli --cluster create`; stopped on drop.
+pub struct RedisCluster {
+    children: Vec<std::process::Child>,
+    pub ports: Vec<u16>,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisCluster {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ports = Vec::new();
+        while ports.len() < 6 {
+            let p = cluster_port();
+            if !ports.contains(&p) {
+                ports.push(p);
+            }
+        }
+        let mut cluster = Self {
+            children: Vec::new(),
+            ports: ports.clone(),
+            _dir: tempfile::TempDir::new().unwrap(),
+        };
+        for &p in &ports {
+            let child = std::process::Command::new("redis-server")
+                .args(["--bind", "127.0.0.1", "--port", &p.to_string(), "--save", "", "--appendonly", "no"])
+                .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"])
+                .args(["--cluster-config-file", &format!("nodes-{p}.conf")])
+                .arg("--dir")
+                .arg(dir.path())
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("redis-server is required for the Redis store tests (./scripts/test.sh installs it)");
+            cluster.children.push(child);
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        for &p in &ports {
+            while std::net::TcpStream::connect(("127.0.0.1", p)).is_err() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "redis-server did not start"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+        let status = std::process::Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(ports.iter().map(|p| format!("127.0.0.1:{p}")))
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect(
+                "redis-cli is required for the Redis Cluster tests (./scripts/test.sh installs it)",
+            );
+        assert!(status.success(), "redis-cli --cluster create: {status}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !ports.iter().all(|&p| {
+            cluster
+                .cli(p, &["CLUSTER", "INFO"])
+                .contains("cluster_state:ok")
+        }) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "cluster_state never ok"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        cluster._dir = dir;
+        cluster
+    }
+
+    fn cli(&self, port: u16, args: &[&str]) -> String {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Empties every master (replicas refuse the write and follow).
+    pub fn flush(&self) {
+        for &p in &self.ports {
+            self.cli(p, &["FLUSHALL"]);
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while self
+            .ports
+            .iter()
+            .any(|&p| self.cli(p, &["DBSIZE"]).trim() != "0")
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the cluster did not empty"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// The README's form: `redis+cluster://h1:p1,h2:p2,…`.
+    pub fn url(&self) -> String {
+        let nodes: Vec<String> = self
+            .ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        format!("redis+cluster://{}", nodes.join(","))
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
 
 #[tokio::test]
 async fn redis_down_is_unavailable_and_recovers() {
