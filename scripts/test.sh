@@ -167,8 +167,8 @@ npm_install() {
   (cd "$dir" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 show npm ci --no-audit --no-fund)
 }
 
-# Debian packages the tests use: chromium (browser test), redis-server (Redis store tests),
-# nginx and glewlwyd (e2e).
+# Debian packages the tests use: chromium (browser test), redis-server and redis-tools
+# (Redis store tests, Redis Cluster via redis-cli), nginx and glewlwyd (e2e).
 install_debian_packages() {
   local missing=()
   # The deploy step: systemd-analyze (systemd), podman with runc (this machine's hybrid
@@ -179,6 +179,8 @@ install_debian_packages() {
   command -v debootstrap >/dev/null || [[ -x /usr/sbin/debootstrap ]] || missing+=(debootstrap)
   [[ -x /usr/bin/chromium ]] || missing+=(chromium)
   command -v redis-server >/dev/null || [[ -x /usr/bin/redis-server ]] || missing+=(redis-server)
+  # redis-cli (package redis-tools, a dependency of redis-server): creates the test Redis Cluster.
+  command -v redis-cli >/dev/null || [[ -x /usr/bin/redis-cli ]] || missing+=(redis-tools)
   # nginx: the real upstream of tests/e2e/path_confinement.rs (run as the test's own process).
   [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
   # glewlwyd: a real OpenID provider of tests/e2e/real_providers.rs, set up by

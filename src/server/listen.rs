@@ -94,7 +94,7 @@ impl Server {
             }
         }
 
-        let first = bind(listen, "server.listen")?;
+        let first = bind_unserved(listen, "server.listen")?;
         let addr = first.local_addr().map_err(|e| e.to_string())?;
         let mut listeners = vec![first];
         for _ in 1..workers {
@@ -104,7 +104,7 @@ impl Server {
 
         let admin_addr = match admin_listen {
             Some(admin) => {
-                let listener = bind(admin, "server.admin_listen")?;
+                let listener = bind_unserved(admin, "server.admin_listen")?;
                 let admin_addr = listener.local_addr().map_err(|e| e.to_string())?;
                 let listener = {
                     let _guard = control.enter();
@@ -197,6 +197,31 @@ impl Server {
 pub fn serve(config: Config) -> Result<(), String> {
     Server::start(config)?.run_until_signal();
     Ok(())
+}
+
+/// Binds the first socket of an address, refusing one another process already
+/// serves: `SO_REUSEPORT` would let a second `portcullis serve` start silently and
+/// take half the traffic. A plain socket (no `SO_REUSEPORT`) bound first fails with
+/// `EADDRINUSE` while anyone listens there; `SO_REUSEADDR` on it lets it pass over
+/// connections left in `TIME_WAIT` by a process that has stopped. It is closed at
+/// once; a process that starts in the moment between the two binds is not detected.
+fn bind_unserved(addr: SocketAddr, key: &str) -> Result<std::net::TcpListener, String> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    if addr.port() != 0 {
+        let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+            .map_err(|e| format!("{key} {addr}: {e}"))?;
+        probe.set_reuse_address(true).map_err(|e| e.to_string())?;
+        match probe.bind(&addr.into()) {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                return Err(format!(
+                    "{key} {addr}: address already in use (another process serves it)"
+                ));
+            }
+            Err(e) => return Err(format!("{key} {addr}: {e}")),
+            Ok(()) => drop(probe),
+        }
+    }
+    bind(addr, key)
 }
 
 fn bind(addr: SocketAddr, key: &str) -> Result<std::net::TcpListener, String> {

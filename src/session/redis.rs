@@ -5,7 +5,9 @@
 //!   absolute deadline, so both timeouts hold even if no instance is running.
 //! - `sid:{sid}`, `sub:{sub}` — sets of session keys (the back-channel logout and
 //!   admin lookups); `all` — a sorted set of every key by expiry. Members whose
-//!   session expired are dropped lazily.
+//!   session expired are dropped lazily. A session and its index entries live in
+//!   different slots on Redis Cluster: they are written by separate single-key
+//!   pipelines (the session first), never by one command or script.
 //! - `{pending}:*` — pending logins, all in one hash slot so the caps, the eviction
 //!   and the single-use take are atomic Lua, also on Redis Cluster: `z` (key by
 //!   expiry), `h` (key → data), `o` (`network|expiry|key`, one lexicographic set: a
@@ -25,6 +27,19 @@
 //! [`StoreError::Unavailable`] (503 `store_unavailable`), never a logout. The
 //! connection manager reconnects by itself; Portcullis may even start while Redis
 //! is down.
+//!
+//! **Reconnects.** After Redis restarts, the pooled connection is dead and the first
+//! command on it fails (broken pipe, reset, EOF). Every call is therefore run by
+//! [`Shared::run`]: a call that failed on a dead connection — never one Redis
+//! answered with an error, never a timeout — is sent once more on a fresh one, so a
+//! restart costs no request. A resend after an unknown outcome must not change the
+//! answer: reads and the idempotent writes (insert, update, touch, unlock, the index
+//! trims) are simply sent again; the lock and the replay cache (`SET NX`) store a
+//! value of their own and, when a resend finds the key taken, compare it (the first
+//! send may have taken it); storing a pending login drops its own earlier copy before
+//! the caps are checked; taking one may find it already taken by the lost first
+//! send, which fails that login as an unknown state — no worse than the 503 without
+//! the resend.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -168,6 +183,13 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(format!("redis: {e}"))
 }
 
+/// Whether a call failed because its connection was dead (broken pipe, reset, EOF,
+/// refused): worth one more try on a fresh connection. An error reply from Redis or
+/// a timeout is not.
+fn connection_was_dead(e: &redis::RedisError) -> bool {
+    e.is_connection_dropped() && !e.is_timeout()
+}
+
 fn hex(key: &SessionKey) -> String {
     key.as_bytes().iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -275,6 +297,38 @@ impl Shared {
         *self.conn.write().await = Some(conn.clone());
         tracing::info!("connected to redis");
         Ok(conn)
+    }
+
+    /// Runs one call; if it failed on a dead connection, once more on a fresh one
+    /// (the connection manager reconnects when a call fails on a dropped connection).
+    /// `op` is told whether it is the resend, for the calls whose answer must be
+    /// read differently then (see the module documentation).
+    async fn run<T, F, Fut>(&self, mut op: F) -> Result<T, StoreError>
+    where
+        F: FnMut(Conn, bool) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let conn = self.conn().await?;
+        match op(conn, false).await {
+            Ok(v) => Ok(v),
+            Err(e) if connection_was_dead(&e) => {
+                tracing::info!(error = %e, "redis connection was dead; sending once more on a fresh one");
+                let conn = self.conn().await?;
+                op(conn, true).await.map_err(unavailable)
+            }
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    /// Sends pipelines that each touch one key (one slot on Redis Cluster, where a
+    /// pipeline across slots is refused), all at once. Each is idempotent: sent again
+    /// whole, it gives the same result.
+    async fn send_each(&self, groups: &[Pipeline]) -> Result<(), StoreError> {
+        futures_util::future::try_join_all(groups.iter().map(|pipe| {
+            self.run(move |mut conn, _| async move { pipe.query_async::<()>(&mut conn).await })
+        }))
+        .await?;
+        Ok(())
     }
 
     fn evict(&self, key: &SessionKey) {
@@ -392,9 +446,8 @@ fn hash_fields(r: &SessionRecord) -> Vec<(&'static str, Vec<u8>)> {
 async fn read_record(
     conn: &mut Conn,
     key: &SessionKey,
-) -> Result<Option<SessionRecord>, StoreError> {
-    let h: std::collections::HashMap<String, Vec<u8>> =
-        conn.hgetall(session_key(key)).await.map_err(unavailable)?;
+) -> redis::RedisResult<Option<SessionRecord>> {
+    let h: std::collections::HashMap<String, Vec<u8>> = conn.hgetall(session_key(key)).await?;
     if h.is_empty() {
         return Ok(None);
     }
@@ -458,6 +511,8 @@ static PUT_PENDING: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
         r"{DROP_PENDING}
           local now = tonumber(ARGV[1])
           for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)) do drop(m) end
+          -- Our own earlier copy (a resend after a lost answer) counts for nothing.
+          if redis.call('HEXISTS', KEYS[2], ARGV[5]) == 1 then drop(ARGV[5]) end
           local net = ARGV[7]
           if redis.call('ZLEXCOUNT', KEYS[4], '[' .. net .. '|', '(' .. net .. '}}')
               >= tonumber(ARGV[3]) then return -1 end
@@ -474,7 +529,6 @@ static PUT_PENDING: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
               redis.call('ZREM', KEYS[5], heavy)
             end
           end
-          if redis.call('HEXISTS', KEYS[2], ARGV[5]) == 1 then drop(ARGV[5]) end
           local om = net .. '|' .. string.format('%012d', tonumber(ARGV[4])) .. '|' .. ARGV[5]
           redis.call('ZADD', KEYS[1], ARGV[4], ARGV[5])
           redis.call('HSET', KEYS[2], ARGV[5], ARGV[6])
@@ -513,8 +567,10 @@ impl SessionStore for RedisStore {
             return Ok(Some(entry.0.clone()));
         }
         let before = s.invalidations.load(Ordering::Acquire);
-        let mut conn = s.conn().await?;
-        let record = read_record(&mut conn, key).await?.map(Arc::new);
+        let record = s
+            .run(|mut conn, _| async move { read_record(&mut conn, key).await })
+            .await?
+            .map(Arc::new);
         if live
             && let Some(r) = &record
             && s.invalidations.load(Ordering::Acquire) == before
@@ -526,7 +582,6 @@ impl SessionStore for RedisStore {
 
     async fn insert(&self, record: Arc<SessionRecord>) -> Result<(), StoreError> {
         let s = &self.shared;
-        let mut conn = s.conn().await?;
         let k = session_key(&record.key);
         let member = hex(&record.key);
         let deadline = s.deadline(&record);
@@ -534,6 +589,12 @@ impl SessionStore for RedisStore {
         pipe.del(&k).ignore();
         pipe.hset_multiple(&k, &hash_fields(&record)).ignore();
         pipe.expire_at(&k, deadline).ignore();
+        // The session first, then its indexes: an index member whose session does
+        // not exist yet would be dropped as dangling by a concurrent `find`.
+        let pipe = &pipe;
+        s.run(|mut conn, _| async move { pipe.query_async::<()>(&mut conn).await })
+            .await?;
+        let mut pipe = redis::pipe();
         let sub_key = format!("{PREFIX}sub:{}", record.sub);
         pipe.sadd(&sub_key, &member).ignore();
         pipe.cmd("EXPIREAT")
@@ -544,7 +605,9 @@ impl SessionStore for RedisStore {
         pipe.expire_at(&sub_key, record.expires_at)
             .arg("NX")
             .ignore();
+        let mut groups = vec![pipe];
         if let Some(sid) = &record.sid {
+            let mut pipe = redis::pipe();
             let sid_key = format!("{PREFIX}sid:{sid}");
             pipe.sadd(&sid_key, &member).ignore();
             pipe.cmd("EXPIREAT")
@@ -555,42 +618,44 @@ impl SessionStore for RedisStore {
             pipe.expire_at(&sid_key, record.expires_at)
                 .arg("NX")
                 .ignore();
+            groups.push(pipe);
         }
+        let mut pipe = redis::pipe();
         pipe.zadd(ALL, &member, record.expires_at).ignore();
-        // A pipeline, not a transaction: on Redis Cluster these keys live in different slots.
-        let _: () = pipe.query_async(&mut conn).await.map_err(unavailable)?;
+        groups.push(pipe);
+        s.send_each(&groups).await?;
         s.evict(&record.key);
-        s.publish_invalidation(&mut conn, &record.key).await;
+        s.publish_invalidation(&mut s.conn().await?, &record.key)
+            .await;
         Ok(())
     }
 
     async fn update(&self, record: Arc<SessionRecord>) -> Result<bool, StoreError> {
         let s = &self.shared;
-        let mut conn = s.conn().await?;
         let mut invocation = UPDATE.key(session_key(&record.key));
         invocation.arg(s.deadline(&record));
         for (field, value) in hash_fields(&record) {
             invocation.arg(field).arg(value);
         }
-        let updated: i64 = invocation
-            .invoke_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
+        let invocation = &invocation;
+        // Replacing with the same fields again is the same replacement.
+        let updated: i64 = s
+            .run(|mut conn, _| async move { invocation.invoke_async(&mut conn).await })
+            .await?;
         s.evict(&record.key);
-        s.publish_invalidation(&mut conn, &record.key).await;
+        s.publish_invalidation(&mut s.conn().await?, &record.key)
+            .await;
         Ok(updated == 1)
     }
 
     async fn touch(&self, key: &SessionKey, last_seen: i64) -> Result<(), StoreError> {
         let s = &self.shared;
-        let mut conn = s.conn().await?;
-        let _: i64 = TOUCH
-            .key(session_key(key))
-            .arg(last_seen)
-            .arg(s.idle)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
+        let mut invocation = TOUCH.key(session_key(key));
+        invocation.arg(last_seen).arg(s.idle);
+        let invocation = &invocation;
+        let _: i64 = s
+            .run(|mut conn, _| async move { invocation.invoke_async(&mut conn).await })
+            .await?;
         // Our own cached copy learns the new last_seen; others re-read within CACHE_TTL.
         if let Some(mut entry) = s.cache.get_mut(key) {
             let r = Arc::make_mut(&mut entry.0);
@@ -601,59 +666,89 @@ impl SessionStore for RedisStore {
 
     async fn remove(&self, key: &SessionKey) -> Result<Option<Arc<SessionRecord>>, StoreError> {
         let s = &self.shared;
-        let mut conn = s.conn().await?;
-        let record = read_record(&mut conn, key).await?;
-        let deleted: i64 = conn.del(session_key(key)).await.map_err(unavailable)?;
+        let record = s
+            .run(|mut conn, _| async move { read_record(&mut conn, key).await })
+            .await?;
+        let k = &session_key(key);
+        // A resend that finds the key gone after the first send's answer was lost:
+        // the first send deleted it.
+        let deleted: bool = s
+            .run(|mut conn, resent| async move {
+                let n: i64 = conn.del(k).await?;
+                Ok(n == 1 || resent)
+            })
+            .await?;
         s.evict(key);
-        s.publish_invalidation(&mut conn, key).await;
-        let Some(record) = record.filter(|_| deleted == 1) else {
+        s.publish_invalidation(&mut s.conn().await?, key).await;
+        let Some(record) = record.filter(|_| deleted) else {
             return Ok(None);
         };
         let member = hex(key);
+        let mut groups = Vec::with_capacity(3);
         let mut pipe = redis::pipe();
         pipe.srem(format!("{PREFIX}sub:{}", record.sub), &member)
             .ignore();
+        groups.push(pipe);
         if let Some(sid) = &record.sid {
+            let mut pipe = redis::pipe();
             pipe.srem(format!("{PREFIX}sid:{sid}"), &member).ignore();
+            groups.push(pipe);
         }
+        let mut pipe = redis::pipe();
         pipe.zrem(ALL, &member).ignore();
-        let _: () = pipe.query_async(&mut conn).await.map_err(unavailable)?;
+        groups.push(pipe);
+        s.send_each(&groups).await?;
         Ok(Some(Arc::new(record)))
     }
 
     async fn find(&self, filter: &SessionFilter) -> Result<Vec<Arc<SessionRecord>>, StoreError> {
         let s = &self.shared;
-        let mut conn = s.conn().await?;
         let (index, members): (Option<String>, Vec<String>) = match filter {
             SessionFilter::All => {
                 let now = super::now_secs();
-                let _: i64 = conn
-                    .zrembyscore(ALL, "-inf", now)
-                    .await
-                    .map_err(unavailable)?;
-                (None, conn.zrange(ALL, 0, -1).await.map_err(unavailable)?)
+                let members = s
+                    .run(|mut conn, _| async move {
+                        let _: i64 = conn.zrembyscore(ALL, "-inf", now).await?;
+                        conn.zrange(ALL, 0, -1).await
+                    })
+                    .await?;
+                (None, members)
             }
             SessionFilter::Sid(sid) => {
                 let k = format!("{PREFIX}sid:{sid}");
-                let m = conn.smembers(&k).await.map_err(unavailable)?;
+                let m = s
+                    .run(|mut conn, _| {
+                        let k = &k;
+                        async move { conn.smembers(k).await }
+                    })
+                    .await?;
                 (Some(k), m)
             }
             SessionFilter::Sub(sub) => {
                 let k = format!("{PREFIX}sub:{sub}");
-                let m = conn.smembers(&k).await.map_err(unavailable)?;
+                let m = s
+                    .run(|mut conn, _| {
+                        let k = &k;
+                        async move { conn.smembers(k).await }
+                    })
+                    .await?;
                 (Some(k), m)
             }
         };
         let mut found = Vec::with_capacity(members.len());
         for member in members {
             let Some(key) = unhex(&member) else { continue };
-            match read_record(&mut conn, &key).await? {
+            let key = &key;
+            match s
+                .run(|mut conn, _| async move { read_record(&mut conn, key).await })
+                .await?
+            {
                 Some(r) if filter.matches(&r) => found.push(Arc::new(r)),
                 Some(_) => {}
                 None => {
                     // Expired by Redis: drop the dangling index entry.
                     if let Some(index) = &index {
-                        let _: redis::RedisResult<i64> = conn.srem(index, &member).await;
+                        let _: redis::RedisResult<i64> = s.conn().await?.srem(index, &member).await;
                     }
                 }
             }
@@ -663,11 +758,10 @@ impl SessionStore for RedisStore {
 
     async fn remove_expired(&self, now: i64, _idle: i64) -> Result<usize, StoreError> {
         // Redis expires sessions itself; only the `all` index needs trimming.
-        let mut conn = self.shared.conn().await?;
-        let n: i64 = conn
-            .zrembyscore(ALL, "-inf", now)
-            .await
-            .map_err(unavailable)?;
+        let n: i64 = self
+            .shared
+            .run(|mut conn, _| async move { conn.zrembyscore(ALL, "-inf", now).await })
+            .await?;
         Ok(n as usize)
     }
 
@@ -677,9 +771,9 @@ impl SessionStore for RedisStore {
         pending: PendingLogin,
         caps: PendingCaps,
     ) -> Result<usize, StoreError> {
-        let mut conn = self.shared.conn().await?;
         let data = serde_json::to_string(&pending).expect("pending login serializes");
-        let evicted: i64 = PUT_PENDING
+        let mut invocation = PUT_PENDING.prepare_invoke();
+        invocation
             .key(PENDING_Z)
             .key(PENDING_H)
             .key(PENDING_N)
@@ -691,10 +785,13 @@ impl SessionStore for RedisStore {
             .arg(pending.expires_at)
             .arg(hex(&key))
             .arg(data)
-            .arg(&pending.network)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
+            .arg(&pending.network);
+        let invocation = &invocation;
+        // A resend drops the first send's copy before the caps are checked.
+        let evicted: i64 = self
+            .shared
+            .run(|mut conn, _| async move { invocation.invoke_async(&mut conn).await })
+            .await?;
         usize::try_from(evicted).map_err(|_| StoreError::PendingFull)
     }
 
@@ -703,17 +800,21 @@ impl SessionStore for RedisStore {
         key: &SessionKey,
         now: i64,
     ) -> Result<Option<PendingLogin>, StoreError> {
-        let mut conn = self.shared.conn().await?;
-        let data: Option<String> = TAKE_PENDING
+        let mut invocation = TAKE_PENDING.prepare_invoke();
+        invocation
             .key(PENDING_Z)
             .key(PENDING_H)
             .key(PENDING_N)
             .key(PENDING_O)
             .key(PENDING_C)
-            .arg(hex(key))
-            .invoke_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
+            .arg(hex(key));
+        let invocation = &invocation;
+        // Single use: a resend after a lost answer finds nothing (an unknown state,
+        // the login fails cleanly), which is no worse than failing without it.
+        let data: Option<String> = self
+            .shared
+            .run(|mut conn, _| async move { invocation.invoke_async(&mut conn).await })
+            .await?;
         Ok(data
             .and_then(|d| serde_json::from_str::<PendingLogin>(&d).ok())
             .filter(|p| now < p.expires_at))
@@ -725,34 +826,47 @@ impl SessionStore for RedisStore {
         owner: &str,
         lease_ms: u64,
     ) -> Result<bool, StoreError> {
-        let mut conn = self.shared.conn().await?;
-        let set: Option<String> = redis::cmd("SET")
-            .arg(format!("{PREFIX}lock:{}", hex(key)))
-            .arg(owner)
-            .arg("NX")
-            .arg("PX")
-            .arg(lease_ms)
-            .query_async(&mut conn)
+        let k = &format!("{PREFIX}lock:{}", hex(key));
+        self.shared
+            .run(|mut conn, resent| async move {
+                let set: Option<String> = redis::cmd("SET")
+                    .arg(k)
+                    .arg(owner)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(lease_ms)
+                    .query_async(&mut conn)
+                    .await?;
+                if set.is_some() {
+                    return Ok(true);
+                }
+                // Taken: by us, if the first send set it and its answer was lost.
+                if resent {
+                    let holder: Option<String> = conn.get(k).await?;
+                    return Ok(holder.as_deref() == Some(owner));
+                }
+                Ok(false)
+            })
             .await
-            .map_err(unavailable)?;
-        if set.is_some() {
-            // The holder re-reads the session next: never from this instance's cache,
-            // which may not have seen another instance's refresh yet (its invalidation
-            // travels over pub/sub) — a stale copy would spend a rotated refresh token,
-            // and the provider revokes the whole grant on reuse.
-            self.shared.evict(key);
-        }
-        Ok(set.is_some())
+            .inspect(|&taken| {
+                if taken {
+                    // The holder re-reads the session next: never from this instance's
+                    // cache, which may not have seen another instance's refresh yet (its
+                    // invalidation travels over pub/sub) — a stale copy would spend a
+                    // rotated refresh token, and the provider revokes the grant on reuse.
+                    self.shared.evict(key);
+                }
+            })
     }
 
     async fn unlock_refresh(&self, key: &SessionKey, owner: &str) -> Result<(), StoreError> {
-        let mut conn = self.shared.conn().await?;
-        let _: i64 = UNLOCK
-            .key(format!("{PREFIX}lock:{}", hex(key)))
-            .arg(owner)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
+        let mut invocation = UNLOCK.key(format!("{PREFIX}lock:{}", hex(key)));
+        invocation.arg(owner);
+        let invocation = &invocation;
+        let _: i64 = self
+            .shared
+            .run(|mut conn, _| async move { invocation.invoke_async(&mut conn).await })
+            .await?;
         Ok(())
     }
 
@@ -760,35 +874,45 @@ impl SessionStore for RedisStore {
         if expires_at <= super::now_secs() {
             return Ok(true); // already past its memory: nothing to remember
         }
-        let mut conn = self.shared.conn().await?;
-        let set: Option<String> = redis::cmd("SET")
-            .arg(format!("{PREFIX}once:{}", hex(&key)))
-            .arg(1)
-            .arg("NX")
-            .arg("EXAT")
-            .arg(expires_at)
-            .query_async(&mut conn)
+        let k = &format!("{PREFIX}once:{}", hex(&key));
+        // A value of this call's own, so that a resend can tell its own first send
+        // from a replay.
+        let mark = &hex(&super::SessionId::generate().key());
+        self.shared
+            .run(|mut conn, resent| async move {
+                let set: Option<String> = redis::cmd("SET")
+                    .arg(k)
+                    .arg(mark)
+                    .arg("NX")
+                    .arg("EXAT")
+                    .arg(expires_at)
+                    .query_async(&mut conn)
+                    .await?;
+                if set.is_some() {
+                    return Ok(true);
+                }
+                if resent {
+                    let seen: Option<String> = conn.get(k).await?;
+                    return Ok(seen.as_deref() == Some(mark));
+                }
+                Ok(false)
+            })
             .await
-            .map_err(unavailable)?;
-        Ok(set.is_some())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        let mut conn = self.shared.conn().await?;
-        let _: String = redis::cmd("PING")
-            .query_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
+        let _: String = self
+            .shared
+            .run(|mut conn, _| async move { redis::cmd("PING").query_async(&mut conn).await })
+            .await?;
         Ok(())
     }
 
     async fn count(&self, now: i64) -> Result<u64, StoreError> {
-        let mut conn = self.shared.conn().await?;
-        let n: u64 = conn
-            .zcount(ALL, format!("({now}"), "+inf")
+        let since = &format!("({now}");
+        self.shared
+            .run(|mut conn, _| async move { conn.zcount(ALL, since, "+inf").await })
             .await
-            .map_err(unavailable)?;
-        Ok(n)
     }
 }
 

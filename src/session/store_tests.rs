@@ -559,20 +559,27 @@ pub async fn indexes_follow_changes(store: impl SessionStore) {
     );
 }
 
+/// Calls `$callback!($args; every suite test's name)`: the one list of the suite.
+macro_rules! with_suite_names {
+    ($callback:ident!($($args:tt)*)) => {
+        $callback!($($args)*; insert_get_remove, insert_replaces,
+            touch_moves_last_seen_forward_only, find_by_sid_and_sub,
+            expired_sessions_are_swept, pending_logins_are_single_use,
+            pending_logins_expire, pending_logins_are_capped_per_network,
+            a_full_store_evicts_from_the_heaviest_network, pending_caps_hold_under_concurrency,
+            concurrent_sessions_do_not_interfere, update_only_replaces_live_sessions,
+            refresh_lock_is_exclusive_and_leased, refresh_lock_admits_one_of_many,
+            one_time_ids_are_seen_once, indexes_follow_changes,
+            frontend_is_kept);
+    };
+}
+
 macro_rules! store_suite {
     ($backend:ident, $make:expr) => {
         mod $backend {
             #[allow(unused_imports)]
             use super::*;
-            store_suite!(@tests $make; insert_get_remove, insert_replaces,
-                touch_moves_last_seen_forward_only, find_by_sid_and_sub,
-                expired_sessions_are_swept, pending_logins_are_single_use,
-                pending_logins_expire, pending_logins_are_capped_per_network,
-                a_full_store_evicts_from_the_heaviest_network, pending_caps_hold_under_concurrency,
-                concurrent_sessions_do_not_interfere, update_only_replaces_live_sessions,
-                refresh_lock_is_exclusive_and_leased, refresh_lock_admits_one_of_many,
-                one_time_ids_are_seen_once, indexes_follow_changes,
-                frontend_is_kept);
+            with_suite_names!(store_suite!(@tests $make));
         }
     };
     (@tests $make:expr; $($name:ident),*) => {
@@ -583,6 +590,23 @@ macro_rules! store_suite {
                 super::$name(store).await;
             }
         )*
+    };
+}
+
+/// The whole suite, one test after another, on one real Redis Cluster (six
+/// processes are too many to start per test), emptied between tests.
+macro_rules! cluster_suite {
+    (@all; $($name:ident),*) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn redis_cluster_store_suite() {
+            let cluster = RedisCluster::start();
+            $(
+                cluster.flush();
+                eprintln!("cluster: {}", stringify!($name));
+                let store = RedisStore::open(&cluster.url(), 1800).await.unwrap();
+                $name(store).await;
+            )*
+        }
     };
 }
 
@@ -648,6 +672,11 @@ async fn sqlite() -> (SqliteStore, tempfile::TempDir) {
 store_suite!(memory_store, memory());
 store_suite!(sqlite_store, sqlite());
 store_suite!(redis_store, redis());
+with_suite_names!(cluster_suite!(@all));
+
+#[path = "../../tests/support/redis_cluster.rs"]
+mod redis_cluster;
+use redis_cluster::RedisCluster;
 
 #[tokio::test]
 async fn redis_down_is_unavailable_and_recovers() {

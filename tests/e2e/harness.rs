@@ -700,8 +700,14 @@ pub struct Env {
     /// More instances behind the same public origin (as behind a load balancer).
     pub others: Vec<Gateway>,
     pub redis: Option<RedisServer>,
+    /// With `store("redis-cluster")`: the real Redis Cluster the instances share.
+    pub redis_cluster: Option<RedisCluster>,
     pub key: String,
 }
+
+#[path = "../support/redis_cluster.rs"]
+mod redis_cluster;
+pub use redis_cluster::RedisCluster;
 
 /// A `redis-server` of the test's own on a free port; `--appendonly` so a restart
 /// keeps what it had. Stopped on drop.
@@ -733,6 +739,8 @@ impl RedisServer {
                 "",
                 "--appendonly",
                 "yes",
+                "--appendfsync",
+                "always",
             ])
             .arg("--dir")
             .arg(self.dir.path())
@@ -761,6 +769,18 @@ impl RedisServer {
     pub fn restart(&mut self) {
         self.stop();
         self.spawn();
+    }
+
+    /// Waits until Redis answers PING (not `-LOADING` while it reads its append-only file).
+    pub fn wait_pong(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.command(&["PING"]).starts_with("+PONG") {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server does not answer PING"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Runs a command with redis-cli semantics through a raw RESP exchange.
@@ -991,6 +1011,12 @@ impl EnvBuilder {
         }
         let provider = Provider::start(provider_config);
         let redis = (self.store == "redis").then(RedisServer::start);
+        let redis_cluster = (self.store == "redis-cluster").then(RedisCluster::start);
+        let redis_url = match (&redis, &redis_cluster) {
+            (Some(r), _) => r.url(),
+            (_, Some(c)) => c.url(),
+            _ => String::new(),
+        };
         let upstream = Upstream::start().await;
         let key = random_key();
         let static_section = match &self.static_dir {
@@ -1054,7 +1080,11 @@ token = "user_or_none"
             auth_method = self.auth_method,
             userinfo = self.userinfo,
             extra_oidc = self.extra_oidc,
-            store = self.store,
+            store = if self.store == "redis-cluster" {
+                "redis"
+            } else {
+                self.store
+            },
             extra_session = self.extra_session,
             extra_tokens = self.extra_tokens,
             extra_security = self.extra_security,
@@ -1062,7 +1092,7 @@ token = "user_or_none"
             upstream = upstream.url(),
             route_timeout = self.route_timeout,
             extra_routes = self.extra_routes.replace("{upstream}", &upstream.url()),
-            redis_url = redis.as_ref().map(RedisServer::url).unwrap_or_default(),
+            redis_url = redis_url,
         );
         let gateway = Gateway::start(port, &config.replace("LISTEN_PORT", &port.to_string()));
         // With the SQLite store, the other instances share the first one's file (one host).
@@ -1085,6 +1115,7 @@ token = "user_or_none"
             gateway,
             others,
             redis,
+            redis_cluster,
             key,
         }
     }

@@ -18,9 +18,11 @@ mod ops;
 #[cfg(feature = "otel")]
 mod otel;
 mod path_confinement;
+mod process_faults;
 mod provider_shapes;
 mod proxying;
 mod real_providers;
+mod redis_faults;
 mod scale_out;
 mod sessions;
 mod token_lifecycle;

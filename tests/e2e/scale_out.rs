@@ -29,9 +29,8 @@ where
     }
 }
 
-#[tokio::test]
-async fn login_on_a_call_on_b_logout_on_b_and_a_refuses_the_cookie() {
-    let env = Env::builder().store("redis").instances(2).start().await;
+async fn login_on_a_call_on_b_logout_on_b_and_a_refuses_the_cookie(store: &'static str) {
+    let env = Env::builder().store(store).instances(2).start().await;
     let (a, b) = (&env.gateway, &env.others[0]);
     let browser = env.browser();
     browser.login(&env, "alice", "alice", "/").await;
@@ -71,10 +70,9 @@ async fn login_on_a_call_on_b_logout_on_b_and_a_refuses_the_cookie() {
     println!("CROSS-INSTANCE: logout on B refused on A after {delay:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_storm_across_two_instances_refreshes_once_per_expiry() {
+async fn a_storm_across_two_instances_refreshes_once_per_expiry(store: &'static str) {
     let env = Env::builder()
-        .store("redis")
+        .store(store)
         .instances(2)
         .access_token_ttl(4)
         .userinfo(false)
@@ -121,7 +119,7 @@ async fn a_storm_across_two_instances_refreshes_once_per_expiry() {
     let (refreshed, refresh_errors) = env.provider.grant_count("refresh_token").await;
     let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
     println!(
-        "STORM (2 instances, redis): {ok} ok, {failed} failed; access tokens used: {}; refresh grants: {refreshed} ok, {refresh_errors} failed",
+        "STORM (2 instances, {store}): {ok} ok, {failed} failed; access tokens used: {}; refresh grants: {refreshed} ok, {refresh_errors} failed",
         tokens.len()
     );
     assert_eq!(failed, 0);
@@ -243,9 +241,8 @@ async fn redis_down_is_503_and_not_ready_then_recovers_by_itself() {
     assert_eq!(Browser::new().get(&env.url("/readyz")).await.status, 200);
 }
 
-#[tokio::test]
-async fn revoking_a_user_from_the_command_line_reaches_every_instance_at_once() {
-    let env = Env::builder().store("redis").instances(2).start().await;
+async fn revoking_a_user_from_the_command_line_reaches_every_instance_at_once(store: &'static str) {
+    let env = Env::builder().store(store).instances(2).start().await;
     let (a, b) = (&env.gateway, &env.others[0]);
     let alice = env.browser();
     let bob = env.browser();
@@ -310,9 +307,8 @@ async fn revoking_a_user_from_the_command_line_reaches_every_instance_at_once() 
     assert!(listed.contains("\"sub\":\"bob\""));
 }
 
-#[tokio::test]
-async fn back_channel_logout_on_one_instance_ends_the_session_on_all() {
-    let env = Env::builder().store("redis").instances(2).start().await;
+async fn back_channel_logout_on_one_instance_ends_the_session_on_all(store: &'static str) {
+    let env = Env::builder().store(store).instances(2).start().await;
     let b = &env.others[0];
     let laptop = env.browser();
     let phone = env.browser();
@@ -334,3 +330,32 @@ async fn back_channel_logout_on_one_instance_ends_the_session_on_all() {
     .await;
     phone.user(&env).await.assert_error(401, "unauthenticated");
 }
+
+/// The tests above, on one Redis and on a real Redis Cluster (3 masters, 3 replicas).
+macro_rules! on_every_redis {
+    ($($name:ident),*) => {
+        mod one_redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name("redis").await;
+                }
+            )*
+        }
+        mod redis_cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name("redis-cluster").await;
+                }
+            )*
+        }
+    };
+}
+
+on_every_redis!(
+    login_on_a_call_on_b_logout_on_b_and_a_refuses_the_cookie,
+    a_storm_across_two_instances_refreshes_once_per_expiry,
+    revoking_a_user_from_the_command_line_reaches_every_instance_at_once,
+    back_channel_logout_on_one_instance_ends_the_session_on_all
+);
