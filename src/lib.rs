@@ -11,7 +11,8 @@
 //! layers below its own; the modules of one layer are siblings and never name each
 //! other. `tests/layers.rs` reads this list and fails on an import that breaks it.
 //!
-//! 1. `error`, `config` — the contract's JSON errors; the configuration tree
+//! 1. `error`, `config`, `primitives` — the contract's JSON errors; the configuration tree;
+//!    random tokens, hashing, constant-time compare, the clock
 //! 2. `telemetry` — logs, metrics, audit events
 //! 3. `session`, `oidc`, `security` — sessions and their stores; the OpenID Connect client; the request rules
 //! 4. `tokens` — the token manager
@@ -27,6 +28,9 @@ pub mod error;
 
 /// Configuration: the serde tree, the environment overlay, `validate()`.
 pub mod config;
+
+/// Random tokens, SHA-256, constant-time comparison, the clock.
+pub mod primitives;
 
 /// Logs, metrics and audit events.
 pub mod telemetry;

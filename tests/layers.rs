@@ -27,11 +27,8 @@ const KNOWN: &[(&str, &str)] = &[
     ("config", "session"),
     ("config", "oidc"),
     ("config", "proxy"),
-    ("error", "telemetry"),
     ("frontend", "proxy"),
     ("frontend", "server"),
-    ("oidc", "session"),
-    ("oidc", "bff"),
     ("proxy", "server"),
     ("proxy", "bff"),
     ("security", "frontend"),
@@ -41,7 +38,6 @@ const KNOWN: &[(&str, &str)] = &[
     ("telemetry", "server"),
     ("telemetry", "security"),
     ("tokens", "server"),
-    ("tokens", "bff"),
     ("tokens", "frontend"),
 ];
 

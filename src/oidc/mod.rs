@@ -27,7 +27,7 @@ pub use discovery::{ProviderMetadata, RevocationSource};
 pub use dpop::DpopKey;
 pub use jwks::JwksCache;
 pub use logout::{BACKCHANNEL_LOGOUT_EVENT, LogoutRequest, check_logout_claims};
-pub use tokens::{IdTokenClaims, TokenResponse, constant_time_eq};
+pub use tokens::{IdTokenClaims, TokenResponse};
 
 use crate::config::{AuthMethod, OidcConfig, ParMode, Secret};
 
@@ -521,7 +521,7 @@ impl Oidc {
     /// the grant (RFC 6749 §5.2), so bad credentials are answered `invalid_client`
     /// and good ones `invalid_grant` (no such code). Nothing is issued or spent.
     pub async fn probe_client_credentials(&self) -> Result<CredentialProbe, OidcError> {
-        let made_up = || crate::session::SessionId::generate().to_cookie_value();
+        let made_up = || crate::primitives::random_token();
         let answer = self
             .token_request(
                 vec![
@@ -678,10 +678,7 @@ impl Oidc {
             if let Some(uri) = &self.post_logout_redirect_uri {
                 q.append_pair("post_logout_redirect_uri", uri);
             }
-            q.append_pair(
-                "state",
-                &crate::session::SessionId::generate().to_cookie_value(),
-            );
+            q.append_pair("state", &crate::primitives::random_token());
         }
         Some(url.into())
     }

@@ -26,6 +26,7 @@ use tower_http::services::{ServeDir, ServeFile};
 pub use listen::{Server, serve};
 
 use crate::config::Config;
+use crate::error::not_found;
 use crate::frontend::Frontends;
 use crate::proxy::UpstreamClient;
 use crate::session::Sessions;
@@ -147,15 +148,6 @@ async fn dispatch(State(state): State<AppState>, request: Request) -> Response {
         Some(s) => serve_static(s, frontend, request).await,
         None => not_found(),
     }
-}
-
-pub(crate) fn not_found() -> Response {
-    (
-        StatusCode::NOT_FOUND,
-        [(header::CACHE_CONTROL, "no-store")],
-        "not found\n",
-    )
-        .into_response()
 }
 
 /// The SPA's files; an unknown GET navigation gets `index.html` when `spa_fallback`.

@@ -27,11 +27,7 @@ pub fn decode_key(text: &str) -> Result<[u8; 32], String> {
 
 /// A fresh random 256-bit key, base64url: what `portcullis keygen` prints.
 pub fn generate_key() -> String {
-    let mut key = [0u8; 32];
-    SystemRandom::new()
-        .fill(&mut key)
-        .expect("the system random generator failed");
-    URL_SAFE_NO_PAD.encode(key)
+    URL_SAFE_NO_PAD.encode(crate::primitives::random_bytes::<32>())
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -27,7 +27,7 @@ use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
 
 pub use metrics::{Metrics, metrics, provider_call};
-pub use request::{ErrorCode, RequestId, X_REQUEST_ID};
+pub use request::{RequestId, X_REQUEST_ID};
 
 use crate::config::LogFormat;
 use crate::session::{EndReason, SessionRecord};

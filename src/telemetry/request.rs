@@ -18,6 +18,7 @@ use axum::response::Response;
 use tracing::Instrument;
 
 use super::metrics::metrics;
+use crate::error::ErrorCode;
 use crate::server::AppState;
 
 /// The request id header, in and out.
@@ -25,10 +26,6 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Longest inbound request id accepted from a trusted proxy.
 const MAX_REQUEST_ID: usize = 128;
-
-/// Put on a response by `ApiError::into_response`: which contract error it is.
-#[derive(Debug, Clone, Copy)]
-pub struct ErrorCode(pub &'static str);
 
 /// The request id of the current request, as an extension (handlers may read it).
 #[derive(Debug, Clone)]

@@ -463,7 +463,7 @@ async fn a_logout_token_for_one_client_never_ends_another_frontends_session() {
         .unwrap()
         .to_owned();
     let token = |aud: &str| {
-        let now = portcullis::session::now_secs();
+        let now = portcullis::primitives::now_secs();
         env.signer.sign(
             &json!({
                 "iss": env.provider.issuer,
