@@ -31,16 +31,7 @@ pub use tokens::{IdTokenClaims, TokenResponse};
 
 use crate::config::{AuthMethod, OidcConfig, ParMode, Secret};
 
-/// Parses an algorithm name from the allow-list. Symmetric and `none` are refused.
-pub fn parse_asymmetric_algorithm(name: &str) -> Result<Algorithm, &'static str> {
-    let alg: Algorithm = name.parse().map_err(|_| "unknown algorithm")?;
-    match alg {
-        Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => {
-            Err("HMAC algorithms are not accepted (they would be keyed with the client secret)")
-        }
-        _ => Ok(alg),
-    }
-}
+pub use crate::config::values::parse_asymmetric_algorithm;
 
 /// Verifies and decodes a JWT with the first of `keys` that validates it (several
 /// candidates exist when a token names no `kid`). The error is the last failure.

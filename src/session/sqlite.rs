@@ -136,7 +136,7 @@ pub struct SqliteOptions {
 
 impl SqliteOptions {
     /// Default of `session.sqlite_cache_size`.
-    pub const DEFAULT_CACHE_SIZE: usize = 100_000;
+    pub const DEFAULT_CACHE_SIZE: usize = crate::config::values::DEFAULT_SQLITE_CACHE_SIZE;
 }
 
 impl Default for SqliteOptions {
