@@ -31,7 +31,6 @@ const KNOWN: &[(&str, &str)] = &[
     ("frontend", "server"),
     ("proxy", "server"),
     ("proxy", "bff"),
-    ("security", "frontend"),
     ("security", "server"),
     ("session", "oidc"),
     ("telemetry", "session"),

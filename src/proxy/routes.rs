@@ -15,7 +15,7 @@ pub struct Route {
     pub label: &'static str,
     pub token: TokenKind,
     pub strip_prefix: bool,
-    /// Whether the `Origin` / `Sec-Fetch-Site` checks apply (security::guard).
+    /// Whether the `Origin` / `Sec-Fetch-Site` checks apply (server::guard).
     pub csrf: bool,
     pub timeout: Duration,
     pub scheme: Scheme,

@@ -9,6 +9,7 @@
 
 pub mod admin;
 mod connection;
+pub mod guard;
 mod listen;
 pub mod tls;
 
@@ -38,7 +39,7 @@ pub struct Gateway {
     pub sessions: Sessions,
     pub frontends: Frontends,
     pub tokens: TokenManager,
-    pub guard: crate::security::GuardConfig,
+    pub guard: guard::GuardConfig,
     pub limits: crate::security::Limits,
 }
 
@@ -59,7 +60,7 @@ impl Gateway {
             http_timeout,
             config.tokens.refresh_timeout,
         );
-        let guard = crate::security::GuardConfig::new(&config);
+        let guard = guard::GuardConfig::new(&config);
         let limits = crate::security::Limits::new(&config);
         Ok(Self {
             config,
@@ -102,7 +103,7 @@ pub fn app(state: AppState) -> Router {
         .fallback(dispatch)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            crate::security::guard,
+            guard::guard,
         ))
         // Methods and Host refused before anything else; nosniff on every answer.
         .layer(axum::middleware::from_fn(crate::security::headers::layer))
