@@ -125,11 +125,6 @@ impl RouteTable {
     pub fn matching(&self, path: &str) -> Option<&Route> {
         self.routes.iter().find(|r| r.serves(path))
     }
-
-    /// Is `path` under any route prefix? (Such paths never fall back to the SPA.)
-    pub fn covers(&self, path: &str) -> bool {
-        self.matching(path).is_some()
-    }
 }
 
 #[cfg(test)]

@@ -144,10 +144,6 @@ impl Sessions {
         &self.store
     }
 
-    pub fn idle_timeout_secs(&self) -> i64 {
-        self.idle
-    }
-
     /// Creates a session with a fresh id and stores it.
     pub async fn create(
         &self,

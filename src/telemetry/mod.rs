@@ -32,11 +32,6 @@ pub use request::{RequestId, X_REQUEST_ID};
 use crate::config::LogFormat;
 use crate::session::{EndReason, SessionRecord};
 
-/// Installs the global subscriber. Safe to call more than once (later calls do nothing).
-pub fn init_logging() {
-    init_logging_with(LogFormat::Auto, None);
-}
-
 /// Installs the global subscriber with the configured format and default level.
 pub fn init_logging_with(format: LogFormat, level: Option<&str>) {
     let filter = EnvFilter::try_from_default_env()
