@@ -7,6 +7,21 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+/// Put on a response by `ApiError::into_response`: which contract error it is (the
+/// request layer counts it).
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorCode(pub &'static str);
+
+/// The one not-found answer: a plain 404 that is never cached.
+pub fn not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        [(header::CACHE_CONTROL, "no-store")],
+        "not found\n",
+    )
+        .into_response()
+}
+
 /// Who caused a failure: decides the status, the metric label and whether a retry can help.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
@@ -149,9 +164,7 @@ impl IntoResponse for ApiError {
         });
         let mut response = (self.status(), axum::Json(body)).into_response();
         // For the request layer's metrics and audit events (`telemetry::request`).
-        response
-            .extensions_mut()
-            .insert(crate::telemetry::ErrorCode(self.code()));
+        response.extensions_mut().insert(ErrorCode(self.code()));
         let headers = response.headers_mut();
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         match self {

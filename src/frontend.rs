@@ -170,7 +170,7 @@ impl FromRequestParts<crate::server::AppState> for Current {
     ) -> Result<Self, Self::Rejection> {
         match state.gw.frontends.select(&parts.uri, &parts.headers) {
             Some(f) if f.bff_path(parts.uri.path()).is_some() => Ok(Self(f.clone())),
-            _ => Err(crate::server::not_found()),
+            _ => Err(crate::error::not_found()),
         }
     }
 }

@@ -45,7 +45,7 @@ pub fn filler(len: usize, seed: u64) -> String {
 
 pub fn tokens(seed: u64) -> Tokens {
     let (access, refresh, id) = token_sizes();
-    let now = portcullis::session::now_secs();
+    let now = portcullis::primitives::now_secs();
     Tokens {
         access_token: filler(access, seed),
         token_type: "Bearer".into(),

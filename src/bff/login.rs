@@ -1,20 +1,19 @@
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::{current_session, random_token};
+use super::current_session;
 use crate::error::ApiError;
 use crate::frontend::Current;
 use crate::oidc::OidcError;
+use crate::primitives::{constant_time_eq, now_secs, random_token, sha256_b64url};
 use crate::security::limits::ClientNetwork;
 use crate::server::AppState;
 use crate::session::{
     EndReason, NewSession, PendingCaps, PendingLogin, SessionKey, SessionStore, StoreError, Tokens,
-    cookie, now_secs,
+    cookie,
 };
 
 #[derive(Deserialize)]
@@ -149,10 +148,7 @@ pub async fn login(
     let login_state = random_token();
     let nonce = random_token();
     let verifier = random_token();
-    let challenge = URL_SAFE_NO_PAD.encode(aws_lc_rs::digest::digest(
-        &aws_lc_rs::digest::SHA256,
-        verifier.as_bytes(),
-    ));
+    let challenge = sha256_b64url(verifier.as_bytes());
 
     let earlier = bindings(cookie::find(&headers, &fe.login_cookie));
     let binding = random_token();
@@ -253,7 +249,7 @@ pub async fn callback(
     let binding_ok = bindings(cookie::find(&headers, &fe.login_cookie))
         .iter()
         .fold(false, |ok, b| {
-            crate::oidc::constant_time_eq(hash_b64(b).as_bytes(), pending.binding.as_bytes()) | ok
+            constant_time_eq(hash_b64(b).as_bytes(), pending.binding.as_bytes()) | ok
         });
     if !binding_ok {
         return Err(ApiError::invalid(
@@ -386,10 +382,7 @@ fn user_claims(mut claims: Map<String, Value>) -> Map<String, Value> {
 }
 
 fn hash_b64(value: &str) -> String {
-    URL_SAFE_NO_PAD.encode(aws_lc_rs::digest::digest(
-        &aws_lc_rs::digest::SHA256,
-        value.as_bytes(),
-    ))
+    sha256_b64url(value.as_bytes())
 }
 
 fn provider_down(e: OidcError) -> ApiError {

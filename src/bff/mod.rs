@@ -85,8 +85,3 @@ pub fn logout_sid(record: &SessionRecord) -> String {
         }
     }
 }
-
-/// A random 256-bit value, base64url: state, nonce, PKCE verifier, binding cookie.
-pub(crate) fn random_token() -> String {
-    crate::session::SessionId::generate().to_cookie_value()
-}

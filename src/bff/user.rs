@@ -76,7 +76,7 @@ pub async fn logout(
             None => redirect(&after_logout(&fe), []),
         });
     };
-    if !crate::oidc::constant_time_eq(sid.as_bytes(), logout_sid(&record).as_bytes()) {
+    if !crate::primitives::constant_time_eq(sid.as_bytes(), logout_sid(&record).as_bytes()) {
         return Err(ApiError::invalid("sid does not match the session"));
     }
     let to = end_session(&state, &fe, &record).await?;

@@ -118,7 +118,7 @@ impl FrontendConfig {
     /// else the contract's `__Host-portcullis-login`.
     pub fn login_cookie_name(&self) -> String {
         match self.index {
-            None => crate::session::cookie::LOGIN_COOKIE.to_owned(),
+            None => super::values::LOGIN_COOKIE.to_owned(),
             Some(_) => format!("{}-login", self.cookie_name),
         }
     }

@@ -20,6 +20,7 @@ use url::Url;
 
 mod frontends;
 mod secret;
+pub mod values;
 pub use frontends::FrontendConfig;
 pub use secret::Secret;
 
@@ -551,7 +552,7 @@ fn default_max_pending() -> usize {
 /// Largest `session.sqlite_cache_size`: ten million sessions are tens of GiB.
 const MAX_SQLITE_CACHE_SIZE: usize = 10_000_000;
 fn default_sqlite_cache_size() -> usize {
-    crate::session::SqliteOptions::DEFAULT_CACHE_SIZE
+    values::DEFAULT_SQLITE_CACHE_SIZE
 }
 fn default_sqlite_path() -> PathBuf {
     PathBuf::from("portcullis.db")
@@ -837,7 +838,7 @@ impl Config {
             ));
         }
         for (i, key) in session.keys.iter().enumerate() {
-            crate::session::cipher::decode_key(key.expose())
+            values::decode_key(key.expose())
                 .map_err(|why| invalid(&format!("session.keys[{i}]"), why))?;
         }
         if !session.cookie_name.starts_with("__Host-") {
@@ -1045,7 +1046,7 @@ fn validate_oidc(oidc: &OidcConfig, prefix: &str) -> Result<(), ConfigError> {
         ));
     }
     for alg in &oidc.id_token_algorithms {
-        crate::oidc::parse_asymmetric_algorithm(alg).map_err(|why| {
+        values::parse_asymmetric_algorithm(alg).map_err(|why| {
             invalid(
                 &format!("{prefix}oidc.id_token_algorithms"),
                 format!("{alg:?}: {why}"),

@@ -53,14 +53,14 @@ impl ClientKey {
 
     /// A fresh client assertion for `audience`.
     pub fn assertion(&self, client_id: &str, audience: &str) -> Result<String, String> {
-        let now = crate::session::now_secs();
+        let now = crate::primitives::now_secs();
         let mut header = Header::new(self.alg);
         header.kid = self.kid.clone();
         let claims = json!({
             "iss": client_id,
             "sub": client_id,
             "aud": audience,
-            "jti": crate::bff::random_token(),
+            "jti": crate::primitives::random_token(),
             "iat": now,
             "exp": now + 60,
         });

@@ -21,7 +21,6 @@
 
 use std::sync::RwLock;
 
-use aws_lc_rs::digest;
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -121,10 +120,10 @@ impl DpopKey {
         header.typ = Some("dpop+jwt".to_owned());
         header.jwk = Some(self.jwk.clone());
         let claims = ProofClaims {
-            jti: crate::bff::random_token(),
+            jti: crate::primitives::random_token(),
             htm,
             htu,
-            iat: crate::session::now_secs(),
+            iat: crate::primitives::now_secs(),
             nonce,
             ath: access_token.map(ath),
         };
@@ -134,7 +133,7 @@ impl DpopKey {
 
 /// `ath`: base64url SHA-256 of the access token's ASCII text (§4.2).
 pub fn ath(access_token: &str) -> String {
-    URL_SAFE_NO_PAD.encode(digest::digest(&digest::SHA256, access_token.as_bytes()))
+    crate::primitives::sha256_b64url(access_token.as_bytes())
 }
 
 /// `htu` of a request URI (§4.2, §4.3): scheme and host lower case, the default port
@@ -257,7 +256,7 @@ mod tests {
         );
         assert_eq!(claims["ath"], ath("AT"));
         let iat = claims["iat"].as_i64().unwrap();
-        assert!((iat - crate::session::now_secs()).abs() <= 1);
+        assert!((iat - crate::primitives::now_secs()).abs() <= 1);
         assert!(claims["jti"].as_str().unwrap().len() >= 32);
         // Token endpoint proofs: no nonce unless given, no ath.
         let (_, plain) = verify(&key.proof("POST", "https://op/token", None, None).unwrap());

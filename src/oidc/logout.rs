@@ -9,7 +9,7 @@ use jsonwebtoken::{Validation, decode_header};
 use serde_json::{Map, Value};
 
 use super::{Oidc, OidcError};
-use crate::session::now_secs;
+use crate::primitives::now_secs;
 
 pub const BACKCHANNEL_LOGOUT_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
 

@@ -27,20 +27,11 @@ pub use discovery::{ProviderMetadata, RevocationSource};
 pub use dpop::DpopKey;
 pub use jwks::JwksCache;
 pub use logout::{BACKCHANNEL_LOGOUT_EVENT, LogoutRequest, check_logout_claims};
-pub use tokens::{IdTokenClaims, TokenResponse, constant_time_eq};
+pub use tokens::{IdTokenClaims, TokenResponse};
 
 use crate::config::{AuthMethod, OidcConfig, ParMode, Secret};
 
-/// Parses an algorithm name from the allow-list. Symmetric and `none` are refused.
-pub fn parse_asymmetric_algorithm(name: &str) -> Result<Algorithm, &'static str> {
-    let alg: Algorithm = name.parse().map_err(|_| "unknown algorithm")?;
-    match alg {
-        Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => {
-            Err("HMAC algorithms are not accepted (they would be keyed with the client secret)")
-        }
-        _ => Ok(alg),
-    }
-}
+pub use crate::config::values::parse_asymmetric_algorithm;
 
 /// Verifies and decodes a JWT with the first of `keys` that validates it (several
 /// candidates exist when a token names no `kid`). The error is the last failure.
@@ -521,7 +512,7 @@ impl Oidc {
     /// the grant (RFC 6749 §5.2), so bad credentials are answered `invalid_client`
     /// and good ones `invalid_grant` (no such code). Nothing is issued or spent.
     pub async fn probe_client_credentials(&self) -> Result<CredentialProbe, OidcError> {
-        let made_up = || crate::session::SessionId::generate().to_cookie_value();
+        let made_up = || crate::primitives::random_token();
         let answer = self
             .token_request(
                 vec![
@@ -678,10 +669,7 @@ impl Oidc {
             if let Some(uri) = &self.post_logout_redirect_uri {
                 q.append_pair("post_logout_redirect_uri", uri);
             }
-            q.append_pair(
-                "state",
-                &crate::session::SessionId::generate().to_cookie_value(),
-            );
+            q.append_pair("state", &crate::primitives::random_token());
         }
         Some(url.into())
     }

@@ -3,7 +3,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::{Oidc, OidcError};
-use crate::session::now_secs;
+use crate::primitives::{constant_time_eq, now_secs};
 
 /// A token endpoint answer. `Debug` prints no token.
 #[derive(Clone, Deserialize)]
@@ -301,8 +301,4 @@ pub(super) fn check_claims(
         Some(_) => Err("nonce does not match".into()),
         None => Err("nonce is missing".into()),
     }
-}
-
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && aws_lc_rs::constant_time::verify_slices_are_equal(a, b).is_ok()
 }

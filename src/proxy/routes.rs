@@ -15,7 +15,7 @@ pub struct Route {
     pub label: &'static str,
     pub token: TokenKind,
     pub strip_prefix: bool,
-    /// Whether the `Origin` / `Sec-Fetch-Site` checks apply (security::guard).
+    /// Whether the `Origin` / `Sec-Fetch-Site` checks apply (server::guard).
     pub csrf: bool,
     pub timeout: Duration,
     pub scheme: Scheme,
@@ -124,11 +124,6 @@ impl RouteTable {
     /// Phase: the route serving `path`, if any.
     pub fn matching(&self, path: &str) -> Option<&Route> {
         self.routes.iter().find(|r| r.serves(path))
-    }
-
-    /// Is `path` under any route prefix? (Such paths never fall back to the SPA.)
-    pub fn covers(&self, path: &str) -> bool {
-        self.matching(path).is_some()
     }
 }
 

@@ -20,7 +20,8 @@ use axum::routing::get;
 use tokio::sync::watch;
 
 use super::Gateway;
-use crate::session::{SessionStore, now_secs};
+use crate::primitives::now_secs;
+use crate::session::SessionStore;
 
 /// Set when shutdown begins; `/readyz` then answers 503.
 static DRAINING: AtomicBool = AtomicBool::new(false);

@@ -25,10 +25,10 @@ use axum::http::HeaderValue;
 use axum::http::header::CONNECTION;
 
 use super::connection::{AcceptBackoff, ClientLimits, Guarded, Shared, Timeouts, Tracked};
+use super::guard::AmbiguousFraming;
 use super::tls::TlsTerminator;
 use super::{AppState, Gateway, app};
 use crate::config::Config;
-use crate::security::AmbiguousFraming;
 
 /// How often expired sessions and pending logins are swept from the store.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(60);

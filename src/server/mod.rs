@@ -9,6 +9,7 @@
 
 pub mod admin;
 mod connection;
+pub mod guard;
 mod listen;
 pub mod tls;
 
@@ -26,6 +27,7 @@ use tower_http::services::{ServeDir, ServeFile};
 pub use listen::{Server, serve};
 
 use crate::config::Config;
+use crate::error::not_found;
 use crate::frontend::Frontends;
 use crate::proxy::UpstreamClient;
 use crate::session::Sessions;
@@ -37,7 +39,7 @@ pub struct Gateway {
     pub sessions: Sessions,
     pub frontends: Frontends,
     pub tokens: TokenManager,
-    pub guard: crate::security::GuardConfig,
+    pub guard: guard::GuardConfig,
     pub limits: crate::security::Limits,
 }
 
@@ -58,7 +60,7 @@ impl Gateway {
             http_timeout,
             config.tokens.refresh_timeout,
         );
-        let guard = crate::security::GuardConfig::new(&config);
+        let guard = guard::GuardConfig::new(&config);
         let limits = crate::security::Limits::new(&config);
         Ok(Self {
             config,
@@ -101,7 +103,7 @@ pub fn app(state: AppState) -> Router {
         .fallback(dispatch)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            crate::security::guard,
+            guard::guard,
         ))
         // Methods and Host refused before anything else; nosniff on every answer.
         .layer(axum::middleware::from_fn(crate::security::headers::layer))
@@ -147,15 +149,6 @@ async fn dispatch(State(state): State<AppState>, request: Request) -> Response {
         Some(s) => serve_static(s, frontend, request).await,
         None => not_found(),
     }
-}
-
-pub(crate) fn not_found() -> Response {
-    (
-        StatusCode::NOT_FOUND,
-        [(header::CACHE_CONTROL, "no-store")],
-        "not found\n",
-    )
-        .into_response()
 }
 
 /// The SPA's files; an unknown GET navigation gets `index.html` when `spa_fallback`.

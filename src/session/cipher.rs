@@ -16,22 +16,11 @@ const VERSION: u8 = 1;
 const KEY_ID_LEN: usize = 4;
 const HEADER_LEN: usize = 1 + KEY_ID_LEN + NONCE_LEN;
 
-/// Decodes one configured key: base64url (padding optional) of exactly 32 bytes.
-pub fn decode_key(text: &str) -> Result<[u8; 32], String> {
-    let bytes = URL_SAFE_NO_PAD
-        .decode(text.trim().trim_end_matches('='))
-        .map_err(|_| "is not base64url".to_owned())?;
-    <[u8; 32]>::try_from(bytes.as_slice())
-        .map_err(|_| format!("must be 32 bytes, is {}", bytes.len()))
-}
+pub use crate::config::values::decode_key;
 
 /// A fresh random 256-bit key, base64url: what `portcullis keygen` prints.
 pub fn generate_key() -> String {
-    let mut key = [0u8; 32];
-    SystemRandom::new()
-        .fill(&mut key)
-        .expect("the system random generator failed");
-    URL_SAFE_NO_PAD.encode(key)
+    URL_SAFE_NO_PAD.encode(crate::primitives::random_bytes::<32>())
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -18,8 +18,8 @@ use cookie::{Cookie, SameSite};
 
 use crate::config::SameSite as ConfigSameSite;
 
-/// Name of the login-binding cookie.
-pub const LOGIN_COOKIE: &str = "__Host-portcullis-login";
+/// Name of the login-binding cookie (without `[[frontends]]`).
+pub use crate::config::values::LOGIN_COOKIE;
 
 /// Finds the first cookie named `name` in the request's `Cookie` headers.
 pub fn find<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {

@@ -20,12 +20,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use memory::MemoryStore;
-pub use record::{PendingLogin, SessionId, SessionKey, SessionRecord, Tokens, now_secs};
+pub use record::{PendingLogin, SessionId, SessionKey, SessionRecord, Tokens};
 pub use redis::{RedisAddress, RedisStore};
 pub use sqlite::{SqliteOptions, SqliteStore};
 pub use store::{PendingCaps, SessionFilter, SessionStore, Store, StoreError};
 
 use crate::config::{SessionConfig, StoreKind};
+use crate::primitives::now_secs;
 use cipher::{CipherError, TokenCipher};
 
 /// Why a session ended; the audit log and metrics carry it.
@@ -141,10 +142,6 @@ impl Sessions {
 
     pub fn store(&self) -> &Store {
         &self.store
-    }
-
-    pub fn idle_timeout_secs(&self) -> i64 {
-        self.idle
     }
 
     /// Creates a session with a fresh id and stores it.

@@ -1,18 +1,7 @@
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use aws_lc_rs::digest;
-use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
-
-/// Seconds since the Unix epoch.
-pub fn now_secs() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
 
 /// The opaque session id the browser holds: 256 random bits, base64url in the cookie.
 /// Its `Debug` never prints it.
@@ -21,11 +10,7 @@ pub struct SessionId([u8; 32]);
 
 impl SessionId {
     pub fn generate() -> Self {
-        let mut id = [0u8; 32];
-        SystemRandom::new()
-            .fill(&mut id)
-            .expect("the system random generator failed");
-        Self(id)
+        Self(crate::primitives::random_bytes())
     }
 
     /// Parses a cookie value; anything but 43 base64url characters of 32 bytes is refused.

@@ -136,7 +136,7 @@ pub struct SqliteOptions {
 
 impl SqliteOptions {
     /// Default of `session.sqlite_cache_size`.
-    pub const DEFAULT_CACHE_SIZE: usize = 100_000;
+    pub const DEFAULT_CACHE_SIZE: usize = crate::config::values::DEFAULT_SQLITE_CACHE_SIZE;
 }
 
 impl Default for SqliteOptions {
@@ -969,7 +969,7 @@ mod tests {
     }
 
     fn record(sub: &str) -> Arc<SessionRecord> {
-        let now = crate::session::now_secs();
+        let now = crate::primitives::now_secs();
         Arc::new(SessionRecord {
             key: crate::session::SessionId::generate().key(),
             sub: sub.into(),
@@ -1216,7 +1216,7 @@ mod tests {
         })
         .await;
         // Wait until b's copy (last_seen = now - 9) is idle past 10 s.
-        while crate::session::now_secs() < now + 1 {
+        while crate::primitives::now_secs() < now + 1 {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         assert_eq!(b.get(&r.key).await.unwrap().unwrap().last_seen, now);

@@ -27,15 +27,10 @@ use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
 
 pub use metrics::{Metrics, metrics, provider_call};
-pub use request::{ErrorCode, RequestId, X_REQUEST_ID};
+pub use request::{RequestId, X_REQUEST_ID};
 
 use crate::config::LogFormat;
 use crate::session::{EndReason, SessionRecord};
-
-/// Installs the global subscriber. Safe to call more than once (later calls do nothing).
-pub fn init_logging() {
-    init_logging_with(LogFormat::Auto, None);
-}
 
 /// Installs the global subscriber with the configured format and default level.
 pub fn init_logging_with(format: LogFormat, level: Option<&str>) {

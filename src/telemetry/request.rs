@@ -18,6 +18,7 @@ use axum::response::Response;
 use tracing::Instrument;
 
 use super::metrics::metrics;
+use crate::error::ErrorCode;
 use crate::server::AppState;
 
 /// The request id header, in and out.
@@ -25,10 +26,6 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Longest inbound request id accepted from a trusted proxy.
 const MAX_REQUEST_ID: usize = 128;
-
-/// Put on a response by `ApiError::into_response`: which contract error it is.
-#[derive(Debug, Clone, Copy)]
-pub struct ErrorCode(pub &'static str);
 
 /// The request id of the current request, as an extension (handlers may read it).
 #[derive(Debug, Clone)]
@@ -53,8 +50,7 @@ pub async fn layer(State(state): State<AppState>, mut request: Request, next: Ne
     request.extensions_mut().insert(RequestId(id.clone()));
 
     let path = request.uri().path();
-    let route = route_of(&state, request.uri(), request.headers());
-    let kind = Kind::of(path);
+    let (route, endpoint) = target_of(&state, request.uri(), request.headers());
     let span = tracing::info_span!(
         "request",
         request_id = id.to_str().unwrap_or_default(),
@@ -82,67 +78,72 @@ pub async fn layer(State(state): State<AppState>, mut request: Request, next: Ne
         }
     }
     let outcome = code.unwrap_or("success");
-    match kind {
-        Kind::Callback => {
+    match endpoint {
+        Endpoint::Callback => {
             m.logins.get_or_create(&[("outcome", outcome)]).inc();
         }
-        Kind::Logout => {
+        Endpoint::Logout => {
             m.logouts
                 .get_or_create(&[("kind", "rp"), ("outcome", outcome)])
                 .inc();
         }
-        Kind::Backchannel => {
+        Endpoint::Backchannel => {
             m.logouts
                 .get_or_create(&[("kind", "backchannel"), ("outcome", outcome)])
                 .inc();
         }
-        Kind::Other => {}
+        Endpoint::Other => {}
     }
     response.headers_mut().insert(X_REQUEST_ID.clone(), id);
     response
 }
 
-/// The endpoints whose outcome is a metric of its own.
+/// The `/bff` endpoints whose outcome is a metric of its own.
 #[derive(Clone, Copy)]
-enum Kind {
+enum Endpoint {
     Callback,
     Logout,
     Backchannel,
     Other,
 }
 
-impl Kind {
-    fn of(path: &str) -> Self {
-        match path {
-            "/bff/callback" => Self::Callback,
-            "/bff/logout" => Self::Logout,
-            "/bff/backchannel-logout" => Self::Backchannel,
+impl Endpoint {
+    /// `bff_path` is the path after the frontend's `/bff` ([`Frontend::bff_path`]).
+    ///
+    /// [`Frontend::bff_path`]: crate::frontend::Frontend::bff_path
+    fn of(bff_path: &str) -> Self {
+        match bff_path {
+            "/callback" => Self::Callback,
+            "/logout" => Self::Logout,
+            "/backchannel-logout" => Self::Backchannel,
             _ => Self::Other,
         }
     }
 }
 
-/// The `route` label: `bff`, `health`, an API prefix, `static` or `other`.
-fn route_of(
+/// The `route` label (`bff`, `health`, an API prefix, `static` or `other`) and the
+/// `/bff` endpoint, both read from the one frontend the request is for: under a
+/// frontend's `path_prefix` its callback is `{prefix}/bff/callback`.
+fn target_of(
     state: &AppState,
     uri: &axum::http::Uri,
     headers: &axum::http::HeaderMap,
-) -> &'static str {
+) -> (&'static str, Endpoint) {
     let path = uri.path();
     if path == "/healthz" || path == "/readyz" {
-        return "health";
+        return ("health", Endpoint::Other);
     }
     let Some(frontend) = state.gw.frontends.select(uri, headers) else {
-        return "other";
+        return ("other", Endpoint::Other);
     };
-    if frontend.bff_path(path).is_some() {
-        "bff"
+    if let Some(bff) = frontend.bff_path(path) {
+        ("bff", Endpoint::of(bff))
     } else if let Some(route) = frontend.routes.matching(path) {
-        route.label
+        (route.label, Endpoint::Other)
     } else if frontend.static_files().is_some() {
-        "static"
+        ("static", Endpoint::Other)
     } else {
-        "other"
+        ("other", Endpoint::Other)
     }
 }
 

@@ -40,8 +40,9 @@ pub use client::ClientSlot;
 
 use crate::error::ApiError;
 use crate::oidc::OidcError;
+use crate::primitives::now_secs;
 use crate::server::Gateway;
-use crate::session::{EndReason, SessionKey, SessionRecord, SessionStore, Tokens, now_secs};
+use crate::session::{EndReason, SessionKey, SessionRecord, SessionStore, Tokens};
 
 /// After the provider failed a refresh, sessions with a still-valid token don't
 /// retry for this long (so an outage doesn't slow every request down by a timeout).
@@ -203,7 +204,7 @@ impl TokenManager {
 /// One refresh of one session, under the store's refresh lock.
 async fn refresh_session(gw: &Arc<Gateway>, key: SessionKey) -> Outcome {
     let store = gw.sessions.store();
-    let owner = crate::bff::random_token();
+    let owner = crate::primitives::random_token();
     let lease = gw.tokens.lease;
     let started = Instant::now();
     loop {

@@ -59,7 +59,7 @@ async fn logging_out_at_the_provider_ends_that_login_only() {
 
 /// Everything a valid logout token for `sid` (or `sub`) has.
 fn claims(env: &Env, sub: Option<&str>, sid: Option<&str>) -> Value {
-    let now = portcullis::session::now_secs();
+    let now = portcullis::primitives::now_secs();
     let mut c = json!({
         "iss": env.provider.issuer,
         "aud": CLIENT_ID,
@@ -137,7 +137,7 @@ async fn forged_and_broken_logout_tokens_are_refused() {
         c
     };
     let sign = |c: &Value| signer.sign(c, Some("logout+jwt"));
-    let now = portcullis::session::now_secs();
+    let now = portcullis::primitives::now_secs();
 
     let public_key_as_secret = serde_json::to_vec(&signer.public_jwk()).unwrap();
     let cases: Vec<(&str, String)> = vec![

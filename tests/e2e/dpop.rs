@@ -223,7 +223,7 @@ async fn check(
         )));
     }
     let iat = claims["iat"].as_i64().ok_or(bad_proof("no iat"))?;
-    if (iat - portcullis::session::now_secs()).abs() > 60 {
+    if (iat - portcullis::primitives::now_secs()).abs() > 60 {
         return Err(bad_proof("iat out of window"));
     }
     let ath = URL_SAFE_NO_PAD.encode(aws_lc_rs::digest::digest(

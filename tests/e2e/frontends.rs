@@ -22,6 +22,8 @@ struct Multi {
     origin: String,
     /// `http://localhost:PORT`: the partner frontend, chosen by its host.
     partner: String,
+    /// The admin listener's port (`/metrics`).
+    admin_port: u16,
 }
 
 impl Multi {
@@ -81,6 +83,7 @@ fn client(id_secret: (&str, &str), origin: &str, prefix: &str) -> Value {
 
 async fn start(store: &str) -> Multi {
     let port = free_port();
+    let admin_port = free_port();
     let origin = format!("http://127.0.0.1:{port}");
     let partner = format!("http://localhost:{port}");
     let signer = TestSigner::new("test-logout-key");
@@ -118,6 +121,7 @@ async fn start(store: &str) -> Multi {
 [server]
 listen = "127.0.0.1:{port}"
 public_origin = "{origin}"
+admin_listen = "127.0.0.1:{admin_port}"
 
 # Shared by every frontend; each names its own client.
 [oidc]
@@ -183,6 +187,7 @@ upstream = "{upstream}/partner"
         gateway,
         origin,
         partner,
+        admin_port,
     }
 }
 
@@ -374,6 +379,44 @@ async fn logout_stays_within_its_frontend() {
     assert_eq!(r.status, 200, "{}", r.text());
 }
 
+/// `logins_total` and `logouts_total` count every frontend's callback and logout,
+/// the ones under a `path_prefix` too (docs/operations.md).
+#[tokio::test]
+async fn logins_and_logouts_under_a_path_prefix_are_counted() {
+    use crate::ops::{sample, scrape};
+    const LOGINS: &str = "portcullis_logins_total{outcome=\"success\"}";
+    const LOGOUTS: &str = "portcullis_logouts_total{kind=\"rp\",outcome=\"success\"}";
+    let env = start("memory").await;
+    let browser = Browser::new();
+    let (_, before) = scrape(env.admin_port).await;
+    assert_eq!(sample(&before, LOGINS), 0.0, "{before}");
+
+    assert_eq!(
+        env.login(&browser, &env.url("/admin"), "alice")
+            .await
+            .status,
+        302
+    );
+    let (_, m) = scrape(env.admin_port).await;
+    assert_eq!(sample(&m, LOGINS), 1.0, "{m}");
+
+    let me = browser
+        .get_with(&env.url("/admin/bff/user"), &[("x-csrf", "1")])
+        .await;
+    let logout_url = me.json()["bff:logout_url"].as_str().unwrap().to_owned();
+    assert!(logout_url.starts_with("/admin/bff/logout"), "{logout_url}");
+    let r = browser.get(&env.url(&logout_url)).await;
+    assert_eq!(r.status, 302, "{}", r.text());
+    let (_, m) = scrape(env.admin_port).await;
+    assert_eq!(sample(&m, LOGOUTS), 1.0, "{m}");
+
+    // The root frontend's login is counted beside it.
+    let other = Browser::new();
+    assert_eq!(env.login(&other, &env.url(""), "bob").await.status, 302);
+    let (_, m) = scrape(env.admin_port).await;
+    assert_eq!(sample(&m, LOGINS), 2.0, "{m}");
+}
+
 #[tokio::test]
 async fn backchannel_logout_ends_only_its_clients_sessions() {
     let env = start("memory").await;
@@ -420,7 +463,7 @@ async fn a_logout_token_for_one_client_never_ends_another_frontends_session() {
         .unwrap()
         .to_owned();
     let token = |aud: &str| {
-        let now = portcullis::session::now_secs();
+        let now = portcullis::primitives::now_secs();
         env.signer.sign(
             &json!({
                 "iss": env.provider.issuer,

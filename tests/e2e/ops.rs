@@ -10,7 +10,7 @@ use crate::harness::*;
 
 /// The value of the sample `name{labels}` (labels in the order the exporter writes
 /// them), or 0 when absent.
-fn sample(metrics: &str, series: &str) -> f64 {
+pub(crate) fn sample(metrics: &str, series: &str) -> f64 {
     metrics
         .lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
@@ -18,7 +18,7 @@ fn sample(metrics: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-async fn scrape(admin: u16) -> (String, String) {
+pub(crate) async fn scrape(admin: u16) -> (String, String) {
     let r = reqwest::get(format!("http://127.0.0.1:{admin}/metrics"))
         .await
         .unwrap();

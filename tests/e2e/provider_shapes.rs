@@ -77,7 +77,7 @@ async fn a_logout_token_typed_jwt_by_the_provider_ends_the_session() {
                 &json!({
                     "iss": env.provider.issuer,
                     "aud": CLIENT_ID,
-                    "iat": portcullis::session::now_secs(),
+                    "iat": portcullis::primitives::now_secs(),
                     "jti": random_key(),
                     "sub": "alice",
                     "sid": sid,
@@ -112,7 +112,7 @@ async fn a_logout_token_typed_jwt_by_the_provider_ends_the_session() {
                 &json!({
                     "iss": env.provider.issuer,
                     "aud": CLIENT_ID,
-                    "iat": portcullis::session::now_secs(),
+                    "iat": portcullis::primitives::now_secs(),
                     "jti": random_key(),
                     "sid": sid,
                     "events": { EVENT: {} },
@@ -143,7 +143,7 @@ async fn require_logout_token_typ_refuses_the_generic_jwt_typ() {
         json!({
             "iss": env.provider.issuer,
             "aud": CLIENT_ID,
-            "iat": portcullis::session::now_secs(),
+            "iat": portcullis::primitives::now_secs(),
             "jti": random_key(),
             "sub": "alice",
             "events": { EVENT: {} },

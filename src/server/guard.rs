@@ -140,7 +140,7 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
                 preflight(origin, request.headers())
             }
             _ => {
-                super::audit_csrf_rejected("preflight from a foreign origin");
+                crate::security::audit_csrf_rejected("preflight from a foreign origin");
                 ApiError::Csrf("cross-origin requests are not allowed").into_response()
             }
         };
@@ -149,7 +149,7 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
     if is_protected
         && let Err(e) = check_request_origin(own_origin, request.headers(), cross.is_some())
     {
-        super::audit_csrf_rejected(e.to_string().as_str());
+        crate::security::audit_csrf_rejected(e.to_string().as_str());
         return with_cors(e.into_response(), cross.as_ref(), config.hsts);
     }
     if frontend.is_some_and(|f| f.bff_path(path).is_some())

@@ -1,0 +1,80 @@
+//! The primitives every layer uses: randomness, hashing, constant-time comparison and
+//! the clock. One home, so there is one generator, one hash and one clock to reason
+//! about (and to replace in a test). Depends on no module of the crate.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use aws_lc_rs::digest;
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+/// `N` bytes from the system's cryptographic generator.
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .expect("the system random generator failed");
+    bytes
+}
+
+/// A random 256-bit value, base64url (43 characters): state, nonce, PKCE verifier,
+/// binding cookie, `jti`, lock owner.
+pub fn random_token() -> String {
+    URL_SAFE_NO_PAD.encode(random_bytes::<32>())
+}
+
+/// SHA-256 of `data`.
+pub fn sha256(data: &[u8]) -> digest::Digest {
+    digest::digest(&digest::SHA256, data)
+}
+
+/// SHA-256 of `data`, base64url without padding (PKCE `S256`, DPoP `ath`, binding).
+pub fn sha256_b64url(data: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(sha256(data))
+}
+
+/// Whether `a == b`, in time that depends only on their lengths.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && aws_lc_rs::constant_time::verify_slices_are_equal(a, b).is_ok()
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_256_random_bits_in_base64url() {
+        let a = random_token();
+        assert_eq!(a.len(), 43);
+        assert!(
+            a.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        );
+        assert_ne!(a, random_token());
+    }
+
+    #[test]
+    fn sha256_b64url_is_the_pkce_s256_of_rfc7636() {
+        // RFC 7636, appendix B.
+        assert_eq!(
+            sha256_b64url(b"dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"),
+            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+        );
+    }
+
+    #[test]
+    fn constant_time_eq_compares_bytes() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+    }
+}
