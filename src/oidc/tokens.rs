@@ -63,12 +63,14 @@ pub struct IdTokenClaims {
 /// ID tokens issued longer ago than this (plus skew) are refused: `iat` must be recent.
 const MAX_ID_TOKEN_AGE_SECS: i64 = 600;
 
-pub(super) async fn validate_id_token(
+/// The signature and the standard claims of an ID token, as at login and at every
+/// refresh: an allowed asymmetric `alg`, a key of the provider's JWKS, `iss`, `aud`,
+/// `exp`, `nbf` (with skew), and `iat`/`sub` present. `invalid` names the token.
+async fn verified_claims(
     oidc: &Oidc,
     id_token: &str,
-    expected_nonce: &str,
-) -> Result<IdTokenClaims, OidcError> {
-    let invalid = |why: String| OidcError::InvalidToken(format!("ID token: {why}"));
+    invalid: impl Fn(String) -> OidcError,
+) -> Result<Map<String, Value>, OidcError> {
     // An unknown `alg` (including "none") fails here: jsonwebtoken has no such variant.
     let header = decode_header(id_token).map_err(|e| invalid(format!("header: {e}")))?;
     if !oidc.algorithms.contains(&header.alg) {
@@ -82,15 +84,22 @@ pub(super) async fn validate_id_token(
         .jwks
         .keys_for(&meta.jwks_uri, header.kid.as_deref(), header.alg)
         .await?;
-
     let mut validation = Validation::new(header.alg);
     validation.set_issuer(&[&oidc.issuer]);
     validation.set_audience(&[&oidc.client_id]);
     validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
     validation.leeway = oidc.skew.as_secs();
     validation.validate_nbf = true;
+    super::decode_with_any(id_token, &keys, &validation).map_err(invalid)
+}
 
-    let claims = super::decode_with_any(id_token, &keys, &validation).map_err(invalid)?;
+pub(super) async fn validate_id_token(
+    oidc: &Oidc,
+    id_token: &str,
+    expected_nonce: &str,
+) -> Result<IdTokenClaims, OidcError> {
+    let invalid = |why: String| OidcError::InvalidToken(format!("ID token: {why}"));
+    let claims = verified_claims(oidc, id_token, invalid).await?;
     check_claims(
         &claims,
         &oidc.client_id,
@@ -119,25 +128,7 @@ pub(super) async fn validate_refreshed_id_token(
     session_sub: &str,
 ) -> Result<IdTokenClaims, OidcError> {
     let invalid = |why: String| OidcError::InvalidToken(format!("refreshed ID token: {why}"));
-    let header = decode_header(id_token).map_err(|e| invalid(format!("header: {e}")))?;
-    if !oidc.algorithms.contains(&header.alg) {
-        return Err(invalid(format!(
-            "algorithm {:?} is not allowed",
-            header.alg
-        )));
-    }
-    let meta = oidc.metadata().await?;
-    let keys = oidc
-        .jwks
-        .keys_for(&meta.jwks_uri, header.kid.as_deref(), header.alg)
-        .await?;
-    let mut validation = Validation::new(header.alg);
-    validation.set_issuer(&[&oidc.issuer]);
-    validation.set_audience(&[&oidc.client_id]);
-    validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
-    validation.leeway = oidc.skew.as_secs();
-    validation.validate_nbf = true;
-    let claims = super::decode_with_any(id_token, &keys, &validation).map_err(invalid)?;
+    let claims = verified_claims(oidc, id_token, invalid).await?;
     let previous = match previous {
         Some(token) => Some(
             unverified_claims(token).map_err(|e| invalid(format!("the stored ID token: {e}")))?,
