@@ -879,7 +879,7 @@ impl Config {
                     ));
                 }
                 Some(url) => {
-                    crate::session::RedisAddress::parse(url.expose())
+                    values::RedisAddress::parse(url.expose())
                         .map_err(|why| invalid("session.redis_url", why))?;
                 }
             },
@@ -1003,14 +1003,13 @@ fn validate_oidc(oidc: &OidcConfig, prefix: &str) -> Result<(), ConfigError> {
                     "is required for auth_method private_key_jwt",
                 ));
             };
-            let pem = std::fs::read(path).map_err(|e| {
+            // Read here; parsed as a key when the OIDC client is built (`oidc::Oidc`).
+            std::fs::metadata(path).map_err(|e| {
                 invalid(
                     &format!("{prefix}oidc.private_key_file"),
                     format!("cannot read {}: {e}", path.display()),
                 )
             })?;
-            crate::oidc::ClientKey::from_pem(&pem, &oidc.private_key_alg, None)
-                .map_err(|e| invalid(&format!("{prefix}oidc.private_key_file"), e))?;
         }
     }
     if !oidc.scopes.iter().any(|s| s == "openid") {
@@ -1095,7 +1094,7 @@ fn validate_routes(
             return Err(invalid(&key("prefix"), "must not end with '/'"));
         }
         // Matched on the raw path and forwarded as is: it must mean the same to every upstream.
-        if let Err(why) = crate::proxy::path::check(route.prefix.as_bytes()) {
+        if let Err(why) = crate::path::check(route.prefix.as_bytes()) {
             return Err(invalid(&key("prefix"), format!("must not contain {why}")));
         }
         if route.prefix == "/bff" || route.prefix.starts_with("/bff/") {

@@ -226,7 +226,7 @@ impl Sessions {
         let now = now_secs();
         if let Some(reason) = self.expired(&record, now) {
             if self.store.remove(&key).await?.is_some() {
-                crate::telemetry::audit_session_ended(reason, &record);
+                record.audited(|who| crate::telemetry::audit_session_ended(reason.as_str(), who));
             }
             return Ok(None);
         }
@@ -261,7 +261,7 @@ impl Sessions {
         token_cache::forget(self.cache_owner, key);
         let removed = self.store.remove(key).await?;
         if let Some(record) = &removed {
-            crate::telemetry::audit_session_ended(reason, record);
+            record.audited(|who| crate::telemetry::audit_session_ended(reason.as_str(), who));
         }
         Ok(removed)
     }
