@@ -673,3 +673,196 @@ async fn a_flood_of_frames_keeps_memory_flat_and_a_quiet_socket_is_closed_when_i
     assert_eq!(frame, Some((1001, "idle timeout".to_owned())));
     assert!(started.elapsed() < Duration::from_secs(9));
 }
+
+/// Logs out at the provider's own end-session page: the provider then sends
+/// Portcullis a back-channel logout.
+async fn logout_at_provider(env: &Env, browser: &Browser) {
+    let page = browser.get(&env.provider.url("/session/end")).await;
+    assert_eq!(page.status, 200, "{}", page.text());
+    let html = page.text();
+    let xsrf = html
+        .split("name=\"xsrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("no xsrf field in the end-session page: {html}"))
+        .to_owned();
+    let done = browser
+        .post_form(
+            &env.provider.url("/session/end/confirm"),
+            &[("xsrf", &xsrf), ("logout", "yes")],
+        )
+        .await;
+    assert!(done.status.is_redirection(), "{}", done.text());
+}
+
+/// A slow download through `/api` with the browser's session, read in a task: resolves
+/// to when it was cut off (or panics if it finished or never started).
+fn slow_download(env: &Env, browser: &Browser) -> tokio::task::JoinHandle<Instant> {
+    let url = env.url("/api/download?bytes=100000000&delay_ms=50");
+    let cookie = format!("{COOKIE}={}", browser.session_cookie(env).unwrap());
+    tokio::spawn(async move {
+        let mut r = reqwest::Client::new()
+            .get(url)
+            .header("cookie", cookie)
+            .header("x-csrf", "1")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let mut got = 0usize;
+        loop {
+            match r.chunk().await {
+                Ok(Some(c)) => got += c.len(),
+                Ok(None) => panic!("the download finished ({got} bytes): it was not cut off"),
+                Err(_) => return Instant::now(),
+            }
+        }
+    })
+}
+
+#[tokio::test]
+async fn every_way_a_session_ends_closes_its_sockets_and_streamed_answers() {
+    let up = WsUpstream::start(Mode::Echo).await;
+    let admin = free_port();
+    let env = Env::builder()
+        .session("max_per_user = 1\n")
+        .server(&format!("admin_listen = \"127.0.0.1:{admin}\"\n"))
+        .routes(&ws_route("/ws", &up.url(), ""))
+        .start()
+        .await;
+    let limit = Duration::from_secs(5);
+
+    // Eviction by max_per_user: alice's second login ends the first session's socket.
+    let first = env.browser();
+    first.login(&env, "alice", "alice", "/").await;
+    let mut ws1 = connect(&env.url("/ws"), &same_origin(&env, &first))
+        .await
+        .unwrap();
+    let second = env.browser();
+    let started = Instant::now();
+    second.login(&env, "alice", "alice", "/").await;
+    let (frame, at) = wait_close(&mut ws1, limit).await;
+    assert_eq!(frame, Some((1008, "session ended".to_owned())));
+    println!(
+        "MEASURE max_per_user eviction → close: {:?} (login included)",
+        at - started
+    );
+
+    // Back-channel logout: the socket and a streamed answer of that session end.
+    let mut ws2 = connect(&env.url("/ws"), &same_origin(&env, &second))
+        .await
+        .unwrap();
+    let download = slow_download(&env, &second);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    logout_at_provider(&env, &second).await;
+    let (frame, at) = wait_close(&mut ws2, limit).await;
+    assert_eq!(frame, Some((1008, "session ended".to_owned())));
+    let cut = tokio::time::timeout(limit, download)
+        .await
+        .expect("download cut off")
+        .unwrap();
+    println!(
+        "MEASURE back-channel logout → socket closed {:?}, download cut {:?}",
+        at - started,
+        cut - started
+    );
+
+    // /bff/logout cuts a streamed answer (a long download) of the session.
+    let bob = env.browser();
+    bob.login(&env, "bob", "bob", "/").await;
+    let download = slow_download(&env, &bob);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    logout(&env, &bob).await;
+    let cut = tokio::time::timeout(limit, download)
+        .await
+        .expect("download cut off")
+        .unwrap();
+    println!("MEASURE /bff/logout → download cut: {:?}", cut - started);
+
+    let logs = env.gateway.logs();
+    for reason in ["max_per_user", "backchannel_logout", "logout"] {
+        assert!(
+            logs.contains(&format!("\"reason\":\"{reason}\"")) && logs.contains("stream_closed"),
+            "no stream_closed for {reason}: {logs}"
+        );
+    }
+    let metrics = env
+        .browser()
+        .get(&format!("http://127.0.0.1:{admin}/metrics"))
+        .await
+        .text();
+    for series in [
+        "portcullis_streams_closed_total{route=\"/ws\",kind=\"websocket\",reason=\"max_per_user\"} 1",
+        "portcullis_streams_closed_total{route=\"/ws\",kind=\"websocket\",reason=\"backchannel_logout\"} 1",
+        "portcullis_streams_closed_total{route=\"/api\",kind=\"stream\",reason=\"logout\"} 1",
+        "portcullis_streams_open{route=\"/ws\",kind=\"websocket\"} 0",
+        "portcullis_stream_duration_seconds_count{route=\"/ws\",kind=\"websocket\"} 2",
+    ] {
+        assert!(
+            metrics.contains(series),
+            "{series} missing from:\n{metrics}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_revocation_by_another_process_and_the_idle_timeout_close_sockets_sqlite() {
+    let up = WsUpstream::start(Mode::Echo).await;
+    let env = Env::builder()
+        .store("sqlite")
+        .session("idle_timeout = \"4s\"\nabsolute_timeout = \"1h\"\n")
+        .routes(&ws_route("/ws", &up.url(), ""))
+        .start()
+        .await;
+    let alice = env.browser();
+    let bob = env.browser();
+    alice.login(&env, "alice", "alice", "/").await;
+    bob.login(&env, "bob", "bob", "/").await;
+    let mut a = connect(&env.url("/ws"), &same_origin(&env, &alice))
+        .await
+        .unwrap();
+    let mut b = connect(&env.url("/ws"), &same_origin(&env, &bob))
+        .await
+        .unwrap();
+    let opened = Instant::now();
+
+    // `portcullis sessions revoke` is another process on the same SQLite file.
+    let config = env.gateway.config_path.to_str().unwrap().to_owned();
+    let dir = env.gateway.dir.path().to_owned();
+    let revoked = tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new(binary())
+            .args(["sessions", "revoke", "--sub", "alice", "--config", &config])
+            .current_dir(dir)
+            .env_remove("PORTCULLIS_CONFIG")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Instant::now()
+    })
+    .await
+    .unwrap();
+    let (frame, at) = wait_close(&mut a, Duration::from_secs(5)).await;
+    assert_eq!(frame, Some((1008, "session ended".to_owned())));
+    println!(
+        "MEASURE sessions revoke (another process, SQLite) → close: {:?}",
+        at.saturating_duration_since(revoked)
+    );
+    b.send(Message::text("on")).await.unwrap();
+    assert_eq!(b.next().await.unwrap().unwrap(), Message::text("on"));
+
+    // Bob's session times out (the socket is not activity): his socket ends with it.
+    let (frame, at) = wait_close(&mut b, Duration::from_secs(10)).await;
+    assert_eq!(frame, Some((1008, "session ended".to_owned())));
+    println!("MEASURE idle timeout 4s → close after {:?}", at - opened);
+    assert!(
+        at - opened >= Duration::from_secs(3),
+        "closed before the idle timeout"
+    );
+    assert!(env.gateway.logs().contains("\"reason\":\"idle_timeout\""));
+}
