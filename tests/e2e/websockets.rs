@@ -866,3 +866,77 @@ async fn a_revocation_by_another_process_and_the_idle_timeout_close_sockets_sqli
     );
     assert!(env.gateway.logs().contains("\"reason\":\"idle_timeout\""));
 }
+
+/// A wss upstream: the echo server behind TLS (rustls, a certificate of the test CA).
+async fn start_wss_upstream(pki: &crate::ops::TestPki) -> (u16, Arc<AtomicUsize>) {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let (cert, key, _) = pki.leaf("upstream");
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
+            PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+        )
+        .unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            let count = count.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut ws) = tokio_tungstenite::accept_async(tls).await else {
+                    return;
+                };
+                count.fetch_add(1, Ordering::SeqCst);
+                while let Some(Ok(m)) = ws.next().await {
+                    if (m.is_text() || m.is_binary()) && ws.send(m).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    (port, accepted)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wss_upstreams_are_reached_over_the_routes_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = crate::ops::TestPki::new();
+    let (upstream, accepted) = start_wss_upstream(&pki).await;
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &pki.ca_pem).unwrap();
+    let port = free_port();
+    let origin = format!("http://127.0.0.1:{port}");
+    let config = standalone_config(
+        port,
+        &origin,
+        &format!("upstream_ca_file = {:?}\n", ca.to_str().unwrap()),
+        &format!(
+            "[[routes]]\nprefix = \"/live\"\nupstream = \"https://localhost:{upstream}\"\n\
+             token = \"none\"\nwebsocket = true\n"
+        ),
+    );
+    let gateway = Gateway::start(port, &config);
+    let mut ws = connect(&gateway.url("/live/feed"), &[("origin", origin.clone())])
+        .await
+        .expect("wss through the route");
+    ws.send(Message::text("over tls")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("over tls"));
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    // Still no Origin, no socket, also on a route without a session.
+    let e = connect(&gateway.url("/live/feed"), &[]).await.unwrap_err();
+    assert!(e.starts_with("403"), "{e}");
+}
