@@ -466,6 +466,24 @@ pub struct RouteConfig {
     /// `true`; `false` only for upstreams whose pages must run script on this origin.
     #[serde(default = "yes")]
     pub html_sandbox: bool,
+    /// Accept WebSocket upgrades on this route (`proxy::websocket`). Default `false`:
+    /// an upgrade request to the route is refused (400) and never reaches the upstream.
+    #[serde(default)]
+    pub websocket: bool,
+    /// A WebSocket with no message either way for this long is closed (1001). Default `5m`.
+    #[serde(default = "default_websocket_idle", with = "humantime_serde")]
+    pub websocket_idle_timeout: Duration,
+    /// Open WebSockets one session may hold on this route; one more is refused with
+    /// 429 `rate_limited`. Default `16`, at least 1.
+    #[serde(default = "default_websockets_per_session")]
+    pub max_websockets_per_session: u32,
+}
+
+fn default_websocket_idle() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_websockets_per_session() -> u32 {
+    16
 }
 
 impl RouteConfig {
@@ -1135,6 +1153,18 @@ fn validate_routes(
             return Err(invalid(
                 &key("csrf"),
                 "may be false only on routes that take no session (token = \"none\" or \"client\")",
+            ));
+        }
+        if route.websocket && route.dpop == Some(true) {
+            return Err(invalid(
+                &key("websocket"),
+                "a WebSocket handshake carries no DPoP proof: set dpop = false on this route",
+            ));
+        }
+        if route.max_websockets_per_session == 0 {
+            return Err(invalid(
+                &key("max_websockets_per_session"),
+                "must be at least 1",
             ));
         }
         if route.dpop == Some(true) {

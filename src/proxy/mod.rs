@@ -9,6 +9,8 @@
 
 pub mod answer;
 mod dpop;
+mod stream_end;
+pub mod websocket;
 
 use std::sync::Arc;
 
@@ -31,16 +33,41 @@ pub async fn proxy(
     route: &Route,
     request: Request,
 ) -> Result<Response, ApiError> {
+    if websocket::is_upgrade(request.headers()) {
+        return websocket::proxy(state, frontend, route, request).await;
+    }
     if let Some(nonce) = &route.dpop {
         return dpop::proxy(state, frontend, route, nonce, request).await;
     }
     let (mut parts, body) = request.into_parts();
     let credential = credential(&state.gw, frontend, route, &parts.headers).await?;
     let session = credential.uses_session();
+    // The session's answer may stream: it ends with the session (see `stream_end`).
+    let session_id = if session {
+        session_id(&parts.headers, frontend)
+    } else {
+        None
+    };
     let token = credential.into_header()?;
     prepare(&mut parts, frontend, route, token)?;
     let response = forward(state, route, Request::from_parts(parts, body)).await?;
-    Ok(finish(response, frontend, route, session))
+    let response = finish(response, frontend, route, session);
+    Ok(match session_id {
+        Some(id) if stream_end::may_run_long(response.headers()) => {
+            stream_end::bind(response, state.gw.sessions.streams(), id.key(), route.label)
+        }
+        _ => response,
+    })
+}
+
+/// The id of the session the request's cookie names (already loaded and checked by
+/// [`credential`]).
+fn session_id(
+    headers: &axum::http::HeaderMap,
+    frontend: &Frontend,
+) -> Option<crate::session::SessionId> {
+    crate::session::cookie::find(headers, &frontend.cookie_name)
+        .and_then(crate::session::SessionId::parse)
 }
 
 /// What a route sends upstream, before it becomes a header.

@@ -143,6 +143,16 @@ impl InFlight {
         self.shared.ambiguous.load(Relaxed) == self.number
     }
 
+    /// One more hold on the connection as busy (an upgraded connection, for as long
+    /// as it is relayed): the connection's HTTP timeouts wait for both to drop.
+    pub fn hold(&self) -> InFlight {
+        self.shared.in_flight.fetch_add(1, Relaxed);
+        InFlight {
+            shared: self.shared.clone(),
+            number: self.number,
+        }
+    }
+
     /// Its answer must close the connection.
     pub fn closes(&self) -> bool {
         self.shared.close_from.load(Relaxed) <= self.number

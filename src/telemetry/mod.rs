@@ -85,6 +85,45 @@ pub fn audit_session_ended(reason: &'static str, who: AuditSubject<'_>) {
     );
 }
 
+/// A WebSocket or a session's streamed answer opened on `route` (`kind`:
+/// `websocket` or `stream`).
+pub fn stream_opened(route: &'static str, kind: &'static str) {
+    metrics()
+        .streams_open
+        .get_or_create(&[("route", route), ("kind", kind)])
+        .inc();
+}
+
+/// One audit event per closed WebSocket or streamed answer of a session: `reason`
+/// is a closed set (see `Metrics::streams_closed`), `session` the key's log label.
+pub fn audit_stream_closed(
+    route: &'static str,
+    kind: &'static str,
+    reason: &'static str,
+    session: &str,
+    open_for: std::time::Duration,
+) {
+    let m = metrics();
+    m.streams_open
+        .get_or_create(&[("route", route), ("kind", kind)])
+        .dec();
+    m.streams_closed
+        .get_or_create(&[("route", route), ("kind", kind), ("reason", reason)])
+        .inc();
+    m.stream_duration
+        .get_or_create(&[("route", route), ("kind", kind)])
+        .observe(open_for.as_secs_f64());
+    tracing::info!(
+        target: "portcullis::audit",
+        event = "stream_closed",
+        route,
+        kind,
+        reason,
+        session,
+        seconds = open_for.as_secs_f64(),
+    );
+}
+
 /// A successful login created a session.
 pub fn audit_login(who: AuditSubject<'_>) {
     metrics().sessions_created.inc();

@@ -19,7 +19,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-pub use routes::{Route, RouteTable};
+pub use routes::{Route, RouteTable, WebSocketPolicy};
 
 /// The pooled HTTP/1.1 client to upstreams of one runtime (`http://` and, verified
 /// by the configuration of [`tls`], `https://`).

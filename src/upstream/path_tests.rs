@@ -18,6 +18,9 @@ fn route(prefix: &str, upstream: &str, strip: bool) -> Route {
         timeout: std::time::Duration::from_secs(1),
         dpop: None,
         html_sandbox: true,
+        websocket: false,
+        websocket_idle_timeout: std::time::Duration::from_secs(300),
+        max_websockets_per_session: 16,
     };
     Route::from_config(&c).unwrap()
 }

@@ -27,3 +27,4 @@ mod scale_out;
 mod sessions;
 mod token_lifecycle;
 mod upstream_mtls;
+mod websockets;
