@@ -84,6 +84,12 @@
 //                                             returns has these claims replaced (null removes one)
 //                                             and is re-signed with the same provider key; `{}`
 //                                             turns it off (the default). Answers 200 {"claims": {...}}
+//   POST /test/code-id-token  {"aud": "x", "$alg": "none"|"HS256", "$key": "foreign", ...}
+//                                             the same for the ID tokens of authorization_code grants
+//                                             (logins); besides claims, `$alg` "none" sends it
+//                                             unsigned, "HS256" signs it with the client's secret,
+//                                             `$key` "foreign" signs it with a key not in the JWKS
+//                                             (under the provider key's kid); `{}` turns it off
 //   GET  /test/health                         200 "ok"
 //
 // Prints exactly one line `READY <issuer>` on stdout once listening; everything else goes to
@@ -209,6 +215,30 @@ async function signWithProviderKey(payload, { alg = 'RS256', kid, typ } = {}) {
 
 // Claims replaced in the ID tokens of refresh_token grants (POST /test/refresh-id-token).
 let refreshIdTokenClaims = {};
+// The same for authorization_code grants, with `$alg`/`$key` (POST /test/code-id-token).
+let codeIdTokenClaims = {};
+
+/** `id_token` with `tamper`'s claims replaced (null removes one), signed as `tamper` says. */
+async function tamperIdToken(idToken, tamper, client) {
+  const payload = decodeJwt(idToken);
+  const { kid, alg } = decodeProtectedHeader(idToken);
+  for (const [k, v] of Object.entries(tamper)) {
+    if (k.startsWith('$')) continue;
+    if (v === null) delete payload[k];
+    else payload[k] = v;
+  }
+  const b64 = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
+  if (tamper.$alg === 'none') return `${b64({ alg: 'none' })}.${b64(payload)}.`;
+  if (tamper.$alg === 'HS256') {
+    return new SignJWT(payload).setProtectedHeader({ alg: 'HS256', kid })
+      .sign(new TextEncoder().encode(client?.clientSecret ?? ''));
+  }
+  if (tamper.$key === 'foreign') {
+    const { privateKey } = await generateKeyPair(alg, { extractable: true });
+    return new SignJWT(payload).setProtectedHeader({ alg, kid }).sign(privateKey);
+  }
+  return signWithProviderKey(payload, { kid });
+}
 
 // ---------------------------------------------------------------- HTML helpers
 
@@ -717,6 +747,13 @@ provider.use(async (ctx, next) => {
     ctx.body = { claims: refreshIdTokenClaims };
     return;
   }
+  if (p === '/test/code-id-token' && ctx.method === 'POST') {
+    codeIdTokenClaims = await readJson(ctx.req);
+    console.error(`[provider] test: login ID tokens get ${JSON.stringify(codeIdTokenClaims)}`);
+    noStore(ctx);
+    ctx.body = { claims: codeIdTokenClaims };
+    return;
+  }
   if (p === '/test/jwks' && ctx.method === 'POST') {
     // Publish extra PUBLIC keys in the JWKS (the test signs logout tokens with their
     // private halves, which never reach the provider).
@@ -745,6 +782,11 @@ provider.use(async (ctx, next) => {
     }
     const { kid } = decodeProtectedHeader(ctx.body.id_token);
     ctx.body = { ...ctx.body, id_token: await signWithProviderKey(payload, { kid }) };
+  }
+
+  if (p === '/token' && ctx.status === 200 && ctx.oidc?.params?.grant_type === 'authorization_code'
+    && Object.keys(codeIdTokenClaims).length && ctx.body?.id_token) {
+    ctx.body = { ...ctx.body, id_token: await tamperIdToken(ctx.body.id_token, codeIdTokenClaims, ctx.oidc.client) };
   }
 
   if (p === '/jwks' && ctx.method === 'GET' && ctx.status === 200 && extraJwks.length) {

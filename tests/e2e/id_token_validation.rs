@@ -1,0 +1,97 @@
+//! OpenID Connect Core §3.1.3.7 at login: the ID token of the code exchange is
+//! refused for each broken claim and each bad signature, re-signed by the real
+//! provider (`POST /test/code-id-token`), and no session is made.
+
+use serde_json::{Value, json};
+
+use crate::harness::*;
+
+/// From now on the ID tokens of logins carry `tamper` (see demo/provider/provider.mjs).
+async fn tamper_login_id_tokens(env: &Env, tamper: &Value) {
+    let r = reqwest::Client::new()
+        .post(env.provider.url("/test/code-id-token"))
+        .json(tamper)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+}
+
+/// One login of alice; the callback's answer.
+async fn login(env: &Env, browser: &Browser) -> Answer {
+    let authorize = browser.start_login(env, "/").await;
+    let callback = browser.provider_login(&authorize, "alice", "alice").await;
+    browser.get(&callback).await
+}
+
+#[tokio::test]
+async fn each_broken_login_id_token_is_refused() {
+    let env = Env::builder().start().await;
+    let now = portcullis::primitives::now_secs();
+
+    // The re-signing itself yields a token Portcullis takes: an extra claim is fine.
+    tamper_login_id_tokens(&env, &json!({"x-extra": "fine"})).await;
+    let browser = env.browser();
+    let ok = login(&env, &browser).await;
+    assert_eq!(ok.status, 302, "{}", ok.text());
+    let user = browser.user(&env).await;
+    assert_eq!(user.status, 200);
+    assert_eq!(
+        user.json()["x-extra"],
+        "fine",
+        "the tampered token was the one taken"
+    );
+
+    let cases = [
+        (
+            "iss of another issuer",
+            json!({"iss": "http://evil.example"}),
+        ),
+        ("aud of another client", json!({"aud": "another-client"})),
+        (
+            "several audiences without azp",
+            json!({"aud": [CLIENT_ID, "another-client"]}),
+        ),
+        (
+            "azp of another client",
+            json!({"aud": [CLIENT_ID, "another-client"], "azp": "another-client"}),
+        ),
+        ("expired", json!({"exp": now - 600})),
+        ("no exp", json!({"exp": null})),
+        ("iat far in the future", json!({"iat": now + 3600})),
+        ("iat long ago", json!({"iat": now - 86400})),
+        ("no sub", json!({"sub": null})),
+        ("no nonce", json!({"nonce": null})),
+        ("nonce of another login", json!({"nonce": "another-login"})),
+        ("unsigned (alg none)", json!({"$alg": "none"})),
+        ("HS256 with the client secret", json!({"$alg": "HS256"})),
+        (
+            "signed by a key not in the JWKS",
+            json!({"$key": "foreign"}),
+        ),
+    ];
+    for (case, tamper) in &cases {
+        tamper_login_id_tokens(&env, tamper).await;
+        let browser = env.browser();
+        let r = login(&env, &browser).await;
+        assert_eq!(
+            r.status,
+            400,
+            "{case}: accepted ({} {})",
+            r.status,
+            r.text()
+        );
+        assert_eq!(r.json()["error"], "invalid_request", "{case}");
+        assert!(!r.sets_cookie(COOKIE), "{case}: a session cookie was set");
+        browser
+            .user(&env)
+            .await
+            .assert_error(401, "unauthenticated");
+    }
+
+    // Untouched again: a login works, and the first session never noticed.
+    tamper_login_id_tokens(&env, &json!({})).await;
+    let after = env.browser();
+    assert_eq!(login(&env, &after).await.status, 302);
+    assert_eq!(browser.user(&env).await.status, 200);
+}
