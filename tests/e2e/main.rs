@@ -15,6 +15,7 @@ mod header_hygiene;
 mod id_token_validation;
 mod login_abuse;
 mod login_flow;
+mod logout_hint;
 mod ops;
 #[cfg(feature = "otel")]
 mod otel;
