@@ -4,6 +4,7 @@
 mod harness;
 
 mod advanced_oauth;
+mod anonymous_user;
 mod backchannel;
 mod callback_attacks;
 mod cli;
