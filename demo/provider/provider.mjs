@@ -90,6 +90,8 @@
 //                                             unsigned, "HS256" signs it with the client's secret,
 //                                             `$key` "foreign" signs it with a key not in the JWKS
 //                                             (under the provider key's kid); `{}` turns it off
+//   POST /test/userinfo  {"sub": "mallory"}   members replaced in userinfo answers (null removes
+//                                             one); `{}` turns it off (the default)
 //   GET  /test/health                         200 "ok"
 //
 // Prints exactly one line `READY <issuer>` on stdout once listening; everything else goes to
@@ -217,6 +219,8 @@ async function signWithProviderKey(payload, { alg = 'RS256', kid, typ } = {}) {
 let refreshIdTokenClaims = {};
 // The same for authorization_code grants, with `$alg`/`$key` (POST /test/code-id-token).
 let codeIdTokenClaims = {};
+// Members replaced in userinfo answers (POST /test/userinfo; null removes one, {} is off).
+let userinfoClaims = {};
 
 /** `id_token` with `tamper`'s claims replaced (null removes one), signed as `tamper` says. */
 async function tamperIdToken(idToken, tamper, client) {
@@ -748,6 +752,13 @@ provider.use(async (ctx, next) => {
     ctx.body = { claims: refreshIdTokenClaims };
     return;
   }
+  if (p === '/test/userinfo' && ctx.method === 'POST') {
+    userinfoClaims = await readJson(ctx.req);
+    console.error(`[provider] test: userinfo answers get ${JSON.stringify(userinfoClaims)}`);
+    noStore(ctx);
+    ctx.body = { claims: userinfoClaims };
+    return;
+  }
   if (p === '/test/code-id-token' && ctx.method === 'POST') {
     codeIdTokenClaims = await readJson(ctx.req);
     console.error(`[provider] test: login ID tokens get ${JSON.stringify(codeIdTokenClaims)}`);
@@ -788,6 +799,16 @@ provider.use(async (ctx, next) => {
   if (p === '/token' && ctx.status === 200 && ctx.oidc?.params?.grant_type === 'authorization_code'
     && Object.keys(codeIdTokenClaims).length && ctx.body?.id_token) {
     ctx.body = { ...ctx.body, id_token: await tamperIdToken(ctx.body.id_token, codeIdTokenClaims, ctx.oidc.client) };
+  }
+
+  if (p === '/me' && ctx.status === 200 && Object.keys(userinfoClaims).length
+    && ctx.body && typeof ctx.body === 'object') {
+    const body = { ...ctx.body };
+    for (const [k, v] of Object.entries(userinfoClaims)) {
+      if (v === null) delete body[k];
+      else body[k] = v;
+    }
+    ctx.body = body;
   }
 
   if (p === '/jwks' && ctx.method === 'GET' && ctx.status === 200 && extraJwks.length) {

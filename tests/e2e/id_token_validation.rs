@@ -1,6 +1,7 @@
 //! OpenID Connect Core §3.1.3.7 at login: the ID token of the code exchange is
 //! refused for each broken claim and each bad signature, re-signed by the real
-//! provider (`POST /test/code-id-token`), and no session is made.
+//! provider (`POST /test/code-id-token`), and no session is made. And a userinfo
+//! answer about another user (`POST /test/userinfo`) fails the login too.
 
 use serde_json::{Value, json};
 
@@ -94,4 +95,41 @@ async fn each_broken_login_id_token_is_refused() {
     let after = env.browser();
     assert_eq!(login(&env, &after).await.status, 302);
     assert_eq!(browser.user(&env).await.status, 200);
+}
+
+/// OIDC Core §5.3.2: the `sub` of the userinfo answer must be the ID token's, or the
+/// answer is about someone else and the login fails.
+#[tokio::test]
+async fn a_userinfo_answer_about_another_user_is_refused() {
+    let env = Env::builder().userinfo(true).start().await;
+    let set = |claims: Value| {
+        let url = env.provider.url("/test/userinfo");
+        async move {
+            let r = reqwest::Client::new()
+                .post(url)
+                .json(&claims)
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success());
+        }
+    };
+    // The tampering works: a changed claim shows in /bff/user.
+    set(json!({"name": "Tampered Name"})).await;
+    let browser = env.browser();
+    assert_eq!(login(&env, &browser).await.status, 302);
+    assert_eq!(browser.user(&env).await.json()["name"], "Tampered Name");
+
+    for tamper in [json!({"sub": "mallory"}), json!({"sub": null})] {
+        set(tamper.clone()).await;
+        let browser = env.browser();
+        let r = login(&env, &browser).await;
+        assert_eq!(r.status, 400, "{tamper}: accepted ({})", r.text());
+        assert_eq!(r.json()["error"], "invalid_request", "{tamper}");
+        assert!(!r.sets_cookie(COOKIE), "{tamper}: a session cookie was set");
+        browser
+            .user(&env)
+            .await
+            .assert_error(401, "unauthenticated");
+    }
 }
