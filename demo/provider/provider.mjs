@@ -88,6 +88,7 @@
 //                                             the same for the ID tokens of authorization_code grants
 //                                             (logins); besides claims, `$alg` "none" sends it
 //                                             unsigned, "HS256" signs it with the client's secret,
+//                                             "jwe" sends a token shaped like an encrypted one,
 //                                             `$key` "foreign" signs it with a key not in the JWKS
 //                                             (under the provider key's kid); `{}` turns it off
 //   POST /test/userinfo  {"sub": "mallory"}   members replaced in userinfo answers (null removes
@@ -233,6 +234,12 @@ async function tamperIdToken(idToken, tamper, client) {
   }
   const b64 = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
   if (tamper.$alg === 'none') return `${b64({ alg: 'none' })}.${b64(payload)}.`;
+  if (tamper.$alg === 'jwe') {
+    // The shape of an encrypted ID token (five parts, RSA-OAEP-256 / A256GCM): Portcullis
+    // registers no encryption key, so it can only refuse it.
+    const part = () => crypto.randomBytes(16).toString('base64url');
+    return `${b64({ alg: 'RSA-OAEP-256', enc: 'A256GCM', kid })}.${part()}.${part()}.${part()}.${part()}`;
+  }
   if (tamper.$alg === 'HS256') {
     return new SignJWT(payload).setProtectedHeader({ alg: 'HS256', kid })
       .sign(new TextEncoder().encode(client?.clientSecret ?? ''));

@@ -1,7 +1,8 @@
 //! OpenID Connect Core §3.1.3.7 at login: the ID token of the code exchange is
 //! refused for each broken claim and each bad signature, re-signed by the real
 //! provider (`POST /test/code-id-token`), and no session is made. And a userinfo
-//! answer about another user (`POST /test/userinfo`) fails the login too.
+//! answer about another user (`POST /test/userinfo`) fails the login too, and an
+//! encrypted logout token is refused (Portcullis registers no encryption key).
 
 use serde_json::{Value, json};
 
@@ -70,6 +71,7 @@ async fn each_broken_login_id_token_is_refused() {
             "signed by a key not in the JWKS",
             json!({"$key": "foreign"}),
         ),
+        ("encrypted (a JWE)", json!({"$alg": "jwe"})),
     ];
     for (case, tamper) in &cases {
         tamper_login_id_tokens(&env, tamper).await;
@@ -132,4 +134,28 @@ async fn a_userinfo_answer_about_another_user_is_refused() {
             .await
             .assert_error(401, "unauthenticated");
     }
+}
+
+/// Portcullis registers no encryption key: an encrypted (JWE) logout token is refused
+/// like any token it can't verify, and the session stays.
+#[tokio::test]
+async fn an_encrypted_logout_token_is_refused() {
+    use base64::Engine;
+    let b64 = |v: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+    let env = Env::builder().start().await;
+    let browser = env.browser();
+    browser.login(&env, "alice", "alice", "/").await;
+    let header = json!({"alg": "RSA-OAEP-256", "enc": "A256GCM", "cty": "JWT"});
+    let jwe = format!(
+        "{}.{}.{}.{}.{}",
+        b64(header.to_string().as_bytes()),
+        b64(&[1; 256]),
+        b64(&[2; 12]),
+        b64(b"ciphertext"),
+        b64(&[3; 16])
+    );
+    let r = env.backchannel_logout(&jwe).await;
+    r.assert_error(400, "invalid_request");
+    assert_eq!(r.headers["cache-control"], "no-store");
+    assert_eq!(browser.user(&env).await.status, 200, "the session stays");
 }
