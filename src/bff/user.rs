@@ -12,18 +12,29 @@ use crate::gateway::AppState;
 use crate::gateway::Current;
 use crate::session::{EndReason, SessionRecord, cookie};
 
+#[derive(Deserialize)]
+pub struct UserQuery {
+    /// `anonymous=null`: without a session, answer 200 `null` instead of 401
+    /// `unauthenticated` — for an SPA's first look, which a browser would otherwise
+    /// log as a failed request on every visit by someone not logged in.
+    anonymous: Option<String>,
+}
+
 /// `GET /bff/user` (with `X-CSRF: 1`): the user's claims, never a token.
 pub async fn user(
     State(state): State<AppState>,
     Current(fe): Current,
+    Query(query): Query<UserQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     crate::security::check_csrf_header(&headers)?;
     let gw = &state.gw;
-    let (_, record) = gw
-        .current_session(&fe, &headers)
-        .await?
-        .ok_or(ApiError::Unauthenticated)?;
+    let Some((_, record)) = gw.current_session(&fe, &headers).await? else {
+        return match query.anonymous.as_deref() {
+            Some("null") => Ok(axum::Json(Value::Null).into_response()),
+            _ => Err(ApiError::Unauthenticated),
+        };
+    };
     let mut claims: Map<String, Value> = serde_json::from_str(&record.claims).unwrap_or_default();
     let sid = logout_sid(&record);
     let logout_url = format!(

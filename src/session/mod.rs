@@ -362,4 +362,6 @@ fn secs(d: Duration) -> i64 {
 }
 
 #[cfg(test)]
+mod lifetime_tests;
+#[cfg(test)]
 mod store_tests;
