@@ -349,12 +349,21 @@ impl Shared {
 }
 
 /// Keeps the subscription to the invalidation channel; while it's live the cache is used.
+///
+/// On Redis Cluster a publish reaches every node, so any live node will do: the
+/// listener subscribes on one seed node and, whenever that fails or the subscription
+/// drops (the node died), tries the next seed node: a dead node is never retried in
+/// a loop while others are alive.
 async fn invalidation_listener(shared: std::sync::Weak<Shared>) {
+    let mut node = 0usize;
     loop {
         let Some(s) = shared.upgrade() else { return };
         let client = match &s.address {
             RedisAddress::Single(url) => redis::Client::open(url.as_str()),
-            RedisAddress::Cluster(nodes) => redis::Client::open(nodes[0].as_str()),
+            RedisAddress::Cluster(nodes) => {
+                node = (node + 1) % nodes.len();
+                redis::Client::open(nodes[node].as_str())
+            }
             RedisAddress::Sentinel { .. } => {
                 // Sentinel deployments read through to Redis (no cross-instance cache).
                 return;
