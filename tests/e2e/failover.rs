@@ -327,3 +327,43 @@ async fn cache_invalidation_moves_to_a_live_node_when_its_cluster_node_dies() {
         .await
         .assert_error(401, "unauthenticated");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sentinel_failover_under_load_is_followed_with_no_session_lost() {
+    let mut env = Env::builder()
+        .store("redis-sentinel")
+        .instances(2)
+        .access_token_ttl(4)
+        .userinfo(false)
+        .start()
+        .await;
+    let browsers = sessions(&env).await;
+    let load = Load::start(&browsers, &[&env.gateway, &env.others[0]]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let sentinel = env.redis_sentinel.as_mut().unwrap();
+    let victim = sentinel.kill_master();
+    let killed_at = load.started.elapsed();
+    let sentinel = env.redis_sentinel.take().unwrap();
+    let (sentinel, promoted) = tokio::task::spawn_blocking(move || {
+        let p = sentinel.wait_failover(victim, Duration::from_secs(30));
+        (sentinel, p)
+    })
+    .await
+    .unwrap();
+    let store_ok_at = load.started.elapsed();
+    env.redis_sentinel = Some(sentinel);
+    println!("FAILOVER (sentinel): master {victim} killed, {promoted} promoted");
+
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    let outcomes = load.finish().await;
+    assert_survived(
+        "sentinel",
+        &env,
+        &browsers,
+        &outcomes,
+        store_ok_at,
+        killed_at,
+    )
+    .await;
+}
