@@ -7,6 +7,7 @@ mod advanced_oauth;
 mod backchannel;
 mod callback_attacks;
 mod cli;
+mod crash_refresh;
 mod dpop;
 mod exhaustion;
 mod failover;
