@@ -27,5 +27,6 @@ mod real_providers;
 mod redis_faults;
 mod scale_out;
 mod sessions;
+mod store_faults;
 mod token_lifecycle;
 mod upstream_mtls;
