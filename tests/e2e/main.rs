@@ -19,6 +19,7 @@ mod login_flow;
 mod ops;
 #[cfg(feature = "otel")]
 mod otel;
+mod overload;
 mod path_confinement;
 mod process_faults;
 mod provider_shapes;
