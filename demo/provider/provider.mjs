@@ -93,6 +93,9 @@
 //                                             (under the provider key's kid); `{}` turns it off
 //   POST /test/userinfo  {"sub": "mallory"}   members replaced in userinfo answers (null removes
 //                                             one); `{}` turns it off (the default)
+//   POST /test/slow-token {"ms": 3000, "consume": false}  every POST /token waits ms before
+//                     it is processed (dropped if its client has gone meanwhile); with
+//                     consume it is processed at once and its answer waits ms
 //   GET  /test/health                         200 "ok"
 //
 // Prints exactly one line `READY <issuer>` on stdout once listening; everything else goes to
@@ -606,8 +609,30 @@ async function revokeGrant(grantId) {
   ]);
 }
 
+// Slow token endpoint, for /test/slow-token: without `consume` every POST /token waits
+// `ms` first, and one whose client has gone meanwhile is dropped unprocessed (its
+// refresh token stays valid); with `consume` it is processed at once and its answer
+// held back `ms` (a client that dies meanwhile loses a rotated refresh token).
+let slowToken = { ms: 0, consume: false };
+
 provider.use(async (ctx, next) => {
   const p = ctx.path;
+
+  if (p === '/token' && ctx.method === 'POST' && slowToken.ms > 0) {
+    const { ms, consume } = slowToken;
+    if (consume) {
+      // Processed at once (a refresh token rotates); the answer waits.
+      await next();
+      await new Promise((resolve) => setTimeout(resolve, ms));
+      return;
+    }
+    await new Promise((resolve) => setTimeout(resolve, ms));
+    if (ctx.req.socket.destroyed || ctx.req.socket.readableEnded) {
+      console.error('[provider] test: slow token request dropped, its client is gone');
+      ctx.status = 499;
+      return;
+    }
+  }
 
   // ---- interactions
   let m = p.match(/^\/interaction\/([^/]+)(\/login)?$/);
@@ -744,6 +769,13 @@ provider.use(async (ctx, next) => {
       }
     }
     ctx.body = { sent, failed: failures.length, errors: failures };
+    return;
+  }
+  if (p === '/test/slow-token' && ctx.method === 'POST') {
+    const body = await readJson(ctx.req);
+    slowToken = { ms: Number(body.ms ?? 0), consume: Boolean(body.consume) };
+    noStore(ctx);
+    ctx.body = slowToken;
     return;
   }
   if (p === '/test/sign' && ctx.method === 'POST') {

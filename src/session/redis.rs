@@ -40,6 +40,13 @@
 //! the caps are checked; taking one may find it already taken by the lost first
 //! send, which fails that login as an unknown state — no worse than the 503 without
 //! the resend.
+//!
+//! **Failover.** Redis Cluster: the cluster client follows a promoted replica by
+//! itself (it refreshes its slot map after a connection error or `MOVED`); calls to
+//! the dead master's slots fail within [`TIMEOUT`] until then. Sentinel: a call that
+//! finds the master's connection dead, timing out, or on a replica (`READONLY`) drops
+//! the connection, and the next call asks the sentinels for the master again
+//! ([`Shared::follow_master`]); a write a replica refused is sent once to the master.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -60,6 +67,8 @@ const CHANNEL: &str = "portcullis:invalidate";
 /// Longest time a cached session is used without re-reading it.
 const CACHE_TTL: Duration = Duration::from_secs(10);
 const TIMEOUT: Duration = Duration::from_secs(1);
+/// Least time between two connection attempts while Redis is unreachable.
+const RECONNECT_EVERY_MS: u64 = 500;
 
 /// One connection type for the three deployments.
 #[derive(Clone)]
@@ -96,7 +105,10 @@ impl ConnectionLike for Conn {
 
 struct Shared {
     address: RedisAddress,
-    conn: tokio::sync::RwLock<Option<Conn>>,
+    /// The connection and its generation (bumped on every connect), so that a call
+    /// that saw it fail forgets only that one, never a newer connection.
+    conn: tokio::sync::RwLock<Option<(u64, Conn)>>,
+    generation: AtomicU64,
     connecting: tokio::sync::Mutex<Option<Instant>>,
     idle: i64,
     cache: DashMap<SessionKey, (Arc<SessionRecord>, Instant)>,
@@ -192,6 +204,7 @@ impl RedisStore {
         let shared = Arc::new(Shared {
             address,
             conn: tokio::sync::RwLock::new(None),
+            generation: AtomicU64::new(0),
             connecting: tokio::sync::Mutex::new(None),
             idle,
             cache: DashMap::new(),
@@ -213,6 +226,12 @@ impl RedisStore {
 
 impl Shared {
     async fn conn(&self) -> Result<Conn, StoreError> {
+        self.current().await.map(|(_, c)| c)
+    }
+
+    /// The connection with its generation; connects (at most every 500 ms) if there
+    /// is none.
+    async fn current(&self) -> Result<(u64, Conn), StoreError> {
         if let Some(c) = self.conn.read().await.as_ref() {
             return Ok(c.clone());
         }
@@ -220,14 +239,33 @@ impl Shared {
         if let Some(c) = self.conn.read().await.as_ref() {
             return Ok(c.clone());
         }
-        if last_try.is_some_and(|t| t.elapsed() < Duration::from_millis(500)) {
+        if last_try.is_some_and(|t| t.elapsed() < Duration::from_millis(RECONNECT_EVERY_MS)) {
             return Err(StoreError::Unavailable("redis: not connected".into()));
         }
         *last_try = Some(Instant::now());
         let conn = connect(&self.address).await.map_err(unavailable)?;
-        *self.conn.write().await = Some(conn.clone());
+        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        *self.conn.write().await = Some((generation, conn.clone()));
         tracing::info!("connected to redis");
-        Ok(conn)
+        Ok((generation, conn))
+    }
+
+    /// Behind Sentinel the master can move: a call that found the connection dead,
+    /// timing out, or on a replica (`READONLY`, the old master came back demoted)
+    /// drops it, and the next call asks the sentinels for the master again.
+    async fn follow_master(&self, generation: u64, e: &redis::RedisError) -> bool {
+        let moved = e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly);
+        if !matches!(self.address, RedisAddress::Sentinel { .. })
+            || !(moved || e.is_connection_dropped() || e.is_timeout() || e.is_connection_refusal())
+        {
+            return false;
+        }
+        let mut conn = self.conn.write().await;
+        if conn.as_ref().is_some_and(|(g, _)| *g == generation) {
+            *conn = None;
+            tracing::warn!(error = %e, "redis master lost; asking the sentinels for the master again");
+        }
+        moved
     }
 
     /// Runs one call; if it failed on a dead connection, once more on a fresh one
@@ -239,15 +277,25 @@ impl Shared {
         F: FnMut(Conn, bool) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
-        let conn = self.conn().await?;
+        let (generation, conn) = self.current().await?;
         match op(conn, false).await {
             Ok(v) => Ok(v),
-            Err(e) if connection_was_dead(&e) => {
+            Err(e) => {
+                // A write a replica refused was not done: sending it to the master is safe.
+                let refused_by_replica = self.follow_master(generation, &e).await;
+                if !(refused_by_replica || connection_was_dead(&e)) {
+                    return Err(unavailable(e));
+                }
                 tracing::info!(error = %e, "redis connection was dead; sending once more on a fresh one");
-                let conn = self.conn().await?;
-                op(conn, true).await.map_err(unavailable)
+                let (generation, conn) = self.current().await?;
+                match op(conn, true).await {
+                    Ok(v) => Ok(v),
+                    Err(e) => {
+                        self.follow_master(generation, &e).await;
+                        Err(unavailable(e))
+                    }
+                }
             }
-            Err(e) => Err(unavailable(e)),
         }
     }
 
@@ -280,12 +328,21 @@ impl Shared {
 }
 
 /// Keeps the subscription to the invalidation channel; while it's live the cache is used.
+///
+/// On Redis Cluster a publish reaches every node, so any live node will do: the
+/// listener subscribes on one seed node and, whenever that fails or the subscription
+/// drops (the node died), tries the next seed node: a dead node is never retried in
+/// a loop while others are alive.
 async fn invalidation_listener(shared: std::sync::Weak<Shared>) {
+    let mut node = 0usize;
     loop {
         let Some(s) = shared.upgrade() else { return };
         let client = match &s.address {
             RedisAddress::Single(url) => redis::Client::open(url.as_str()),
-            RedisAddress::Cluster(nodes) => redis::Client::open(nodes[0].as_str()),
+            RedisAddress::Cluster(nodes) => {
+                node = (node + 1) % nodes.len();
+                redis::Client::open(nodes[node].as_str())
+            }
             RedisAddress::Sentinel { .. } => {
                 // Sentinel deployments read through to Redis (no cross-instance cache).
                 return;

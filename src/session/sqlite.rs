@@ -172,6 +172,10 @@ struct Pool {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
     writer: Mutex<()>,
+    /// Why the last write failed (a full disk, a read-only file, a lock held by
+    /// another process past the busy timeout), until a write succeeds again: while
+    /// set, the store is not ready ([`SqliteStore::ping`] probes with a write).
+    write_fault: Mutex<Option<String>>,
 }
 
 impl Pool {
@@ -215,7 +219,7 @@ impl Pool {
         f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
     ) -> Result<T, StoreError> {
         let _one_writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        self.run(|c| {
+        let result = self.run(|c| {
             if !durable {
                 return f(c);
             }
@@ -223,7 +227,35 @@ impl Pool {
             let result = f(c);
             c.pragma_update(None, "synchronous", "NORMAL")?;
             result
-        })
+        });
+        self.note_write(result.as_ref().err());
+        result
+    }
+
+    /// Remembers whether writes work, logging each change once (with the cause).
+    fn note_write(&self, error: Option<&StoreError>) {
+        let mut fault = self.write_fault.lock().unwrap_or_else(|p| p.into_inner());
+        match error {
+            Some(StoreError::Unavailable(cause)) => {
+                if fault.is_none() {
+                    tracing::error!(cause = %cause, path = %self.path.display(), "sqlite writes fail; not ready until one succeeds");
+                }
+                *fault = Some(cause.clone());
+            }
+            Some(_) => {}
+            None => {
+                if let Some(cause) = fault.take() {
+                    tracing::info!(was = %cause, "sqlite writes work again");
+                }
+            }
+        }
+    }
+
+    fn write_fault(&self) -> Option<String> {
+        self.write_fault
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn access<T>(
@@ -292,6 +324,7 @@ impl SqliteStore {
                 path,
                 idle: Mutex::new(vec![conn]),
                 writer: Mutex::new(()),
+                write_fault: Mutex::new(None),
             },
             cache: RecordCache::new(options.cache_size),
             touches: Mutex::default(),
@@ -883,9 +916,27 @@ impl SessionStore for SqliteStore {
         .await
     }
 
+    /// A read; after a failed write, a write too: a store that can read but not
+    /// write (full disk, read-only file, locked by another process) is not ready.
+    /// The probe waits 100 ms at most for a lock, so `/readyz` answers promptly.
     async fn ping(&self) -> Result<(), StoreError> {
         self.blocking(Access::Read, |c| c.query_row("SELECT 1", [], |_| Ok(())))
-            .await
+            .await?;
+        if self.shared.pool.write_fault().is_none() {
+            return Ok(());
+        }
+        self.blocking(Access::Write, |c| {
+            c.busy_timeout(Duration::from_millis(100))?;
+            // A page's worth, as a session write needs: a probe of a few bytes can
+            // fit where a session no longer does.
+            let probe = c.execute_batch(
+                "CREATE TABLE IF NOT EXISTS store_probe (id INTEGER PRIMARY KEY, data BLOB);
+                 INSERT OR REPLACE INTO store_probe VALUES (1, randomblob(16384));",
+            );
+            c.busy_timeout(Duration::from_secs(5))?;
+            probe
+        })
+        .await
     }
 
     async fn count(&self, now: i64) -> Result<u64, StoreError> {

@@ -702,12 +702,17 @@ pub struct Env {
     pub redis: Option<RedisServer>,
     /// With `store("redis-cluster")`: the real Redis Cluster the instances share.
     pub redis_cluster: Option<RedisCluster>,
+    /// With `store("redis-sentinel")`: master, replica and three sentinels.
+    pub redis_sentinel: Option<RedisSentinel>,
     pub key: String,
 }
 
 #[path = "../support/redis_cluster.rs"]
 mod redis_cluster;
 pub use redis_cluster::RedisCluster;
+#[path = "../support/redis_sentinel.rs"]
+mod redis_sentinel;
+pub use redis_sentinel::RedisSentinel;
 
 /// A `redis-server` of the test's own on a free port; `--appendonly` so a restart
 /// keeps what it had. Stopped on drop.
@@ -1012,9 +1017,11 @@ impl EnvBuilder {
         let provider = Provider::start(provider_config);
         let redis = (self.store == "redis").then(RedisServer::start);
         let redis_cluster = (self.store == "redis-cluster").then(RedisCluster::start);
-        let redis_url = match (&redis, &redis_cluster) {
-            (Some(r), _) => r.url(),
-            (_, Some(c)) => c.url(),
+        let redis_sentinel = (self.store == "redis-sentinel").then(RedisSentinel::start);
+        let redis_url = match (&redis, &redis_cluster, &redis_sentinel) {
+            (Some(r), _, _) => r.url(),
+            (_, Some(c), _) => c.url(),
+            (_, _, Some(s)) => s.url(),
             _ => String::new(),
         };
         let upstream = Upstream::start().await;
@@ -1080,7 +1087,7 @@ token = "user_or_none"
             auth_method = self.auth_method,
             userinfo = self.userinfo,
             extra_oidc = self.extra_oidc,
-            store = if self.store == "redis-cluster" {
+            store = if self.store.starts_with("redis-") {
                 "redis"
             } else {
                 self.store
@@ -1116,6 +1123,7 @@ token = "user_or_none"
             others,
             redis,
             redis_cluster,
+            redis_sentinel,
             key,
         }
     }

@@ -19,6 +19,8 @@ fn cluster_port() -> u16 {
 pub struct RedisCluster {
     children: Vec<std::process::Child>,
     pub ports: Vec<u16>,
+    /// Nodes stopped by [`RedisCluster::kill`].
+    killed: Vec<u16>,
     _dir: tempfile::TempDir,
 }
 
@@ -49,12 +51,15 @@ impl RedisCluster {
         let mut cluster = Self {
             children: Vec::new(),
             ports: ports.clone(),
+            killed: Vec::new(),
             _dir: tempfile::TempDir::new().unwrap(),
         };
         for &p in &ports {
             let child = std::process::Command::new("redis-server")
                 .args(["--bind", "127.0.0.1", "--port", &p.to_string(), "--save", "", "--appendonly", "no"])
                 .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"])
+                // A replica takes over however long its master was quiet (an idle test cluster).
+                .args(["--cluster-replica-validity-factor", "0"])
                 .args(["--cluster-config-file", &format!("nodes-{p}.conf")])
                 .arg("--dir")
                 .arg(dir.path())
@@ -136,6 +141,138 @@ impl RedisCluster {
             .map(|p| format!("127.0.0.1:{p}"))
             .collect();
         format!("redis+cluster://{}", nodes.join(","))
+    }
+}
+
+/// Fault injection, for the failover tests (tests/e2e/failover.rs).
+#[allow(dead_code)]
+impl RedisCluster {
+    /// The port of the master serving `key`'s slot, as a live node sees it.
+    pub fn master_of(&self, key: &str) -> u16 {
+        let alive = self.alive_port();
+        let slot: u16 = self
+            .cli(alive, &["CLUSTER", "KEYSLOT", key])
+            .trim()
+            .parse()
+            .expect("CLUSTER KEYSLOT");
+        self.owner_of(alive, slot)
+            .expect("a master serves every slot")
+    }
+
+    /// Who serves `slot` in `port`'s view: a master not flagged as failing.
+    fn owner_of(&self, port: u16, slot: u16) -> Option<u16> {
+        let nodes = self.cli(port, &["CLUSTER", "NODES"]);
+        nodes.lines().find_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let flags = f.get(2)?;
+            if !flags.contains("master") || flags.contains("fail") {
+                return None;
+            }
+            let serves = f.iter().skip(8).any(|range| {
+                let (a, b) = range.split_once('-').unwrap_or((range, range));
+                matches!((a.parse::<u16>(), b.parse::<u16>()), (Ok(a), Ok(b)) if a <= slot && slot <= b)
+            });
+            let addr = f.get(1)?.split('@').next()?;
+            serves.then(|| addr.rsplit(':').next()?.parse().ok())?
+        })
+    }
+
+    fn alive_port(&self) -> u16 {
+        self.ports
+            .iter()
+            .zip(&self.children)
+            .find(|(p, _)| !self.killed.contains(p))
+            .map(|(p, _)| *p)
+            .expect("a live node")
+    }
+
+    /// kill -9 of the node on `port`.
+    pub fn kill(&mut self, port: u16) {
+        let i = self
+            .ports
+            .iter()
+            .position(|&p| p == port)
+            .expect("a node of this cluster");
+        let _ = self.children[i].kill();
+        let _ = self.children[i].wait();
+        self.killed.push(port);
+    }
+
+    /// How many pub/sub clients `port` has (its `CLIENT LIST` entries with `sub=1`).
+    pub fn subscribers(&self, port: u16) -> usize {
+        self.cli(port, &["CLIENT", "LIST"])
+            .lines()
+            .filter(|l| l.contains(" sub=1 "))
+            .count()
+    }
+
+    /// Waits until every live node reports `cluster_state:ok` and, in its view, no
+    /// failing or killed master serves a slot (every failover is done).
+    pub fn wait_ok(&self, limit: std::time::Duration) {
+        let deadline = std::time::Instant::now() + limit;
+        while !self
+            .ports
+            .iter()
+            .filter(|p| !self.killed.contains(p))
+            .all(|&p| {
+                self.cli(p, &["CLUSTER", "INFO"])
+                    .contains("cluster_state:ok")
+                    && !self.cli(p, &["CLUSTER", "NODES"]).lines().any(|l| {
+                        // A master that serves slots and is failing or was killed.
+                        let f: Vec<&str> = l.split_whitespace().collect();
+                        let port = f.get(1).and_then(|a| {
+                            a.split('@').next()?.rsplit(':').next()?.parse::<u16>().ok()
+                        });
+                        f.len() > 8
+                            && f[2].contains("master")
+                            && (f[2].contains("fail")
+                                || port.is_some_and(|p| self.killed.contains(&p)))
+                    })
+            })
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "cluster not ok within {limit:?}: {}",
+                self.cli(self.alive_port(), &["CLUSTER", "NODES"])
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until every live node reports `cluster_state:ok` and sees a live master
+    /// other than a killed node serving `key`'s slot (its replica took over); returns
+    /// the new master's port. Panics after `limit`.
+    pub fn wait_failover(&self, key: &str, limit: std::time::Duration) -> u16 {
+        let alive: Vec<u16> = self
+            .ports
+            .iter()
+            .copied()
+            .filter(|p| !self.killed.contains(p))
+            .collect();
+        let slot: u16 = self
+            .cli(alive[0], &["CLUSTER", "KEYSLOT", key])
+            .trim()
+            .parse()
+            .expect("CLUSTER KEYSLOT");
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let owners: Vec<Option<u16>> = alive.iter().map(|&p| self.owner_of(p, slot)).collect();
+            if let Some(Some(owner)) = owners.first()
+                && !self.killed.contains(owner)
+                && owners.iter().all(|o| *o == Some(*owner))
+                && alive.iter().all(|&p| {
+                    self.cli(p, &["CLUSTER", "INFO"])
+                        .contains("cluster_state:ok")
+                })
+            {
+                return *owner;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no failover within {limit:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 }
 
