@@ -9,6 +9,9 @@
 //                   grant issues the userinfo token (opaque) unless it names a resource; a
 //                   refresh_token grant may name one of the resources granted at authorization.
 //                   Replaces the generic `resourceIndicators` option when both are set.
+//   resourceAudience  with apiResources: every resource's token gets this `aud` instead (any
+//                   resource is accepted) — the shape of a provider without RFC 8707 that
+//                   issues JWTs for its default API whatever `resource` says
 //   tokenExchange   { audiences: { "<audience>": { scope: "c:read", accessTokenTTL: <seconds>,
 //                                                  allowedSubs: ["alice"] } } }
 //                   registers the grant urn:ietf:params:oauth:grant-type:token-exchange:
@@ -43,11 +46,13 @@ export function resourceIndicatorsFeature(cfg, errors, defaultTTL) {
     defaultResource: async (_ctx, _client, oneOf) => (oneOf?.length === 1 ? oneOf[0] : undefined),
     useGrantedResource: async () => false,
     getResourceServerInfo: async (_ctx, indicator) => {
-      const api = Object.hasOwn(apis, indicator) ? apis[indicator] : undefined;
+      const fixed = cfg.resourceAudience;
+      const name = fixed ?? indicator;
+      const api = Object.hasOwn(apis, name) ? apis[name] : undefined;
       if (!api) throw new errors.InvalidTarget();
       return {
         scope: api.scope ?? '',
-        audience: indicator,
+        audience: name,
         accessTokenTTL: api.accessTokenTTL ?? defaultTTL,
         accessTokenFormat: 'jwt',
         jwt: { sign: { alg: 'RS256' } },
