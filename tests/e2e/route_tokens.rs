@@ -492,3 +492,119 @@ async fn rotated_refresh_tokens_serve_the_login_and_every_audience() {
         login_refreshes + apis.a.distinct_tokens() as u64 + apis.b.distinct_tokens() as u64
     );
 }
+
+#[tokio::test]
+async fn provider_down_is_the_routes_503_and_invalid_grant_ends_the_session() {
+    let apis = start(
+        Env::builder()
+            .userinfo(false)
+            .oidc("http_timeout = \"1s\"\n")
+            .login_scopes(LOGIN_SCOPES)
+            .oidc("resource_at_login = true\n"),
+        &resource_routes(""),
+        json!({ "apiResources": api_resources(300) }),
+    )
+    .await;
+    let env = &apis.env;
+    let browser = env.browser();
+    browser.login(env, "alice", "alice", "/").await;
+    assert_eq!(call(&browser, &env.url("/api/x")).await.status, 200);
+
+    // Route A has no token yet and the provider is down: 503 for A only.
+    env.provider.pause();
+    call(&browser, &env.url("/api-a/x"))
+        .await
+        .assert_error(503, "idp_unavailable");
+    assert_eq!(call(&browser, &env.url("/api/x")).await.status, 200);
+    assert_eq!(browser.user(env).await.status, 200, "the session stays");
+    env.provider.resume();
+    let mut status = 0;
+    for _ in 0..20 {
+        status = call(&browser, &env.url("/api-a/x")).await.status.as_u16();
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(status, 200, "route A works again once the provider is back");
+
+    // The grant is revoked: B's refresh gets invalid_grant, which ends the session.
+    env.provider.revoke_grants("alice").await;
+    call(&browser, &env.url("/api-b/x"))
+        .await
+        .assert_error(401, "session_expired");
+    browser.user(env).await.assert_error(401, "unauthenticated");
+    assert_eq!(apis.b.accepted().len() + apis.b.refused() as usize, 0);
+}
+
+/// `portcullis check` says what each route with its own token requests, and warns when
+/// the provider doesn't advertise the token-exchange grant.
+#[tokio::test]
+async fn check_prints_route_tokens_and_warns_about_a_missing_exchange_grant() {
+    let routes = format!(
+        r#"
+[[routes]]
+prefix = "/api-a"
+upstream = "http://127.0.0.1:1"
+resource = "{API_A}"
+scopes = ["a:read"]
+
+[[routes]]
+prefix = "/api-c"
+upstream = "http://127.0.0.1:1"
+token = "exchange"
+audience = "{API_C}"
+"#
+    );
+    let check = |env: &Env| {
+        let config = env.gateway.config_path.to_str().unwrap().to_owned();
+        let dir = env.gateway.dir.path().to_owned();
+        tokio::task::spawn_blocking(move || {
+            let out = std::process::Command::new(binary())
+                .args(["check", "--config", &config])
+                .current_dir(dir)
+                .env_remove("PORTCULLIS_CONFIG")
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        })
+    };
+    let without = Env::builder().routes(&routes).start().await;
+    let out = check(&without).await.unwrap();
+    assert!(
+        out.contains(&format!(
+            "route /api-a: own user token by refresh-token grant, resource {API_A}, scopes a:read"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "route /api-c: own user token by token exchange (audience {API_C})"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains("routes[4] (token = \"exchange\"): the provider does not advertise"),
+        "{out}"
+    );
+    assert!(out.contains("routes[3].resource: RFC 8707"), "{out}");
+
+    let with = Env::builder()
+        .routes(&routes)
+        .provider_option(
+            "tokenExchange",
+            json!({ "audiences": { API_C: { "scope": "c:read" } } }),
+        )
+        .start()
+        .await;
+    let out = check(&with).await.unwrap();
+    assert!(
+        !out.contains("does not advertise the token-exchange"),
+        "{out}"
+    );
+}
