@@ -353,7 +353,10 @@ const configuration = {
     Interaction: () => 600,
     AuthorizationCode: () => 60,
   },
-  rotateRefreshToken: () => rotateRefreshToken,
+  rotateRefreshToken: (ctx) => {
+    apiResources.checkRefreshTarget(ctx, errors); // refuse a resource before rotating
+    return rotateRefreshToken;
+  },
   issueRefreshToken: async (_ctx, client, code) => (
     client.grantTypeAllowed('refresh_token') && code.scopes.has('offline_access')
   ),

@@ -61,6 +61,23 @@ export function resourceIndicatorsFeature(cfg, errors, defaultTTL) {
   };
 }
 
+/**
+ * Called by the provider's `rotateRefreshToken` hook, before the refresh token is rotated:
+ * a refresh-token grant naming a resource that was not granted at authorization is
+ * answered `invalid_target` *before* rotation. (oidc-provider itself rotates first and
+ * then refuses the resource, so the client loses its refresh token; a well-behaved
+ * provider refuses without spending it.)
+ */
+export function checkRefreshTarget(ctx, errors) {
+  const resource = ctx.oidc?.params?.resource;
+  const rt = ctx.oidc?.entities?.RefreshToken;
+  if (!resource || !rt) return;
+  const granted = rt.resourceIndicators ?? new Set();
+  for (const r of Array.isArray(resource) ? resource : [resource]) {
+    if (!granted.has(r)) throw new errors.InvalidTarget();
+  }
+}
+
 /** With exchange configured, every client allowed the code grant may also exchange tokens. */
 export function withExchangeGrant(cfg, client) {
   const types = client.grant_types ?? [];

@@ -52,6 +52,9 @@ use crate::session::{EndReason, SessionKey, SessionRecord, SessionStore, Tokens}
 /// After the provider failed a refresh, sessions with a still-valid token don't
 /// retry for this long (so an outage doesn't slow every request down by a timeout).
 const UNAVAILABLE_BACKOFF: Duration = Duration::from_secs(5);
+/// After the provider refused a route's token, that session's route answers the same
+/// refusal for this long without asking again.
+const REFUSED_BACKOFF: Duration = Duration::from_secs(30);
 /// How often a request waiting for another instance's refresh re-reads the session.
 const LOCK_POLL: Duration = Duration::from_millis(50);
 
@@ -91,6 +94,9 @@ pub struct TokenManager {
     /// Grants of routes' own tokens in flight, per session and audience key.
     route_inflight: Mutex<HashMap<(SessionKey, String), Flight>>,
     route_backoff: DashMap<(SessionKey, String), Instant>,
+    /// A route token the provider refused (`invalid_target`, …): until when, and why —
+    /// a misconfigured route is not sent to the provider on every request.
+    route_refused: DashMap<(SessionKey, String), (Instant, String)>,
 }
 
 impl TokenManager {
@@ -108,6 +114,7 @@ impl TokenManager {
             backoff: DashMap::new(),
             route_inflight: Mutex::new(HashMap::new()),
             route_backoff: DashMap::new(),
+            route_refused: DashMap::new(),
         }
     }
 

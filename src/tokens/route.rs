@@ -33,7 +33,7 @@ use std::time::Instant;
 use axum::http::HeaderValue;
 use tokio::sync::watch;
 
-use super::{Outcome, TokenManager, UNAVAILABLE_BACKOFF};
+use super::{Outcome, REFUSED_BACKOFF, TokenManager, UNAVAILABLE_BACKOFF};
 use crate::config::{RouteConfig, TokenKind};
 use crate::error::ApiError;
 use crate::oidc::OidcError;
@@ -145,6 +145,15 @@ impl TokenManager {
             Grant::Refresh => {}
         }
         let backoff_key = (record.key, audience.key.clone());
+        if still_valid.is_none()
+            && let Some(entry) = self.route_refused.get(&backoff_key)
+            && Instant::now() < entry.0
+        {
+            return Err(ApiError::Forbidden(format!(
+                "route {}: {} (refused earlier; not asked again yet)",
+                audience.route, entry.1
+            )));
+        }
         if let Some(t) = &still_valid
             && self
                 .route_backoff
@@ -156,6 +165,7 @@ impl TokenManager {
         match self.obtain(gw, record.key, audience).await {
             Outcome::Fresh(fresh) => {
                 self.route_backoff.remove(&backoff_key);
+                self.route_refused.remove(&backoff_key);
                 match fresh.route_token(&audience.key) {
                     Some(t) => bearer(&t.access_token),
                     None => Err(ApiError::Internal(
@@ -164,10 +174,20 @@ impl TokenManager {
                 }
             }
             Outcome::Ended => Err(ApiError::SessionExpired),
-            Outcome::Refused(detail) => Err(refused(audience, &detail)),
+            Outcome::Refused(detail) => {
+                let error = refused(audience, &detail);
+                self.route_refused
+                    .insert(backoff_key, (Instant::now() + REFUSED_BACKOFF, detail));
+                self.prune();
+                match still_valid {
+                    Some(t) => bearer(&t),
+                    None => Err(error),
+                }
+            }
             Outcome::ProviderDown(detail) => {
                 self.route_backoff
                     .insert(backoff_key, Instant::now() + UNAVAILABLE_BACKOFF);
+                self.prune();
                 match still_valid {
                     Some(t) => {
                         tracing::warn!(route = %audience.route, detail, "route token renewal failed; using the current token");
@@ -183,6 +203,19 @@ impl TokenManager {
                 Some(t) => bearer(&t),
                 None => Err(ApiError::StoreUnavailable(detail)),
             },
+        }
+    }
+
+    /// Keeps the per-route back-off maps bounded: past entries go once there are many
+    /// (sessions that ended keep theirs until then).
+    fn prune(&self) {
+        const MANY: usize = 10_000;
+        let now = Instant::now();
+        if self.route_backoff.len() > MANY {
+            self.route_backoff.retain(|_, until| *until > now);
+        }
+        if self.route_refused.len() > MANY {
+            self.route_refused.retain(|_, (until, _)| *until > now);
         }
     }
 

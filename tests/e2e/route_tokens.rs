@@ -264,7 +264,10 @@ async fn invalid_scope_and_invalid_target_are_the_routes_403_and_other_routes_wo
 
     // Without resource_at_login the provider never granted API A: invalid_target.
     let apis = start(
-        Env::builder().login_scopes(LOGIN_SCOPES),
+        Env::builder()
+            .login_scopes(LOGIN_SCOPES)
+            .access_token_ttl(2)
+            .userinfo(false),
         &resource_routes(""),
         json!({ "apiResources": api_resources(300) }),
     )
@@ -279,6 +282,24 @@ async fn invalid_scope_and_invalid_target_are_the_routes_403_and_other_routes_wo
     assert_eq!(call(&browser, &env.url("/api/x")).await.status, 200);
     assert_eq!(browser.user(env).await.status, 200, "not a logout");
     assert_eq!(apis.b.accepted().len() + apis.b.refused() as usize, 0);
+    // Asked again: the same answer, without another grant at the provider.
+    call(&browser, &env.url("/api-b/x"))
+        .await
+        .assert_error(403, "forbidden");
+    let (_, errors) = env.provider.grant_count("refresh_token").await;
+    assert_eq!(
+        errors, 1,
+        "the refused route was not sent to the provider again"
+    );
+    // The refusal spent no refresh token: the login's token is still refreshed.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(
+        call(&browser, &env.url("/api/after-expiry")).await.status,
+        200
+    );
+    let (refreshed, errors) = env.provider.grant_count("refresh_token").await;
+    assert!(refreshed >= 1, "the login's token was refreshed");
+    assert_eq!(errors, 1, "only the one invalid_target, no invalid_grant");
 }
 
 #[tokio::test]
