@@ -629,3 +629,39 @@ audience = "{API_C}"
         "{out}"
     );
 }
+
+/// Auth0's `audience` (per frontend) and the routes' resources (RFC 8707 §2.1) travel
+/// in the authorization request; a login with them completes.
+#[tokio::test]
+async fn the_authorization_request_carries_the_audience_and_the_routes_resources() {
+    let apis = start(
+        Env::builder()
+            .plain_authorize()
+            .login_scopes(LOGIN_SCOPES)
+            .oidc("resource_at_login = true\naudience = \"https://api.example.com\"\n"),
+        &resource_routes(""),
+        json!({ "apiResources": api_resources(300) }),
+    )
+    .await;
+    let env = &apis.env;
+    let browser = env.browser();
+    let authorize = browser.start_login(env, "/").await;
+    let pairs: Vec<(String, String)> = url::Url::parse(&authorize)
+        .unwrap()
+        .query_pairs()
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    let values = |name: &str| -> Vec<&str> {
+        pairs
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    };
+    assert_eq!(values("audience"), ["https://api.example.com"]);
+    assert_eq!(values("resource"), [API_A, API_B]);
+    // The provider accepts it (it ignores `audience`): the login and both APIs work.
+    browser.login(env, "alice", "alice", "/").await;
+    assert_eq!(call(&browser, &env.url("/api-a/x")).await.status, 200);
+    assert_eq!(call(&browser, &env.url("/api-b/x")).await.status, 200);
+}
