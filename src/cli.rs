@@ -229,7 +229,63 @@ async fn check_frontend(
              refresh tokens will not be revoked at logout"
         );
     }
+    check_route_tokens(frontend, &meta, keys);
     check_client_credentials(&oidc, &frontend.oidc, keys).await
+}
+
+/// Per route with a token of its own: what it will request, and warnings where the
+/// provider's metadata doesn't advertise what it needs.
+fn check_route_tokens(
+    frontend: &crate::config::FrontendConfig,
+    meta: &crate::oidc::ProviderMetadata,
+    keys: &str,
+) {
+    use crate::config::TokenKind;
+    for (i, route) in frontend.routes.iter().enumerate() {
+        if !route.has_own_user_token() {
+            continue;
+        }
+        let resource = route.resource.as_ref().map(|r| r.to_string());
+        let scopes = route.scopes.as_ref().map(|s| s.join(" "));
+        let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+        let grant = if route.token == TokenKind::Exchange {
+            format!("token exchange (audience {})", show(&route.audience))
+        } else {
+            "refresh-token grant".to_owned()
+        };
+        println!(
+            "route {}: own user token by {grant}, resource {}, scopes {}",
+            route.prefix,
+            show(&resource),
+            show(&scopes)
+        );
+        if route.token == TokenKind::Exchange
+            && !meta
+                .grant_types_supported
+                .as_ref()
+                .is_some_and(|g| g.iter().any(|t| t == crate::oidc::TOKEN_EXCHANGE))
+        {
+            println!(
+                "warning: {keys}routes[{i}] (token = \"exchange\"): the provider does not advertise \
+                 the token-exchange grant ({}) in grant_types_supported",
+                crate::oidc::TOKEN_EXCHANGE
+            );
+        }
+        if resource.is_some() {
+            println!(
+                "warning: {keys}routes[{i}].resource: RFC 8707 resource indicators have no discovery \
+                 metadata, so support can't be verified here; a JWT whose aud is not the resource is \
+                 refused at runtime (403 forbidden){}",
+                if route.token != TokenKind::Exchange && !frontend.oidc.resource_at_login {
+                    format!(
+                        "; set {keys}oidc.resource_at_login = true if the provider grants resources only at login"
+                    )
+                } else {
+                    String::new()
+                }
+            );
+        }
+    }
 }
 
 /// Proves the client credentials with a token request (see

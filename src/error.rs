@@ -57,6 +57,11 @@ pub enum ApiError {
         method: axum::http::Method,
         allow: &'static str,
     },
+    /// The request is understood but not allowed (403): the provider refused the
+    /// route's token (token exchange policy, `invalid_target`, `invalid_scope`). Never
+    /// a logout; the detail (logged) names the route and the provider's answer.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
     /// Too many requests from one client.
     #[error("rate limited")]
     RateLimited { retry_after_secs: u64 },
@@ -89,6 +94,7 @@ impl ApiError {
             Self::Unauthenticated => "unauthenticated",
             Self::SessionExpired => "session_expired",
             Self::Csrf(_) => "csrf",
+            Self::Forbidden(_) => "forbidden",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::RateLimited { .. } => "rate_limited",
             Self::UpstreamUnavailable(_) => "upstream_unavailable",
@@ -104,7 +110,7 @@ impl ApiError {
             Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             Self::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::Unauthenticated | Self::SessionExpired => StatusCode::UNAUTHORIZED,
-            Self::Csrf(_) => StatusCode::FORBIDDEN,
+            Self::Csrf(_) | Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
@@ -121,6 +127,7 @@ impl ApiError {
             | Self::Unauthenticated
             | Self::SessionExpired
             | Self::Csrf(_)
+            | Self::Forbidden(_)
             | Self::MethodNotAllowed { .. }
             | Self::RateLimited { .. } => Fault::Client,
             Self::UpstreamUnavailable(_) | Self::UpstreamTimeout => Fault::Upstream,
@@ -138,6 +145,7 @@ impl ApiError {
             Self::Unauthenticated => "no valid session",
             Self::SessionExpired => "the session has ended; log in again",
             Self::Csrf(why) => why,
+            Self::Forbidden(_) => "this request is not allowed",
             Self::MethodNotAllowed { .. } => "this method is not allowed",
             Self::RateLimited { .. } => "too many requests",
             Self::UpstreamUnavailable(_) => "the upstream service is unavailable",

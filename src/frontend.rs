@@ -58,7 +58,22 @@ impl Frontend {
             cookie_name: fc.cookie_name.clone(),
             same_site: fc.same_site.unwrap_or(config.session.same_site),
             login_cookie: fc.login_cookie_name(),
-            oidc: Oidc::new(&fc.oidc, fc.redirect_uri(config))?,
+            oidc: {
+                let mut oidc = Oidc::new(&fc.oidc, fc.redirect_uri(config))?;
+                if fc.oidc.resource_at_login {
+                    // RFC 8707 §2.1: the resources the routes' refresh-token grants name.
+                    oidc.add_login_resources(
+                        fc.routes
+                            .iter()
+                            .filter(|r| {
+                                r.has_own_user_token()
+                                    && r.token != crate::config::TokenKind::Exchange
+                            })
+                            .filter_map(|r| r.resource.as_ref().map(url::Url::as_str)),
+                    );
+                }
+                oidc
+            },
             routes: RouteTable::from_config(&fc.routes)?,
             rewrite,
             config: fc.clone(),

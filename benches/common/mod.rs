@@ -55,6 +55,7 @@ pub fn tokens(seed: u64) -> Tokens {
         id_token: (id > 0).then(|| filler(id, seed ^ 0xaaaa)),
         scope: Some("openid profile email offline_access".into()),
         dpop_key: None,
+        route_tokens: Vec::new(),
     }
 }
 

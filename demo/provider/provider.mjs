@@ -36,6 +36,7 @@
 //                       useGrantedResource: true, accessTokenTTL: <seconds> }
 //                     = any absolute resource URL is accepted; its access tokens are JWTs
 //                     (RS256) with aud = the resource.
+//   apiResources, tokenExchange  see resources.mjs (per-resource JWT access tokens; RFC 8693)
 //   omitFromDiscovery  default []: members removed from the OIDC discovery document
 //                     (/.well-known/openid-configuration) only, e.g. ["revocation_endpoint"]; the
 //                     RFC 8414 document (/.well-known/oauth-authorization-server) keeps them —
@@ -113,6 +114,7 @@ console.log = (...args) => console.error(...args);
 
 const { default: Provider, errors, interactionPolicy } = await import('oidc-provider');
 const { generateKeyPair, exportJWK, importJWK, SignJWT, decodeJwt, decodeProtectedHeader } = await import('jose');
+const apiResources = await import('./resources.mjs');
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 
@@ -177,7 +179,7 @@ if (cfg.resourceIndicators) {
   resourceIndicators = cfg.resourceIndicators === true ? {} : cfg.resourceIndicators;
 }
 
-const clients = cfg.clients.map((c) => ({
+const clients = cfg.clients.map((c) => apiResources.withExchangeGrant(cfg, {
   grant_types: ['authorization_code', 'refresh_token', 'client_credentials'],
   ...c,
 }));
@@ -396,7 +398,10 @@ const configuration = {
     Interaction: () => 600,
     AuthorizationCode: () => 60,
   },
-  rotateRefreshToken: () => rotateRefreshToken,
+  rotateRefreshToken: (ctx) => {
+    apiResources.checkRefreshTarget(ctx, errors); // refuse a resource before rotating
+    return rotateRefreshToken;
+  },
   issueRefreshToken: async (_ctx, client, code) => (
     client.grantTypeAllowed('refresh_token') && code.scopes.has('offline_access')
   ),
@@ -445,7 +450,7 @@ ${f.replace('</form>', '<button id="logout-yes" type="submit" name="logout" valu
       ? { enabled: dpop, nonceSecret: crypto.randomBytes(32), requireNonce: () => true }
       : { enabled: dpop },
     userinfo: { enabled: true },
-    resourceIndicators: resourceIndicators
+    resourceIndicators: apiResources.resourceIndicatorsFeature(cfg, errors, accessTokenTTL) ?? (resourceIndicators
       ? {
         enabled: true,
         defaultResource: async (_ctx, _client, oneOf) => oneOf ?? resourceIndicators.defaultResource,
@@ -469,7 +474,7 @@ ${f.replace('</form>', '<button id="logout-yes" type="submit" name="logout" valu
           };
         },
       }
-      : { enabled: false },
+      : { enabled: false }),
   },
   renderError: async (ctx, out) => {
     ctx.type = 'html';
@@ -492,6 +497,8 @@ const issuer = (cfg.issuer ?? `http://${cfg.issuerHost ?? host}:${port}${issuerP
 
 const provider = new Provider(issuer, configuration);
 impliedConsentPrompt(provider);
+// API resources and token exchange (see resources.mjs).
+provider.use(apiResources.install(provider, cfg, { errors, sign: signWithProviderKey, defaultTTL: accessTokenTTL }));
 
 // -- sessions of each account, for /test/backchannel-logout
 const sessionsById = new Map(); // session.jti -> session

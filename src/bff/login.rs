@@ -345,6 +345,7 @@ pub async fn callback(
         id_token: response.id_token,
         scope: response.scope,
         dpop_key: dpop.as_ref().map(crate::oidc::DpopKey::to_stored),
+        route_tokens: Vec::new(),
     };
     let (session_id, record) = gw
         .sessions

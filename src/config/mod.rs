@@ -204,6 +204,15 @@ pub struct OidcConfig {
     /// `max_age`, `acr_values`, `login_hint`, `ui_locales`.
     #[serde(default = "default_login_params")]
     pub login_params: Vec<String>,
+    /// Sent as `audience` in every authorization request (Auth0: the API the login's
+    /// access token is for). Default: none.
+    #[serde(default)]
+    pub audience: Option<String>,
+    /// Send every `resource` of this frontend's user-token routes in the authorization
+    /// request (RFC 8707 §2.1), for providers that issue a resource's token on refresh
+    /// only when it was granted at login (oidc-provider, Okta). Default `false`.
+    #[serde(default)]
+    pub resource_at_login: bool,
     /// DPoP (RFC 9449) for user tokens: each session gets its own key, and the
     /// provider binds the user's tokens to it. Routes with user tokens then send
     /// `Authorization: DPoP` with a proof (see `routes.dpop`). Default `false`.
@@ -463,12 +472,20 @@ pub struct RouteConfig {
     /// only on routes that take no session (`token = "none"` or `"client"`), e.g. webhooks.
     #[serde(default = "yes")]
     pub csrf: bool,
-    /// Scopes of the client-credentials token (`client`, `user_or_client` routes).
+    /// Scopes of the route's token. Client tokens (`client`, `user_or_client`): the
+    /// client-credentials request's. User tokens (`user`, `user_or_none`,
+    /// `user_or_client`): the route gets a token of its own, from a refresh-token grant
+    /// with these scopes (Entra: `api://…/.default`). `exchange`: the exchanged token's.
     #[serde(default)]
     pub scopes: Option<Vec<String>>,
-    /// Resource indicator (RFC 8707) of the client-credentials token: the audience it is for.
+    /// Resource indicator (RFC 8707) of the route's token, as for `scopes`: the
+    /// client-credentials request's, the user token's refresh-token grant's, or the
+    /// token exchange's `resource`.
     #[serde(default)]
     pub resource: Option<Url>,
+    /// `token = "exchange"`: the target `audience` of the token exchange (RFC 8693).
+    #[serde(default)]
+    pub audience: Option<String>,
     /// Time for the upstream to answer with its headers, connecting included
     /// (→ 504 `upstream_timeout`). Default `30s`.
     #[serde(default = "default_upstream_timeout", with = "humantime_serde")]
@@ -509,11 +526,24 @@ impl RouteConfig {
     pub fn uses_dpop(&self, oidc_dpop: bool) -> bool {
         self.dpop.unwrap_or(
             oidc_dpop
+                && !self.has_own_user_token()
                 && matches!(
                     self.token,
                     TokenKind::User | TokenKind::UserOrNone | TokenKind::UserOrClient
                 ),
         )
+    }
+
+    /// Whether the route's user token is one of its own (per-route `resource` /
+    /// `scopes`, or token exchange) rather than the login's access token.
+    pub fn has_own_user_token(&self) -> bool {
+        match self.token {
+            TokenKind::Exchange => true,
+            TokenKind::User | TokenKind::UserOrNone | TokenKind::UserOrClient => {
+                self.scopes.is_some() || self.resource.is_some()
+            }
+            TokenKind::Client | TokenKind::None => false,
+        }
     }
 }
 
@@ -526,6 +556,9 @@ pub enum TokenKind {
     Client,
     UserOrClient,
     None,
+    /// The session's access token exchanged for one for the route's `audience` /
+    /// `resource` / `scopes` (RFC 8693); requires a session, like `user`.
+    Exchange,
 }
 
 /// `[static]`: the SPA's built files.
@@ -1102,6 +1135,16 @@ fn validate_oidc(oidc: &OidcConfig, prefix: &str) -> Result<(), ConfigError> {
             ));
         }
     }
+    if oidc
+        .audience
+        .as_ref()
+        .is_some_and(|a| a.is_empty() || a.chars().any(char::is_control))
+    {
+        return Err(invalid(
+            &format!("{prefix}oidc.audience"),
+            "must be a non-empty string",
+        ));
+    }
     if oidc.max_pending_logins == 0 {
         return Err(invalid(
             &format!("{prefix}oidc.max_pending_logins"),
@@ -1151,20 +1194,69 @@ fn validate_routes(
                 "must not have a query or fragment",
             ));
         }
-        if route.scopes.is_some()
-            && !matches!(route.token, TokenKind::Client | TokenKind::UserOrClient)
-        {
+        if route.scopes.is_some() && route.token == TokenKind::None {
             return Err(invalid(
                 &key("scopes"),
-                "applies to client tokens (token = \"client\" or \"user_or_client\")",
+                "does not apply to token = \"none\"",
             ));
         }
-        if route.resource.is_some()
-            && !matches!(route.token, TokenKind::Client | TokenKind::UserOrClient)
+        if route.scopes.as_ref().is_some_and(|s| {
+            s.is_empty()
+                || s.iter()
+                    .any(|v| v.is_empty() || v.chars().any(|c| c == ' ' || c.is_control()))
+        }) {
+            return Err(invalid(
+                &key("scopes"),
+                "must be a non-empty list of scope tokens without spaces",
+            ));
+        }
+        if route.resource.is_some() && route.token == TokenKind::None {
+            return Err(invalid(
+                &key("resource"),
+                "does not apply to token = \"none\"",
+            ));
+        }
+        if route
+            .resource
+            .as_ref()
+            .is_some_and(|r| r.fragment().is_some())
         {
             return Err(invalid(
                 &key("resource"),
-                "applies to client tokens (token = \"client\" or \"user_or_client\")",
+                "must not have a fragment (RFC 8707 §2)",
+            ));
+        }
+        match (&route.audience, route.token) {
+            (Some(_), t) if t != TokenKind::Exchange => {
+                return Err(invalid(&key("audience"), "applies to token = \"exchange\""));
+            }
+            (Some(a), _) if a.is_empty() || a.chars().any(char::is_control) => {
+                return Err(invalid(&key("audience"), "must be a non-empty string"));
+            }
+            (None, TokenKind::Exchange) if route.resource.is_none() => {
+                return Err(invalid(
+                    &key("audience"),
+                    "token = \"exchange\" needs an audience or a resource",
+                ));
+            }
+            _ => {}
+        }
+        if route.has_own_user_token() && oidc_dpop {
+            return Err(invalid(
+                &key(if route.token == TokenKind::Exchange {
+                    "token"
+                } else if route.resource.is_some() {
+                    "resource"
+                } else {
+                    "scopes"
+                }),
+                "a route's own user token (resource, scopes, exchange) is not DPoP-bound: not with oidc.dpop = true",
+            ));
+        }
+        if route.has_own_user_token() && route.dpop == Some(true) {
+            return Err(invalid(
+                &key("dpop"),
+                "applies to the login's token; a route with its own user token (resource, scopes, exchange) sends it as Bearer",
             ));
         }
         if !route.csrf && !matches!(route.token, TokenKind::None | TokenKind::Client) {

@@ -734,22 +734,45 @@ fn route_refusals() {
     let token =
         |t: &str| Toml::minimal().route(&format!("prefix = \"/api\"\n{up}\ntoken = \"{t}\""));
     token("admin").unparsable(&["token", "admin"]);
-    // `scopes` and `resource` shape a client-credentials token: elsewhere they are a mistake.
-    for t in ["user", "user_or_none", "none"] {
+    // `scopes` and `resource` shape the route's token (client, own user token, exchange):
+    // on a route without a token they are a mistake.
+    token("none")
+        .route(&format!(
+            "prefix = \"/b\"\n{up}\ntoken = \"none\"\nscopes = [\"api\"]"
+        ))
+        .refused_for("routes[1].scopes");
+    let e = token("none")
+        .route(&format!(
+            "prefix = \"/b\"\n{up}\ntoken = \"none\"\nresource = \"https://api.example.com\""
+        ))
+        .load()
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("routes[1]") && e.contains("resource"), "{e}");
+    // A user route's own token; `audience` only with exchange; exchange needs a target.
+    for t in ["user", "user_or_none", "user_or_client"] {
         token(t)
             .route(&format!(
-                "prefix = \"/b\"\n{up}\ntoken = \"{t}\"\nscopes = [\"api\"]"
-            ))
-            .refused_for("routes[1].scopes");
-        let e = token(t)
-            .route(&format!(
-                "prefix = \"/b\"\n{up}\ntoken = \"{t}\"\nresource = \"https://api.example.com\""
+                "prefix = \"/b\"\n{up}\ntoken = \"{t}\"\nscopes = [\"api\"]\nresource = \"https://api.example.com\""
             ))
             .load()
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("routes[1]") && e.contains("resource"), "{e}");
+            .unwrap();
+        token(t)
+            .route(&format!(
+                "prefix = \"/b\"\n{up}\ntoken = \"{t}\"\naudience = \"api\""
+            ))
+            .refused_for("routes[1].audience");
     }
+    token("exchange").refused_for("routes[0].audience");
+    token("user")
+        .route(&format!(
+            "prefix = \"/b\"\n{up}\ntoken = \"exchange\"\naudience = \"api\"\nscopes = [\"r\"]"
+        ))
+        .load()
+        .unwrap();
+    token("user")
+        .route(&format!("prefix = \"/b\"\n{up}\nscopes = [\"two words\"]"))
+        .refused_for("routes[1].scopes");
 
     Toml::minimal()
         .route(&format!("prefix = \"/api\"\n{up}\ntimeout = \"forever\""))

@@ -50,6 +50,9 @@ pub struct ProviderMetadata {
     /// RFC 9449 §5.1: the DPoP proof algorithms the provider accepts (when it says).
     #[serde(default)]
     pub dpop_signing_alg_values_supported: Option<Vec<String>>,
+    /// Grant types the provider supports (token exchange is checked by `portcullis check`).
+    #[serde(default)]
+    pub grant_types_supported: Option<Vec<String>>,
 }
 
 /// Where the revocation endpoint in use was found.

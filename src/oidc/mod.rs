@@ -94,6 +94,11 @@ struct ErrorBody {
     error_description: Option<String>,
 }
 
+/// The grant type of token exchange (RFC 8693 §2.1).
+pub const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+/// RFC 8693 §3: the token type of an OAuth 2.0 access token.
+pub const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
+
 /// The OIDC client of one provider registration.
 pub struct Oidc {
     issuer: String,
@@ -102,6 +107,9 @@ pub struct Oidc {
     client_key: Option<ClientKey>,
     auth_method: AuthMethod,
     scopes: String,
+    /// Sent in every authorization request: `audience` (Auth0) and the routes'
+    /// `resource`s (RFC 8707 §2.1, `oidc.resource_at_login`).
+    login_extra: Vec<(&'static str, String)>,
     redirect_uri: String,
     post_logout_redirect_uri: Option<String>,
     userinfo: bool,
@@ -158,6 +166,11 @@ impl Oidc {
             },
             auth_method: config.auth_method,
             scopes: config.scopes.join(" "),
+            login_extra: config
+                .audience
+                .iter()
+                .map(|a| ("audience", a.clone()))
+                .collect(),
             redirect_uri,
             post_logout_redirect_uri: config
                 .post_logout_redirect_uri
@@ -177,6 +190,19 @@ impl Oidc {
             ),
             jwks: JwksCache::new(http),
         })
+    }
+
+    /// Asks for these resources at every authorization request too (RFC 8707 §2.1).
+    pub fn add_login_resources<'a>(&mut self, resources: impl IntoIterator<Item = &'a str>) {
+        for r in resources {
+            if !self
+                .login_extra
+                .iter()
+                .any(|(k, v)| *k == "resource" && v == r)
+            {
+                self.login_extra.push(("resource", r.to_owned()));
+            }
+        }
     }
 
     pub fn issuer(&self) -> &str {
@@ -237,6 +263,7 @@ impl Oidc {
             ("code_challenge", code_challenge.to_owned()),
             ("code_challenge_method", "S256".to_owned()),
         ];
+        params.extend(self.login_extra.iter().cloned());
         params.extend(extra.iter().cloned());
         params
     }
@@ -385,6 +412,7 @@ impl Oidc {
         let endpoint = match form.first().map(|(_, grant)| grant.as_str()) {
             Some("refresh_token") => "token_refresh",
             Some("client_credentials") => "token_client_credentials",
+            Some(TOKEN_EXCHANGE) => "token_exchange",
             _ => "token_code",
         };
         let htu = match dpop {
@@ -506,6 +534,72 @@ impl Oidc {
             )
             .await?;
         Self::check_token_type(&tokens, dpop.is_some())?;
+        Ok(tokens)
+    }
+
+    /// A refresh-token grant for one API (a per-route user token): `resource`
+    /// (RFC 8707) and/or `scope` narrow the new access token. The answer's refresh
+    /// token, when the provider rotated it, is the session's only valid one from
+    /// now on. Never DPoP (a route's own token goes as Bearer). `timeout` as in
+    /// [`Self::refresh`].
+    pub async fn refresh_for(
+        &self,
+        refresh_token: &str,
+        resource: Option<&str>,
+        scope: Option<&str>,
+        timeout: Duration,
+    ) -> Result<TokenResponse, OidcError> {
+        let mut form = vec![
+            ("grant_type", "refresh_token".to_owned()),
+            ("refresh_token", refresh_token.to_owned()),
+        ];
+        if let Some(resource) = resource {
+            form.push(("resource", resource.to_owned()));
+        }
+        if let Some(scope) = scope {
+            form.push(("scope", scope.to_owned()));
+        }
+        let tokens = self.token_request(form, Some(timeout), None).await?;
+        tokens.check_bearer()?;
+        Ok(tokens)
+    }
+
+    /// Token exchange (RFC 8693 §2.1): the session's access token (`subject_token`,
+    /// of type `access_token`) for an access token for `audience` / `resource` /
+    /// `scope`. The answer must say it issued an access token (§2.2.1
+    /// `issued_token_type`) of type Bearer.
+    pub async fn exchange_token(
+        &self,
+        subject_token: &str,
+        audience: Option<&str>,
+        resource: Option<&str>,
+        scope: Option<&str>,
+    ) -> Result<TokenResponse, OidcError> {
+        let mut form = vec![
+            ("grant_type", TOKEN_EXCHANGE.to_owned()),
+            ("subject_token", subject_token.to_owned()),
+            ("subject_token_type", ACCESS_TOKEN_TYPE.to_owned()),
+            ("requested_token_type", ACCESS_TOKEN_TYPE.to_owned()),
+        ];
+        if let Some(audience) = audience {
+            form.push(("audience", audience.to_owned()));
+        }
+        if let Some(resource) = resource {
+            form.push(("resource", resource.to_owned()));
+        }
+        if let Some(scope) = scope {
+            form.push(("scope", scope.to_owned()));
+        }
+        let tokens = self.token_request(form, None, None).await?;
+        match tokens.issued_token_type.as_deref() {
+            Some(ACCESS_TOKEN_TYPE) => {}
+            other => {
+                return Err(OidcError::InvalidResponse(format!(
+                    "token exchange issued_token_type {other:?}, not an access token"
+                )));
+            }
+        }
+        tokens.check_bearer()?;
         Ok(tokens)
     }
 

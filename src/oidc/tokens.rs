@@ -21,6 +21,9 @@ pub struct TokenResponse {
     pub id_token: Option<String>,
     #[serde(default)]
     pub scope: Option<String>,
+    /// Token exchange (RFC 8693 §2.2.1): what kind of token `access_token` is.
+    #[serde(default)]
+    pub issued_token_type: Option<String>,
 }
 
 impl std::fmt::Debug for TokenResponse {

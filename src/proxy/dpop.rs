@@ -151,6 +151,13 @@ async fn bind(
                 session: false,
             });
         }
+        // Never on a DPoP route (config validation), but a Bearer route token if so.
+        Credential::RouteUser(value) => {
+            return Ok(Bound::No {
+                token: Some(value),
+                session: true,
+            });
+        }
         Credential::User(tokens) => tokens,
     };
     if tokens.token_type.eq_ignore_ascii_case("dpop") {

@@ -77,6 +77,8 @@ pub(crate) enum Credential {
     Header(HeaderValue),
     /// The session's tokens (the route uses the user's token).
     User(Arc<Tokens>),
+    /// The route's own user token (per-route audience, token exchange), ready.
+    RouteUser(HeaderValue),
 }
 
 /// Phase: decide which token the request carries. Routes that use the session
@@ -96,14 +98,14 @@ pub async fn authorize(
 impl Credential {
     /// Did the session's token go upstream? (Its answer is then the user's alone.)
     pub(crate) fn uses_session(&self) -> bool {
-        matches!(self, Self::User(_))
+        matches!(self, Self::User(_) | Self::RouteUser(_))
     }
 
     /// The `Authorization` value, a user token as `Bearer`.
     fn into_header(self) -> Result<Option<HeaderValue>, ApiError> {
         Ok(match self {
             Self::None => None,
-            Self::Header(value) => Some(value),
+            Self::Header(value) | Self::RouteUser(value) => Some(value),
             Self::User(tokens) => Some(bearer(&tokens.access_token)?),
         })
     }
@@ -129,7 +131,7 @@ pub(crate) async fn credential(
     match route.token {
         TokenKind::None => Ok(Credential::None),
         TokenKind::Client => client_token().await,
-        TokenKind::User | TokenKind::UserOrNone | TokenKind::UserOrClient => {
+        TokenKind::User | TokenKind::UserOrNone | TokenKind::UserOrClient | TokenKind::Exchange => {
             let Some((_, record)) = gw.current_session(frontend, headers).await? else {
                 return match route.token {
                     TokenKind::UserOrNone => Ok(Credential::None),
@@ -138,6 +140,12 @@ pub(crate) async fn credential(
                 };
             };
             crate::security::check_csrf_header(headers)?;
+            if let Some(audience) = &route.user_token {
+                // This route's token only: another route's never reaches this upstream.
+                return Ok(Credential::RouteUser(
+                    gw.tokens.route_token(gw, &record, audience).await?,
+                ));
+            }
             Ok(Credential::User(gw.tokens.user_tokens(gw, &record).await?))
         }
     }

@@ -14,6 +14,7 @@ fn tokens() -> Tokens {
         id_token: None,
         scope: None,
         dpop_key: None,
+        route_tokens: Vec::new(),
     }
 }
 

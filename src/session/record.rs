@@ -153,6 +153,36 @@ pub struct Tokens {
     /// Records from before DPoP have none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dpop_key: Option<String>,
+    /// Routes' own access tokens (per-route `resource`/`scopes`, token exchange), one
+    /// per audience key (see `tokens::Audience`). Sealed with the rest, so the one
+    /// refresh token and every audience's token change together, atomically.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub route_tokens: Vec<RouteToken>,
+}
+
+/// An access token for one audience (one route kind of token), kept in [`Tokens`].
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RouteToken {
+    /// What it was obtained for (`tokens::Audience::key`).
+    pub key: String,
+    pub access_token: String,
+    #[serde(default)]
+    pub expires_at: Option<i64>,
+    #[serde(default)]
+    pub issued_at: Option<i64>,
+}
+
+impl Tokens {
+    /// The token kept for audience `key`, if any.
+    pub fn route_token(&self, key: &str) -> Option<&RouteToken> {
+        self.route_tokens.iter().find(|t| t.key == key)
+    }
+
+    /// Keeps `token` for its audience, replacing the previous one.
+    pub fn set_route_token(&mut self, token: RouteToken) {
+        self.route_tokens.retain(|t| t.key != token.key);
+        self.route_tokens.push(token);
+    }
 }
 
 impl std::fmt::Debug for Tokens {
@@ -163,6 +193,7 @@ impl std::fmt::Debug for Tokens {
             .field("has_refresh_token", &self.refresh_token.is_some())
             .field("scope", &self.scope)
             .field("has_dpop_key", &self.dpop_key.is_some())
+            .field("route_tokens", &self.route_tokens.len())
             .finish_non_exhaustive()
     }
 }
@@ -247,6 +278,7 @@ mod tests {
             id_token: Some("IDT-secret".into()),
             scope: None,
             dpop_key: Some("KEY-secret".into()),
+            route_tokens: Vec::new(),
         };
         let shown = format!("{t:?}");
         assert!(!shown.contains("secret"), "{shown}");

@@ -758,6 +758,7 @@ async fn sqlite_file_holds_no_plaintext_token() {
         id_token: None,
         scope: None,
         dpop_key: None,
+        route_tokens: Vec::new(),
     };
     let (id, _) = sessions
         .create(NewSession {
@@ -805,6 +806,7 @@ async fn sessions_keep_the_dpop_key(store: Store) {
         id_token: None,
         scope: None,
         dpop_key: Some(key.clone()),
+        route_tokens: Vec::new(),
     };
     let new = |tokens: &Tokens| NewSession {
         frontend: String::new(),

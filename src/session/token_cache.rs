@@ -114,6 +114,7 @@ mod tests {
             id_token: None,
             scope: None,
             dpop_key: None,
+            route_tokens: Vec::new(),
         }
     }
 

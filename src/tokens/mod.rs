@@ -24,10 +24,14 @@
 //!   used while it is still valid (with a short back-off before the next try),
 //!   otherwise `idp_unavailable`; the next request tries again.
 //!
+//! **Routes' own user tokens** (per-route `resource`/`scopes`, token exchange) follow
+//! the same rules per audience, under the same per-session lock: see [`route`].
+//!
 //! **Client tokens** (client credentials) are cached per route scope/resource and
 //! refreshed ahead of expiry, one fetch at a time.
 
 mod client;
+mod route;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -37,6 +41,7 @@ use dashmap::DashMap;
 use tokio::sync::watch;
 
 pub use client::ClientSlot;
+pub use route::{Audience, Grant};
 
 use crate::error::ApiError;
 use crate::gateway::Gateway;
@@ -47,6 +52,9 @@ use crate::session::{EndReason, SessionKey, SessionRecord, SessionStore, Tokens}
 /// After the provider failed a refresh, sessions with a still-valid token don't
 /// retry for this long (so an outage doesn't slow every request down by a timeout).
 const UNAVAILABLE_BACKOFF: Duration = Duration::from_secs(5);
+/// After the provider refused a route's token, that session's route answers the same
+/// refusal for this long without asking again.
+const REFUSED_BACKOFF: Duration = Duration::from_secs(30);
 /// How often a request waiting for another instance's refresh re-reads the session.
 const LOCK_POLL: Duration = Duration::from_millis(50);
 
@@ -58,6 +66,19 @@ enum Outcome {
     Ended,
     ProviderDown(String),
     StoreDown(String),
+    /// The provider refused a route's token (not `invalid_grant`): that route only.
+    Refused(String),
+}
+
+/// A grant in flight: its result, once there.
+type Flight = watch::Receiver<Option<Outcome>>;
+
+/// Which token of a session a refresh is for.
+enum Target {
+    /// The login's access token (and ID token).
+    Login,
+    /// A route's own token.
+    Route(Arc<Audience>),
 }
 
 pub struct TokenManager {
@@ -70,6 +91,12 @@ pub struct TokenManager {
     lease: Duration,
     inflight: Mutex<HashMap<SessionKey, watch::Receiver<Option<Outcome>>>>,
     backoff: DashMap<SessionKey, Instant>,
+    /// Grants of routes' own tokens in flight, per session and audience key.
+    route_inflight: Mutex<HashMap<(SessionKey, String), Flight>>,
+    route_backoff: DashMap<(SessionKey, String), Instant>,
+    /// A route token the provider refused (`invalid_target`, …): until when, and why —
+    /// a misconfigured route is not sent to the provider on every request.
+    route_refused: DashMap<(SessionKey, String), (Instant, String)>,
 }
 
 impl TokenManager {
@@ -85,19 +112,39 @@ impl TokenManager {
             lease: refresh_timeout + Duration::from_secs(5),
             inflight: Mutex::new(HashMap::new()),
             backoff: DashMap::new(),
+            route_inflight: Mutex::new(HashMap::new()),
+            route_backoff: DashMap::new(),
+            route_refused: DashMap::new(),
         }
     }
 
     /// Is it time to refresh these tokens?
     pub fn needs_refresh(&self, tokens: &Tokens, now: i64) -> bool {
-        let Some(expires_at) = tokens.access_expires_at else {
+        self.due(tokens.access_issued_at, tokens.access_expires_at, now)
+    }
+
+    /// Is a token obtained at `issued` that expires at `expires` due for renewal?
+    fn due(&self, issued: Option<i64>, expires: Option<i64>, now: i64) -> bool {
+        let Some(expires_at) = expires else {
             return false;
         };
-        let lifetime = tokens
-            .access_issued_at
-            .map_or(i64::MAX, |issued| (expires_at - issued).max(0));
+        let lifetime = issued.map_or(i64::MAX, |issued| (expires_at - issued).max(0));
         let ahead = self.refresh_before.min(lifetime / 2);
         now >= expires_at - ahead
+    }
+
+    /// The session's opened tokens; a session whose tokens can't be opened ends.
+    async fn open(&self, gw: &Gateway, record: &SessionRecord) -> Result<Arc<Tokens>, ApiError> {
+        match gw.sessions.open_tokens_cached(record) {
+            Ok(tokens) => Ok(tokens),
+            Err(e) => {
+                // Sealed under a key no longer in `session.keys` (or damaged): the
+                // session can't be used again, so it ends instead of failing forever.
+                tracing::warn!(session = %record.key.log_label(), error = %e, "session tokens can't be opened; ending the session");
+                gw.sessions.end(&record.key, EndReason::Unreadable).await?;
+                Err(ApiError::SessionExpired)
+            }
+        }
     }
 
     /// The user's current tokens for `record`, refreshed if needed, or why there are none.
@@ -106,16 +153,7 @@ impl TokenManager {
         gw: &Arc<Gateway>,
         record: &SessionRecord,
     ) -> Result<Arc<Tokens>, ApiError> {
-        let tokens = match gw.sessions.open_tokens_cached(record) {
-            Ok(tokens) => tokens,
-            Err(e) => {
-                // Sealed under a key no longer in `session.keys` (or damaged): the
-                // session can't be used again, so it ends instead of failing forever.
-                tracing::warn!(session = %record.key.log_label(), error = %e, "session tokens can't be opened; ending the session");
-                gw.sessions.end(&record.key, EndReason::Unreadable).await?;
-                return Err(ApiError::SessionExpired);
-            }
-        };
+        let tokens = self.open(gw, record).await?;
         let now = now_secs();
         if !self.needs_refresh(&tokens, now) {
             return Ok(tokens);
@@ -159,6 +197,7 @@ impl TokenManager {
                 Ok(tokens)
             }
             Outcome::StoreDown(detail) => Err(ApiError::StoreUnavailable(detail)),
+            Outcome::Refused(detail) => Err(ApiError::Forbidden(detail)),
         }
     }
 
@@ -176,7 +215,7 @@ impl TokenManager {
                     let span = tracing::Span::current();
                     tokio::spawn(tracing::Instrument::instrument(
                         async move {
-                            let outcome = refresh_session(&gw, key).await;
+                            let outcome = refresh_session(&gw, key, &Target::Login).await;
                             // Publish, then forget: a request that starts after this finds no
                             // entry, and its own refresh re-reads the (already updated) session.
                             let _ = tx.send(Some(outcome));
@@ -201,8 +240,9 @@ impl TokenManager {
     }
 }
 
-/// One refresh of one session, under the store's refresh lock.
-async fn refresh_session(gw: &Arc<Gateway>, key: SessionKey) -> Outcome {
+/// One refresh of one session's `target` token, under the store's refresh lock (one
+/// lock per session: the login's and every route's grants take turns).
+async fn refresh_session(gw: &Arc<Gateway>, key: SessionKey, target: &Target) -> Outcome {
     let store = gw.sessions.store();
     let owner = crate::primitives::random_token();
     let lease = gw.tokens.lease;
@@ -216,7 +256,7 @@ async fn refresh_session(gw: &Arc<Gateway>, key: SessionKey) -> Outcome {
             Ok(false) => {
                 // Another instance is refreshing this session: wait for its result.
                 tokio::time::sleep(LOCK_POLL).await;
-                match fresh_tokens_in_store(gw, &key).await {
+                match fresh_tokens_in_store(gw, &key, target).await {
                     Ok(Some(outcome)) => return outcome,
                     Ok(None) if started.elapsed() < lease * 2 => continue,
                     Ok(None) => {
@@ -230,7 +270,10 @@ async fn refresh_session(gw: &Arc<Gateway>, key: SessionKey) -> Outcome {
             Err(e) => return Outcome::StoreDown(e.to_string()),
         }
     }
-    let outcome = refresh_locked(gw, &key).await;
+    let outcome = match target {
+        Target::Login => refresh_locked(gw, &key).await,
+        Target::Route(audience) => route::obtain_locked(gw, &key, audience).await,
+    };
     if let Err(e) = store.unlock_refresh(&key, &owner).await {
         tracing::warn!(error = %e, "refresh lock release failed; it expires with its lease");
     }
@@ -241,6 +284,7 @@ async fn refresh_session(gw: &Arc<Gateway>, key: SessionKey) -> Outcome {
 async fn fresh_tokens_in_store(
     gw: &Gateway,
     key: &SessionKey,
+    target: &Target,
 ) -> Result<Option<Outcome>, crate::session::StoreError> {
     let Some(record) = gw.sessions.store().get(key).await? else {
         return Ok(Some(Outcome::Ended));
@@ -248,7 +292,11 @@ async fn fresh_tokens_in_store(
     let Ok(tokens) = gw.sessions.open_tokens(&record) else {
         return Ok(Some(Outcome::Ended));
     };
-    if gw.tokens.needs_refresh(&tokens, now_secs()) {
+    let fresh = match target {
+        Target::Login => !gw.tokens.needs_refresh(&tokens, now_secs()),
+        Target::Route(audience) => route::is_fresh(&gw.tokens, &tokens, audience, now_secs()),
+    };
+    if !fresh {
         Ok(None)
     } else {
         Ok(Some(Outcome::Fresh(Arc::new(tokens))))
@@ -336,6 +384,8 @@ async fn refresh_locked(gw: &Arc<Gateway>, key: &SessionKey) -> Outcome {
                 },
                 scope: response.scope.or(tokens.scope),
                 dpop_key: dpop.as_ref().and(tokens.dpop_key),
+                // The routes' own tokens stay: they are for other audiences.
+                route_tokens: tokens.route_tokens,
             };
             let refresh_expires_at = response
                 .refresh_expires_in
@@ -446,6 +496,7 @@ mod tests {
             id_token: None,
             scope: None,
             dpop_key: None,
+            route_tokens: Vec::new(),
         }
     }
 

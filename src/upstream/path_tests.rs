@@ -15,6 +15,7 @@ fn route(prefix: &str, upstream: &str, strip: bool) -> Route {
         csrf: true,
         scopes: None,
         resource: None,
+        audience: None,
         timeout: std::time::Duration::from_secs(1),
         dpop: None,
         html_sandbox: true,

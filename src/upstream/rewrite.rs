@@ -354,6 +354,7 @@ mod tests {
             csrf: true,
             scopes: None,
             resource: None,
+            audience: None,
             timeout: std::time::Duration::from_secs(1),
             dpop: None,
             html_sandbox: true,

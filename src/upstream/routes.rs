@@ -5,7 +5,7 @@ use axum::http::uri::{Authority, Scheme};
 
 use crate::config::{RouteConfig, TokenKind};
 use crate::oidc::dpop::NonceSlot;
-use crate::tokens::ClientSlot;
+use crate::tokens::{Audience, ClientSlot};
 
 /// One API route, prepared for the hot path.
 #[derive(Debug, Clone)]
@@ -24,6 +24,9 @@ pub struct Route {
     pub base_path: String,
     /// The client-credentials token cache of `client` / `user_or_client` routes.
     pub client_token: Option<Arc<ClientSlot>>,
+    /// The route's own user token (per-route `resource`/`scopes`, token exchange);
+    /// `None`: the login's access token. Shared by the routes asking for the same.
+    pub user_token: Option<Arc<Audience>>,
     /// DPoP routes: the upstream origin's latest `DPoP-Nonce` (shared by the routes
     /// of one origin). `None`: the user token goes as `Bearer`.
     pub dpop: Option<Arc<NonceSlot>>,
@@ -68,6 +71,7 @@ impl Route {
             authority,
             base_path: c.upstream.path().trim_end_matches('/').to_owned(),
             client_token: None,
+            user_token: None,
             dpop: None,
             html_sandbox: c.html_sandbox,
             websocket: c.websocket.then_some(WebSocketPolicy {
@@ -99,6 +103,7 @@ impl RouteTable {
     pub fn from_config(routes: &[RouteConfig]) -> Result<Self, String> {
         let mut slots: Vec<Arc<ClientSlot>> = Vec::new();
         let mut nonces: Vec<(String, Arc<NonceSlot>)> = Vec::new();
+        let mut audiences: Vec<Arc<Audience>> = Vec::new();
         let mut built = Vec::with_capacity(routes.len());
         for c in routes {
             let mut route = Route::from_config(c)?;
@@ -115,6 +120,17 @@ impl RouteTable {
                     }
                 };
                 route.client_token = Some(slot);
+            }
+            if let Some(audience) = Audience::of_route(c) {
+                let shared = match audiences.iter().find(|a| a.key == audience.key) {
+                    Some(a) => a.clone(),
+                    None => {
+                        let a = Arc::new(audience);
+                        audiences.push(a.clone());
+                        a
+                    }
+                };
+                route.user_token = Some(shared);
             }
             // `dpop` is resolved by `Config::load`; unresolved (a hand-made config) is off.
             if c.dpop == Some(true) {

@@ -130,6 +130,17 @@ impl Provider {
             .unwrap()
     }
 
+    /// Successful grants of `client_id` by grant type and target (`resource` or
+    /// `audience`), counted by the provider: `{"refresh_token": {"https://a/": 2}}`.
+    pub async fn grants_by_target(&self, client_id: &str) -> Value {
+        reqwest::get(self.url(&format!("/test/grants-by-target?client_id={client_id}")))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     /// How many grants of `grant_type` succeeded / failed for our client.
     pub async fn grant_count(&self, grant_type: &str) -> (u64, u64) {
         let g = self.grants(CLIENT_ID).await;
@@ -827,6 +838,7 @@ pub struct EnvBuilder {
     extra_jwks: Vec<Value>,
     provider_options: serde_json::Map<String, Value>,
     client_key: Option<(Value, PathBuf)>,
+    login_scopes: Option<String>,
 }
 
 impl Env {
@@ -848,6 +860,7 @@ impl Env {
             extra_jwks: Vec::new(),
             provider_options: serde_json::Map::new(),
             client_key: None,
+            login_scopes: None,
         }
     }
 
@@ -884,6 +897,11 @@ impl EnvBuilder {
     /// public origin.
     pub fn instances(mut self, n: usize) -> Self {
         self.instances = n;
+        self
+    }
+    /// `oidc.scopes` instead of openid, profile, email, offline_access (a TOML array body).
+    pub fn login_scopes(mut self, scopes: &str) -> Self {
+        self.login_scopes = Some(scopes.to_owned());
         self
     }
     pub fn userinfo(mut self, on: bool) -> Self {
@@ -1046,7 +1064,7 @@ issuer = "{issuer}"
 client_id = "{CLIENT_ID}"
 client_secret = "{CLIENT_SECRET}"
 auth_method = "{auth_method}"
-scopes = ["openid", "profile", "email", "offline_access"]
+scopes = [{login_scopes}]
 post_logout_redirect_uri = "{origin}/"
 userinfo = {userinfo}
 {extra_oidc}
@@ -1085,6 +1103,10 @@ token = "user_or_none"
 "#,
             issuer = provider.issuer,
             auth_method = self.auth_method,
+            login_scopes = self
+                .login_scopes
+                .as_deref()
+                .unwrap_or(r#""openid", "profile", "email", "offline_access""#),
             userinfo = self.userinfo,
             extra_oidc = self.extra_oidc,
             store = if self.store.starts_with("redis-") {

@@ -29,6 +29,7 @@ mod provider_shapes;
 mod proxying;
 mod real_providers;
 mod redis_faults;
+mod route_tokens;
 mod scale_out;
 mod sessions;
 mod store_faults;
