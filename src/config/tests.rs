@@ -1108,9 +1108,16 @@ fn fields_of(section: &str) -> Vec<String> {
     let expected = e.split_once("expected").unwrap().1;
     expected
         .split('`')
-        .filter(|w| !w.is_empty() && w.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
+        .filter(|w| is_key_name(w))
         .map(str::to_owned)
         .collect()
+}
+
+/// A config key as serde names it: a lowercase letter, then lowercase, digits or `_`.
+fn is_key_name(w: &str) -> bool {
+    w.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
+        && w.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
 #[test]

@@ -26,7 +26,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-pub use routes::{Route, RouteTable};
+pub use routes::{Route, RouteTable, UpstreamProtocol};
 
 use crate::config::TokenKind;
 use crate::error::ApiError;
@@ -34,28 +34,90 @@ use crate::frontend::Frontend;
 use crate::server::{AppState, Gateway};
 use crate::session::Tokens;
 
-/// The pooled HTTP/1.1 client to upstreams of one runtime (`http://` and, verified
-/// by `server::tls::upstream_tls`, `https://`).
+/// The pooled client to upstreams of one runtime: `http://` in HTTP/1.1 and,
+/// verified by `server::tls::upstream_tls`, `https://` in HTTP/2 when the upstream
+/// picks `h2` by ALPN, else HTTP/1.1 (see [`upstream_client`]).
 pub type UpstreamClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
 
 /// Idle connections kept per upstream: at least the expected concurrency, or
-/// connections churn under load.
+/// connections churn under load. (An HTTP/2 upstream gets one connection per
+/// runtime, which multiplexes every request of that runtime.)
 const POOL_IDLE_PER_HOST: usize = 1024;
 
+/// The client of `http://` and `https://` upstreams (`h2` and `http/1.1` offered by
+/// ALPN): [`AppState::upstream`].
 pub fn upstream_client() -> UpstreamClient {
+    build_client(ClientKind::Negotiated)
+}
+
+/// The other clients of a runtime, one per [`UpstreamProtocol`] that needs its own
+/// pool: a pool is keyed by scheme and authority only, so an `https://` route with
+/// `http2 = false` and an `h2c://` route can't share the default client's.
+pub struct ProtocolClients {
+    /// `https://` routes with `http2 = false`: only `http/1.1` offered by ALPN.
+    https1: UpstreamClient,
+    /// `h2c://` routes: HTTP/2 with prior knowledge on plain TCP.
+    h2c: UpstreamClient,
+}
+
+impl ProtocolClients {
+    pub fn new() -> Self {
+        Self {
+            https1: build_client(ClientKind::Https1),
+            h2c: build_client(ClientKind::H2c),
+        }
+    }
+}
+
+impl Default for ProtocolClients {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ClientKind {
+    Negotiated,
+    Https1,
+    H2c,
+}
+
+fn build_client(kind: ClientKind) -> UpstreamClient {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
     connector.enforce_http(false);
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+    let tls = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config((*crate::server::tls::upstream_tls()).clone())
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(connector);
-    Client::builder(TokioExecutor::new())
+        .https_or_http();
+    let connector = match kind {
+        // ALPN offers h2 first; the pool reads what was negotiated per connection.
+        ClientKind::Negotiated => tls.enable_http1().enable_http2().wrap_connector(connector),
+        ClientKind::Https1 | ClientKind::H2c => tls.enable_http1().wrap_connector(connector),
+    };
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder
         .pool_max_idle_per_host(POOL_IDLE_PER_HOST)
         .pool_idle_timeout(std::time::Duration::from_secs(60))
-        .build(connector)
+        // HTTP/2: PINGs find a dead upstream connection under long streams (gRPC, SSE);
+        // flow-control windows follow the measured bandwidth-delay product.
+        .timer(hyper_util::rt::TokioTimer::new())
+        .http2_keep_alive_interval(std::time::Duration::from_secs(30))
+        .http2_keep_alive_timeout(std::time::Duration::from_secs(20))
+        .http2_adaptive_window(true);
+    if kind == ClientKind::H2c {
+        builder.http2_only(true);
+    }
+    builder.build(connector)
+}
+
+/// Phase: the runtime's client that speaks `route`'s upstream protocol.
+pub fn client_for<'a>(state: &'a AppState, route: &Route) -> &'a UpstreamClient {
+    match route.protocol {
+        UpstreamProtocol::Http1 | UpstreamProtocol::Negotiated => &state.upstream,
+        UpstreamProtocol::Https1 => &state.protocol_clients.https1,
+        UpstreamProtocol::H2c => &state.protocol_clients.h2c,
+    }
 }
 
 /// Proxies `request` over `route`.
@@ -69,7 +131,14 @@ pub async fn proxy(
         return dpop::proxy(state, frontend, route, nonce, request).await;
     }
     let (mut parts, body) = request.into_parts();
-    let credential = credential(&state.gw, frontend, route, &parts.headers).await?;
+    let credential = credential(
+        &state.gw,
+        frontend,
+        route,
+        Some(&parts.method),
+        &parts.headers,
+    )
+    .await?;
     let session = credential.uses_session();
     let token = credential.into_header()?;
     prepare(&mut parts, frontend, route, token)?;
@@ -95,7 +164,7 @@ pub async fn authorize(
     route: &Route,
     headers: &axum::http::HeaderMap,
 ) -> Result<Option<HeaderValue>, ApiError> {
-    credential(gw, frontend, route, headers)
+    credential(gw, frontend, route, None, headers)
         .await?
         .into_header()
 }
@@ -118,10 +187,13 @@ impl Credential {
 
 /// The shared part of [`authorize`]: the credential, with the user's tokens left
 /// whole (DPoP routes bind them to a proof instead of sending them as Bearer).
+/// `method`: the request's, when a same-origin `EventSource` may go without `X-CSRF`
+/// on an `event_source` route (`security::event_source`).
 pub(crate) async fn credential(
     gw: &Arc<Gateway>,
     frontend: &Frontend,
     route: &Route,
+    method: Option<&axum::http::Method>,
     headers: &axum::http::HeaderMap,
 ) -> Result<Credential, ApiError> {
     let client_token = || async {
@@ -145,7 +217,17 @@ pub(crate) async fn credential(
                     _ => Err(ApiError::Unauthenticated),
                 };
             };
-            crate::security::check_csrf_header(headers)?;
+            let event_source = route.event_source
+                && method.is_some_and(|m| {
+                    crate::security::event_source::proves_same_origin(
+                        m,
+                        headers,
+                        &frontend.origin_text,
+                    )
+                });
+            if !event_source {
+                crate::security::check_csrf_header(headers)?;
+            }
             Ok(Credential::User(gw.tokens.user_tokens(gw, &record).await?))
         }
     }
@@ -190,7 +272,8 @@ async fn forward(
     request: Request,
 ) -> Result<axum::http::Response<hyper::body::Incoming>, ApiError> {
     let started = std::time::Instant::now();
-    let result = tokio::time::timeout(route.timeout, state.upstream.request(request)).await;
+    let result =
+        tokio::time::timeout(route.timeout, client_for(state, route).request(request)).await;
     crate::telemetry::metrics().upstream_call(route.label, started.elapsed(), &result);
     match result {
         Err(_) => Err(ApiError::UpstreamTimeout),

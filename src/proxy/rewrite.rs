@@ -357,6 +357,8 @@ mod tests {
             timeout: std::time::Duration::from_secs(1),
             dpop: None,
             html_sandbox: true,
+            event_source: false,
+            http2: true,
         };
         Route::from_config(&c).unwrap()
     }

@@ -29,6 +29,35 @@ pub struct Route {
     pub dpop: Option<Arc<NonceSlot>>,
     /// Sandbox the upstream's documents (`routes[].html_sandbox`, see `proxy::answer`).
     pub html_sandbox: bool,
+    /// A same-origin `EventSource` needs no `X-CSRF` (`security::event_source`).
+    pub event_source: bool,
+    /// How the upstream is spoken to (which of the runtime's clients carries it).
+    pub protocol: UpstreamProtocol,
+}
+
+/// The HTTP version(s) spoken to a route's upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    /// `http://`: HTTP/1.1.
+    Http1,
+    /// `https://`: `h2` and `http/1.1` offered by ALPN; the upstream picks.
+    Negotiated,
+    /// `https://` with `http2 = false`: only `http/1.1` offered.
+    Https1,
+    /// `h2c://`: cleartext HTTP/2 with prior knowledge (RFC 9113 §3.3).
+    H2c,
+}
+
+impl UpstreamProtocol {
+    /// For `portcullis check` and the docs.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Http1 => "HTTP/1.1",
+            Self::Negotiated => "TLS, HTTP/2 or HTTP/1.1 by ALPN",
+            Self::Https1 => "TLS, HTTP/1.1 only (http2 = false)",
+            Self::H2c => "cleartext HTTP/2, prior knowledge",
+        }
+    }
 }
 
 impl std::fmt::Debug for ClientSlot {
@@ -39,7 +68,17 @@ impl std::fmt::Debug for ClientSlot {
 
 impl Route {
     pub fn from_config(c: &RouteConfig) -> Result<Self, String> {
-        let scheme = Scheme::try_from(c.upstream.scheme()).map_err(|e| e.to_string())?;
+        let protocol = match (c.upstream.scheme(), c.http2) {
+            ("h2c", _) => UpstreamProtocol::H2c,
+            ("https", true) => UpstreamProtocol::Negotiated,
+            ("https", false) => UpstreamProtocol::Https1,
+            _ => UpstreamProtocol::Http1,
+        };
+        // h2c is plain `http` on the wire (`:scheme` of every request).
+        let scheme = match protocol {
+            UpstreamProtocol::H2c => Scheme::HTTP,
+            _ => Scheme::try_from(c.upstream.scheme()).map_err(|e| e.to_string())?,
+        };
         let host = c.upstream.host_str().ok_or("upstream has no host")?;
         let authority = match c.upstream.port() {
             Some(port) => format!("{host}:{port}"),
@@ -59,6 +98,8 @@ impl Route {
             client_token: None,
             dpop: None,
             html_sandbox: c.html_sandbox,
+            event_source: c.event_source,
+            protocol,
         })
     }
 
@@ -70,7 +111,11 @@ impl Route {
 
     /// For logs: the upstream's address, nothing more.
     pub fn upstream_label(&self) -> String {
-        format!("{}://{}", self.scheme, self.authority)
+        let scheme = match self.protocol {
+            UpstreamProtocol::H2c => "h2c",
+            _ => self.scheme.as_str(),
+        };
+        format!("{scheme}://{}", self.authority)
     }
 }
 

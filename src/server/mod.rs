@@ -80,6 +80,9 @@ impl Gateway {
 pub struct AppState {
     pub gw: Arc<Gateway>,
     pub upstream: Arc<UpstreamClient>,
+    /// The runtime's clients for `https://` routes with `http2 = false` and for
+    /// `h2c://` routes (`proxy::client_for`).
+    pub protocol_clients: Arc<crate::proxy::ProtocolClients>,
 }
 
 impl AppState {
@@ -88,6 +91,7 @@ impl AppState {
         Self {
             gw,
             upstream: Arc::new(crate::proxy::upstream_client()),
+            protocol_clients: Arc::new(crate::proxy::ProtocolClients::new()),
         }
     }
 }

@@ -25,5 +25,6 @@ mod real_providers;
 mod redis_faults;
 mod scale_out;
 mod sessions;
+mod sse;
 mod token_lifecycle;
 mod upstream_mtls;

@@ -18,6 +18,8 @@ fn route(prefix: &str, upstream: &str, strip: bool) -> Route {
         timeout: std::time::Duration::from_secs(1),
         dpop: None,
         html_sandbox: true,
+        event_source: false,
+        http2: true,
     };
     Route::from_config(&c).unwrap()
 }
