@@ -10,6 +10,7 @@
 
 pub mod answer;
 mod dpop;
+pub mod grpc;
 pub mod path;
 #[doc(hidden)]
 pub mod path_models;
@@ -120,8 +121,23 @@ pub fn client_for<'a>(state: &'a AppState, route: &Route) -> &'a UpstreamClient 
     }
 }
 
-/// Proxies `request` over `route`.
+/// Proxies `request` over `route`. A gRPC caller gets Portcullis's refusals with a
+/// `grpc-status` ([`grpc`]).
 pub async fn proxy(
+    state: &AppState,
+    frontend: &Frontend,
+    route: &Route,
+    request: Request,
+) -> Result<Response, ApiError> {
+    if grpc::is_grpc(request.headers()) {
+        return Ok(proxy_request(state, frontend, route, request)
+            .await
+            .unwrap_or_else(grpc::error_response));
+    }
+    proxy_request(state, frontend, route, request).await
+}
+
+async fn proxy_request(
     state: &AppState,
     frontend: &Frontend,
     route: &Route,

@@ -10,6 +10,7 @@ mod cli;
 mod dpop;
 mod exhaustion;
 mod frontends;
+mod grpc;
 mod hardening;
 mod header_hygiene;
 mod login_abuse;
