@@ -1447,3 +1447,36 @@ fn dpop_routes_need_oidc_dpop_and_a_user_token() {
         .unwrap();
     assert!(c.frontend().oidc.dpop && c.frontend().routes[0].dpop == Some(true));
 }
+
+#[test]
+fn h2c_upstreams_need_a_port_and_http2() {
+    let c = Toml::minimal()
+        .route("prefix = \"/grpc\"\nupstream = \"h2c://127.0.0.1:50051\"\ntoken = \"none\"")
+        .valid();
+    let route = crate::proxy::Route::from_config(&c.frontend().routes[0]).unwrap();
+    assert_eq!(route.protocol, crate::proxy::UpstreamProtocol::H2c);
+    assert_eq!(route.scheme, axum::http::uri::Scheme::HTTP);
+    assert_eq!(route.upstream_label(), "h2c://127.0.0.1:50051");
+    Toml::minimal()
+        .route("prefix = \"/grpc\"\nupstream = \"h2c://127.0.0.1\"")
+        .refused_for("routes[0].upstream");
+    Toml::minimal()
+        .route("prefix = \"/grpc\"\nupstream = \"h2c://127.0.0.1:50051\"\nhttp2 = false")
+        .refused_for("routes[0].http2");
+    Toml::minimal()
+        .route("prefix = \"/x\"\nupstream = \"ftp://127.0.0.1:21\"")
+        .refused_for("routes[0].upstream");
+    let c = Toml::minimal()
+        .route("prefix = \"/a\"\nupstream = \"https://up.example\"\nhttp2 = false")
+        .route("prefix = \"/b\"\nupstream = \"https://up.example\"")
+        .route("prefix = \"/c\"\nupstream = \"http://up.example\"")
+        .valid();
+    let protocols: Vec<_> = c
+        .frontend()
+        .routes
+        .iter()
+        .map(|r| crate::proxy::Route::from_config(r).unwrap().protocol)
+        .collect();
+    use crate::proxy::UpstreamProtocol::*;
+    assert_eq!(protocols, [Https1, Negotiated, Http1]);
+}

@@ -54,7 +54,7 @@ impl UpstreamProtocol {
         match self {
             Self::Http1 => "HTTP/1.1",
             Self::Negotiated => "TLS, HTTP/2 or HTTP/1.1 by ALPN",
-            Self::Https1 => "TLS, HTTP/1.1 only (http2 = false)",
+            Self::Https1 => "TLS, HTTP/1.1 only: http2 = false",
             Self::H2c => "cleartext HTTP/2, prior knowledge",
         }
     }

@@ -273,8 +273,11 @@ fn gateway(port: u16, dir: &Path, pki: &TestPki, h2c: SocketAddr, tls: SocketAdd
             "[[routes]]\nprefix = \"/test.Echo\"\nupstream = \"h2c://127.0.0.1:{}\"\n\
              token = \"none\"\ncsrf = false\ntimeout = \"1s\"\n\
              [[routes]]\nprefix = \"/viatls\"\nupstream = \"https://localhost:{}\"\n\
-             token = \"none\"\ncsrf = false\nstrip_prefix = true\ntimeout = \"1s\"\n",
+             token = \"none\"\ncsrf = false\nstrip_prefix = true\ntimeout = \"1s\"\n\
+             [[routes]]\nprefix = \"/h1only\"\nupstream = \"https://localhost:{}\"\n\
+             token = \"none\"\ncsrf = false\nstrip_prefix = true\nhttp2 = false\n",
             h2c.port(),
+            tls.port(),
             tls.port()
         ),
     );
@@ -391,6 +394,19 @@ async fn grpc_calls_of_every_kind_pass_through_h2c_and_tls_routes() {
     // Through Portcullis: to the h2c:// upstream and to the https:// one (h2 by ALPN).
     all_call_kinds(&client, &origin, "", &h2c).await;
     all_call_kinds(&client, &origin, "/viatls", &tls).await;
+
+    // `http2 = false`: the same https upstream is spoken to in HTTP/1.1 (ALPN offers
+    // only http/1.1), whatever the call makes of that.
+    let mut g = grpc(&client, &origin);
+    g.ready().await.unwrap();
+    let _ = g
+        .unary(
+            Request::new(echo("h1", 0)),
+            path("/h1only/test.Echo/Unary"),
+            Codec::default(),
+        )
+        .await;
+    assert_eq!(tls.seen().version, Some(http::Version::HTTP_11));
 
     // The route timeout (1 s) bounds the wait for the answer's headers: 504 → UNAVAILABLE.
     let started = Instant::now();
