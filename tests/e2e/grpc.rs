@@ -437,7 +437,19 @@ async fn grpc_unary_throughput_through_portcullis_vs_direct() {
     let tls = GrpcUpstream::start(Some(&pki)).await;
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let _gw = gateway(port, dir.path(), &pki, h2c.addr, tls.addr);
+    let gw = gateway(port, dir.path(), &pki, h2c.addr, tls.addr);
+    let pid = gw.pid().expect("the gateway runs");
+    // The gateway's CPU time (user + system), in seconds: is its one runtime saturated?
+    let cpu = move || {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
+        (fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap()) / 100.0
+    };
     let origin = format!("https://localhost:{port}");
     let direct = format!("https://localhost:{}", tls.addr.port());
 
@@ -474,6 +486,7 @@ async fn grpc_unary_throughput_through_portcullis_vs_direct() {
         // Interleaved, same run: only the ratio means anything on a shared machine.
         let unary = "/test.Echo/Unary";
         let d = rate(&direct, unary, &pki.ca_pem, concurrency, period).await;
+        let before = cpu();
         let t = rate(
             &origin,
             "/viatls/test.Echo/Unary",
@@ -482,12 +495,14 @@ async fn grpc_unary_throughput_through_portcullis_vs_direct() {
             period,
         )
         .await;
+        let busy = (cpu() - before) / period.as_secs_f64();
         let c = rate(&origin, unary, &pki.ca_pem, concurrency, period).await;
         assert!(d > 0.0 && t > 0.0 && c > 0.0);
         report.push(format!(
-            "c{concurrency}: direct (TLS) {d:.0}/s, through Portcullis to the https route {t:.0}/s ({:.2}x), to the h2c route {c:.0}/s ({:.2}x)",
+            "c{concurrency}: direct (TLS) {d:.0}/s, through Portcullis to the https route {t:.0}/s ({:.2}x), to the h2c route {c:.0}/s ({:.2}x); gateway CPU during the https run {:.0}% of a core",
             t / d,
-            c / d
+            c / d,
+            busy * 100.0
         ));
     }
     println!(
