@@ -405,3 +405,73 @@ async fn a_same_origin_event_source_needs_no_csrf_header_on_routes_that_opt_in()
     assert_eq!(r.status(), 401);
     assert_eq!(up.requests(), before);
 }
+
+/// Over HTTP/2 (the TLS listener, ALPN `h2`) too: a quiet stream is neither idle nor
+/// stalled, so `server.idle_timeout`/`write_timeout` leave it open, and its event comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_stream_over_http2_outlives_the_idle_and_write_timeouts() {
+    use http_body_util::BodyExt;
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+
+    let up = SseUpstream::start().await;
+    let pki = crate::ops::TestPki::new();
+    let (cert, key, _) = pki.leaf("portcullis");
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_owned()
+    };
+    let (cert, key) = (write("cert.pem", &cert), write("key.pem", &key));
+    let port = free_port();
+    let config = standalone_config(
+        port,
+        &format!("https://localhost:{port}"),
+        &format!(
+            "idle_timeout = \"1s\"\nwrite_timeout = \"1s\"\n[server.tls]\ncert = {cert:?}\nkey = {key:?}"
+        ),
+        &format!(
+            "[[routes]]\nprefix = \"/feeds\"\nupstream = \"http://{}\"\ntoken = \"none\"\n",
+            up.addr
+        ),
+    );
+    let _gw = Gateway::start_tls(port, &config);
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(pki.ca_pem.as_bytes()).unwrap())
+        .unwrap();
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only()
+        .enable_http2()
+        .build();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build::<_, http_body_util::Empty<bytes::Bytes>>(connector);
+    let request = http::Request::get(format!("https://localhost:{port}/feeds/quiet"))
+        .header("accept", "text/event-stream")
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let started = Instant::now();
+    let response = client.request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    let mut body = response.into_body();
+    let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
+        .await
+        .expect("the event came")
+        .expect("the stream is open")
+        .expect("no error");
+    let data = frame.into_data().unwrap();
+    assert_eq!(std::str::from_utf8(&data).unwrap(), "data: late\n\n");
+    assert!(started.elapsed() >= Duration::from_secs(3));
+}
