@@ -141,6 +141,7 @@ async fn check_frontend(
     frontend: &FrontendConfig,
     keys: &str,
 ) -> Result<(), String> {
+    print_routes(frontend);
     let redirect_uri = frontend.redirect_uri(config);
     let oidc = crate::oidc::Oidc::new(&frontend.oidc, redirect_uri.clone())?;
     let meta = oidc
@@ -284,6 +285,26 @@ fn check_route_tokens(
                     String::new()
                 }
             );
+        }
+    }
+}
+
+/// Each route's prefix, upstream and the protocol spoken to it.
+fn print_routes(frontend: &FrontendConfig) {
+    for c in &frontend.routes {
+        match crate::upstream::Route::from_config(c) {
+            Ok(route) => println!(
+                "route {:<18} → {} ({}{})",
+                c.prefix,
+                route.upstream_label(),
+                route.protocol.describe(),
+                if c.event_source {
+                    "; EventSource without X-CSRF"
+                } else {
+                    ""
+                },
+            ),
+            Err(e) => println!("route {:<18} → {} ({e})", c.prefix, c.upstream),
         }
     }
 }

@@ -22,7 +22,7 @@ use crate::security::{GuardConfig, Limits};
 use crate::session::{SessionId, SessionRecord, Sessions, cookie};
 use crate::telemetry::Endpoint;
 use crate::tokens::TokenManager;
-use crate::upstream::{Route, UpstreamClient};
+use crate::upstream::{ProtocolClients, Route, UpstreamClient};
 
 /// Everything the request handlers share, across every runtime.
 pub struct Gateway {
@@ -135,13 +135,21 @@ impl Gateway {
 pub struct AppState {
     pub gw: Arc<Gateway>,
     pub upstream: Arc<UpstreamClient>,
+    /// The runtime's clients for `https://` routes with `http2 = false` and for
+    /// `h2c://` routes (`proxy::client_for`).
+    pub protocol_clients: Arc<ProtocolClients>,
 }
 
 impl AppState {
     /// State for the current runtime (the upstream pool belongs to it).
     pub fn new(gw: Arc<Gateway>) -> Self {
         let upstream = Arc::new(crate::upstream::client(&gw.upstream_tls));
-        Self { gw, upstream }
+        let protocol_clients = Arc::new(ProtocolClients::new(&gw.upstream_tls));
+        Self {
+            gw,
+            upstream,
+            protocol_clients,
+        }
     }
 }
 

@@ -460,7 +460,10 @@ fn default_max_bff_body() -> u64 {
 pub struct RouteConfig {
     /// Path prefix, matched on segment boundaries (`/api` matches `/api/x`, not `/apix`).
     pub prefix: String,
-    /// Upstream base URL (`http://` or `https://`), optionally with a base path.
+    /// Upstream base URL, optionally with a base path: `http://` (HTTP/1.1),
+    /// `https://` (HTTP/2 when the upstream offers `h2` by ALPN, else HTTP/1.1; see
+    /// `http2`), or `h2c://host:port` (cleartext HTTP/2 with prior knowledge, e.g. a
+    /// gRPC server).
     pub upstream: Url,
     /// Which token goes upstream. Default `user`.
     #[serde(default)]
@@ -512,6 +515,15 @@ pub struct RouteConfig {
     /// 429 `rate_limited`. Default `16`, at least 1.
     #[serde(default = "default_websockets_per_session")]
     pub max_websockets_per_session: u32,
+    /// Accept a browser `EventSource` (a GET with `Accept: text/event-stream`) without
+    /// `X-CSRF` when its Fetch Metadata prove it same-origin (`security::event_source`).
+    /// Default `false`.
+    #[serde(default)]
+    pub event_source: bool,
+    /// `https://` upstreams: offer `h2` by ALPN (HTTP/2 when the upstream picks it).
+    /// `false` speaks HTTP/1.1 only. Default `true`; must not be `false` for `h2c://`.
+    #[serde(default = "yes")]
+    pub http2: bool,
 }
 
 fn default_websocket_idle() -> Duration {
@@ -1179,10 +1191,22 @@ fn validate_routes(
         if route.prefix == "/bff" || route.prefix.starts_with("/bff/") {
             return Err(invalid(&key("prefix"), "/bff is reserved for Portcullis"));
         }
-        if !matches!(route.upstream.scheme(), "http" | "https") {
+        if !matches!(route.upstream.scheme(), "http" | "https" | "h2c") {
             return Err(invalid(
                 &key("upstream"),
-                "must be an http:// or https:// URL",
+                "must be an http://, https:// or h2c:// URL",
+            ));
+        }
+        if route.upstream.scheme() == "h2c" && !route.http2 {
+            return Err(invalid(
+                &key("http2"),
+                "can't be false for an h2c:// upstream (it speaks only HTTP/2)",
+            ));
+        }
+        if route.upstream.scheme() == "h2c" && route.upstream.port().is_none() {
+            return Err(invalid(
+                &key("upstream"),
+                "an h2c:// URL needs a port (h2c://host:port)",
             ));
         }
         if route.upstream.host_str().is_none() {

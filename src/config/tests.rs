@@ -1131,9 +1131,16 @@ fn fields_of(section: &str) -> Vec<String> {
     let expected = e.split_once("expected").unwrap().1;
     expected
         .split('`')
-        .filter(|w| !w.is_empty() && w.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
+        .filter(|w| is_key_name(w))
         .map(str::to_owned)
         .collect()
+}
+
+/// A config key as serde names it: a lowercase letter, then lowercase, digits or `_`.
+fn is_key_name(w: &str) -> bool {
+    w.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
+        && w.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
 #[test]
@@ -1462,4 +1469,21 @@ fn dpop_routes_need_oidc_dpop_and_a_user_token() {
         .load_with_env(&[("PORTCULLIS_OIDC__DPOP", "true")])
         .unwrap();
     assert!(c.frontend().oidc.dpop && c.frontend().routes[0].dpop == Some(true));
+}
+
+#[test]
+fn h2c_upstreams_need_a_port_and_http2() {
+    // What each scheme is spoken as: `upstream::routes`'s tests.
+    Toml::minimal()
+        .route("prefix = \"/grpc\"\nupstream = \"h2c://127.0.0.1:50051\"\ntoken = \"none\"")
+        .valid();
+    Toml::minimal()
+        .route("prefix = \"/grpc\"\nupstream = \"h2c://127.0.0.1\"")
+        .refused_for("routes[0].upstream");
+    Toml::minimal()
+        .route("prefix = \"/grpc\"\nupstream = \"h2c://127.0.0.1:50051\"\nhttp2 = false")
+        .refused_for("routes[0].http2");
+    Toml::minimal()
+        .route("prefix = \"/x\"\nupstream = \"ftp://127.0.0.1:21\"")
+        .refused_for("routes[0].upstream");
 }

@@ -42,7 +42,8 @@ pub(super) async fn proxy(
     request: Request,
 ) -> Result<Response, ApiError> {
     let (mut parts, body) = request.into_parts();
-    let (bearer, bound, session) = match bind(&state.gw, frontend, route, &parts.headers).await? {
+    let bound = bind(&state.gw, frontend, route, &parts.method, &parts.headers).await?;
+    let (bearer, bound, session) = match bound {
         Bound::No { token, session } => (token, None, session),
         Bound::Yes { tokens, key } => (None, Some((tokens, key)), true),
     };
@@ -136,9 +137,10 @@ async fn bind(
     gw: &Arc<Gateway>,
     frontend: &Frontend,
     route: &Route,
+    method: &Method,
     headers: &axum::http::HeaderMap,
 ) -> Result<Bound, ApiError> {
-    let tokens = match credential(gw, frontend, route, headers).await? {
+    let tokens = match credential(gw, frontend, route, Some(method), headers).await? {
         Credential::None => {
             return Ok(Bound::No {
                 token: None,

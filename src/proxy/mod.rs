@@ -9,6 +9,7 @@
 
 pub mod answer;
 mod dpop;
+pub mod grpc;
 mod stream_end;
 pub mod websocket;
 
@@ -24,9 +25,19 @@ use crate::error::ApiError;
 use crate::frontend::Frontend;
 use crate::gateway::{AppState, Gateway};
 use crate::session::Tokens;
-use crate::upstream::{Route, rewrite};
+use crate::upstream::{Route, UpstreamClient, UpstreamProtocol, rewrite};
 
-/// Proxies `request` over `route`.
+/// Phase: the runtime's client that speaks `route`'s upstream protocol.
+pub fn client_for<'a>(state: &'a AppState, route: &Route) -> &'a UpstreamClient {
+    match route.protocol {
+        UpstreamProtocol::Http1 | UpstreamProtocol::Negotiated => &state.upstream,
+        UpstreamProtocol::Https1 => &state.protocol_clients.https1,
+        UpstreamProtocol::H2c => &state.protocol_clients.h2c,
+    }
+}
+
+/// Proxies `request` over `route`. A gRPC caller gets Portcullis's refusals with a
+/// `grpc-status` ([`grpc`]).
 pub async fn proxy(
     state: &AppState,
     frontend: &Frontend,
@@ -36,11 +47,32 @@ pub async fn proxy(
     if websocket::is_upgrade(request.headers()) {
         return websocket::proxy(state, frontend, route, request).await;
     }
+    if grpc::is_grpc(request.headers()) {
+        return Ok(proxy_request(state, frontend, route, request)
+            .await
+            .unwrap_or_else(grpc::error_response));
+    }
+    proxy_request(state, frontend, route, request).await
+}
+
+async fn proxy_request(
+    state: &AppState,
+    frontend: &Frontend,
+    route: &Route,
+    request: Request,
+) -> Result<Response, ApiError> {
     if let Some(nonce) = &route.dpop {
         return dpop::proxy(state, frontend, route, nonce, request).await;
     }
     let (mut parts, body) = request.into_parts();
-    let credential = credential(&state.gw, frontend, route, &parts.headers).await?;
+    let credential = credential(
+        &state.gw,
+        frontend,
+        route,
+        Some(&parts.method),
+        &parts.headers,
+    )
+    .await?;
     let session = credential.uses_session();
     // The session's answer may stream: it ends with the session (see `stream_end`).
     let session_id = if session {
@@ -90,7 +122,7 @@ pub async fn authorize(
     route: &Route,
     headers: &axum::http::HeaderMap,
 ) -> Result<Option<HeaderValue>, ApiError> {
-    credential(gw, frontend, route, headers)
+    credential(gw, frontend, route, None, headers)
         .await?
         .into_header()
 }
@@ -113,10 +145,13 @@ impl Credential {
 
 /// The shared part of [`authorize`]: the credential, with the user's tokens left
 /// whole (DPoP routes bind them to a proof instead of sending them as Bearer).
+/// `method`: the request's, when a same-origin `EventSource` may go without `X-CSRF`
+/// on an `event_source` route (`security::event_source`).
 pub(crate) async fn credential(
     gw: &Arc<Gateway>,
     frontend: &Frontend,
     route: &Route,
+    method: Option<&axum::http::Method>,
     headers: &axum::http::HeaderMap,
 ) -> Result<Credential, ApiError> {
     let client_token = || async {
@@ -139,7 +174,17 @@ pub(crate) async fn credential(
                     _ => Err(ApiError::Unauthenticated),
                 };
             };
-            crate::security::check_csrf_header(headers)?;
+            let event_source = route.event_source
+                && method.is_some_and(|m| {
+                    crate::security::event_source::proves_same_origin(
+                        m,
+                        headers,
+                        &frontend.origin_text,
+                    )
+                });
+            if !event_source {
+                crate::security::check_csrf_header(headers)?;
+            }
             if let Some(audience) = &route.user_token {
                 // This route's token only: another route's never reaches this upstream.
                 return Ok(Credential::RouteUser(
@@ -190,7 +235,8 @@ async fn forward(
     request: Request,
 ) -> Result<axum::http::Response<hyper::body::Incoming>, ApiError> {
     let started = std::time::Instant::now();
-    let result = tokio::time::timeout(route.timeout, state.upstream.request(request)).await;
+    let result =
+        tokio::time::timeout(route.timeout, client_for(state, route).request(request)).await;
     crate::telemetry::metrics().upstream_call(route.label, started.elapsed(), &result);
     match result {
         Err(_) => Err(ApiError::UpstreamTimeout),

@@ -107,7 +107,7 @@ pub async fn proxy(
     parts
         .headers
         .insert("x-csrf", HeaderValue::from_static("1"));
-    let credential = super::credential(&state.gw, frontend, route, &parts.headers).await?;
+    let credential = super::credential(&state.gw, frontend, route, None, &parts.headers).await?;
     parts.headers.remove("x-csrf");
     let session = credential.uses_session();
     let guard = match session.then(|| super::session_id(&parts.headers, frontend)) {

@@ -7,6 +7,7 @@
 //! cross-site request never carries it. This module must never trust a header for
 //! anything but a refusal.
 
+pub mod event_source;
 pub mod guard;
 pub mod headers;
 pub mod limits;

@@ -19,29 +19,75 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-pub use routes::{Route, RouteTable, WebSocketPolicy};
+pub use routes::{Route, RouteTable, UpstreamProtocol, WebSocketPolicy};
 
-/// The pooled HTTP/1.1 client to upstreams of one runtime (`http://` and, verified
-/// by the configuration of [`tls`], `https://`).
+/// The pooled client to upstreams of one runtime: `http://` in HTTP/1.1 and,
+/// verified by the configuration of [`tls`], `https://` in HTTP/2 when the upstream
+/// picks `h2` by ALPN, else HTTP/1.1 (see [`client`]).
 pub type UpstreamClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
 
 /// Idle connections kept per upstream: at least the expected concurrency, or
-/// connections churn under load.
+/// connections churn under load. (An HTTP/2 upstream gets one connection per
+/// runtime, which multiplexes every request of that runtime.)
 const POOL_IDLE_PER_HOST: usize = 1024;
 
-/// A client for one runtime, verifying `https://` upstreams with `tls`.
+/// The client of `http://` and `https://` upstreams (`h2` and `http/1.1` offered by
+/// ALPN) of one runtime, verifying `https://` upstreams with `tls`.
 pub fn client(tls: &Arc<rustls::ClientConfig>) -> UpstreamClient {
+    build_client(tls, ClientKind::Negotiated)
+}
+
+/// The other clients of a runtime, one per [`UpstreamProtocol`] that needs its own
+/// pool: a pool is keyed by scheme and authority only, so an `https://` route with
+/// `http2 = false` and an `h2c://` route can't share the default client's.
+pub struct ProtocolClients {
+    /// `https://` routes with `http2 = false`: only `http/1.1` offered by ALPN.
+    pub https1: UpstreamClient,
+    /// `h2c://` routes: HTTP/2 with prior knowledge on plain TCP.
+    pub h2c: UpstreamClient,
+}
+
+impl ProtocolClients {
+    pub fn new(tls: &Arc<rustls::ClientConfig>) -> Self {
+        Self {
+            https1: build_client(tls, ClientKind::Https1),
+            h2c: build_client(tls, ClientKind::H2c),
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ClientKind {
+    Negotiated,
+    Https1,
+    H2c,
+}
+
+fn build_client(tls: &Arc<rustls::ClientConfig>, kind: ClientKind) -> UpstreamClient {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
     connector.enforce_http(false);
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+    let tls = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config((**tls).clone())
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(connector);
-    Client::builder(TokioExecutor::new())
+        .https_or_http();
+    let connector = match kind {
+        // ALPN offers h2 first; the pool reads what was negotiated per connection.
+        ClientKind::Negotiated => tls.enable_http1().enable_http2().wrap_connector(connector),
+        ClientKind::Https1 | ClientKind::H2c => tls.enable_http1().wrap_connector(connector),
+    };
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder
         .pool_max_idle_per_host(POOL_IDLE_PER_HOST)
         .pool_idle_timeout(std::time::Duration::from_secs(60))
-        .build(connector)
+        // HTTP/2: PINGs find a dead upstream connection under long streams (gRPC, SSE);
+        // flow-control windows follow the measured bandwidth-delay product.
+        .timer(hyper_util::rt::TokioTimer::new())
+        .http2_keep_alive_interval(std::time::Duration::from_secs(30))
+        .http2_keep_alive_timeout(std::time::Duration::from_secs(20))
+        .http2_adaptive_window(true);
+    if kind == ClientKind::H2c {
+        builder.http2_only(true);
+    }
+    builder.build(connector)
 }

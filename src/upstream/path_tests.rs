@@ -22,6 +22,8 @@ fn route(prefix: &str, upstream: &str, strip: bool) -> Route {
         websocket: false,
         websocket_idle_timeout: std::time::Duration::from_secs(300),
         max_websockets_per_session: 16,
+        event_source: false,
+        http2: true,
     };
     Route::from_config(&c).unwrap()
 }

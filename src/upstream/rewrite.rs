@@ -1,8 +1,8 @@
 //! Header hygiene between the browser and upstreams.
 //!
 //! Dropped on the way up: hop-by-hop headers (RFC 9110 §7.6.1: `Connection` and what
-//! it names, `Keep-Alive`, `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`,
-//! `Proxy-*`), the browser's `Authorization` (only Portcullis decides what token an
+//! it names, `Keep-Alive`, `TE` — except `TE: trailers` to `https://` and `h2c://` upstreams, kept for gRPC —,
+//! `Trailer`, `Transfer-Encoding`, `Upgrade`, `Proxy-*`), the browser's `Authorization` (only Portcullis decides what token an
 //! upstream sees), Portcullis's own cookies, and — unless the peer is a trusted proxy
 //! — every header that only a proxy in front of the upstream should set, because
 //! upstreams believe it (see [`is_proxy_set`]: forwarding, client address, URL and
@@ -89,7 +89,14 @@ pub fn rewrite_request(
     // The upstream's Host comes from its URI; the browser's is not the public origin's
     // (a client chooses it freely), so it goes nowhere, not even into X-Forwarded-Host.
     headers.remove(header::HOST);
+    // `TE: trailers` says the client takes trailers: gRPC needs it end to end, and it is
+    // the only `TE` HTTP/2 allows. Kept for upstreams that may speak HTTP/2; to an
+    // `http://` (HTTP/1.1) upstream `TE` is hop-by-hop like any other, and dropped.
+    let trailers = route.protocol != super::UpstreamProtocol::Http1 && accepts_trailers(headers);
     remove_hop_by_hop(headers);
+    if trailers {
+        headers.insert(header::TE, TRAILERS.clone());
+    }
     headers.remove(header::AUTHORIZATION);
     strip_own_cookies(headers, &config.own_cookies);
     if let Some(token) = token {
@@ -112,6 +119,18 @@ pub fn rewrite_request(
         headers.insert(X_FORWARDED_HOST.clone(), config.public_host.clone());
     }
     Ok(())
+}
+
+static TRAILERS: HeaderValue = HeaderValue::from_static("trailers");
+
+/// Does a `TE` header name `trailers`?
+fn accepts_trailers(headers: &HeaderMap) -> bool {
+    headers.get_all(header::TE).iter().any(|v| {
+        v.as_bytes().split(|&b| b == b',').any(|t| {
+            let coding = t.split(|&b| b == b';').next().unwrap_or_default();
+            coding.trim_ascii().eq_ignore_ascii_case(b"trailers")
+        })
+    })
 }
 
 /// Removes every header [`is_proxy_set`] names. Allocates only when one is there.
@@ -361,6 +380,8 @@ mod tests {
             websocket: false,
             websocket_idle_timeout: std::time::Duration::from_secs(300),
             max_websockets_per_session: 16,
+            event_source: false,
+            http2: true,
         };
         Route::from_config(&c).unwrap()
     }

@@ -34,6 +34,10 @@ pub struct Route {
     pub html_sandbox: bool,
     /// WebSocket upgrades, when the route accepts them (`routes[].websocket`).
     pub websocket: Option<WebSocketPolicy>,
+    /// A same-origin `EventSource` needs no `X-CSRF` (`security::event_source`).
+    pub event_source: bool,
+    /// How the upstream is spoken to (which of the runtime's clients carries it).
+    pub protocol: UpstreamProtocol,
 }
 
 /// How a route's WebSockets are kept (see `proxy::websocket`).
@@ -45,6 +49,31 @@ pub struct WebSocketPolicy {
     pub max_per_session: u32,
 }
 
+/// The HTTP version(s) spoken to a route's upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    /// `http://`: HTTP/1.1.
+    Http1,
+    /// `https://`: `h2` and `http/1.1` offered by ALPN; the upstream picks.
+    Negotiated,
+    /// `https://` with `http2 = false`: only `http/1.1` offered.
+    Https1,
+    /// `h2c://`: cleartext HTTP/2 with prior knowledge (RFC 9113 §3.3).
+    H2c,
+}
+
+impl UpstreamProtocol {
+    /// For `portcullis check` and the docs.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Http1 => "HTTP/1.1",
+            Self::Negotiated => "TLS, HTTP/2 or HTTP/1.1 by ALPN",
+            Self::Https1 => "TLS, HTTP/1.1 only: http2 = false",
+            Self::H2c => "cleartext HTTP/2, prior knowledge",
+        }
+    }
+}
+
 impl std::fmt::Debug for ClientSlot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("ClientSlot")
@@ -53,7 +82,17 @@ impl std::fmt::Debug for ClientSlot {
 
 impl Route {
     pub fn from_config(c: &RouteConfig) -> Result<Self, String> {
-        let scheme = Scheme::try_from(c.upstream.scheme()).map_err(|e| e.to_string())?;
+        let protocol = match (c.upstream.scheme(), c.http2) {
+            ("h2c", _) => UpstreamProtocol::H2c,
+            ("https", true) => UpstreamProtocol::Negotiated,
+            ("https", false) => UpstreamProtocol::Https1,
+            _ => UpstreamProtocol::Http1,
+        };
+        // h2c is plain `http` on the wire (`:scheme` of every request).
+        let scheme = match protocol {
+            UpstreamProtocol::H2c => Scheme::HTTP,
+            _ => Scheme::try_from(c.upstream.scheme()).map_err(|e| e.to_string())?,
+        };
         let host = c.upstream.host_str().ok_or("upstream has no host")?;
         let authority = match c.upstream.port() {
             Some(port) => format!("{host}:{port}"),
@@ -78,6 +117,8 @@ impl Route {
                 idle_timeout: c.websocket_idle_timeout,
                 max_per_session: c.max_websockets_per_session,
             }),
+            event_source: c.event_source,
+            protocol,
         })
     }
 
@@ -89,7 +130,11 @@ impl Route {
 
     /// For logs: the upstream's address, nothing more.
     pub fn upstream_label(&self) -> String {
-        format!("{}://{}", self.scheme, self.authority)
+        let scheme = match self.protocol {
+            UpstreamProtocol::H2c => "h2c",
+            _ => self.scheme.as_str(),
+        };
+        format!("{scheme}://{}", self.authority)
     }
 }
 
@@ -170,6 +215,50 @@ impl RouteTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each upstream scheme is spoken with its own protocol (and pool).
+    #[test]
+    fn each_scheme_is_spoken_in_its_protocol() {
+        let toml = format!(
+            r#"
+[server]
+public_origin = "https://app.example.com"
+[oidc]
+issuer = "https://idp.example.com"
+client_id = "c"
+client_secret = "s"
+[session]
+keys = ["{}"]
+[[routes]]
+prefix = "/grpc"
+upstream = "h2c://127.0.0.1:50051"
+token = "none"
+[[routes]]
+prefix = "/a"
+upstream = "https://up.example"
+http2 = false
+[[routes]]
+prefix = "/b"
+upstream = "https://up.example"
+[[routes]]
+prefix = "/c"
+upstream = "http://up.example"
+"#,
+            crate::session::cipher::generate_key()
+        );
+        let config = crate::config::Config::from_toml(&toml, []).unwrap();
+        let routes: Vec<Route> = config.frontends[0]
+            .routes
+            .iter()
+            .map(|r| Route::from_config(r).unwrap())
+            .collect();
+        assert_eq!(routes[0].protocol, UpstreamProtocol::H2c);
+        assert_eq!(routes[0].scheme, Scheme::HTTP);
+        assert_eq!(routes[0].upstream_label(), "h2c://127.0.0.1:50051");
+        use UpstreamProtocol::*;
+        let protocols: Vec<_> = routes[1..].iter().map(|r| r.protocol).collect();
+        assert_eq!(protocols, [Https1, Negotiated, Http1]);
+    }
 
     fn table() -> RouteTable {
         let toml = r#"
