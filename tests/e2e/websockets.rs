@@ -940,3 +940,29 @@ async fn wss_upstreams_are_reached_over_the_routes_tls() {
     let e = connect(&gateway.url("/live/feed"), &[]).await.unwrap_err();
     assert!(e.starts_with("403"), "{e}");
 }
+
+#[tokio::test]
+async fn a_refresh_answered_invalid_grant_closes_the_sessions_socket() {
+    let up = WsUpstream::start(Mode::Echo).await;
+    let env = Env::builder()
+        .access_token_ttl(4)
+        .userinfo(false)
+        .routes(&ws_route("/ws", &up.url(), ""))
+        .start()
+        .await;
+    let browser = env.browser();
+    browser.login(&env, "alice", "alice", "/").await;
+    let mut ws = connect(&env.url("/ws"), &same_origin(&env, &browser))
+        .await
+        .unwrap();
+    env.provider.revoke_grants("alice").await;
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    // The next call needs a refresh; the provider answers invalid_grant; the session ends.
+    browser
+        .get_with(&env.url("/api/x"), &[("x-csrf", "1")])
+        .await
+        .assert_error(401, "session_expired");
+    let (frame, _) = wait_close(&mut ws, Duration::from_secs(5)).await;
+    assert_eq!(frame, Some((1008, "session ended".to_owned())));
+    assert!(env.gateway.logs().contains("\"reason\":\"invalid_grant\""));
+}
