@@ -584,10 +584,14 @@ async fn a_logout_closes_the_sessions_sockets_with_1008() {
 #[tokio::test]
 async fn a_logout_on_one_instance_closes_the_socket_on_another() {
     let up = WsUpstream::start(Mode::Echo).await;
+    let sse = start_sse_upstream().await;
     let env = Env::builder()
         .store("redis")
         .instances(2)
         .routes(&ws_route("/ws", &up.url(), ""))
+        .routes(&format!(
+            "\n[[routes]]\nprefix = \"/events\"\nupstream = \"{sse}\"\ntoken = \"user\"\n"
+        ))
         .start()
         .await;
     let browser = env.browser();
@@ -608,6 +612,13 @@ async fn a_logout_on_one_instance_closes_the_socket_on_another() {
     ws.send(Message::text("x")).await.unwrap();
     ws.next().await.unwrap().unwrap();
 
+    // A server-sent event stream of the same session, on the second instance too.
+    let events = read_events(
+        other.url("/events"),
+        format!("{COOKIE}={}", browser.session_cookie(&env).unwrap()),
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
     let started = Instant::now();
     logout(&env, &browser).await;
     let (frame, at) = wait_close(&mut ws, Duration::from_secs(5)).await;
@@ -616,6 +627,14 @@ async fn a_logout_on_one_instance_closes_the_socket_on_another() {
         at.duration_since(started)
     );
     assert_eq!(frame, Some((1008, "session ended".to_owned())));
+    let cut = tokio::time::timeout(Duration::from_secs(5), events)
+        .await
+        .expect("the event stream was cut off")
+        .unwrap();
+    println!(
+        "MEASURE logout → SSE stream cut, other instance (Redis): {:?}",
+        cut.duration_since(started)
+    );
     assert!(other.logs().contains("ended_elsewhere"), "{}", other.logs());
 }
 
@@ -672,6 +691,60 @@ async fn a_flood_of_frames_keeps_memory_flat_and_a_quiet_socket_is_closed_when_i
     let (frame, _) = wait_close(&mut quiet, Duration::from_secs(5)).await;
     assert_eq!(frame, Some((1001, "idle timeout".to_owned())));
     assert!(started.elapsed() < Duration::from_secs(9));
+}
+
+/// A server-sent events upstream (axum): `/events` writes an event every 100 ms, forever.
+async fn start_sse_upstream() -> String {
+    let app = axum::Router::new().route(
+        "/events",
+        axum::routing::get(|| async {
+            let events = futures_util::stream::unfold(0u64, |n| async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Some((
+                    Ok::<_, std::io::Error>(Bytes::from(format!("data: tick {n}\n\n"))),
+                    n + 1,
+                ))
+            });
+            (
+                [
+                    ("content-type", "text/event-stream"),
+                    ("cache-control", "no-cache"),
+                ],
+                axum::body::Body::from_stream(events),
+            )
+        }),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
+
+/// Reads an event stream at `url` with the session cookie: resolves to when it was cut
+/// off, after at least one event arrived.
+fn read_events(url: String, cookie: String) -> tokio::task::JoinHandle<Instant> {
+    tokio::spawn(async move {
+        let mut r = reqwest::Client::new()
+            .get(url)
+            .header("cookie", cookie)
+            .header("x-csrf", "1")
+            .header("accept", "text/event-stream")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let mut events = 0;
+        loop {
+            match r.chunk().await {
+                Ok(Some(c)) => events += c.windows(5).filter(|w| w == b"data:").count(),
+                Ok(None) => panic!("the event stream ended by itself"),
+                Err(_) => {
+                    assert!(events > 0, "no event arrived before the cut");
+                    return Instant::now();
+                }
+            }
+        }
+    })
 }
 
 /// Logs out at the provider's own end-session page: the provider then sends
