@@ -1069,3 +1069,40 @@ async fn a_refresh_answered_invalid_grant_closes_the_sessions_socket() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn at_shutdown_open_sockets_get_going_away() {
+    let up = WsUpstream::start(Mode::Echo).await;
+    let port = free_port();
+    let origin = format!("http://127.0.0.1:{port}");
+    let config = standalone_config(
+        port,
+        &origin,
+        "",
+        &format!(
+            "[[routes]]\nprefix = \"/live\"\nupstream = \"{}\"\ntoken = \"none\"\nwebsocket = true\n",
+            up.url()
+        ),
+    );
+    let mut gateway = Gateway::start(port, &config);
+    let mut ws = connect(&gateway.url("/live"), &[("origin", origin.clone())])
+        .await
+        .unwrap();
+    ws.send(Message::text("x")).await.unwrap();
+    ws.next().await.unwrap().unwrap();
+    gateway.signal("-TERM");
+    let (frame, _) = wait_close(&mut ws, Duration::from_secs(5)).await;
+    assert_eq!(frame, Some((1001, "going away".to_owned())));
+    eventually("the upstream got 1001 going away", || {
+        up.closes
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(c, r)| *c == 1001 && r == "going away")
+    })
+    .await;
+    assert!(
+        gateway.wait_exit(Duration::from_secs(10)).is_some(),
+        "the process exits"
+    );
+}
