@@ -214,6 +214,12 @@ pub struct OidcConfig {
     /// accepted too. Any other explicit `typ` (`at+jwt`, …) is always refused.
     #[serde(default)]
     pub require_logout_token_typ: bool,
+    /// How the logout request (RP-Initiated Logout) names the user to the provider:
+    /// `id_token_hint` (default) puts the ID token in the URL the browser follows;
+    /// `client_id` sends only `client_id`, plus `logout_hint` from the ID token's
+    /// `login_hint` claim when the provider put one there, and no token at all.
+    #[serde(default)]
+    pub logout_hint: LogoutHint,
     /// Signature algorithms accepted on ID tokens. Asymmetric only; never `none`.
     #[serde(default = "default_algorithms")]
     pub id_token_algorithms: Vec<String>,
@@ -240,6 +246,18 @@ pub enum ParMode {
     Auto,
     Always,
     Never,
+}
+
+/// What the end-session request carries to name the session (`oidc.logout_hint`).
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LogoutHint {
+    /// `id_token_hint` (RECOMMENDED by RP-Initiated Logout 1.0) and `client_id`.
+    #[default]
+    IdTokenHint,
+    /// `client_id` (and `logout_hint` when the ID token has `login_hint`): the ID token
+    /// never passes through the browser. The provider may then ask the user to confirm.
+    ClientId,
 }
 
 /// The login parameters `/bff/login` can pass on.
@@ -897,7 +915,7 @@ impl Config {
                     ));
                 }
                 Some(url) => {
-                    crate::session::RedisAddress::parse(url.expose())
+                    values::RedisAddress::parse(url.expose())
                         .map_err(|why| invalid("session.redis_url", why))?;
                 }
             },
@@ -1021,14 +1039,13 @@ fn validate_oidc(oidc: &OidcConfig, prefix: &str) -> Result<(), ConfigError> {
                     "is required for auth_method private_key_jwt",
                 ));
             };
-            let pem = std::fs::read(path).map_err(|e| {
+            // Read here; parsed as a key when the OIDC client is built (`oidc::Oidc`).
+            std::fs::metadata(path).map_err(|e| {
                 invalid(
                     &format!("{prefix}oidc.private_key_file"),
                     format!("cannot read {}: {e}", path.display()),
                 )
             })?;
-            crate::oidc::ClientKey::from_pem(&pem, &oidc.private_key_alg, None)
-                .map_err(|e| invalid(&format!("{prefix}oidc.private_key_file"), e))?;
         }
     }
     if !oidc.scopes.iter().any(|s| s == "openid") {
@@ -1113,7 +1130,7 @@ fn validate_routes(
             return Err(invalid(&key("prefix"), "must not end with '/'"));
         }
         // Matched on the raw path and forwarded as is: it must mean the same to every upstream.
-        if let Err(why) = crate::proxy::path::check(route.prefix.as_bytes()) {
+        if let Err(why) = crate::path::check(route.prefix.as_bytes()) {
             return Err(invalid(&key("prefix"), format!("must not contain {why}")));
         }
         if route.prefix == "/bff" || route.prefix.starts_with("/bff/") {

@@ -45,11 +45,11 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error, Message, handshake::derive_accept_key};
 
-use super::{Route, WebSocketPolicy};
 use crate::error::ApiError;
 use crate::frontend::Frontend;
-use crate::server::AppState;
+use crate::gateway::AppState;
 use crate::session::streams::{Ended, Relaying, StreamGuard};
+use crate::upstream::{Route, WebSocketPolicy};
 
 /// The largest message (and frame) relayed; a bigger one closes the socket (1009).
 pub const MAX_MESSAGE_BYTES: usize = 16 << 20;

@@ -29,7 +29,7 @@
 //! (the same parser as hyper, `httparse`), because hyper resolves a request with
 //! both `Content-Length` and `Transfer-Encoding` itself (it drops the length) and
 //! the handlers can no longer see that the framing was ambiguous. Such a request is
-//! marked ([`AmbiguousFraming`](super::guard::AmbiguousFraming)) and refused by the guard, and the
+//! marked ([`AmbiguousFraming`](crate::security::guard::AmbiguousFraming)) and refused by the guard, and the
 //! connection is closed. The inspector follows `Content-Length` bodies; after a
 //! chunked request it stops, and that request's answer closes the connection, so
 //! no later head on it goes unread.

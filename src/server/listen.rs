@@ -24,11 +24,12 @@ use tower::ServiceExt;
 use axum::http::HeaderValue;
 use axum::http::header::CONNECTION;
 
+use super::app;
 use super::connection::{AcceptBackoff, ClientLimits, Guarded, Shared, Timeouts, Tracked};
-use super::guard::AmbiguousFraming;
 use super::tls::TlsTerminator;
-use super::{AppState, Gateway, app};
 use crate::config::Config;
+use crate::gateway::{AppState, Gateway};
+use crate::security::guard::AmbiguousFraming;
 
 /// How often expired sessions and pending logins are swept from the store.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
@@ -43,6 +44,7 @@ pub struct Server {
     control: tokio::runtime::Runtime,
     tls: Option<Arc<TlsTerminator>>,
     drain: Duration,
+    gw: Arc<Gateway>,
 }
 
 impl Server {
@@ -68,10 +70,6 @@ impl Server {
             .as_ref()
             .map(TlsTerminator::load)
             .transpose()?;
-        super::tls::configure_upstream_roots(
-            config.server.upstream_ca_file.as_deref(),
-            super::tls::client_identity(&config.server),
-        )?;
         let gw = Arc::new(control.block_on(Gateway::new(config))?);
 
         // Provider metadata and keys are loaded now if possible; if the provider is
@@ -140,7 +138,7 @@ impl Server {
         }
         let watched = gw.clone();
         control.spawn(async move { watched.sessions.watch_streams().await });
-        control.spawn(sweeper(gw));
+        control.spawn(sweeper(gw.clone()));
         tracing::info!(%addr, workers, tls = tls.is_some(), descriptor_limit = descriptors, "listening");
         Ok(Self {
             addr,
@@ -150,6 +148,7 @@ impl Server {
             control,
             tls,
             drain,
+            gw,
         })
     }
 
@@ -176,7 +175,7 @@ impl Server {
             drain_timeout_ms = self.drain.as_millis() as u64,
             "shutting down: no new connections, draining in-flight requests"
         );
-        super::admin::begin_draining();
+        self.gw.begin_draining();
         let _ = self.shutdown.send(true);
         for w in self.workers {
             let _ = w.join();

@@ -230,7 +230,7 @@ impl Sessions {
         let now = now_secs();
         if let Some(reason) = self.expired(&record, now) {
             if self.store.remove(&key).await?.is_some() {
-                crate::telemetry::audit_session_ended(reason, &record);
+                record.audited(|who| crate::telemetry::audit_session_ended(reason.as_str(), who));
             }
             self.streams.end(&key, streams::Ended::Here(reason));
             return Ok(None);
@@ -266,7 +266,7 @@ impl Sessions {
         token_cache::forget(self.cache_owner, key);
         let removed = self.store.remove(key).await?;
         if let Some(record) = &removed {
-            crate::telemetry::audit_session_ended(reason, record);
+            record.audited(|who| crate::telemetry::audit_session_ended(reason.as_str(), who));
         }
         self.streams.end(key, streams::Ended::Here(reason));
         Ok(removed)
@@ -361,5 +361,7 @@ fn secs(d: Duration) -> i64 {
     i64::try_from(d.as_secs()).unwrap_or(i64::MAX / 4)
 }
 
+#[cfg(test)]
+mod lifetime_tests;
 #[cfg(test)]
 mod store_tests;

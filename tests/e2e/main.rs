@@ -4,6 +4,7 @@
 mod harness;
 
 mod advanced_oauth;
+mod anonymous_user;
 mod backchannel;
 mod callback_attacks;
 mod cli;
@@ -12,8 +13,10 @@ mod exhaustion;
 mod frontends;
 mod hardening;
 mod header_hygiene;
+mod id_token_validation;
 mod login_abuse;
 mod login_flow;
+mod logout_hint;
 mod ops;
 #[cfg(feature = "otel")]
 mod otel;

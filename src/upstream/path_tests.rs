@@ -1,10 +1,10 @@
 use axum::http::Uri;
 
-use super::{Refusal, check};
+use super::Route;
+use super::rewrite::upstream_uri;
 use crate::config::TokenKind;
-use crate::proxy::Route;
-use crate::proxy::path_models::Confinement;
-use crate::proxy::rewrite::upstream_uri;
+use crate::path::models::Confinement;
+use crate::path::{Refusal, check};
 
 fn route(prefix: &str, upstream: &str, strip: bool) -> Route {
     let c = crate::config::RouteConfig {

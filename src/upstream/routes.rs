@@ -140,6 +140,15 @@ impl RouteTable {
     pub fn matching(&self, path: &str) -> Option<&Route> {
         self.routes.iter().find(|r| r.serves(path))
     }
+
+    /// The index of the route serving `path`, for [`RouteTable::get`].
+    pub fn position(&self, path: &str) -> Option<usize> {
+        self.routes.iter().position(|r| r.serves(path))
+    }
+
+    pub fn get(&self, index: usize) -> Option<&Route> {
+        self.routes.get(index)
+    }
 }
 
 #[cfg(test)]
@@ -186,7 +195,7 @@ mod tests {
         // Matched on the raw path: what follows the prefix must start a new segment, so
         // the prefix the upstream sees is the configured one, byte for byte. (Spellings
         // an upstream decodes, like `/api/%61dmin`, match the shorter prefix and stay
-        // under its base: see `proxy::path`.)
+        // under its base: see `crate::path`.)
         let t = table();
         for other in [
             "/apifoo",

@@ -312,7 +312,7 @@ pub fn upstream_uri(uri: &Uri, route: &Route) -> Result<Uri, ApiError> {
     } else {
         path
     };
-    super::path::check(rest.as_bytes())
+    crate::path::check(rest.as_bytes())
         .map_err(|why| ApiError::invalid(format!("invalid request path: {why}")))?;
     let mut pq = String::with_capacity(
         route.base_path.len() + rest.len() + 1 + uri.query().map_or(0, str::len),
