@@ -48,7 +48,7 @@ use tokio_tungstenite::tungstenite::{Error, Message, handshake::derive_accept_ke
 use crate::error::ApiError;
 use crate::frontend::Frontend;
 use crate::gateway::AppState;
-use crate::session::streams::{Ended, StreamGuard};
+use crate::session::streams::{Ended, Relaying, StreamGuard};
 use crate::upstream::{Route, WebSocketPolicy};
 
 /// The largest message (and frame) relayed; a bigger one closes the socket (1009).
@@ -189,6 +189,7 @@ pub async fn proxy(
         route: route.label,
         policy,
         guard,
+        relaying: state.gw.sessions.streams().relay(),
     };
     tokio::spawn(async move {
         let _life = life_tx;
@@ -285,6 +286,7 @@ struct Relay {
     route: &'static str,
     policy: WebSocketPolicy,
     guard: Option<StreamGuard>,
+    relaying: Relaying,
 }
 
 /// Why a relayed socket ended (the `reason` label).
@@ -293,6 +295,7 @@ enum Outcome {
     UpstreamClosed,
     Idle,
     Session(Ended),
+    Shutdown,
     Error,
 }
 
@@ -333,6 +336,7 @@ impl Relay {
             Outcome::UpstreamClosed => "upstream_closed",
             Outcome::Idle => "idle_timeout",
             Outcome::Session(why) => why.as_str(),
+            Outcome::Shutdown => "shutdown",
             Outcome::Error => "error",
         };
         crate::telemetry::audit_stream_closed(self.route, KIND, reason, &session, opened.elapsed());
@@ -372,6 +376,7 @@ impl Relay {
                     r = &mut up => break if r { Outcome::ClientClosed } else { Outcome::Error },
                     r = &mut down => break if r { Outcome::UpstreamClosed } else { Outcome::Error },
                     why = &mut session => break Outcome::Session(why),
+                    _ = self.relaying.closing() => break Outcome::Shutdown,
                     _ = check.tick() => {
                         let quiet = epoch.elapsed().saturating_sub(Duration::from_millis(last.load(Ordering::Relaxed)));
                         if quiet >= idle {
@@ -389,6 +394,10 @@ impl Relay {
             Outcome::Idle => (
                 Some(close(CloseCode::Away, "idle timeout")),
                 Some(close(CloseCode::Away, "idle timeout")),
+            ),
+            Outcome::Shutdown => (
+                Some(close(CloseCode::Away, "going away")),
+                Some(close(CloseCode::Away, "going away")),
             ),
             _ => (None, None),
         };

@@ -253,6 +253,7 @@ async fn worker(
     let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
     let limits = state.gw.config.security.clone();
     let timeouts = Timeouts::new(&state.gw.config);
+    let gw = state.gw.clone();
     let router = app(state);
     let graceful = GracefulShutdown::new();
     // Request limits: an oversized head is refused (431) before any handler runs.
@@ -339,6 +340,11 @@ async fn worker(
     }
     // New connections are refused from here on.
     drop(listener);
+    // Relayed WebSockets get a close frame (1001) while this runtime still runs them.
+    gw.sessions
+        .streams()
+        .close_sockets(Duration::from_secs(2))
+        .await;
     tokio::select! {
         _ = graceful.shutdown() => {}
         _ = tokio::time::sleep(drain) => tracing::warn!("drain timeout: closing remaining connections"),

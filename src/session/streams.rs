@@ -49,10 +49,43 @@ impl Ended {
 }
 
 /// The registry (one per `Sessions`).
-#[derive(Default)]
 pub struct Streams {
     open: AtomicUsize,
     by_session: DashMap<SessionKey, Entry>,
+    /// Set when the process shuts down: relayed WebSockets close (1001).
+    closing: watch::Sender<bool>,
+    /// Relayed sockets open now, with or without a session ([`Streams::relay`]).
+    relays: Arc<AtomicUsize>,
+}
+
+impl Default for Streams {
+    fn default() -> Self {
+        Self {
+            open: AtomicUsize::new(0),
+            by_session: DashMap::new(),
+            closing: watch::channel(false).0,
+            relays: Arc::default(),
+        }
+    }
+}
+
+/// One relayed socket, counted until it drops; [`Relaying::closing`] resolves at shutdown.
+pub struct Relaying {
+    closing: watch::Receiver<bool>,
+    relays: Arc<AtomicUsize>,
+}
+
+impl Relaying {
+    /// Resolves when the process begins to shut down.
+    pub async fn closing(&mut self) {
+        let _ = self.closing.wait_for(|c| *c).await;
+    }
+}
+
+impl Drop for Relaying {
+    fn drop(&mut self) {
+        self.relays.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 struct Entry {
@@ -107,6 +140,24 @@ impl Streams {
         }
         if let Some(entry) = self.by_session.get(key) {
             entry.ended.send_replace(Some(why));
+        }
+    }
+
+    /// Counts a relayed socket (any route) for [`Streams::close_sockets`].
+    pub fn relay(&self) -> Relaying {
+        self.relays.fetch_add(1, Ordering::Relaxed);
+        Relaying {
+            closing: self.closing.subscribe(),
+            relays: self.relays.clone(),
+        }
+    }
+
+    /// Shutdown: tells every relayed socket to close, and waits up to `grace` for them.
+    pub async fn close_sockets(&self, grace: Duration) {
+        self.closing.send_replace(true);
+        let deadline = tokio::time::Instant::now() + grace;
+        while self.relays.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 

@@ -261,6 +261,15 @@ async fn logout(env: &Env, browser: &Browser) {
     assert_eq!(r.status, 302, "{}", r.text());
 }
 
+/// Waits (up to 10 s) until `check` holds; panics with `what` otherwise.
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !check() {
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
@@ -336,14 +345,14 @@ async fn a_websocket_opens_echoes_and_carries_the_users_token_only() {
     );
     ws.close(None).await.unwrap();
     let _ = ws.next().await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
+    eventually("the upstream got the browser's close", || {
         up.closes
             .lock()
             .unwrap()
             .iter()
             .any(|(c, _)| *c == 1000 || *c == 1005)
-    );
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -509,10 +518,16 @@ async fn malformed_handshakes_the_cap_and_upstreams_that_refuse_or_never_answer(
     assert!(e.starts_with("429") && e.contains("rate_limited"), "{e}");
     one.close(None).await.unwrap();
     let _ = one.next().await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    connect(&env.url("/ws"), &h)
-        .await
-        .expect("room again after a close");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match connect(&env.url("/ws"), &h).await {
+            Ok(_) => break,
+            Err(e) if e.starts_with("429") && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("no room again after a close: {e}"),
+        }
+    }
 
     // An upstream that refuses: its answer passes through.
     let e = connect(&env.url("/refuse"), &h).await.unwrap_err();
@@ -558,36 +573,38 @@ async fn a_logout_closes_the_sessions_sockets_with_1008() {
     );
     assert_eq!(frame, Some((1008, "session ended".to_owned())));
     // The upstream was told too, and the other user's socket goes on.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
+    eventually("the upstream got 1001 session ended", || {
         up.closes
             .lock()
             .unwrap()
             .iter()
-            .any(|(c, r)| *c == 1001 && r == "session ended"),
-        "{:?}",
-        up.closes.lock().unwrap()
-    );
+            .any(|(c, r)| *c == 1001 && r == "session ended")
+    })
+    .await;
     b.send(Message::text("still here")).await.unwrap();
     assert_eq!(
         b.next().await.unwrap().unwrap(),
         Message::text("still here")
     );
     // The audit log names the stream's end.
-    let logs = env.gateway.logs();
-    assert!(
-        logs.contains("stream_closed") && logs.contains("\"reason\":\"logout\""),
-        "{logs}"
-    );
+    eventually("a stream_closed audit event with reason logout", || {
+        let logs = env.gateway.logs();
+        logs.contains("stream_closed") && logs.contains("\"reason\":\"logout\"")
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn a_logout_on_one_instance_closes_the_socket_on_another() {
     let up = WsUpstream::start(Mode::Echo).await;
+    let sse = start_sse_upstream().await;
     let env = Env::builder()
         .store("redis")
         .instances(2)
         .routes(&ws_route("/ws", &up.url(), ""))
+        .routes(&format!(
+            "\n[[routes]]\nprefix = \"/events\"\nupstream = \"{sse}\"\ntoken = \"user\"\n"
+        ))
         .start()
         .await;
     let browser = env.browser();
@@ -608,6 +625,13 @@ async fn a_logout_on_one_instance_closes_the_socket_on_another() {
     ws.send(Message::text("x")).await.unwrap();
     ws.next().await.unwrap().unwrap();
 
+    // A server-sent event stream of the same session, on the second instance too.
+    let events = read_events(
+        other.url("/events"),
+        format!("{COOKIE}={}", browser.session_cookie(&env).unwrap()),
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
     let started = Instant::now();
     logout(&env, &browser).await;
     let (frame, at) = wait_close(&mut ws, Duration::from_secs(5)).await;
@@ -616,7 +640,18 @@ async fn a_logout_on_one_instance_closes_the_socket_on_another() {
         at.duration_since(started)
     );
     assert_eq!(frame, Some((1008, "session ended".to_owned())));
-    assert!(other.logs().contains("ended_elsewhere"), "{}", other.logs());
+    let cut = tokio::time::timeout(Duration::from_secs(5), events)
+        .await
+        .expect("the event stream was cut off")
+        .unwrap();
+    println!(
+        "MEASURE logout → SSE stream cut, other instance (Redis): {:?}",
+        cut.duration_since(started)
+    );
+    eventually("reason ended_elsewhere on the other instance", || {
+        other.logs().contains("ended_elsewhere")
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -672,6 +707,60 @@ async fn a_flood_of_frames_keeps_memory_flat_and_a_quiet_socket_is_closed_when_i
     let (frame, _) = wait_close(&mut quiet, Duration::from_secs(5)).await;
     assert_eq!(frame, Some((1001, "idle timeout".to_owned())));
     assert!(started.elapsed() < Duration::from_secs(9));
+}
+
+/// A server-sent events upstream (axum): `/events` writes an event every 100 ms, forever.
+async fn start_sse_upstream() -> String {
+    let app = axum::Router::new().route(
+        "/events",
+        axum::routing::get(|| async {
+            let events = futures_util::stream::unfold(0u64, |n| async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Some((
+                    Ok::<_, std::io::Error>(Bytes::from(format!("data: tick {n}\n\n"))),
+                    n + 1,
+                ))
+            });
+            (
+                [
+                    ("content-type", "text/event-stream"),
+                    ("cache-control", "no-cache"),
+                ],
+                axum::body::Body::from_stream(events),
+            )
+        }),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
+
+/// Reads an event stream at `url` with the session cookie: resolves to when it was cut
+/// off, after at least one event arrived.
+fn read_events(url: String, cookie: String) -> tokio::task::JoinHandle<Instant> {
+    tokio::spawn(async move {
+        let mut r = reqwest::Client::new()
+            .get(url)
+            .header("cookie", cookie)
+            .header("x-csrf", "1")
+            .header("accept", "text/event-stream")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let mut events = 0;
+        loop {
+            match r.chunk().await {
+                Ok(Some(c)) => events += c.windows(5).filter(|w| w == b"data:").count(),
+                Ok(None) => panic!("the event stream ended by itself"),
+                Err(_) => {
+                    assert!(events > 0, "no event arrived before the cut");
+                    return Instant::now();
+                }
+            }
+        }
+    })
 }
 
 /// Logs out at the provider's own end-session page: the provider then sends
@@ -781,29 +870,37 @@ async fn every_way_a_session_ends_closes_its_sockets_and_streamed_answers() {
         .unwrap();
     println!("MEASURE /bff/logout → download cut: {:?}", cut - started);
 
-    let logs = env.gateway.logs();
-    for reason in ["max_per_user", "backchannel_logout", "logout"] {
-        assert!(
-            logs.contains(&format!("\"reason\":\"{reason}\"")) && logs.contains("stream_closed"),
-            "no stream_closed for {reason}: {logs}"
-        );
-    }
-    let metrics = env
-        .browser()
-        .get(&format!("http://127.0.0.1:{admin}/metrics"))
-        .await
-        .text();
-    for series in [
+    // The audit events and metrics are written as each stream's task winds down: wait for them.
+    let series = [
         "portcullis_streams_closed_total{route=\"/ws\",kind=\"websocket\",reason=\"max_per_user\"} 1",
         "portcullis_streams_closed_total{route=\"/ws\",kind=\"websocket\",reason=\"backchannel_logout\"} 1",
         "portcullis_streams_closed_total{route=\"/api\",kind=\"stream\",reason=\"logout\"} 1",
         "portcullis_streams_open{route=\"/ws\",kind=\"websocket\"} 0",
         "portcullis_stream_duration_seconds_count{route=\"/ws\",kind=\"websocket\"} 2",
-    ] {
+    ];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let logs = env.gateway.logs();
+        let metrics = env
+            .browser()
+            .get(&format!("http://127.0.0.1:{admin}/metrics"))
+            .await
+            .text();
+        let missing_logs: Vec<_> = ["max_per_user", "backchannel_logout", "logout"]
+            .into_iter()
+            .filter(|r| {
+                !(logs.contains("stream_closed") && logs.contains(&format!("\"reason\":\"{r}\"")))
+            })
+            .collect();
+        let missing_series: Vec<_> = series.iter().filter(|s| !metrics.contains(*s)).collect();
+        if missing_logs.is_empty() && missing_series.is_empty() {
+            break;
+        }
         assert!(
-            metrics.contains(series),
-            "{series} missing from:\n{metrics}"
+            Instant::now() < deadline,
+            "no stream_closed for {missing_logs:?}, series {missing_series:?} missing from:\n{metrics}"
         );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -864,7 +961,10 @@ async fn a_revocation_by_another_process_and_the_idle_timeout_close_sockets_sqli
         at - opened >= Duration::from_secs(3),
         "closed before the idle timeout"
     );
-    assert!(env.gateway.logs().contains("\"reason\":\"idle_timeout\""));
+    eventually("reason idle_timeout", || {
+        env.gateway.logs().contains("\"reason\":\"idle_timeout\"")
+    })
+    .await;
 }
 
 /// A wss upstream: the echo server behind TLS (rustls, a certificate of the test CA).
@@ -939,4 +1039,70 @@ async fn wss_upstreams_are_reached_over_the_routes_tls() {
     // Still no Origin, no socket, also on a route without a session.
     let e = connect(&gateway.url("/live/feed"), &[]).await.unwrap_err();
     assert!(e.starts_with("403"), "{e}");
+}
+
+#[tokio::test]
+async fn a_refresh_answered_invalid_grant_closes_the_sessions_socket() {
+    let up = WsUpstream::start(Mode::Echo).await;
+    let env = Env::builder()
+        .access_token_ttl(4)
+        .userinfo(false)
+        .routes(&ws_route("/ws", &up.url(), ""))
+        .start()
+        .await;
+    let browser = env.browser();
+    browser.login(&env, "alice", "alice", "/").await;
+    let mut ws = connect(&env.url("/ws"), &same_origin(&env, &browser))
+        .await
+        .unwrap();
+    env.provider.revoke_grants("alice").await;
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    // The next call needs a refresh; the provider answers invalid_grant; the session ends.
+    browser
+        .get_with(&env.url("/api/x"), &[("x-csrf", "1")])
+        .await
+        .assert_error(401, "session_expired");
+    let (frame, _) = wait_close(&mut ws, Duration::from_secs(5)).await;
+    assert_eq!(frame, Some((1008, "session ended".to_owned())));
+    eventually("reason invalid_grant", || {
+        env.gateway.logs().contains("\"reason\":\"invalid_grant\"")
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn at_shutdown_open_sockets_get_going_away() {
+    let up = WsUpstream::start(Mode::Echo).await;
+    let port = free_port();
+    let origin = format!("http://127.0.0.1:{port}");
+    let config = standalone_config(
+        port,
+        &origin,
+        "",
+        &format!(
+            "[[routes]]\nprefix = \"/live\"\nupstream = \"{}\"\ntoken = \"none\"\nwebsocket = true\n",
+            up.url()
+        ),
+    );
+    let mut gateway = Gateway::start(port, &config);
+    let mut ws = connect(&gateway.url("/live"), &[("origin", origin.clone())])
+        .await
+        .unwrap();
+    ws.send(Message::text("x")).await.unwrap();
+    ws.next().await.unwrap().unwrap();
+    gateway.signal("-TERM");
+    let (frame, _) = wait_close(&mut ws, Duration::from_secs(5)).await;
+    assert_eq!(frame, Some((1001, "going away".to_owned())));
+    eventually("the upstream got 1001 going away", || {
+        up.closes
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(c, r)| *c == 1001 && r == "going away")
+    })
+    .await;
+    assert!(
+        gateway.wait_exit(Duration::from_secs(10)).is_some(),
+        "the process exits"
+    );
 }
