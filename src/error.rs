@@ -32,6 +32,19 @@ pub enum Fault {
     Internal,
 }
 
+/// What a `step_up_required` answer tells the SPA (its JSON adds these members).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepUp {
+    /// The ACR values asked for, space-separated (`null` when none).
+    pub acr_values: Option<String>,
+    /// The greatest age of the authentication asked for, seconds (`null` when none).
+    pub max_age: Option<u64>,
+    /// A ready `/bff/login?…&returnUrl=…` asking the provider for them.
+    pub login_url: String,
+    /// For the log: who asked (the route or its upstream) and why.
+    pub detail: String,
+}
+
 /// A failure answered to the browser with the contract's JSON error.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -57,6 +70,14 @@ pub enum ApiError {
         method: axum::http::Method,
         allow: &'static str,
     },
+    /// The session may not use this route: a claim requirement of the route failed
+    /// (the text, for the log, names the route and the rule).
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    /// The route or its upstream (RFC 9470) wants a stronger or more recent
+    /// authentication than the session's: the SPA sends the user to `login_url`.
+    #[error("step-up required: {}", .0.detail)]
+    StepUpRequired(Box<StepUp>),
     /// Too many requests from one client.
     #[error("rate limited")]
     RateLimited { retry_after_secs: u64 },
@@ -90,6 +111,8 @@ impl ApiError {
             Self::SessionExpired => "session_expired",
             Self::Csrf(_) => "csrf",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
+            Self::Forbidden(_) => "forbidden",
+            Self::StepUpRequired(_) => "step_up_required",
             Self::RateLimited { .. } => "rate_limited",
             Self::UpstreamUnavailable(_) => "upstream_unavailable",
             Self::UpstreamTimeout => "upstream_timeout",
@@ -103,7 +126,10 @@ impl ApiError {
         match self {
             Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             Self::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            Self::Unauthenticated | Self::SessionExpired => StatusCode::UNAUTHORIZED,
+            Self::Unauthenticated | Self::SessionExpired | Self::StepUpRequired(_) => {
+                StatusCode::UNAUTHORIZED
+            }
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::Csrf(_) => StatusCode::FORBIDDEN,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -122,6 +148,8 @@ impl ApiError {
             | Self::SessionExpired
             | Self::Csrf(_)
             | Self::MethodNotAllowed { .. }
+            | Self::Forbidden(_)
+            | Self::StepUpRequired(_)
             | Self::RateLimited { .. } => Fault::Client,
             Self::UpstreamUnavailable(_) | Self::UpstreamTimeout => Fault::Upstream,
             Self::IdpUnavailable(_) => Fault::Provider,
@@ -139,6 +167,10 @@ impl ApiError {
             Self::SessionExpired => "the session has ended; log in again",
             Self::Csrf(why) => why,
             Self::MethodNotAllowed { .. } => "this method is not allowed",
+            Self::Forbidden(_) => "access to this resource is not allowed for this user",
+            Self::StepUpRequired(_) => {
+                "a stronger or more recent authentication is required: log in again at login_url"
+            }
             Self::RateLimited { .. } => "too many requests",
             Self::UpstreamUnavailable(_) => "the upstream service is unavailable",
             Self::UpstreamTimeout => "the upstream service did not answer in time",
@@ -158,10 +190,15 @@ impl IntoResponse for ApiError {
             }
             _ => tracing::warn!(error = self.code(), detail = %self, "request failed"),
         }
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "error": self.code(),
             "error_description": self.description(),
         });
+        if let Self::StepUpRequired(step_up) = &self {
+            body["acr_values"] = step_up.acr_values.clone().into();
+            body["max_age"] = step_up.max_age.into();
+            body["login_url"] = step_up.login_url.clone().into();
+        }
         let mut response = (self.status(), axum::Json(body)).into_response();
         // For the request layer's metrics and audit events (`telemetry::request`).
         response.extensions_mut().insert(ErrorCode(self.code()));

@@ -72,8 +72,21 @@ fn login_params(
                     ));
                 }
             }
-            "max_age" if value.parse::<u64>().is_err() => {
-                return Err(ApiError::invalid("max_age must be a number of seconds"));
+            "max_age"
+                if value.len() > 10
+                    || !value.bytes().all(|b| b.is_ascii_digit())
+                    || value
+                        .parse::<u64>()
+                        .map_or(true, |n| n > crate::config::MAX_MAX_AGE_SECS) =>
+            {
+                return Err(ApiError::invalid(
+                    "max_age must be a number of seconds, at most 366 days",
+                ));
+            }
+            "acr_values" if !value.split(' ').all(crate::config::is_acr_value) => {
+                return Err(ApiError::invalid(
+                    "acr_values must be ACR values separated by single spaces",
+                ));
             }
             _ => {}
         }
@@ -167,6 +180,14 @@ pub async fn login(
         silent,
         frontend: fe.name.clone(),
         network,
+        acr_values: query
+            .acr_values
+            .clone()
+            .filter(|_| extra.iter().any(|(n, _)| *n == "acr_values")),
+        max_age: extra
+            .iter()
+            .find(|(n, _)| *n == "max_age")
+            .and_then(|(_, v)| v.parse().ok()),
     };
     let caps = PendingCaps {
         total: fe.config.oidc.max_pending_logins,
@@ -320,6 +341,7 @@ pub async fn callback(
         .await
         .map_err(login_failed)?;
 
+    check_step_up(&pending, &id.all)?;
     let mut claims = user_claims(id.all);
     if fe.oidc.wants_userinfo() {
         let info = fe
@@ -369,6 +391,51 @@ pub async fn callback(
         gw.config.session.same_site,
     );
     Ok(redirect(&pending.return_url, [session_cookie]))
+}
+
+/// How far the provider's clock may be ahead of ours when `auth_time` is checked.
+const AUTH_TIME_LEEWAY_SECS: i64 = 60;
+
+/// Step-up (RFC 9470, OIDC Core 3.1.2.1): when the login asked for `acr_values`, the
+/// ID token's `acr` must be one of them; when it asked for `max_age`, the ID token
+/// must have an `auth_time` at most that old. A provider that ignored the request
+/// does not make a session: the login fails with 400 and the browser's earlier
+/// session, if any, stays as it was.
+fn check_step_up(pending: &PendingLogin, claims: &Map<String, Value>) -> Result<(), ApiError> {
+    let sub = claims
+        .get("sub")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or_default();
+    let refuse = |why: &'static str| {
+        tracing::warn!(
+            target: "portcullis::audit",
+            event = "step_up_refused",
+            problem = why,
+            sub,
+        );
+        Err(ApiError::InvalidRequest(format!(
+            "the provider did not perform the requested authentication: {why}"
+        )))
+    };
+    if let Some(asked) = &pending.acr_values {
+        let acr = claims.get("acr").and_then(Value::as_str);
+        if !acr.is_some_and(|acr| asked.split(' ').any(|a| a == acr)) {
+            return refuse("the ID token's acr is not one of the acr_values asked for");
+        }
+    }
+    if let Some(max_age) = pending.max_age {
+        let auth_time = claims
+            .get("auth_time")
+            .and_then(|t| t.as_i64().or_else(|| t.as_f64().map(|f| f as i64)));
+        let Some(auth_time) = auth_time else {
+            return refuse("the ID token has no auth_time, and max_age was asked for");
+        };
+        let age = now_secs() - auth_time;
+        if age > max_age as i64 + AUTH_TIME_LEEWAY_SECS {
+            return refuse("the ID token's auth_time is older than the max_age asked for");
+        }
+    }
+    Ok(())
 }
 
 /// Claims that describe the user, without the protocol's bookkeeping.

@@ -8,6 +8,7 @@
 //! with a redirect: failures are the contract's JSON errors. The upstream client is
 //! per runtime (thread-per-core), so its connection pool never crosses threads.
 
+pub mod access;
 pub mod answer;
 mod dpop;
 pub mod path;
@@ -15,13 +16,14 @@ pub mod path;
 pub mod path_models;
 pub mod rewrite;
 mod routes;
+pub mod step_up;
 
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::HeaderValue;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -65,6 +67,7 @@ pub async fn proxy(
     route: &Route,
     request: Request,
 ) -> Result<Response, ApiError> {
+    access::check_method(route, request.method())?;
     if let Some(nonce) = &route.dpop {
         return dpop::proxy(state, frontend, route, nonce, request).await;
     }
@@ -146,6 +149,7 @@ pub(crate) async fn credential(
                 };
             };
             crate::security::check_csrf_header(headers)?;
+            access::check_session(frontend, route, &record)?;
             Ok(Credential::User(gw.tokens.user_tokens(gw, &record).await?))
         }
     }
@@ -207,6 +211,19 @@ fn finish(
     route: &Route,
     session: bool,
 ) -> Response {
+    // RFC 9470: the upstream wants a stronger or fresher login than the session's.
+    if session
+        && response.status() == axum::http::StatusCode::UNAUTHORIZED
+        && let Some(asked) = step_up::challenge(response.headers())
+    {
+        return step_up::required(
+            frontend,
+            asked.acr_values.as_deref(),
+            asked.max_age,
+            format!("route {}: the upstream asks for step-up", route.prefix),
+        )
+        .into_response();
+    }
     let (mut parts, body) = response.into_parts();
     // Our answer is ours: HTTP/1.1 (or what the browser spoke), whatever the upstream used.
     parts.version = axum::http::Version::HTTP_11;

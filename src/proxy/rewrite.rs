@@ -357,6 +357,10 @@ mod tests {
             timeout: std::time::Duration::from_secs(1),
             dpop: None,
             html_sandbox: true,
+            methods: None,
+            require: None,
+            acr_values: None,
+            max_age: None,
         };
         Route::from_config(&c).unwrap()
     }

@@ -29,6 +29,8 @@ pub struct Route {
     pub dpop: Option<Arc<NonceSlot>>,
     /// Sandbox the upstream's documents (`routes[].html_sandbox`, see `proxy::answer`).
     pub html_sandbox: bool,
+    /// The route's access rules (methods, claims, step-up); `None`: it has none.
+    pub access: Option<Arc<super::access::Access>>,
 }
 
 impl std::fmt::Debug for ClientSlot {
@@ -59,6 +61,7 @@ impl Route {
             client_token: None,
             dpop: None,
             html_sandbox: c.html_sandbox,
+            access: super::access::Access::from_config(c)?,
         })
     }
 

@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod access_rules;
 mod advanced_oauth;
 mod backchannel;
 mod callback_attacks;

@@ -18,6 +18,10 @@ fn route(prefix: &str, upstream: &str, strip: bool) -> Route {
         timeout: std::time::Duration::from_secs(1),
         dpop: None,
         html_sandbox: true,
+        methods: None,
+        require: None,
+        acr_values: None,
+        max_age: None,
     };
     Route::from_config(&c).unwrap()
 }
