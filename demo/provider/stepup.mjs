@@ -39,7 +39,10 @@ export function create(cfg) {
       }
       if (!enabled) return;
       configuration.acrValues = acrValues;
-      for (const client of configuration.clients) client.require_auth_time ??= true;
+      for (const client of configuration.clients) {
+        client.require_auth_time ??= true;
+        client.default_acr_values ??= [defaultAcr]; // so the ID token always says its acr
+      }
       const previous = configuration.extraTokenClaims;
       configuration.extraTokenClaims = async (ctx, token) => {
         const base = previous ? await previous(ctx, token) : undefined;

@@ -26,5 +26,6 @@ mod real_providers;
 mod redis_faults;
 mod scale_out;
 mod sessions;
+mod step_up;
 mod token_lifecycle;
 mod upstream_mtls;
