@@ -489,6 +489,42 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_id_token_is_held_to_the_step_up_asked_for() {
+        let pending = |acr: Option<&str>, max_age: Option<u64>| PendingLogin {
+            binding: String::new(),
+            pkce_verifier: String::new(),
+            nonce: String::new(),
+            return_url: "/".into(),
+            expires_at: 0,
+            silent: false,
+            frontend: String::new(),
+            network: String::new(),
+            acr_values: acr.map(str::to_owned),
+            max_age,
+        };
+        let claims = |v: serde_json::Value| v.as_object().unwrap().clone();
+        let now = now_secs();
+        let fresh = claims(serde_json::json!({"sub": "a", "acr": "gold", "auth_time": now - 5}));
+        let old = claims(serde_json::json!({"sub": "a", "acr": "silver", "auth_time": now - 3600}));
+        let none = claims(serde_json::json!({"sub": "a"}));
+        assert!(check_step_up(&pending(None, None), &none).is_ok());
+        assert!(check_step_up(&pending(Some("gold platinum"), None), &fresh).is_ok());
+        assert!(check_step_up(&pending(Some("platinum gold"), Some(60)), &fresh).is_ok());
+        assert!(check_step_up(&pending(Some("gold"), None), &old).is_err());
+        assert!(check_step_up(&pending(Some("gol"), None), &fresh).is_err());
+        assert!(check_step_up(&pending(Some("gold"), None), &none).is_err());
+        assert!(check_step_up(&pending(None, Some(300)), &old).is_err());
+        assert!(check_step_up(&pending(None, Some(300)), &none).is_err());
+        assert!(
+            check_step_up(&pending(None, Some(0)), &fresh).is_ok(),
+            "60 s of skew"
+        );
+        assert!(check_step_up(&pending(None, Some(7200)), &old).is_ok());
+        let float = claims(serde_json::json!({"auth_time": (now - 10) as f64 + 0.5}));
+        assert!(check_step_up(&pending(None, Some(60)), &float).is_ok());
+    }
+
+    #[test]
     fn the_binding_cookie_keeps_other_tabs_and_stays_bounded() {
         let values: Vec<String> = (0..40).map(|_| random_token()).collect();
         let mut cookie = String::new();

@@ -50,6 +50,10 @@ pub struct ProviderMetadata {
     /// RFC 9449 §5.1: the DPoP proof algorithms the provider accepts (when it says).
     #[serde(default)]
     pub dpop_signing_alg_values_supported: Option<Vec<String>>,
+    /// The ACR values the provider supports (`None`: not advertised); `portcullis
+    /// check` compares the routes' step-up `acr_values` with them.
+    #[serde(default)]
+    pub acr_values_supported: Option<Vec<String>>,
 }
 
 /// Where the revocation endpoint in use was found.

@@ -566,3 +566,71 @@ async fn garbage_challenges_never_reach_the_spa_unencoded() {
     assert_eq!(r.status, 401);
     assert_eq!(r.text(), "nope\n");
 }
+
+/// `portcullis check` in the gateway's folder: (success, stdout, stderr).
+async fn check(env: &Env) -> (bool, String, String) {
+    let config = env.gateway.config_path.clone();
+    let dir = env.gateway.dir.path().to_owned();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(binary())
+            .args(["check", "--config", config.to_str().unwrap()])
+            .current_dir(dir)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn check_prints_the_routes_rules_and_warns_of_acr_values_the_provider_lacks() {
+    let mut api = Api::bind().await;
+    let env = start(
+        &mut api,
+        r#"methods = ["GET"]
+require = [{ claim = "groups", contains = "admins" }]
+max_age = "10m""#,
+    )
+    .await;
+    let (ok, out, err) = check(&env).await;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(&format!(
+            "route /vault: methods GET; require groups contains \"admins\"; step-up acr_values {GOLD} urn:portcullis:platinum; step-up max_age 600s"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "warning: routes[5].acr_values: the provider does not advertise urn:portcullis:platinum"
+        ),
+        "{out}"
+    );
+    assert!(
+        !out.contains("route /pay:"),
+        "routes without rules print nothing: {out}"
+    );
+
+    // A provider that advertises no ACR values at all.
+    let env = Env::builder()
+        .routes("[[routes]]\nprefix = \"/vault\"\nupstream = \"{upstream}\"\nacr_values = [\"urn:gold\"]\n")
+        .start()
+        .await;
+    let (ok, out, err) = check(&env).await;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("route /vault: step-up acr_values urn:gold"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "warning: routes[3].acr_values: the provider advertises no acr_values_supported"
+        ),
+        "{out}"
+    );
+}
