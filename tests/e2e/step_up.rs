@@ -634,3 +634,87 @@ max_age = "10m""#,
         "{out}"
     );
 }
+
+#[tokio::test]
+async fn the_login_url_stays_under_the_frontends_path_prefix() {
+    let port = free_port();
+    let origin = format!("http://127.0.0.1:{port}");
+    let provider = Provider::start(json!({
+        "port": 0,
+        "host": "127.0.0.1",
+        "issuerHost": "localhost",
+        "stepUp": { "acrValues": [SILVER, GOLD] },
+        "clients": [{
+            "client_id": "admin-app",
+            "client_secret": "admin-app-secret-0123456789",
+            "token_endpoint_auth_method": "client_secret_basic",
+            "grant_types": ["authorization_code", "refresh_token"],
+            "response_types": ["code"],
+            "redirect_uris": [format!("{origin}/admin/bff/callback")],
+        }]
+    }));
+    let upstream = Upstream::start().await;
+    let config = format!(
+        r#"
+[server]
+listen = "127.0.0.1:{port}"
+public_origin = "{origin}"
+
+[oidc]
+issuer = "{issuer}"
+scopes = ["openid", "profile"]
+par = "never"
+
+[session]
+store = "memory"
+keys = ["{key}"]
+
+[[frontends]]
+name = "admin"
+path_prefix = "/admin"
+[frontends.oidc]
+client_id = "admin-app"
+client_secret = "admin-app-secret-0123456789"
+[[frontends.routes]]
+prefix = "/admin/vault"
+upstream = "{upstream}"
+acr_values = ["{GOLD}"]
+"#,
+        issuer = provider.issuer,
+        key = random_key(),
+        upstream = upstream.url(),
+    );
+    let gateway = Gateway::start(port, &config);
+    let browser = Browser::new();
+    let r = browser
+        .get(&gateway.url("/admin/bff/login?returnUrl=%2Fadmin%2F"))
+        .await;
+    assert_eq!(r.status, 302, "{}", r.text());
+    let callback = browser
+        .provider_login(&r.location(), "alice", "alice")
+        .await;
+    assert_eq!(browser.get(&callback).await.status, 302);
+
+    let r = browser
+        .get_with(&gateway.url("/admin/vault/x"), &CSRF)
+        .await;
+    r.assert_error(401, "step_up_required");
+    let login_url = r.json()["login_url"].as_str().unwrap().to_owned();
+    assert_eq!(
+        login_url,
+        "/admin/bff/login?acr_values=urn%3Aportcullis%3Agold&returnUrl=%2Fadmin%2F"
+    );
+    let r = browser.get(&gateway.url(&login_url)).await;
+    assert_eq!(r.status, 302, "{}", r.text());
+    let callback = browser
+        .provider_login(&r.location(), "alice", "alice")
+        .await;
+    let r = browser.get(&callback).await;
+    assert_eq!(r.status, 302, "{}", r.text());
+    assert_eq!(r.location(), "/admin/");
+    let r = browser
+        .get_with(&gateway.url("/admin/vault/x"), &CSRF)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(upstream.requests().len() == 1);
+}
