@@ -66,13 +66,14 @@ const NEVER: &[&str] = &["TRACE", "TRACK", "CONNECT"];
 pub const MAX_ACR_VALUES_LEN: usize = 256;
 pub const MAX_MAX_AGE_SECS: u64 = 366 * 24 * 3600;
 
-/// Is `value` one ACR value as Portcullis passes it on: printable ASCII without
-/// quotes, backslashes or spaces (URNs and URLs fit)?
+/// Is `value` one ACR value as Portcullis passes it on: the characters of a URI
+/// (RFC 3986: letters, digits, `-._~:/?#[]@!$&'()*+,;=%`), so URNs and URLs fit, and
+/// no space, quote, backslash, angle bracket or control character ever does.
 pub fn is_acr_value(value: &str) -> bool {
     !value.is_empty()
         && value
             .bytes()
-            .all(|b| (0x21..=0x7e).contains(&b) && b != b'"' && b != b'\\')
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~:/?#[]@!$&'()*+,;=%".contains(&b))
 }
 
 /// The access-rule keys of one frontend's routes; `prefix` as in `validate_routes`.
@@ -160,7 +161,9 @@ pub(super) fn validate(
             if let Some(bad) = acr.iter().find(|v| !is_acr_value(v)) {
                 return Err(invalid(
                     &key("acr_values"),
-                    format!("{bad:?} is not an ACR value (printable ASCII, no spaces or quotes)"),
+                    format!(
+                        "{bad:?} is not an ACR value (the characters of a URI: no spaces, quotes or angle brackets)"
+                    ),
                 ));
             }
             if acr.iter().map(|v| v.len() + 1).sum::<usize>() > MAX_ACR_VALUES_LEN + 1 {

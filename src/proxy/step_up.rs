@@ -6,7 +6,7 @@
 //! §11 (`#challenge`, `auth-param = token BWS "=" BWS ( token / quoted-string )`,
 //! quoted-pairs unescaped), never by searching for substrings. What it asks for is
 //! then held to Portcullis's own rules before it goes anywhere: `acr_values` must be
-//! ACR values (printable ASCII, no quotes or backslashes, bounded), `max_age` a
+//! ACR values (URI characters: no spaces, quotes, backslashes or angle brackets; bounded), `max_age` a
 //! bounded number of seconds. A value that fails is dropped (and logged); the rest
 //! reach the SPA as JSON strings (escaped by the JSON writer) and the login URL as
 //! percent-encoded query parameters. A header that does not parse, or is too large
@@ -450,6 +450,7 @@ mod tests {
             (br#"Bearer error="insufficient_user_authentication", acr_values="ok", max_age="99999999999999""#, Some("ok"), None),
             (br#"Bearer error="insufficient_user_authentication", acr_values="", max_age="1e3""#, None, None),
             (b"Bearer error=\"insufficient_user_authentication\", acr_values=\"caf\xc3\xa9\"", None, None),
+            (br#"Bearer error="insufficient_user_authentication", acr_values="<b> {x}""#, None, None),
             (br#"Bearer error="insufficient_user_authentication", acr_values="a&returnUrl=//evil""#, Some("a&returnUrl=//evil"), None),
         ] {
             assert_eq!(
