@@ -171,6 +171,11 @@ prefix = "/vault"
 upstream = "{{upstream}}"
 acr_values = ["{GOLD}", "urn:portcullis:platinum"]
 {extra_routes}
+
+[[routes]]
+prefix = "/recent"
+upstream = "{{upstream}}"
+max_age = "60s"
 "#,
         api = api.url
     );
@@ -289,6 +294,9 @@ async fn a_route_requiring_acr_answers_before_the_upstream_and_a_provider_that_i
     let env = start(&mut api, "").await;
     let browser = env.browser();
     browser.login(&env, "alice", "alice", "/").await;
+    // A route's max_age met by a fresh login: through to the upstream.
+    let r = browser.get_with(&env.url("/recent/x"), &CSRF).await;
+    assert_eq!(r.status, 200, "{}", r.text());
     let seen = env.upstream.requests().len();
 
     let r = browser.get_with(&env.url("/vault/x"), &CSRF).await;
