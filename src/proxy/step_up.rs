@@ -307,9 +307,9 @@ fn asked(c: &Challenge) -> Asked {
 }
 
 /// The `step_up_required` answer asking for `acr_values` / `max_age`, with its login
-/// URL: this frontend's `/bff/login` with those of them `oidc.login_params` allows,
-/// and `returnUrl` the frontend's root (the SPA may set its own: see
-/// docs/configuration.md).
+/// URL: this frontend's `/bff/login` with those of them `oidc.login_params` allows
+/// (`prompt=login` when it asks for neither), and `returnUrl` the frontend's root
+/// (the SPA may set its own: see docs/configuration.md).
 pub fn required(
     frontend: &Frontend,
     acr_values: Option<&str>,
@@ -331,6 +331,11 @@ pub fn required(
         } else {
             tracing::warn!("step-up asks for max_age, which oidc.login_params does not allow");
         }
+    }
+    // Asked for nothing readable: a fresh authentication at least (else the provider's
+    // own session would answer at once with the same login, and the SPA would loop).
+    if acr_values.is_none() && max_age.is_none() && allowed("prompt") {
+        query.append_pair("prompt", "login");
     }
     query.append_pair("returnUrl", &frontend.path("/"));
     ApiError::StepUpRequired(Box::new(StepUp {

@@ -417,9 +417,13 @@ async fn assert_clean(browser: &Browser, env: &Env, r: &Answer, case: &str) {
     assert!(
         names
             .iter()
-            .all(|n| ["acr_values", "max_age", "returnUrl"].contains(n)),
+            .all(|n| ["acr_values", "max_age", "prompt", "returnUrl"].contains(n)),
         "{case}: {login_url}"
     );
+    // Asked for nothing usable: a fresh login at least.
+    if body["acr_values"].is_null() && body["max_age"].is_null() {
+        assert!(login_url.contains("prompt=login"), "{case}: {login_url}");
+    }
     assert_eq!(
         params.iter().find(|(n, _)| n == "returnUrl").unwrap().1,
         "/",
