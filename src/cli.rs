@@ -231,6 +231,7 @@ async fn check_frontend(
         );
     }
     check_route_tokens(frontend, &meta, keys);
+    print_route_access(frontend, &meta, keys);
     check_client_credentials(&oidc, &frontend.oidc, keys).await
 }
 
@@ -305,6 +306,68 @@ fn print_routes(frontend: &FrontendConfig) {
                 },
             ),
             Err(e) => println!("route {:<18} → {} ({e})", c.prefix, c.upstream),
+        }
+    }
+}
+
+/// `check`'s lines for the routes' access rules and step-up, with a warning for each
+/// ACR value the provider does not advertise (its step-up login would come back with
+/// another `acr` and be refused).
+fn print_route_access(frontend: &FrontendConfig, meta: &crate::oidc::ProviderMetadata, keys: &str) {
+    for (i, route) in frontend.routes.iter().enumerate() {
+        let mut parts = Vec::new();
+        if let Some(methods) = &route.methods {
+            parts.push(format!("methods {}", methods.join(", ")));
+        }
+        if let Some(rules) = &route.require {
+            let rules: Vec<String> = rules
+                .iter()
+                .map(|r| {
+                    let (op, v) = match (&r.equals, &r.contains, &r.contains_any) {
+                        (Some(v), _, _) => ("equals", v.to_string()),
+                        (_, Some(v), _) => ("contains", format!("{v:?}")),
+                        (_, _, Some(v)) => ("contains_any", format!("{v:?}")),
+                        _ => ("?", String::new()),
+                    };
+                    format!("{} {op} {v}", r.claim.label())
+                })
+                .collect();
+            parts.push(format!("require {}", rules.join(" and ")));
+        }
+        if let Some(acr) = &route.acr_values {
+            parts.push(format!("step-up acr_values {}", acr.join(" ")));
+        }
+        if let Some(max_age) = route.max_age {
+            parts.push(format!("step-up max_age {}s", max_age.as_secs()));
+        }
+        if parts.is_empty() {
+            continue;
+        }
+        println!("route {}: {}", route.prefix, parts.join("; "));
+        let Some(acr) = &route.acr_values else {
+            continue;
+        };
+        match &meta.acr_values_supported {
+            None => println!(
+                "warning: {keys}routes[{i}].acr_values: the provider advertises no acr_values_supported; \
+                 check that it honours {}",
+                acr.join(" ")
+            ),
+            Some(supported) => {
+                let missing: Vec<&str> = acr
+                    .iter()
+                    .filter(|v| !supported.contains(v))
+                    .map(String::as_str)
+                    .collect();
+                if !missing.is_empty() {
+                    println!(
+                        "warning: {keys}routes[{i}].acr_values: the provider does not advertise {} \
+                         (acr_values_supported: {})",
+                        missing.join(" "),
+                        supported.join(", ")
+                    );
+                }
+            }
         }
     }
 }

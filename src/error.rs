@@ -32,6 +32,19 @@ pub enum Fault {
     Internal,
 }
 
+/// What a `step_up_required` answer tells the SPA (its JSON adds these members).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepUp {
+    /// The ACR values asked for, space-separated (`null` when none).
+    pub acr_values: Option<String>,
+    /// The greatest age of the authentication asked for, seconds (`null` when none).
+    pub max_age: Option<u64>,
+    /// A ready `/bff/login?…&returnUrl=…` asking the provider for them.
+    pub login_url: String,
+    /// For the log: who asked (the route or its upstream) and why.
+    pub detail: String,
+}
+
 /// A failure answered to the browser with the contract's JSON error.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -58,10 +71,15 @@ pub enum ApiError {
         allow: &'static str,
     },
     /// The request is understood but not allowed (403): the provider refused the
-    /// route's token (token exchange policy, `invalid_target`, `invalid_scope`). Never
-    /// a logout; the detail (logged) names the route and the provider's answer.
+    /// route's token (token exchange policy, `invalid_target`, `invalid_scope`), or a
+    /// claim requirement of the route failed. Never a logout; the detail (logged)
+    /// names the route and the provider's answer or the rule.
     #[error("forbidden: {0}")]
     Forbidden(String),
+    /// The route or its upstream (RFC 9470) wants a stronger or more recent
+    /// authentication than the session's: the SPA sends the user to `login_url`.
+    #[error("step-up required: {}", .0.detail)]
+    StepUpRequired(Box<StepUp>),
     /// Too many requests from one client.
     #[error("rate limited")]
     RateLimited { retry_after_secs: u64 },
@@ -96,6 +114,7 @@ impl ApiError {
             Self::Csrf(_) => "csrf",
             Self::Forbidden(_) => "forbidden",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
+            Self::StepUpRequired(_) => "step_up_required",
             Self::RateLimited { .. } => "rate_limited",
             Self::UpstreamUnavailable(_) => "upstream_unavailable",
             Self::UpstreamTimeout => "upstream_timeout",
@@ -109,8 +128,11 @@ impl ApiError {
         match self {
             Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             Self::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            Self::Unauthenticated | Self::SessionExpired => StatusCode::UNAUTHORIZED,
-            Self::Csrf(_) | Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::Unauthenticated | Self::SessionExpired | Self::StepUpRequired(_) => {
+                StatusCode::UNAUTHORIZED
+            }
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::Csrf(_) => StatusCode::FORBIDDEN,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
@@ -129,6 +151,7 @@ impl ApiError {
             | Self::Csrf(_)
             | Self::Forbidden(_)
             | Self::MethodNotAllowed { .. }
+            | Self::StepUpRequired(_)
             | Self::RateLimited { .. } => Fault::Client,
             Self::UpstreamUnavailable(_) | Self::UpstreamTimeout => Fault::Upstream,
             Self::IdpUnavailable(_) => Fault::Provider,
@@ -147,6 +170,9 @@ impl ApiError {
             Self::Csrf(why) => why,
             Self::Forbidden(_) => "this request is not allowed",
             Self::MethodNotAllowed { .. } => "this method is not allowed",
+            Self::StepUpRequired(_) => {
+                "a stronger or more recent authentication is required: log in again at login_url"
+            }
             Self::RateLimited { .. } => "too many requests",
             Self::UpstreamUnavailable(_) => "the upstream service is unavailable",
             Self::UpstreamTimeout => "the upstream service did not answer in time",
@@ -166,10 +192,15 @@ impl IntoResponse for ApiError {
             }
             _ => tracing::warn!(error = self.code(), detail = %self, "request failed"),
         }
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "error": self.code(),
             "error_description": self.description(),
         });
+        if let Self::StepUpRequired(step_up) = &self {
+            body["acr_values"] = step_up.acr_values.clone().into();
+            body["max_age"] = step_up.max_age.into();
+            body["login_url"] = step_up.login_url.clone().into();
+        }
         let mut response = (self.status(), axum::Json(body)).into_response();
         // For the request layer's metrics and audit events (`telemetry::request`).
         response.extensions_mut().insert(ErrorCode(self.code()));

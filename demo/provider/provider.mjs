@@ -44,6 +44,8 @@
 //   omitFromRfc8414   default []: the same for the RFC 8414 document only
 //   users             optional override of the built-in accounts:
 //                     { "<login>": { "password": "...", "claims": { "name": ..., ... } } }
+//   stepUp            absent = off. {"acrValues": [...], "defaultAcr": "..."}: ACR values, acr in
+//                     ID and access tokens, auth_time always, real step-up (see stepup.mjs)
 //   keysFile          signing JWKS cache, default demo/provider/.keys.json (created on first start)
 //
 // Built-in accounts: alice/alice ("Alice Liddell", alice@example.com),
@@ -97,6 +99,8 @@
 //   POST /test/slow-token {"ms": 3000, "consume": false}  every POST /token waits ms before
 //                     it is processed (dropped if its client has gone meanwhile); with
 //                     consume it is processed at once and its answer waits ms
+//   POST /test/step-up {"ignore": true}       with `stepUp` configured: ignore acr_values/max_age
+//                                             (see stepup.mjs)
 //   GET  /test/health                         200 "ok"
 //
 // Prints exactly one line `READY <issuer>` on stdout once listening; everything else goes to
@@ -131,6 +135,7 @@ function loadConfig() {
 }
 
 const cfg = loadConfig();
+const stepUp = (await import('./stepup.mjs')).create(cfg); // step-up (RFC 9470): see stepup.mjs
 if (!Array.isArray(cfg.clients)) {
   throw new Error('provider config: "clients" must be an array of client metadata objects');
 }
@@ -352,6 +357,7 @@ async function loadExistingGrant(ctx) {
 // anyway: see loadExistingGrant).
 const policy = interactionPolicy.base();
 policy.get('consent').checks.remove('consent_prompt');
+stepUp.extendPolicy(policy, interactionPolicy.Check);
 
 function impliedConsentPrompt(provider) {
   const proto = provider.OIDCContext.prototype;
@@ -495,6 +501,7 @@ const { port } = server.address();
 const issuerPath = (cfg.issuerPath ?? '').replace(/\/+$/, '');
 const issuer = (cfg.issuer ?? `http://${cfg.issuerHost ?? host}:${port}${issuerPath}`).replace(/\/+$/, '');
 
+stepUp.configure(configuration);
 const provider = new Provider(issuer, configuration);
 impliedConsentPrompt(provider);
 // API resources and token exchange (see resources.mjs).
@@ -704,7 +711,7 @@ provider.use(async (ctx, next) => {
       const to = await provider.interactionResult(
         ctx.req,
         ctx.res,
-        { login: { accountId: login } },
+        { login: { accountId: login, ...stepUp.loginResult(details) } },
         { mergeWithLastSubmission: false },
       );
       ctx.status = 303;
@@ -717,6 +724,7 @@ provider.use(async (ctx, next) => {
   }
 
   // ---- test-only admin endpoints
+  if (await stepUp.route(ctx, readJson)) return;
   if (p === '/test/health' && ctx.method === 'GET') {
     ctx.body = 'ok';
     return;

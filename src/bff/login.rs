@@ -71,8 +71,21 @@ fn login_params(
                     ));
                 }
             }
-            "max_age" if value.parse::<u64>().is_err() => {
-                return Err(ApiError::invalid("max_age must be a number of seconds"));
+            "max_age"
+                if value.len() > 10
+                    || !value.bytes().all(|b| b.is_ascii_digit())
+                    || value
+                        .parse::<u64>()
+                        .map_or(true, |n| n > crate::config::MAX_MAX_AGE_SECS) =>
+            {
+                return Err(ApiError::invalid(
+                    "max_age must be a number of seconds, at most 366 days",
+                ));
+            }
+            "acr_values" if !value.split(' ').all(crate::config::is_acr_value) => {
+                return Err(ApiError::invalid(
+                    "acr_values must be ACR values separated by single spaces",
+                ));
             }
             _ => {}
         }
@@ -166,6 +179,14 @@ pub async fn login(
         silent,
         frontend: fe.name.clone(),
         network,
+        acr_values: query
+            .acr_values
+            .clone()
+            .filter(|_| extra.iter().any(|(n, _)| *n == "acr_values")),
+        max_age: extra
+            .iter()
+            .find(|(n, _)| *n == "max_age")
+            .and_then(|(_, v)| v.parse().ok()),
     };
     let caps = PendingCaps {
         total: fe.config.oidc.max_pending_logins,
@@ -319,6 +340,7 @@ pub async fn callback(
         .await
         .map_err(login_failed)?;
 
+    check_step_up(&pending, &id.all)?;
     let mut claims = user_claims(id.all);
     if fe.oidc.wants_userinfo() {
         let info = fe
@@ -366,6 +388,51 @@ pub async fn callback(
     let session_cookie =
         cookie::session(&fe.cookie_name, &session_id.to_cookie_value(), fe.same_site);
     Ok(redirect(&pending.return_url, [session_cookie]))
+}
+
+/// How far the provider's clock may be ahead of ours when `auth_time` is checked.
+const AUTH_TIME_LEEWAY_SECS: i64 = 60;
+
+/// Step-up (RFC 9470, OIDC Core 3.1.2.1): when the login asked for `acr_values`, the
+/// ID token's `acr` must be one of them; when it asked for `max_age`, the ID token
+/// must have an `auth_time` at most that old. A provider that ignored the request
+/// does not make a session: the login fails with 400 and the browser's earlier
+/// session, if any, stays as it was.
+fn check_step_up(pending: &PendingLogin, claims: &Map<String, Value>) -> Result<(), ApiError> {
+    let sub = claims
+        .get("sub")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or_default();
+    let refuse = |why: &'static str| {
+        tracing::warn!(
+            target: "portcullis::audit",
+            event = "step_up_refused",
+            problem = why,
+            sub,
+        );
+        Err(ApiError::InvalidRequest(format!(
+            "the provider did not perform the requested authentication: {why}"
+        )))
+    };
+    if let Some(asked) = &pending.acr_values {
+        let acr = claims.get("acr").and_then(Value::as_str);
+        if !acr.is_some_and(|acr| asked.split(' ').any(|a| a == acr)) {
+            return refuse("the ID token's acr is not one of the acr_values asked for");
+        }
+    }
+    if let Some(max_age) = pending.max_age {
+        let auth_time = claims
+            .get("auth_time")
+            .and_then(|t| t.as_i64().or_else(|| t.as_f64().map(|f| f as i64)));
+        let Some(auth_time) = auth_time else {
+            return refuse("the ID token has no auth_time, and max_age was asked for");
+        };
+        let age = now_secs() - auth_time;
+        if age > max_age as i64 + AUTH_TIME_LEEWAY_SECS {
+            return refuse("the ID token's auth_time is older than the max_age asked for");
+        }
+    }
+    Ok(())
 }
 
 /// Claims that describe the user, without the protocol's bookkeeping.
@@ -417,6 +484,42 @@ pub(super) fn redirect<const N: usize>(location: &str, cookies: [HeaderValue; N]
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_id_token_is_held_to_the_step_up_asked_for() {
+        let pending = |acr: Option<&str>, max_age: Option<u64>| PendingLogin {
+            binding: String::new(),
+            pkce_verifier: String::new(),
+            nonce: String::new(),
+            return_url: "/".into(),
+            expires_at: 0,
+            silent: false,
+            frontend: String::new(),
+            network: String::new(),
+            acr_values: acr.map(str::to_owned),
+            max_age,
+        };
+        let claims = |v: serde_json::Value| v.as_object().unwrap().clone();
+        let now = now_secs();
+        let fresh = claims(serde_json::json!({"sub": "a", "acr": "gold", "auth_time": now - 5}));
+        let old = claims(serde_json::json!({"sub": "a", "acr": "silver", "auth_time": now - 3600}));
+        let none = claims(serde_json::json!({"sub": "a"}));
+        assert!(check_step_up(&pending(None, None), &none).is_ok());
+        assert!(check_step_up(&pending(Some("gold platinum"), None), &fresh).is_ok());
+        assert!(check_step_up(&pending(Some("platinum gold"), Some(60)), &fresh).is_ok());
+        assert!(check_step_up(&pending(Some("gold"), None), &old).is_err());
+        assert!(check_step_up(&pending(Some("gol"), None), &fresh).is_err());
+        assert!(check_step_up(&pending(Some("gold"), None), &none).is_err());
+        assert!(check_step_up(&pending(None, Some(300)), &old).is_err());
+        assert!(check_step_up(&pending(None, Some(300)), &none).is_err());
+        assert!(
+            check_step_up(&pending(None, Some(0)), &fresh).is_ok(),
+            "60 s of skew"
+        );
+        assert!(check_step_up(&pending(None, Some(7200)), &old).is_ok());
+        let float = claims(serde_json::json!({"auth_time": (now - 10) as f64 + 0.5}));
+        assert!(check_step_up(&pending(None, Some(60)), &float).is_ok());
+    }
 
     #[test]
     fn the_binding_cookie_keeps_other_tabs_and_stays_bounded() {

@@ -21,7 +21,7 @@ use serde::Deserialize;
 
 use super::{
     Config, ConfigError, OidcConfig, RouteConfig, StaticConfig, env_value, invalid, validate_oidc,
-    validate_routes, validate_static,
+    validate_route_access, validate_routes, validate_static,
 };
 
 /// One `[[frontends]]` entry.
@@ -293,6 +293,7 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
         }
         validate_oidc(&f.oidc, &prefix)?;
         validate_routes(&f.routes, f.oidc.dpop, &prefix)?;
+        validate_route_access(&f.routes, &f.oidc.login_params, &prefix)?;
         for (r, route) in f.routes.iter().enumerate() {
             let under = route
                 .prefix

@@ -18,9 +18,11 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use url::Url;
 
+mod access;
 mod frontends;
 mod secret;
 pub mod values;
+pub use access::{ClaimPath, ClaimRule, MAX_ACR_VALUES_LEN, MAX_MAX_AGE_SECS, is_acr_value};
 pub use frontends::FrontendConfig;
 pub use secret::Secret;
 
@@ -524,6 +526,26 @@ pub struct RouteConfig {
     /// `false` speaks HTTP/1.1 only. Default `true`; must not be `false` for `h2c://`.
     #[serde(default = "yes")]
     pub http2: bool,
+    /// The methods this route serves (capitals, e.g. `["GET", "POST"]`; `GET` brings
+    /// `HEAD`). Others are answered 405 `method_not_allowed` with `Allow`, before the
+    /// upstream is called. Default: every method.
+    #[serde(default)]
+    pub methods: Option<Vec<String>>,
+    /// Requirements on the session's claims, all of which must hold, else 403
+    /// `forbidden` before the upstream is called (see [`ClaimRule`]). `token = "user"`
+    /// routes only. Default none.
+    #[serde(default)]
+    pub require: Option<Vec<ClaimRule>>,
+    /// Step-up: the session's `acr` must be one of these, else 401
+    /// `step_up_required` with a login URL asking for them. `token = "user"` routes
+    /// only. Default none.
+    #[serde(default)]
+    pub acr_values: Option<Vec<String>>,
+    /// Step-up: the user must have authenticated at the provider (`auth_time`) at
+    /// most this long ago, else 401 `step_up_required` (at least `60s`). `token =
+    /// "user"` routes only. Default none.
+    #[serde(default, with = "humantime_serde::option")]
+    pub max_age: Option<Duration>,
 }
 
 fn default_websocket_idle() -> Duration {
@@ -1317,6 +1339,15 @@ fn validate_routes(
         }
     }
     Ok(())
+}
+
+/// The access rules of one frontend's routes (`methods`, `require`, step-up).
+fn validate_route_access(
+    routes: &[RouteConfig],
+    login_params: &[String],
+    prefix: &str,
+) -> Result<(), ConfigError> {
+    access::validate(routes, login_params, prefix)
 }
 
 /// The static files of one frontend; `prefix` as in [`validate_oidc`].

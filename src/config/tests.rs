@@ -1487,3 +1487,65 @@ fn h2c_upstreams_need_a_port_and_http2() {
         .route("prefix = \"/x\"\nupstream = \"ftp://127.0.0.1:21\"")
         .refused_for("routes[0].upstream");
 }
+
+#[test]
+fn route_access_rules_load_and_bad_ones_name_their_key() {
+    let up = "prefix = \"/a\"\nupstream = \"http://127.0.0.1:9100\"";
+    let two = |lines: &str| {
+        Toml::minimal().route(up).route(&format!(
+            "prefix = \"/b\"\nupstream = \"http://127.0.0.1:9100\"\n{lines}"
+        ))
+    };
+    let c = two(r#"methods = ["GET", "POST"]
+require = [
+  { claim = "groups", contains = "admins" },
+  { claim = "email_verified", equals = true },
+  { claim = ["realm_access", "roles"], contains_any = ["a", "b"] },
+]
+acr_values = ["urn:gold"]
+max_age = "5m""#)
+    .valid();
+    let r = &c.frontend().routes[1];
+    assert_eq!(
+        r.methods.as_deref(),
+        Some(&["GET".to_owned(), "POST".to_owned()][..])
+    );
+    let rules = r.require.as_ref().unwrap();
+    assert_eq!(rules.len(), 3);
+    assert_eq!(rules[2].claim.segments(), ["realm_access", "roles"]);
+    assert_eq!(rules[1].equals, Some(serde_json::Value::Bool(true)));
+    assert_eq!(r.max_age, Some(Duration::from_secs(300)));
+
+    for bad in ["get", "GET POST", "/api", "", "TRACE", "G3T"] {
+        two(&format!("methods = [\"GET\", {bad:?}]")).refused_for("routes[1].methods[1]");
+    }
+    two("methods = [\"GET\", \"GET\"]").refused_for("routes[1].methods[1]");
+    two("methods = []").refused_for("routes[1].methods");
+    two("methods = [\"GET\", 7]").unparsable(&["methods"]);
+    two("require = [{ claim = \"g\" }]").refused_for("routes[1].require[0].claim");
+    two("require = [{ claim = \"g\", contains = \"a\", equals = \"a\" }]")
+        .refused_for("routes[1].require[0].claim");
+    two("require = [{ claim = \"\", contains = \"a\" }]").refused_for("routes[1].require[0].claim");
+    two("require = [{ claim = [], contains = \"a\" }]").refused_for("routes[1].require[0].claim");
+    two("require = [{ claim = \"g\", equals = [1] }]").refused_for("routes[1].require[0].equals");
+    two("require = [{ claim = \"g\", contains_any = [] }]")
+        .refused_for("routes[1].require[0].contains_any");
+    two("require = [{ claim = \"g\", contain = \"a\" }]").unparsable(&["contain"]);
+    two("require = [{ claim = \"g\", contains = \"a\" }]\ntoken = \"none\"")
+        .refused_for("routes[1].require");
+    two("acr_values = [\"urn:gold\"]\ntoken = \"user_or_none\"")
+        .refused_for("routes[1].acr_values");
+    two("acr_values = []").refused_for("routes[1].acr_values");
+    two("acr_values = [\"two words\"]").refused_for("routes[1].acr_values");
+    two("acr_values = [\"quo\\\"te\"]").refused_for("routes[1].acr_values");
+    two("max_age = \"10s\"").refused_for("routes[1].max_age");
+    two("max_age = \"400days\"").refused_for("routes[1].max_age");
+    two("max_age = \"5m\"\ntoken = \"client\"").refused_for("routes[1].max_age");
+    // The step-up login must be able to send what the route asks for.
+    two("acr_values = [\"urn:gold\"]")
+        .set("oidc", "login_params", "[\"prompt\"]")
+        .refused_for("routes[1].acr_values");
+    two("max_age = \"5m\"")
+        .set("oidc", "login_params", "[\"prompt\"]")
+        .refused_for("routes[1].max_age");
+}

@@ -53,6 +53,10 @@ pub struct ProviderMetadata {
     /// Grant types the provider supports (token exchange is checked by `portcullis check`).
     #[serde(default)]
     pub grant_types_supported: Option<Vec<String>>,
+    /// The ACR values the provider supports (`None`: not advertised); `portcullis
+    /// check` compares the routes' step-up `acr_values` with them.
+    #[serde(default)]
+    pub acr_values_supported: Option<Vec<String>>,
 }
 
 /// Where the revocation endpoint in use was found.

@@ -7,9 +7,11 @@
 //! Bodies stream both ways; nothing is buffered. An API route is never answered
 //! with a redirect: failures are the contract's JSON errors.
 
+pub mod access;
 pub mod answer;
 mod dpop;
 pub mod grpc;
+pub mod step_up;
 mod stream_end;
 pub mod websocket;
 
@@ -18,7 +20,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::HeaderValue;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 
 use crate::config::TokenKind;
 use crate::error::ApiError;
@@ -44,6 +46,7 @@ pub async fn proxy(
     route: &Route,
     request: Request,
 ) -> Result<Response, ApiError> {
+    access::check_method(route, request.method())?;
     if websocket::is_upgrade(request.headers()) {
         return websocket::proxy(state, frontend, route, request).await;
     }
@@ -185,6 +188,7 @@ pub(crate) async fn credential(
             if !event_source {
                 crate::security::check_csrf_header(headers)?;
             }
+            access::check_session(frontend, route, &record)?;
             if let Some(audience) = &route.user_token {
                 // This route's token only: another route's never reaches this upstream.
                 return Ok(Credential::RouteUser(
@@ -253,6 +257,19 @@ fn finish(
     route: &Route,
     session: bool,
 ) -> Response {
+    // RFC 9470: the upstream wants a stronger or fresher login than the session's.
+    if session
+        && response.status() == axum::http::StatusCode::UNAUTHORIZED
+        && let Some(asked) = step_up::challenge(response.headers())
+    {
+        return step_up::required(
+            frontend,
+            asked.acr_values.as_deref(),
+            asked.max_age,
+            format!("route {}: the upstream asks for step-up", route.prefix),
+        )
+        .into_response();
+    }
     let (mut parts, body) = response.into_parts();
     // Our answer is ours: HTTP/1.1 (or what the browser spoke), whatever the upstream used.
     parts.version = axum::http::Version::HTTP_11;

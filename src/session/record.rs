@@ -219,6 +219,14 @@ pub struct PendingLogin {
     /// counts by it, and a full store evicts from the heaviest network first.
     #[serde(default)]
     pub network: String,
+    /// Step-up: the `acr_values` the login asked the provider for (space-separated):
+    /// the ID token's `acr` must be one of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acr_values: Option<String>,
+    /// Step-up: the `max_age` (seconds) the login asked for: the ID token's
+    /// `auth_time` must be at most that old.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<u64>,
 }
 
 impl std::fmt::Debug for PendingLogin {

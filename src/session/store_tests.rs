@@ -30,6 +30,8 @@ fn pending(expires_at: i64) -> PendingLogin {
         expires_at,
         frontend: String::new(),
         network: "192.0.2.1/32".into(),
+        acr_values: None,
+        max_age: None,
     }
 }
 

@@ -5,6 +5,7 @@
 //! The client is per runtime (thread-per-core), so its connection pool never crosses
 //! threads; the TLS configuration it uses is the gateway's, made once at startup.
 
+pub mod access;
 pub mod rewrite;
 mod routes;
 pub mod tls;

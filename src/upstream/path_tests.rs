@@ -24,6 +24,10 @@ fn route(prefix: &str, upstream: &str, strip: bool) -> Route {
         max_websockets_per_session: 16,
         event_source: false,
         http2: true,
+        methods: None,
+        require: None,
+        acr_values: None,
+        max_age: None,
     };
     Route::from_config(&c).unwrap()
 }

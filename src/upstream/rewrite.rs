@@ -382,6 +382,10 @@ mod tests {
             max_websockets_per_session: 16,
             event_source: false,
             http2: true,
+            methods: None,
+            require: None,
+            acr_values: None,
+            max_age: None,
         };
         Route::from_config(&c).unwrap()
     }

@@ -38,6 +38,8 @@ pub struct Route {
     pub event_source: bool,
     /// How the upstream is spoken to (which of the runtime's clients carries it).
     pub protocol: UpstreamProtocol,
+    /// The route's access rules (methods, claims, step-up); `None`: it has none.
+    pub access: Option<Arc<super::access::Access>>,
 }
 
 /// How a route's WebSockets are kept (see `proxy::websocket`).
@@ -119,6 +121,7 @@ impl Route {
             }),
             event_source: c.event_source,
             protocol,
+            access: super::access::Access::from_config(c)?,
         })
     }
 

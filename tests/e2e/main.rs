@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod access_rules;
 mod advanced_oauth;
 mod anonymous_user;
 mod backchannel;
@@ -34,6 +35,7 @@ mod route_tokens;
 mod scale_out;
 mod sessions;
 mod sse;
+mod step_up;
 mod store_faults;
 mod token_lifecycle;
 mod upstream_mtls;
