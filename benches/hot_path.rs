@@ -20,10 +20,10 @@ use std::time::Duration;
 use axum::http::{HeaderMap, HeaderValue, Request, header};
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use portcullis::config::Config;
-use portcullis::proxy::RouteTable;
-use portcullis::proxy::rewrite::{RewriteConfig, clean_response, rewrite_request};
-use portcullis::server::Gateway;
+use portcullis::gateway::Gateway;
 use portcullis::session::{SessionId, SqliteOptions, SqliteStore, Store, cookie};
+use portcullis::upstream::RouteTable;
+use portcullis::upstream::rewrite::{RewriteConfig, clean_response, rewrite_request};
 
 const COOKIE_NAME: &str = "__Host-portcullis";
 const POPULATION: u64 = 100_000;

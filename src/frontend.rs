@@ -5,15 +5,12 @@
 
 use std::sync::Arc;
 
-use axum::extract::FromRequestParts;
-use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Uri, header};
-use axum::response::Response;
 
 use crate::config::{Config, FrontendConfig, StaticConfig};
 use crate::oidc::Oidc;
-use crate::proxy::RouteTable;
-use crate::proxy::rewrite::RewriteConfig;
+use crate::upstream::RouteTable;
+use crate::upstream::rewrite::RewriteConfig;
 
 /// One frontend, prepared for requests.
 pub struct Frontend {
@@ -28,6 +25,8 @@ pub struct Frontend {
     /// The same origin, serialised as browsers send it in `Origin`.
     pub origin_text: String,
     pub cookie_name: String,
+    /// The session cookie's `SameSite` (`frontends[].same_site`, else `session.same_site`).
+    pub same_site: crate::config::SameSite,
     pub login_cookie: String,
     pub oidc: Oidc,
     pub routes: RouteTable,
@@ -57,6 +56,7 @@ impl Frontend {
             origin_text: origin.origin().ascii_serialization(),
             origin,
             cookie_name: fc.cookie_name.clone(),
+            same_site: fc.same_site.unwrap_or(config.session.same_site),
             login_cookie: fc.login_cookie_name(),
             oidc: Oidc::new(&fc.oidc, fc.redirect_uri(config))?,
             routes: RouteTable::from_config(&fc.routes)?,
@@ -157,20 +157,45 @@ impl Frontends {
     }
 }
 
-/// Extractor for `/bff/*` handlers: the frontend whose `{prefix}/bff` the request
-/// is under. A request no frontend claims (another host) gets 404.
-pub struct Current(pub Arc<Frontend>);
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SameSite;
 
-impl FromRequestParts<crate::server::AppState> for Current {
-    type Rejection = Response;
-
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &crate::server::AppState,
-    ) -> Result<Self, Self::Rejection> {
-        match state.gw.frontends.select(&parts.uri, &parts.headers) {
-            Some(f) if f.bff_path(parts.uri.path()).is_some() => Ok(Self(f.clone())),
-            _ => Err(crate::error::not_found()),
-        }
+    /// The session cookie's `SameSite` is the frontend's own, like its name: the
+    /// top-level `session.same_site` is only the default.
+    #[test]
+    fn each_frontend_has_its_own_same_site() {
+        let key = crate::session::cipher::generate_key();
+        let toml = format!(
+            r#"
+[server]
+public_origin = "https://app.example.com"
+[oidc]
+issuer = "https://idp.example.com"
+[session]
+keys = ["{key}"]
+same_site = "lax"
+[[frontends]]
+name = "shop"
+[frontends.oidc]
+client_id = "shop"
+client_secret = "s"
+[[frontends]]
+name = "admin"
+path_prefix = "/admin"
+same_site = "strict"
+[frontends.oidc]
+client_id = "admin"
+client_secret = "s"
+"#
+        );
+        let config = Config::from_toml(&toml, []).unwrap();
+        let frontends = Frontends::from_config(&config).unwrap();
+        assert_eq!(frontends.named("shop").unwrap().same_site, SameSite::Lax);
+        assert_eq!(
+            frontends.named("admin").unwrap().same_site,
+            SameSite::Strict
+        );
     }
 }

@@ -11,26 +11,32 @@
 //! layers below its own; the modules of one layer are siblings and never name each
 //! other. `tests/layers.rs` reads this list and fails on an import that breaks it.
 //!
-//! 1. `error`, `config`, `primitives` — the contract's JSON errors; the configuration tree;
-//!    random tokens, hashing, constant-time compare, the clock
-//! 2. `telemetry` — logs, metrics, audit events
-//! 3. `session`, `oidc`, `security` — sessions and their stores; the OpenID Connect client; the request rules
-//! 4. `tokens` — the token manager
-//! 5. `frontend` — the SPAs one gateway serves
-//! 6. `bff`, `proxy` — the handlers: the `/bff/*` endpoints; the API reverse proxy
-//! 7. `server` — `app(state) -> Router`, listeners, graceful shutdown
-//! 8. `cli` — the command line
+//! 1. `error`, `primitives`, `path` — the contract's JSON errors; random tokens,
+//!    hashing, constant-time compare, the clock; the path rule of API routes
+//! 2. `config` — the configuration tree and its validation
+//! 3. `telemetry` — logs, metrics, audit events
+//! 4. `session`, `oidc`, `security` — sessions and their stores; the OpenID Connect client; the request rules
+//! 5. `tokens` — the token manager
+//! 6. `upstream` — the route table, the header and path rewrite, the upstream client and its TLS
+//! 7. `frontend` — the SPAs one gateway serves
+//! 8. `gateway` — the shared state, and what a request is for (decided once)
+//! 9. `bff`, `proxy` — the handlers: the `/bff/*` endpoints; the API reverse proxy
+//! 10. `server` — `app(state) -> Router`, its layers, listeners, TLS termination, graceful shutdown
+//! 11. `cli` — the command line
 //!
 //! The modules, in that order:
 
 /// The contract's JSON errors.
 pub mod error;
 
-/// Configuration: the serde tree, the environment overlay, `validate()`.
-pub mod config;
-
 /// Random tokens, SHA-256, constant-time comparison, the clock.
 pub mod primitives;
+
+/// The path rule of API routes: the upstream path can't leave the route's base.
+pub mod path;
+
+/// Configuration: the serde tree, the environment overlay, `validate()`.
+pub mod config;
 
 /// Logs, metrics and audit events.
 pub mod telemetry;
@@ -47,8 +53,15 @@ pub mod security;
 /// The token manager.
 pub mod tokens;
 
+/// Upstreams: the route table, the request rewrite, the pooled client and its TLS.
+pub mod upstream;
+
 /// Frontends: the SPAs one gateway serves, and the choice of one per request.
 pub mod frontend;
+
+/// The shared state ([`gateway::Gateway`], [`gateway::AppState`]) and the request's
+/// [`gateway::Target`].
+pub mod gateway;
 
 /// The `/bff/*` endpoints.
 pub mod bff;

@@ -7,11 +7,15 @@
 // provider's introspection endpoint (RFC 7662, client_secret_basic with the API's own client).
 //   401 {"error":"unauthenticated"|"invalid_token", ...}  missing / inactive token
 //   502 {"error":"introspection_failed", ...}             provider unreachable or refusing us
-//   200 {"message":"Hello, <sub>!","sub","scope","client_id","time", ...}
+//   200 {"message":"Hello, <sub>!","sub","scope","client_id","time",
+//        "token":{"fingerprint","length","claims":{sub,client_id,scope,iss,aud,iat,exp,token_type},
+//                 "expires_in"}, "cookies_received":[names], ...}
+//        (`token` describes the bearer token from introspection; the token itself is never echoed)
 // GET /api/hello answers as above; any other /api/* path answers the same JSON plus
 // `method` and `path` (handy for proxy tests). GET /healthz -> 200 "ok" (no auth).
 // Binds HOST (default 127.0.0.1). Prints `READY http://<host>:<port>` on stdout when listening.
 
+import crypto from 'node:crypto';
 import http from 'node:http';
 
 const host = process.env.HOST || '127.0.0.1';
@@ -32,6 +36,16 @@ function send(res, status, body, extra = {}) {
     ...extra,
   });
   res.end(json);
+}
+
+/** The members of `obj` named in `keys` that it has. */
+function pick(obj, keys) {
+  return Object.fromEntries(keys.filter((k) => obj[k] !== undefined).map((k) => [k, obj[k]]));
+}
+
+/** The names (never the values) of the cookies of a `Cookie` header. */
+function cookieNames(header) {
+  return (header ?? '').split(';').map((c) => c.split('=')[0].trim()).filter(Boolean);
 }
 
 async function introspect(token) {
@@ -86,12 +100,24 @@ const server = http.createServer(async (req, res) => {
     return;
   }
 
+  const now = Math.floor(Date.now() / 1000);
   const body = {
     message: `Hello, ${info.sub ?? info.client_id}!`,
     sub: info.sub ?? null,
     scope: info.scope ?? null,
     client_id: info.client_id ?? null,
     time: new Date().toISOString(),
+    // What this API saw of the request: the bearer token Portcullis attached (the browser
+    // never had it) described by the provider's introspection — never the token itself,
+    // only a short fingerprint that changes when Portcullis refreshes it — and the names
+    // of the cookies that reached it (Portcullis keeps its own to itself).
+    token: {
+      fingerprint: crypto.createHash('sha256').update(m[1]).digest('hex').slice(0, 12),
+      length: m[1].length,
+      claims: pick(info, ['sub', 'client_id', 'scope', 'iss', 'aud', 'iat', 'exp', 'token_type']),
+      expires_in: typeof info.exp === 'number' ? info.exp - now : null,
+    },
+    cookies_received: cookieNames(req.headers.cookie),
   };
   if (url.pathname !== '/api/hello') {
     body.method = req.method;

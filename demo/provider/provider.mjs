@@ -84,6 +84,15 @@
 //                                             returns has these claims replaced (null removes one)
 //                                             and is re-signed with the same provider key; `{}`
 //                                             turns it off (the default). Answers 200 {"claims": {...}}
+//   POST /test/code-id-token  {"aud": "x", "$alg": "none"|"HS256", "$key": "foreign", ...}
+//                                             the same for the ID tokens of authorization_code grants
+//                                             (logins); besides claims, `$alg` "none" sends it
+//                                             unsigned, "HS256" signs it with the client's secret,
+//                                             "jwe" sends a token shaped like an encrypted one,
+//                                             `$key` "foreign" signs it with a key not in the JWKS
+//                                             (under the provider key's kid); `{}` turns it off
+//   POST /test/userinfo  {"sub": "mallory"}   members replaced in userinfo answers (null removes
+//                                             one); `{}` turns it off (the default)
 //   POST /test/slow-token {"ms": 3000, "consume": false}  every POST /token waits ms before
 //                     it is processed (dropped if its client has gone meanwhile); with
 //                     consume it is processed at once and its answer waits ms
@@ -212,6 +221,38 @@ async function signWithProviderKey(payload, { alg = 'RS256', kid, typ } = {}) {
 
 // Claims replaced in the ID tokens of refresh_token grants (POST /test/refresh-id-token).
 let refreshIdTokenClaims = {};
+// The same for authorization_code grants, with `$alg`/`$key` (POST /test/code-id-token).
+let codeIdTokenClaims = {};
+// Members replaced in userinfo answers (POST /test/userinfo; null removes one, {} is off).
+let userinfoClaims = {};
+
+/** `id_token` with `tamper`'s claims replaced (null removes one), signed as `tamper` says. */
+async function tamperIdToken(idToken, tamper, client) {
+  const payload = decodeJwt(idToken);
+  const { kid, alg } = decodeProtectedHeader(idToken);
+  for (const [k, v] of Object.entries(tamper)) {
+    if (k.startsWith('$')) continue;
+    if (v === null) delete payload[k];
+    else payload[k] = v;
+  }
+  const b64 = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
+  if (tamper.$alg === 'none') return `${b64({ alg: 'none' })}.${b64(payload)}.`;
+  if (tamper.$alg === 'jwe') {
+    // The shape of an encrypted ID token (five parts, RSA-OAEP-256 / A256GCM): Portcullis
+    // registers no encryption key, so it can only refuse it.
+    const part = () => crypto.randomBytes(16).toString('base64url');
+    return `${b64({ alg: 'RSA-OAEP-256', enc: 'A256GCM', kid })}.${part()}.${part()}.${part()}.${part()}`;
+  }
+  if (tamper.$alg === 'HS256') {
+    return new SignJWT(payload).setProtectedHeader({ alg: 'HS256', kid })
+      .sign(new TextEncoder().encode(client?.clientSecret ?? ''));
+  }
+  if (tamper.$key === 'foreign') {
+    const { privateKey } = await generateKeyPair(alg, { extractable: true });
+    return new SignJWT(payload).setProtectedHeader({ alg, kid }).sign(privateKey);
+  }
+  return signWithProviderKey(payload, { kid });
+}
 
 // ---------------------------------------------------------------- HTML helpers
 
@@ -235,6 +276,7 @@ function page(title, body) {
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>${esc(title)}</title>
+<link rel="icon" href="data:,">
 <style>${STYLE}</style>
 </head>
 <body>
@@ -749,6 +791,20 @@ provider.use(async (ctx, next) => {
     ctx.body = { claims: refreshIdTokenClaims };
     return;
   }
+  if (p === '/test/userinfo' && ctx.method === 'POST') {
+    userinfoClaims = await readJson(ctx.req);
+    console.error(`[provider] test: userinfo answers get ${JSON.stringify(userinfoClaims)}`);
+    noStore(ctx);
+    ctx.body = { claims: userinfoClaims };
+    return;
+  }
+  if (p === '/test/code-id-token' && ctx.method === 'POST') {
+    codeIdTokenClaims = await readJson(ctx.req);
+    console.error(`[provider] test: login ID tokens get ${JSON.stringify(codeIdTokenClaims)}`);
+    noStore(ctx);
+    ctx.body = { claims: codeIdTokenClaims };
+    return;
+  }
   if (p === '/test/jwks' && ctx.method === 'POST') {
     // Publish extra PUBLIC keys in the JWKS (the test signs logout tokens with their
     // private halves, which never reach the provider).
@@ -777,6 +833,21 @@ provider.use(async (ctx, next) => {
     }
     const { kid } = decodeProtectedHeader(ctx.body.id_token);
     ctx.body = { ...ctx.body, id_token: await signWithProviderKey(payload, { kid }) };
+  }
+
+  if (p === '/token' && ctx.status === 200 && ctx.oidc?.params?.grant_type === 'authorization_code'
+    && Object.keys(codeIdTokenClaims).length && ctx.body?.id_token) {
+    ctx.body = { ...ctx.body, id_token: await tamperIdToken(ctx.body.id_token, codeIdTokenClaims, ctx.oidc.client) };
+  }
+
+  if (p === '/me' && ctx.status === 200 && Object.keys(userinfoClaims).length
+    && ctx.body && typeof ctx.body === 'object') {
+    const body = { ...ctx.body };
+    for (const [k, v] of Object.entries(userinfoClaims)) {
+      if (v === null) delete body[k];
+      else body[k] = v;
+    }
+    ctx.body = body;
   }
 
   if (p === '/jwks' && ctx.method === 'GET' && ctx.status === 200 && extraJwks.length) {

@@ -1,4 +1,4 @@
-//! The upstream request rewriter (`proxy::rewrite`): what a browser's request becomes
+//! The upstream request rewriter (`upstream::rewrite`): what a browser's request becomes
 //! on its way to an API upstream.
 //!
 //! Input format (so that seeds can be written by hand):
@@ -29,8 +29,8 @@ use std::sync::OnceLock;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use libfuzzer_sys::fuzz_target;
 use portcullis::config::Config;
-use portcullis::proxy::RouteTable;
-use portcullis::proxy::rewrite::{
+use portcullis::upstream::RouteTable;
+use portcullis::upstream::rewrite::{
     RewriteConfig, clean_response, remove_hop_by_hop, rewrite_request, strip_own_cookies,
 };
 use portcullis::session::cookie::{LOGIN_COOKIE, find};

@@ -1,4 +1,4 @@
-//! The upstream path rule (`proxy::path::check`, applied by `rewrite::upstream_uri`):
+//! The upstream path rule (`path::check`, applied by `rewrite::upstream_uri`):
 //! the path an upstream receives can't leave the route's upstream base, however the
 //! upstream decodes it.
 //!
@@ -12,7 +12,7 @@
 //!
 //! Properties: never panics; when `upstream_uri` accepts the path, the upstream URI
 //! keeps the route's scheme, authority and the request's query, and every model in
-//! `portcullis::proxy::path_models` (nginx, Tomcat defaults, permissive Tomcat/Jetty,
+//! `portcullis::path::models` (nginx, Tomcat defaults, permissive Tomcat/Jetty,
 //! Spring, IIS, a paranoid decoder) resolves its path under the route's base path
 //! (plus the prefix when it is not stripped).
 #![no_main]
@@ -21,9 +21,9 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use portcullis::config::Config;
-use portcullis::proxy::RouteTable;
-use portcullis::proxy::path_models::confined;
-use portcullis::proxy::rewrite::upstream_uri;
+use portcullis::upstream::RouteTable;
+use portcullis::path::models::confined;
+use portcullis::upstream::rewrite::upstream_uri;
 
 const PREFIXES: [&str; 5] = ["/pub2", "/partner", "/api", "/api/admin", "/files"];
 

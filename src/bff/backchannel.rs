@@ -5,8 +5,8 @@ use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
 
 use crate::error::ApiError;
-use crate::frontend::Current;
-use crate::server::AppState;
+use crate::gateway::AppState;
+use crate::gateway::Current;
 use crate::session::{EndReason, SessionFilter, SessionKey, SessionStore};
 
 /// Largest accepted back-channel logout request body.

@@ -4,13 +4,12 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::current_session;
 use crate::error::ApiError;
-use crate::frontend::Current;
+use crate::gateway::AppState;
+use crate::gateway::Current;
 use crate::oidc::OidcError;
 use crate::primitives::{constant_time_eq, now_secs, random_token, sha256_b64url};
 use crate::security::limits::ClientNetwork;
-use crate::server::AppState;
 use crate::session::{
     EndReason, NewSession, PendingCaps, PendingLogin, SessionKey, SessionStore, StoreError, Tokens,
     cookie,
@@ -333,7 +332,7 @@ pub async fn callback(
     }
 
     // A new id at every login; the session this browser had before ends.
-    if let Some((_, old)) = current_session(gw, &fe, &headers).await? {
+    if let Some((_, old)) = gw.current_session(&fe, &headers).await? {
         gw.sessions.end(&old.key, EndReason::Replaced).await?;
     }
     let now = now_secs();
@@ -361,13 +360,10 @@ pub async fn callback(
                 .map(|s| now + s),
         })
         .await?;
-    crate::telemetry::audit_login(&record);
+    record.audited(crate::telemetry::audit_login);
 
-    let session_cookie = cookie::session(
-        &fe.cookie_name,
-        &session_id.to_cookie_value(),
-        gw.config.session.same_site,
-    );
+    let session_cookie =
+        cookie::session(&fe.cookie_name, &session_id.to_cookie_value(), fe.same_site);
     Ok(redirect(&pending.return_url, [session_cookie]))
 }
 

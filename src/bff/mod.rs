@@ -1,4 +1,4 @@
-//! The `/bff/*` endpoints: login, callback, user, logout, and health.
+//! The `/bff/*` endpoints: login, callback, user, logout and back-channel logout.
 //!
 //! Login is started by a top-level navigation to `/bff/login` and finished by the
 //! provider's redirect to `/bff/callback`. A pending login lives server-side, keyed
@@ -11,27 +11,25 @@ mod backchannel;
 mod login;
 mod user;
 
-use std::sync::Arc;
-
 use axum::Router;
-use axum::http::HeaderMap;
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 pub use backchannel::backchannel_logout;
 pub use login::{callback, login};
 pub use user::{logout, logout_post, user};
 
-use crate::error::ApiError;
-use crate::frontend::Frontend;
-use crate::server::{AppState, Gateway};
-use crate::session::{SessionId, SessionRecord, cookie};
+use crate::gateway::AppState;
+use crate::security::limits::{ClientNetwork, client_ip, client_network};
+use crate::session::SessionRecord;
 
 /// The `/bff` router (mounted by `server::app`): the endpoints under every
 /// frontend's path prefix (`""` for the single frontend). Handlers find their
-/// frontend with the [`Current`](crate::frontend::Current) extractor.
+/// frontend with the [`Current`](crate::gateway::Current) extractor.
 pub fn router(state: AppState, prefixes: &[&str]) -> Router<AppState> {
-    let rate_limit =
-        axum::middleware::from_fn_with_state(state, crate::security::limits::login_rate_limit);
+    let rate_limit = axum::middleware::from_fn_with_state(state, login_rate_limit);
     let mut router = Router::new();
     for p in prefixes {
         router = router
@@ -53,21 +51,25 @@ pub fn router(state: AppState, prefixes: &[&str]) -> Router<AppState> {
     router
 }
 
-/// The session named by the request's cookie for this frontend, if it is live. A
-/// session of another frontend is not accepted, whatever cookie name carries it.
-pub async fn current_session(
-    gw: &Gateway,
-    frontend: &Frontend,
-    headers: &HeaderMap,
-) -> Result<Option<(SessionId, Arc<SessionRecord>)>, ApiError> {
-    let Some(id) = cookie::find(headers, &frontend.cookie_name).and_then(SessionId::parse) else {
-        return Ok(None);
-    };
-    Ok(gw
-        .sessions
-        .load(&id, &frontend.name)
-        .await?
-        .map(|record| (id, record)))
+/// Middleware on `/bff/login` and `/bff/callback`: the per-network rate limit.
+pub async fn login_rate_limit(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    if let Some(peer) = crate::security::peer_ip(request.extensions()) {
+        let ip = client_ip(
+            peer,
+            request.headers(),
+            &state.gw.config.server.trusted_proxies,
+        );
+        let network = client_network(ip);
+        if let Err(e) = state.gw.limits.check_login_network(network) {
+            return e.into_response();
+        }
+        request.extensions_mut().insert(ClientNetwork(network));
+    }
+    next.run(request).await
 }
 
 /// The value `/bff/logout?sid=` must carry for this session: the provider's `sid`

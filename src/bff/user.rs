@@ -5,23 +5,36 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::login::redirect;
-use super::{current_session, logout_sid};
+use super::logout_sid;
 use crate::error::ApiError;
-use crate::frontend::{Current, Frontend};
-use crate::server::AppState;
+use crate::frontend::Frontend;
+use crate::gateway::AppState;
+use crate::gateway::Current;
 use crate::session::{EndReason, SessionRecord, cookie};
+
+#[derive(Deserialize)]
+pub struct UserQuery {
+    /// `anonymous=null`: without a session, answer 200 `null` instead of 401
+    /// `unauthenticated` — for an SPA's first look, which a browser would otherwise
+    /// log as a failed request on every visit by someone not logged in.
+    anonymous: Option<String>,
+}
 
 /// `GET /bff/user` (with `X-CSRF: 1`): the user's claims, never a token.
 pub async fn user(
     State(state): State<AppState>,
     Current(fe): Current,
+    Query(query): Query<UserQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     crate::security::check_csrf_header(&headers)?;
     let gw = &state.gw;
-    let (_, record) = current_session(gw, &fe, &headers)
-        .await?
-        .ok_or(ApiError::Unauthenticated)?;
+    let Some((_, record)) = gw.current_session(&fe, &headers).await? else {
+        return match query.anonymous.as_deref() {
+            Some("null") => Ok(axum::Json(Value::Null).into_response()),
+            _ => Err(ApiError::Unauthenticated),
+        };
+    };
     let mut claims: Map<String, Value> = serde_json::from_str(&record.claims).unwrap_or_default();
     let sid = logout_sid(&record);
     let logout_url = format!(
@@ -68,7 +81,7 @@ pub async fn logout(
         .as_deref()
         .filter(|s| !s.is_empty())
         .ok_or(ApiError::invalid("sid is missing"))?;
-    let Some((_, record)) = current_session(gw, &fe, &headers).await? else {
+    let Some((_, record)) = gw.current_session(&fe, &headers).await? else {
         // Already logged out (another tab, a timeout), or a cross-site request that
         // carries no cookie: nothing to end, go on.
         return Ok(match removal_if_sent(&fe, &headers) {
@@ -100,7 +113,7 @@ pub async fn logout_post(
 ) -> Result<Response, ApiError> {
     crate::security::check_csrf_header(&headers)?;
     let gw = &state.gw;
-    let to = match current_session(gw, &fe, &headers).await? {
+    let to = match gw.current_session(&fe, &headers).await? {
         Some((_, record)) => end_session(&state, &fe, &record).await?,
         None => after_logout(&fe),
     };

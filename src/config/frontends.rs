@@ -48,6 +48,9 @@ pub struct FrontendConfig {
     /// This frontend's SPA files: the keys of `[static]`.
     #[serde(default, rename = "static")]
     pub static_files: Option<StaticConfig>,
+    /// The session cookie's `SameSite` (`strict` or `lax`). Default: `session.same_site`.
+    #[serde(default)]
+    pub same_site: Option<super::SameSite>,
     /// The session cookie's name (set when the config is loaded).
     #[serde(skip)]
     pub cookie_name: String,
@@ -80,6 +83,7 @@ impl FrontendConfig {
             oidc,
             routes,
             static_files,
+            same_site: None,
             cookie_name: cookie_name.to_owned(),
             index: None,
         }

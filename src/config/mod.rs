@@ -214,6 +214,12 @@ pub struct OidcConfig {
     /// accepted too. Any other explicit `typ` (`at+jwt`, …) is always refused.
     #[serde(default)]
     pub require_logout_token_typ: bool,
+    /// How the logout request (RP-Initiated Logout) names the user to the provider:
+    /// `id_token_hint` (default) puts the ID token in the URL the browser follows;
+    /// `client_id` sends only `client_id`, plus `logout_hint` from the ID token's
+    /// `login_hint` claim when the provider put one there, and no token at all.
+    #[serde(default)]
+    pub logout_hint: LogoutHint,
     /// Signature algorithms accepted on ID tokens. Asymmetric only; never `none`.
     #[serde(default = "default_algorithms")]
     pub id_token_algorithms: Vec<String>,
@@ -240,6 +246,18 @@ pub enum ParMode {
     Auto,
     Always,
     Never,
+}
+
+/// What the end-session request carries to name the session (`oidc.logout_hint`).
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LogoutHint {
+    /// `id_token_hint` (RECOMMENDED by RP-Initiated Logout 1.0) and `client_id`.
+    #[default]
+    IdTokenHint,
+    /// `client_id` (and `logout_hint` when the ID token has `login_hint`): the ID token
+    /// never passes through the browser. The provider may then ask the user to confirm.
+    ClientId,
 }
 
 /// The login parameters `/bff/login` can pass on.
@@ -466,6 +484,24 @@ pub struct RouteConfig {
     /// `true`; `false` only for upstreams whose pages must run script on this origin.
     #[serde(default = "yes")]
     pub html_sandbox: bool,
+    /// Accept WebSocket upgrades on this route (`proxy::websocket`). Default `false`:
+    /// an upgrade request to the route is refused (400) and never reaches the upstream.
+    #[serde(default)]
+    pub websocket: bool,
+    /// A WebSocket with no message either way for this long is closed (1001). Default `5m`.
+    #[serde(default = "default_websocket_idle", with = "humantime_serde")]
+    pub websocket_idle_timeout: Duration,
+    /// Open WebSockets one session may hold on this route; one more is refused with
+    /// 429 `rate_limited`. Default `16`, at least 1.
+    #[serde(default = "default_websockets_per_session")]
+    pub max_websockets_per_session: u32,
+}
+
+fn default_websocket_idle() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_websockets_per_session() -> u32 {
+    16
 }
 
 impl RouteConfig {
@@ -879,7 +915,7 @@ impl Config {
                     ));
                 }
                 Some(url) => {
-                    crate::session::RedisAddress::parse(url.expose())
+                    values::RedisAddress::parse(url.expose())
                         .map_err(|why| invalid("session.redis_url", why))?;
                 }
             },
@@ -1003,14 +1039,13 @@ fn validate_oidc(oidc: &OidcConfig, prefix: &str) -> Result<(), ConfigError> {
                     "is required for auth_method private_key_jwt",
                 ));
             };
-            let pem = std::fs::read(path).map_err(|e| {
+            // Read here; parsed as a key when the OIDC client is built (`oidc::Oidc`).
+            std::fs::metadata(path).map_err(|e| {
                 invalid(
                     &format!("{prefix}oidc.private_key_file"),
                     format!("cannot read {}: {e}", path.display()),
                 )
             })?;
-            crate::oidc::ClientKey::from_pem(&pem, &oidc.private_key_alg, None)
-                .map_err(|e| invalid(&format!("{prefix}oidc.private_key_file"), e))?;
         }
     }
     if !oidc.scopes.iter().any(|s| s == "openid") {
@@ -1095,7 +1130,7 @@ fn validate_routes(
             return Err(invalid(&key("prefix"), "must not end with '/'"));
         }
         // Matched on the raw path and forwarded as is: it must mean the same to every upstream.
-        if let Err(why) = crate::proxy::path::check(route.prefix.as_bytes()) {
+        if let Err(why) = crate::path::check(route.prefix.as_bytes()) {
             return Err(invalid(&key("prefix"), format!("must not contain {why}")));
         }
         if route.prefix == "/bff" || route.prefix.starts_with("/bff/") {
@@ -1136,6 +1171,18 @@ fn validate_routes(
             return Err(invalid(
                 &key("csrf"),
                 "may be false only on routes that take no session (token = \"none\" or \"client\")",
+            ));
+        }
+        if route.websocket && route.dpop == Some(true) {
+            return Err(invalid(
+                &key("websocket"),
+                "a WebSocket handshake carries no DPoP proof: set dpop = false on this route",
+            ));
+        }
+        if route.max_websockets_per_session == 0 {
+            return Err(invalid(
+                &key("max_websockets_per_session"),
+                "must be at least 1",
             ));
         }
         if route.dpop == Some(true) {

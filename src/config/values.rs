@@ -31,3 +31,73 @@ pub fn parse_asymmetric_algorithm(name: &str) -> Result<Algorithm, &'static str>
         _ => Ok(alg),
     }
 }
+
+/// How the Redis URL addresses the deployment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisAddress {
+    /// `redis://[user:pass@]host:port[/db]` or `rediss://…` (TLS).
+    Single(String),
+    /// `redis+cluster://host:port,host:port` (or `rediss+cluster://`): seed nodes.
+    Cluster(Vec<String>),
+    /// `redis+sentinel://host:port,host:port/master_name[/db]` (or `rediss+sentinel://`).
+    Sentinel {
+        sentinels: Vec<String>,
+        master: String,
+        db: i64,
+        tls: bool,
+    },
+}
+
+impl RedisAddress {
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let (scheme, rest) = url.split_once("://").ok_or("not a URL")?;
+        let split_hosts = |hosts: &str, tls: bool| -> Vec<String> {
+            hosts
+                .split(',')
+                .map(|h| format!("{}://{h}", if tls { "rediss" } else { "redis" }))
+                .collect()
+        };
+        match scheme {
+            "redis" | "rediss" => {
+                redis::parse_redis_url(url).ok_or("not a valid redis URL")?;
+                Ok(Self::Single(url.to_owned()))
+            }
+            "redis+cluster" | "rediss+cluster" => {
+                let hosts = rest.split('/').next().unwrap_or_default();
+                if hosts.is_empty() {
+                    return Err("names no node".into());
+                }
+                Ok(Self::Cluster(split_hosts(
+                    hosts,
+                    scheme.starts_with("rediss"),
+                )))
+            }
+            "redis+sentinel" | "rediss+sentinel" => {
+                let mut parts = rest.splitn(3, '/');
+                let hosts = parts.next().unwrap_or_default();
+                let master = parts
+                    .next()
+                    .filter(|m| !m.is_empty())
+                    .ok_or("names no master (…/master_name)")?;
+                let db = parts
+                    .next()
+                    .map(|d| d.parse().map_err(|_| "db is not a number"))
+                    .transpose()?
+                    .unwrap_or(0);
+                if hosts.is_empty() {
+                    return Err("names no sentinel".into());
+                }
+                let tls = scheme.starts_with("rediss");
+                Ok(Self::Sentinel {
+                    sentinels: split_hosts(hosts, false),
+                    master: master.to_owned(),
+                    db,
+                    tls,
+                })
+            }
+            other => Err(format!(
+                "unknown scheme {other:?} (redis, rediss, redis+cluster, redis+sentinel)"
+            )),
+        }
+    }
+}

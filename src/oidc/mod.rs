@@ -110,6 +110,8 @@ pub struct Oidc {
     dpop: bool,
     dpop_nonce: dpop::NonceSlot,
     require_logout_token_typ: bool,
+    /// What the end-session request carries (`oidc.logout_hint`).
+    logout_hint: crate::config::LogoutHint,
     algorithms: Vec<Algorithm>,
     skew: Duration,
     http: reqwest::Client,
@@ -163,6 +165,7 @@ impl Oidc {
                 .map(|u| u.to_string()),
             userinfo: config.userinfo,
             require_logout_token_typ: config.require_logout_token_typ,
+            logout_hint: config.logout_hint,
             par: config.par,
             dpop: config.dpop,
             dpop_nonce: dpop::NonceSlot::default(),
@@ -647,9 +650,11 @@ impl Oidc {
     }
 
     /// The provider's end-session URL for RP-initiated logout, if it has one.
-    pub async fn end_session_url(&self, id_token_hint: Option<&str>) -> Option<String> {
+    /// `id_token` is the session's (validated when it was stored); whether it goes
+    /// into the URL as `id_token_hint` is `oidc.logout_hint`'s choice.
+    pub async fn end_session_url(&self, id_token: Option<&str>) -> Option<String> {
         let meta = self.metadata().await.ok()?;
-        self.end_session_url_at(meta.end_session_endpoint.as_deref()?, id_token_hint)
+        self.end_session_url_at(meta.end_session_endpoint.as_deref()?, id_token)
     }
 
     /// The end-session request (RP-Initiated Logout 1.0 §2) at `endpoint`, whose own
@@ -658,12 +663,33 @@ impl Oidc {
     /// `post_logout_redirect_uri` only with one. Portcullis keeps nothing to check it
     /// against — the session is already gone when the browser leaves — so it is a
     /// value that means nothing to anyone else, and costs nothing.
-    fn end_session_url_at(&self, endpoint: &str, id_token_hint: Option<&str>) -> Option<String> {
+    ///
+    /// With `oidc.logout_hint = "id_token_hint"` the ID token goes along as
+    /// `id_token_hint`: it passes through the browser (the one token that does — it
+    /// grants no access, but it names the user). With `"client_id"` it doesn't;
+    /// `logout_hint` then carries the ID token's `login_hint` claim if it has one
+    /// (Entra ID's optional claim of that name is made for this).
+    fn end_session_url_at(&self, endpoint: &str, id_token: Option<&str>) -> Option<String> {
+        use crate::config::LogoutHint;
         let mut url = url::Url::parse(endpoint).ok()?;
         {
             let mut q = url.query_pairs_mut();
-            if let Some(hint) = id_token_hint {
-                q.append_pair("id_token_hint", hint);
+            match (self.logout_hint, id_token) {
+                (LogoutHint::IdTokenHint, Some(token)) => {
+                    q.append_pair("id_token_hint", token);
+                }
+                (LogoutHint::ClientId, Some(token)) => {
+                    let claims = tokens::unverified_claims(token).ok();
+                    let hint = claims
+                        .as_ref()
+                        .and_then(|c| c.get("login_hint"))
+                        .and_then(serde_json::Value::as_str)
+                        .filter(|h| !h.is_empty());
+                    if let Some(hint) = hint {
+                        q.append_pair("logout_hint", hint);
+                    }
+                }
+                (_, None) => {}
             }
             q.append_pair("client_id", &self.client_id);
             if let Some(uri) = &self.post_logout_redirect_uri {

@@ -317,3 +317,69 @@ fn refreshed_id_token_checks() {
     );
     assert!(check_refreshed_claims(&bare, None, "bff", "bob", now, 60).is_err());
 }
+
+#[test]
+fn logout_hint_modes() {
+    use base64::Engine;
+    let jwt = |claims: serde_json::Value| {
+        let b64 = |v: &serde_json::Value| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+        };
+        format!("{}.{}.sig", b64(&json!({"alg": "RS256"})), b64(&claims))
+    };
+    let pairs = |oidc: &Oidc, token: Option<&str>| -> Vec<(String, String)> {
+        let url = oidc
+            .end_session_url_at("https://idp.example.com/logout", token)
+            .unwrap();
+        url::Url::parse(&url)
+            .unwrap()
+            .query_pairs()
+            .into_owned()
+            .filter(|(k, _)| k != "state")
+            .collect()
+    };
+    let plain = jwt(json!({"sub": "alice"}));
+    let with_hint = jwt(json!({"sub": "alice", "login_hint": "O.aaa-bbb"}));
+
+    // The default: the ID token goes as id_token_hint.
+    let default = test_client(json!({}));
+    assert_eq!(
+        pairs(&default, Some(&plain)),
+        [
+            ("id_token_hint".to_owned(), plain.clone()),
+            ("client_id".to_owned(), "bff client&1".to_owned())
+        ]
+    );
+    let explicit = test_client(json!({"logout_hint": "id_token_hint"}));
+    assert_eq!(
+        pairs(&explicit, Some(&plain)),
+        pairs(&default, Some(&plain))
+    );
+
+    // client_id: no token in the URL; logout_hint only from a login_hint claim.
+    let client_id = test_client(json!({"logout_hint": "client_id"}));
+    assert_eq!(
+        pairs(&client_id, Some(&plain)),
+        [("client_id".to_owned(), "bff client&1".to_owned())]
+    );
+    assert_eq!(
+        pairs(&client_id, Some(&with_hint)),
+        [
+            ("logout_hint".to_owned(), "O.aaa-bbb".to_owned()),
+            ("client_id".to_owned(), "bff client&1".to_owned())
+        ]
+    );
+    assert_eq!(
+        pairs(&client_id, None),
+        [("client_id".to_owned(), "bff client&1".to_owned())]
+    );
+    // A stored token that isn't a JWT at all: still just client_id, nothing leaks.
+    assert_eq!(
+        pairs(&client_id, Some("opaque")),
+        [("client_id".to_owned(), "bff client&1".to_owned())]
+    );
+    let config: Result<OidcConfig, _> = serde_json::from_value(json!({
+        "issuer": "https://idp.example.com", "client_id": "c", "logout_hint": "sub",
+    }));
+    assert!(config.is_err(), "an unknown logout_hint is refused");
+}

@@ -155,7 +155,7 @@ pub(super) async fn validate_refreshed_id_token(
 
 /// The claims of a JWT, without verifying it: only for an ID token Portcullis
 /// validated itself and kept sealed in the session.
-fn unverified_claims(token: &str) -> Result<Map<String, Value>, String> {
+pub(super) fn unverified_claims(token: &str) -> Result<Map<String, Value>, String> {
     use base64::Engine;
     let payload = token.split('.').nth(1).ok_or("not a JWT")?;
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD

@@ -28,8 +28,8 @@
 
 use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-use super::Route;
 use crate::config::TokenKind;
+use crate::upstream::Route;
 
 /// The policy of a proxied document. `sandbox` without `allow-scripts` or
 /// `allow-same-origin`: no script runs, and the document is an opaque origin — it
@@ -48,7 +48,7 @@ static SURROGATE_CONTROL: HeaderName = HeaderName::from_static("surrogate-contro
 /// Phase: the upstream's headers made safe to hand to the browser. `own` are every
 /// frontend's cookie names; `session` says whether the session's token went upstream.
 pub fn clean(headers: &mut HeaderMap, route: &Route, own: &[String], session: bool) {
-    super::rewrite::clean_response(headers);
+    crate::upstream::rewrite::clean_response(headers);
     drop_own_set_cookies(headers, own, route.label);
     if headers.contains_key(&CLEAR_SITE_DATA) && clears_cookies(headers) {
         tracing::warn!(

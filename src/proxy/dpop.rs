@@ -22,13 +22,14 @@ use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
 use http_body::Body as _;
 
-use super::{Credential, Route, authorization, credential, finish, forward, prepare};
+use super::{Credential, authorization, credential, finish, forward, prepare};
 use crate::error::ApiError;
 use crate::frontend::Frontend;
+use crate::gateway::{AppState, Gateway};
 use crate::oidc::DpopKey;
 use crate::oidc::dpop::{self, NonceSlot};
-use crate::server::{AppState, Gateway};
 use crate::session::Tokens;
+use crate::upstream::Route;
 
 static DPOP: HeaderName = HeaderName::from_static(dpop::DPOP_HEADER);
 

@@ -1,20 +1,16 @@
-//! The API reverse proxy: the route table, the upstream client, header hygiene and
-//! token injection.
+//! The API reverse proxy: the handler of API routes — session, CSRF and token
+//! injection, then the upstream layer's rewrite and client.
 //!
 //! A proxied request goes through named phases, each a function of its own:
-//! [`RouteTable::matching`] → [`authorize`] (session, CSRF, token) →
+//! [`RouteTable::matching`](crate::upstream::RouteTable::matching) → [`authorize`] (session, CSRF, token) →
 //! [`rewrite::rewrite_request`] → forward → [`answer::clean`] → stream back.
 //! Bodies stream both ways; nothing is buffered. An API route is never answered
-//! with a redirect: failures are the contract's JSON errors. The upstream client is
-//! per runtime (thread-per-core), so its connection pool never crosses threads.
+//! with a redirect: failures are the contract's JSON errors.
 
 pub mod answer;
 mod dpop;
-pub mod path;
-#[doc(hidden)]
-pub mod path_models;
-pub mod rewrite;
-mod routes;
+mod stream_end;
+pub mod websocket;
 
 use std::sync::Arc;
 
@@ -22,41 +18,13 @@ use axum::body::Body;
 use axum::extract::Request;
 use axum::http::HeaderValue;
 use axum::response::Response;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
-
-pub use routes::{Route, RouteTable};
 
 use crate::config::TokenKind;
 use crate::error::ApiError;
 use crate::frontend::Frontend;
-use crate::server::{AppState, Gateway};
+use crate::gateway::{AppState, Gateway};
 use crate::session::Tokens;
-
-/// The pooled HTTP/1.1 client to upstreams of one runtime (`http://` and, verified
-/// by `server::tls::upstream_tls`, `https://`).
-pub type UpstreamClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
-
-/// Idle connections kept per upstream: at least the expected concurrency, or
-/// connections churn under load.
-const POOL_IDLE_PER_HOST: usize = 1024;
-
-pub fn upstream_client() -> UpstreamClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
-    connector.enforce_http(false);
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config((*crate::server::tls::upstream_tls()).clone())
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(connector);
-    Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(POOL_IDLE_PER_HOST)
-        .pool_idle_timeout(std::time::Duration::from_secs(60))
-        .build(connector)
-}
+use crate::upstream::{Route, rewrite};
 
 /// Proxies `request` over `route`.
 pub async fn proxy(
@@ -65,16 +33,41 @@ pub async fn proxy(
     route: &Route,
     request: Request,
 ) -> Result<Response, ApiError> {
+    if websocket::is_upgrade(request.headers()) {
+        return websocket::proxy(state, frontend, route, request).await;
+    }
     if let Some(nonce) = &route.dpop {
         return dpop::proxy(state, frontend, route, nonce, request).await;
     }
     let (mut parts, body) = request.into_parts();
     let credential = credential(&state.gw, frontend, route, &parts.headers).await?;
     let session = credential.uses_session();
+    // The session's answer may stream: it ends with the session (see `stream_end`).
+    let session_id = if session {
+        session_id(&parts.headers, frontend)
+    } else {
+        None
+    };
     let token = credential.into_header()?;
     prepare(&mut parts, frontend, route, token)?;
     let response = forward(state, route, Request::from_parts(parts, body)).await?;
-    Ok(finish(response, frontend, route, session))
+    let response = finish(response, frontend, route, session);
+    Ok(match session_id {
+        Some(id) if stream_end::may_run_long(response.headers()) => {
+            stream_end::bind(response, state.gw.sessions.streams(), id.key(), route.label)
+        }
+        _ => response,
+    })
+}
+
+/// The id of the session the request's cookie names (already loaded and checked by
+/// [`credential`]).
+fn session_id(
+    headers: &axum::http::HeaderMap,
+    frontend: &Frontend,
+) -> Option<crate::session::SessionId> {
+    crate::session::cookie::find(headers, &frontend.cookie_name)
+        .and_then(crate::session::SessionId::parse)
 }
 
 /// What a route sends upstream, before it becomes a header.
@@ -137,8 +130,7 @@ pub(crate) async fn credential(
         TokenKind::None => Ok(Credential::None),
         TokenKind::Client => client_token().await,
         TokenKind::User | TokenKind::UserOrNone | TokenKind::UserOrClient => {
-            let Some((_, record)) = crate::bff::current_session(gw, frontend, headers).await?
-            else {
+            let Some((_, record)) = gw.current_session(frontend, headers).await? else {
                 return match route.token {
                     TokenKind::UserOrNone => Ok(Credential::None),
                     TokenKind::UserOrClient => client_token().await,

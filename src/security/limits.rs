@@ -19,16 +19,12 @@ use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use axum::extract::{Request, State};
 use axum::http::HeaderMap;
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
 use ipnet::IpNet;
 
 use crate::error::ApiError;
-use crate::server::AppState;
 
 pub struct Limits {
     login_by_network: DefaultKeyedRateLimiter<IpNet>,
@@ -135,32 +131,11 @@ pub fn client_network(ip: IpAddr) -> IpNet {
     }
 }
 
-/// The client network of a login request, found by [`login_rate_limit`] (from the
+/// The client network of a login request, found by `bff::login_rate_limit` (from the
 /// peer, or `X-Forwarded-For` from a trusted proxy) and handed to the login handler
 /// as a request extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientNetwork(pub IpNet);
-
-/// Middleware on `/bff/login` and `/bff/callback`: the per-network rate limit.
-pub async fn login_rate_limit(
-    State(state): State<AppState>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    if let Some(peer) = super::peer_ip(request.extensions()) {
-        let ip = client_ip(
-            peer,
-            request.headers(),
-            &state.gw.config.server.trusted_proxies,
-        );
-        let network = client_network(ip);
-        if let Err(e) = state.gw.limits.check_login_network(network) {
-            return e.into_response();
-        }
-        request.extensions_mut().insert(ClientNetwork(network));
-    }
-    next.run(request).await
-}
 
 #[cfg(test)]
 mod tests {

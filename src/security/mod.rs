@@ -7,9 +7,11 @@
 //! cross-site request never carries it. This module must never trust a header for
 //! anything but a refusal.
 
+pub mod guard;
 pub mod headers;
 pub mod limits;
 
+pub use guard::GuardConfig;
 pub use limits::Limits;
 
 use axum::extract::Request;

@@ -9,7 +9,6 @@
 //! new connections while in-flight requests finish.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -19,20 +18,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio::sync::watch;
 
-use super::Gateway;
+use crate::gateway::Gateway;
 use crate::primitives::now_secs;
 use crate::session::SessionStore;
 
-/// Set when shutdown begins; `/readyz` then answers 503.
-static DRAINING: AtomicBool = AtomicBool::new(false);
-
 /// How long a scrape waits for the store to count sessions.
 const COUNT_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Marks the process as draining (readiness fails from now on).
-pub fn begin_draining() {
-    DRAINING.store(true, Ordering::SeqCst);
-}
 
 /// The admin application.
 pub fn router(gw: Arc<Gateway>) -> Router {
@@ -74,7 +65,7 @@ async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
 /// Ready when not draining, the store answers, and the provider's metadata and keys
 /// are loaded (tried now if they aren't yet).
 pub async fn readiness(gw: &Gateway) -> Response {
-    let draining = DRAINING.load(Ordering::SeqCst);
+    let draining = gw.is_draining();
     let store = gw.sessions.store().ping().await;
     let mut provider_ok = true;
     for frontend in gw.frontends.iter() {

@@ -29,7 +29,7 @@
 //! (the same parser as hyper, `httparse`), because hyper resolves a request with
 //! both `Content-Length` and `Transfer-Encoding` itself (it drops the length) and
 //! the handlers can no longer see that the framing was ambiguous. Such a request is
-//! marked ([`AmbiguousFraming`](super::guard::AmbiguousFraming)) and refused by the guard, and the
+//! marked ([`AmbiguousFraming`](crate::security::guard::AmbiguousFraming)) and refused by the guard, and the
 //! connection is closed. The inspector follows `Content-Length` bodies; after a
 //! chunked request it stops, and that request's answer closes the connection, so
 //! no later head on it goes unread.
@@ -141,6 +141,16 @@ impl InFlight {
     /// Its head had both `Content-Length` and `Transfer-Encoding` (HTTP/1.1).
     pub fn ambiguous(&self) -> bool {
         self.shared.ambiguous.load(Relaxed) == self.number
+    }
+
+    /// One more hold on the connection as busy (an upgraded connection, for as long
+    /// as it is relayed): the connection's HTTP timeouts wait for both to drop.
+    pub fn hold(&self) -> InFlight {
+        self.shared.in_flight.fetch_add(1, Relaxed);
+        InFlight {
+            shared: self.shared.clone(),
+            number: self.number,
+        }
     }
 
     /// Its answer must close the connection.

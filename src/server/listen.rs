@@ -24,11 +24,12 @@ use tower::ServiceExt;
 use axum::http::HeaderValue;
 use axum::http::header::CONNECTION;
 
+use super::app;
 use super::connection::{AcceptBackoff, ClientLimits, Guarded, Shared, Timeouts, Tracked};
-use super::guard::AmbiguousFraming;
 use super::tls::TlsTerminator;
-use super::{AppState, Gateway, app};
 use crate::config::Config;
+use crate::gateway::{AppState, Gateway};
+use crate::security::guard::AmbiguousFraming;
 
 /// How often expired sessions and pending logins are swept from the store.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
@@ -43,6 +44,7 @@ pub struct Server {
     control: tokio::runtime::Runtime,
     tls: Option<Arc<TlsTerminator>>,
     drain: Duration,
+    gw: Arc<Gateway>,
 }
 
 impl Server {
@@ -68,10 +70,6 @@ impl Server {
             .as_ref()
             .map(TlsTerminator::load)
             .transpose()?;
-        super::tls::configure_upstream_roots(
-            config.server.upstream_ca_file.as_deref(),
-            super::tls::client_identity(&config.server),
-        )?;
         let gw = Arc::new(control.block_on(Gateway::new(config))?);
 
         // Provider metadata and keys are loaded now if possible; if the provider is
@@ -138,7 +136,9 @@ impl Server {
                 .map_err(|e| format!("worker thread: {e}"))?;
             handles.push(handle);
         }
-        control.spawn(sweeper(gw));
+        let watched = gw.clone();
+        control.spawn(async move { watched.sessions.watch_streams().await });
+        control.spawn(sweeper(gw.clone()));
         tracing::info!(%addr, workers, tls = tls.is_some(), descriptor_limit = descriptors, "listening");
         Ok(Self {
             addr,
@@ -148,6 +148,7 @@ impl Server {
             control,
             tls,
             drain,
+            gw,
         })
     }
 
@@ -174,7 +175,7 @@ impl Server {
             drain_timeout_ms = self.drain.as_millis() as u64,
             "shutting down: no new connections, draining in-flight requests"
         );
-        super::admin::begin_draining();
+        self.gw.begin_draining();
         let _ = self.shutdown.send(true);
         for w in self.workers {
             let _ = w.join();
@@ -257,10 +258,6 @@ async fn worker(
     // Request limits: an oversized head is refused (431) before any handler runs.
     // The header, first-request, idle and write timeouts are the connection's
     // (`connection::Guarded`), so hyper's own header timer is off.
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.header_read_timeout(None)
-        .max_buf_size(limits.max_header_bytes)
-        .keep_alive(true);
     // With TLS, ALPN picks HTTP/2 or HTTP/1.1; the same limits apply to both.
     let mut auto = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     auto.http1()
@@ -274,6 +271,8 @@ async fn worker(
         .keep_alive_interval(Some(timeouts.idle))
         .keep_alive_timeout(timeouts.write)
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    // Plaintext is HTTP/1.1 only (no preface sniffing), with upgrades (WebSockets).
+    let http = auto.clone().http1_only();
     let mut backoff = AcceptBackoff::new();
     loop {
         tokio::select! {
@@ -316,7 +315,7 @@ async fn worker(
                         let http2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
                         let service = service(router, peer, shared.clone(), http2);
                         let io = Guarded::new(stream, shared, timeouts, !http2, max_head);
-                        let connection = watcher.watch(auto.serve_connection(TokioIo::new(io), service));
+                        let connection = watcher.watch(auto.serve_connection_with_upgrades(TokioIo::new(io), service));
                         if let Err(e) = connection.await {
                             tracing::debug!(error = %e, %peer, "connection ended with an error");
                         }
@@ -325,9 +324,11 @@ async fn worker(
                 }
                 let service = service(router.clone(), peer, shared.clone(), false);
                 let io = Guarded::new(stream, shared, timeouts, true, max_head);
-                let connection = graceful.watch(http.serve_connection(TokioIo::new(io), service));
+                let watcher = graceful.watcher();
+                let http = http.clone();
                 tokio::spawn(async move {
                     let _slot = slot;
+                    let connection = watcher.watch(http.serve_connection_with_upgrades(TokioIo::new(io), service));
                     if let Err(e) = connection.await {
                         tracing::debug!(error = %e, %peer, "connection ended with an error");
                     }
@@ -369,6 +370,18 @@ fn service(
         let answer = router.clone().oneshot(request.map(Body::new));
         async move {
             let mut response = answer.await?;
+            if response.status() == axum::http::StatusCode::SWITCHING_PROTOCOLS
+                && let Some(life) = response
+                    .extensions_mut()
+                    .remove::<crate::proxy::websocket::RelayLife>()
+            {
+                // The relayed socket keeps the connection busy until it is over.
+                let held = flight.hold();
+                tokio::spawn(async move {
+                    life.ended().await;
+                    drop(held);
+                });
+            }
             if flight.closes() {
                 // After a chunked request the framing inspector no longer follows
                 // this connection: nothing more is read from it.

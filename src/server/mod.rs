@@ -1,19 +1,13 @@
-//! The server: the shared [`Gateway`], `fn app(state) -> Router`, the listeners and
-//! graceful shutdown.
-//!
-//! Runtime model (see PERFORMANCE.md): one current-thread tokio runtime per core,
-//! each with its own `SO_REUSEPORT` listener on the same address and its own
-//! upstream connection pool, all serving the same `Router` over a shared
-//! [`Gateway`] (`Send + Sync`). The kernel spreads connections over the threads; a
-//! request never hops threads. A separate control runtime runs background work.
+//! The server: `fn app(state) -> Router` (the layers, the `/bff` router, dispatch to
+//! an API route or the SPA's files), the listeners, TLS termination, the admin
+//! listener and graceful shutdown. The shared state is `crate::gateway`'s.
 
 pub mod admin;
 mod connection;
 pub mod guard;
 mod listen;
+pub mod request;
 pub mod tls;
-
-use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
@@ -26,71 +20,8 @@ use tower_http::services::{ServeDir, ServeFile};
 
 pub use listen::{Server, serve};
 
-use crate::config::Config;
 use crate::error::not_found;
-use crate::frontend::Frontends;
-use crate::proxy::UpstreamClient;
-use crate::session::Sessions;
-use crate::tokens::TokenManager;
-
-/// Everything the request handlers share, across every runtime.
-pub struct Gateway {
-    pub config: Config,
-    pub sessions: Sessions,
-    pub frontends: Frontends,
-    pub tokens: TokenManager,
-    pub guard: guard::GuardConfig,
-    pub limits: crate::security::Limits,
-}
-
-impl Gateway {
-    /// Builds the gateway from a validated config: opens the store, prepares the
-    /// OIDC client and the routes. Does not contact the provider.
-    pub async fn new(config: Config) -> Result<Self, String> {
-        let sessions = Sessions::open(&config.session).await?;
-        let frontends = Frontends::from_config(&config)?;
-        let http_timeout = config
-            .frontends
-            .iter()
-            .map(|f| f.oidc.http_timeout)
-            .max()
-            .unwrap_or_default();
-        let tokens = TokenManager::new(
-            config.tokens.refresh_before,
-            http_timeout,
-            config.tokens.refresh_timeout,
-        );
-        let guard = guard::GuardConfig::new(&config);
-        let limits = crate::security::Limits::new(&config);
-        Ok(Self {
-            config,
-            sessions,
-            frontends,
-            tokens,
-            guard,
-            limits,
-        })
-    }
-}
-
-/// Per-runtime state handed to handlers: the shared gateway and this runtime's
-/// upstream client. Cloned by every layer of every request, so the client is behind
-/// an `Arc` (one count, not the client's half-dozen).
-#[derive(Clone)]
-pub struct AppState {
-    pub gw: Arc<Gateway>,
-    pub upstream: Arc<UpstreamClient>,
-}
-
-impl AppState {
-    /// State for the current runtime (the upstream pool belongs to it).
-    pub fn new(gw: Arc<Gateway>) -> Self {
-        Self {
-            gw,
-            upstream: Arc::new(crate::proxy::upstream_client()),
-        }
-    }
-}
+use crate::gateway::{AppState, Target, TargetKind};
 
 /// The whole browser-facing application. Tests drive it with `oneshot`, no socket.
 pub fn app(state: AppState) -> Router {
@@ -110,13 +41,13 @@ pub fn app(state: AppState) -> Router {
         // Outermost: request id, span and metrics see every answer, refusals included.
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            crate::telemetry::request::layer,
+            request::layer,
         ));
     // Around everything: the OpenTelemetry server span (feature `otel`).
     #[cfg(feature = "otel")]
     let router = router.layer(axum::middleware::from_fn_with_state(
         state.clone(),
-        crate::telemetry::otel::layer,
+        request::otel_layer,
     ));
     router.with_state(state)
 }
@@ -132,22 +63,24 @@ async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 /// Everything outside `/bff`: an API route, else the SPA's files.
-async fn dispatch(State(state): State<AppState>, request: Request) -> Response {
-    let Some(frontend) = state.gw.frontends.select(request.uri(), request.headers()) else {
+async fn dispatch(State(state): State<AppState>, mut request: Request) -> Response {
+    let target = Target::of(&state.gw, &mut request);
+    let Some(frontend) = &target.frontend else {
         return not_found();
     };
-    if let Some(route) = frontend.routes.matching(request.uri().path()) {
-        return match crate::proxy::proxy(&state, frontend, route, request).await {
-            Ok(response) => response,
-            Err(e) => e.into_response(),
-        };
-    }
-    if frontend.bff_path(request.uri().path()).is_some() {
-        return not_found();
-    }
-    match frontend.static_files() {
-        Some(s) => serve_static(s, frontend, request).await,
-        None => not_found(),
+    match target.kind {
+        TargetKind::Api(_) => {
+            let route = target.route().expect("an API target has its route");
+            match crate::proxy::proxy(&state, frontend, route, request).await {
+                Ok(response) => response,
+                Err(e) => e.into_response(),
+            }
+        }
+        TargetKind::Static => match frontend.static_files() {
+            Some(s) => serve_static(s, frontend, request).await,
+            None => not_found(),
+        },
+        TargetKind::Health | TargetKind::Bff(_) | TargetKind::Other => not_found(),
     }
 }
 

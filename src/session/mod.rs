@@ -14,6 +14,7 @@ mod record;
 mod redis;
 mod sqlite;
 mod store;
+pub mod streams;
 mod token_cache;
 
 use std::sync::Arc;
@@ -94,6 +95,8 @@ pub struct Sessions {
     touch_after: i64,
     /// Names this instance in the per-thread cache of opened tokens ([`token_cache`]).
     cache_owner: u64,
+    /// The open streams of each session, ended with it ([`streams`]).
+    streams: Arc<streams::Streams>,
 }
 
 impl Sessions {
@@ -110,6 +113,7 @@ impl Sessions {
                 static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
                 NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             },
+            streams: Arc::default(),
         }
     }
 
@@ -226,8 +230,9 @@ impl Sessions {
         let now = now_secs();
         if let Some(reason) = self.expired(&record, now) {
             if self.store.remove(&key).await?.is_some() {
-                crate::telemetry::audit_session_ended(reason, &record);
+                record.audited(|who| crate::telemetry::audit_session_ended(reason.as_str(), who));
             }
+            self.streams.end(&key, streams::Ended::Here(reason));
             return Ok(None);
         }
         if now - record.last_seen >= self.touch_after {
@@ -261,9 +266,43 @@ impl Sessions {
         token_cache::forget(self.cache_owner, key);
         let removed = self.store.remove(key).await?;
         if let Some(record) = &removed {
-            crate::telemetry::audit_session_ended(reason, record);
+            record.audited(|who| crate::telemetry::audit_session_ended(reason.as_str(), who));
         }
+        self.streams.end(key, streams::Ended::Here(reason));
         Ok(removed)
+    }
+
+    /// The registry of the sessions' open streams.
+    pub fn streams(&self) -> &Arc<streams::Streams> {
+        &self.streams
+    }
+
+    /// Ends the streams of sessions that ended elsewhere (another instance, another
+    /// process) or timed out, every [`streams::WATCH_EVERY`]; runs until dropped
+    /// (see [`streams`]). A store failure leaves the streams open: an outage is
+    /// not a logout.
+    pub async fn watch_streams(&self) {
+        let mut tick = tokio::time::interval(streams::WATCH_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            for key in self.streams.sessions() {
+                match self.store.get(&key).await {
+                    Ok(None) => self.streams.end(&key, streams::Ended::Elsewhere),
+                    Ok(Some(record)) => {
+                        if let Some(reason) = self.expired(&record, now_secs())
+                            && let Err(e) = self.end(&key, reason).await
+                        {
+                            tracing::warn!(error = %e, "ending a timed-out session with open streams failed");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "stream watch: store unavailable");
+                        break;
+                    }
+                }
+            }
+        }
     }
 
     pub fn open_tokens(&self, record: &SessionRecord) -> Result<Tokens, CipherError> {
@@ -322,5 +361,7 @@ fn secs(d: Duration) -> i64 {
     i64::try_from(d.as_secs()).unwrap_or(i64::MAX / 4)
 }
 
+#[cfg(test)]
+mod lifetime_tests;
 #[cfg(test)]
 mod store_tests;

@@ -119,6 +119,17 @@ pub struct SessionRecord {
     pub version: u64,
 }
 
+impl SessionRecord {
+    /// Runs `f` with this session as the subject of an audit event.
+    pub fn audited<R>(&self, f: impl FnOnce(crate::telemetry::AuditSubject<'_>) -> R) -> R {
+        let label = self.key.log_label();
+        f(crate::telemetry::AuditSubject {
+            sub: &self.sub,
+            session: &label,
+        })
+    }
+}
+
 /// The user's tokens; only ever stored sealed. `Debug` prints no token.
 #[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Tokens {

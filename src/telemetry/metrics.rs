@@ -22,6 +22,8 @@ use prometheus_client::registry::{Registry, Unit};
 pub type L1 = [(&'static str, &'static str); 1];
 /// Two labels.
 pub type L2 = [(&'static str, &'static str); 2];
+/// Three labels.
+pub type L3 = [(&'static str, &'static str); 3];
 
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 
@@ -78,6 +80,20 @@ pub struct Metrics {
     pub connection_timeouts: Family<L1, Counter>,
     /// `accept_errors_total`: failed accepts (out of file descriptors and the like).
     pub accept_errors: Counter,
+    /// `streams_open{route, kind}`: WebSockets (`websocket`) and streamed answers of a
+    /// session (`stream`: server-sent events, long downloads) open now.
+    pub streams_open: Family<L2, Gauge>,
+    /// `streams_closed_total{route, kind, reason}`: why they ended (`client_closed`,
+    /// `upstream_closed`, `idle_timeout`, `error`, `shutdown`, or the session's end:
+    /// `logout`, `backchannel_logout`, `ended_elsewhere`, …).
+    pub streams_closed: Family<L3, Counter>,
+    /// `stream_duration_seconds{route, kind}`: how long they were open.
+    pub stream_duration: Histograms<L2>,
+}
+
+fn stream_histogram() -> Histogram {
+    // 10 ms … ~1.9 days.
+    Histogram::new(exponential_buckets(0.01, 4.0, 14))
 }
 
 fn latency_histogram() -> Histogram {
@@ -115,6 +131,11 @@ impl Metrics {
             connections_refused: Family::default(),
             connection_timeouts: Family::default(),
             accept_errors: Counter::default(),
+            streams_open: Family::default(),
+            streams_closed: Family::default(),
+            stream_duration: Histograms::new_with_constructor(
+                stream_histogram as fn() -> Histogram,
+            ),
         };
         let r = &mut registry;
         r.register(
@@ -226,6 +247,22 @@ impl Metrics {
             "accept_errors",
             "Failed accepts on the browser-facing listener (e.g. out of file descriptors)",
             m.accept_errors.clone(),
+        );
+        r.register(
+            "streams_open",
+            "WebSockets and streamed answers of sessions open now, by route and kind",
+            m.streams_open.clone(),
+        );
+        r.register(
+            "streams_closed",
+            "WebSockets and streamed answers closed, by route, kind and reason",
+            m.streams_closed.clone(),
+        );
+        r.register_with_unit(
+            "stream_duration",
+            "How long WebSockets and streamed answers were open, by route and kind",
+            Unit::Seconds,
+            m.stream_duration.clone(),
         );
         let build = Family::<L1, Gauge>::default();
         build

@@ -27,10 +27,9 @@ use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
 
 pub use metrics::{Metrics, metrics, provider_call};
-pub use request::{RequestId, X_REQUEST_ID};
+pub use request::{Endpoint, RequestId, X_REQUEST_ID};
 
 use crate::config::LogFormat;
-use crate::session::{EndReason, SessionRecord};
 
 /// Installs the global subscriber with the configured format and default level.
 pub fn init_logging_with(format: LogFormat, level: Option<&str>) {
@@ -63,34 +62,81 @@ pub fn init_logging_with(format: LogFormat, level: Option<&str>) {
     };
 }
 
-/// One audit event per ended session.
-pub fn audit_session_ended(reason: EndReason, record: &SessionRecord) {
+/// Who an audit event is about: the session's subject and its log label (a hash of
+/// the session key, never the key).
+#[derive(Debug, Clone, Copy)]
+pub struct AuditSubject<'a> {
+    pub sub: &'a str,
+    pub session: &'a str,
+}
+
+/// One audit event per ended session (`reason`: the session store's end reason).
+pub fn audit_session_ended(reason: &'static str, who: AuditSubject<'_>) {
     metrics()
         .sessions_ended
-        .get_or_create(&[("reason", reason.as_str())])
+        .get_or_create(&[("reason", reason)])
         .inc();
     tracing::info!(
         target: "portcullis::audit",
         event = "session_ended",
-        reason = reason.as_str(),
-        sub = %record.sub,
-        session = %record.key.log_label(),
+        reason,
+        sub = who.sub,
+        session = who.session,
+    );
+}
+
+/// A WebSocket or a session's streamed answer opened on `route` (`kind`:
+/// `websocket` or `stream`).
+pub fn stream_opened(route: &'static str, kind: &'static str) {
+    metrics()
+        .streams_open
+        .get_or_create(&[("route", route), ("kind", kind)])
+        .inc();
+}
+
+/// One audit event per closed WebSocket or streamed answer of a session: `reason`
+/// is a closed set (see `Metrics::streams_closed`), `session` the key's log label.
+pub fn audit_stream_closed(
+    route: &'static str,
+    kind: &'static str,
+    reason: &'static str,
+    session: &str,
+    open_for: std::time::Duration,
+) {
+    let m = metrics();
+    m.streams_open
+        .get_or_create(&[("route", route), ("kind", kind)])
+        .dec();
+    m.streams_closed
+        .get_or_create(&[("route", route), ("kind", kind), ("reason", reason)])
+        .inc();
+    m.stream_duration
+        .get_or_create(&[("route", route), ("kind", kind)])
+        .observe(open_for.as_secs_f64());
+    tracing::info!(
+        target: "portcullis::audit",
+        event = "stream_closed",
+        route,
+        kind,
+        reason,
+        session,
+        seconds = open_for.as_secs_f64(),
     );
 }
 
 /// A successful login created a session.
-pub fn audit_login(record: &SessionRecord) {
+pub fn audit_login(who: AuditSubject<'_>) {
     metrics().sessions_created.inc();
     tracing::info!(
         target: "portcullis::audit",
         event = "login",
-        sub = %record.sub,
-        session = %record.key.log_label(),
+        sub = who.sub,
+        session = who.session,
     );
 }
 
 /// A refresh finished: `outcome` is `success`, `invalid_grant` or `provider_unavailable`.
-pub fn audit_refresh(record: &SessionRecord, outcome: &'static str, took: std::time::Duration) {
+pub fn audit_refresh(who: AuditSubject<'_>, outcome: &'static str, took: std::time::Duration) {
     metrics()
         .refreshes
         .get_or_create(&[("outcome", outcome)])
@@ -99,8 +145,8 @@ pub fn audit_refresh(record: &SessionRecord, outcome: &'static str, took: std::t
         target: "portcullis::audit",
         event = "refresh",
         outcome,
-        sub = %record.sub,
-        session = %record.key.log_label(),
+        sub = who.sub,
+        session = who.session,
         ms = took.as_millis() as u64,
     );
 }

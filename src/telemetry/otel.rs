@@ -28,7 +28,7 @@
 use std::future::Future;
 use std::sync::OnceLock;
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::Response;
@@ -44,8 +44,6 @@ use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{Layer, fmt};
-
-use crate::server::AppState;
 
 /// The target of every span meant for export (and only for export).
 const TARGET: &str = "portcullis::otel";
@@ -177,21 +175,23 @@ pub fn init_subscriber(filter: EnvFilter, json: bool) -> Option<EnvFilter> {
     None
 }
 
-/// The server span of a request (`axum::middleware::from_fn_with_state`, outermost).
-pub async fn layer(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+/// The server span of a request, around `next` (the `server::request` layer calls
+/// it outermost). `api_route` is the prefix of the API route serving it, if one does;
+/// `trusted` says whether the peer is a trusted proxy (whose `traceparent` is continued).
+pub async fn serve(
+    mut request: Request,
+    next: Next,
+    api_route: Option<&str>,
+    trusted: bool,
+) -> Response {
     if !enabled() {
         return next.run(request).await;
     }
     let path = request.uri().path();
     // Low cardinality: an API route's prefix, else the endpoint's path (`/bff/user`),
     // else nothing (static files, unknown paths).
-    let api_route = state
-        .gw
-        .frontends
-        .select(request.uri(), request.headers())
-        .and_then(|f| f.routes.matching(path));
     let route: &str = match api_route {
-        Some(route) => &route.prefix,
+        Some(route) => route,
         None => request
             .extensions()
             .get::<MatchedPath>()
@@ -213,10 +213,6 @@ pub async fn layer(State(state): State<AppState>, mut request: Request, next: Ne
         http.response.status_code = Empty,
         otel.status_code = Empty,
         request_id = Empty,
-    );
-    let trusted = crate::security::is_trusted_proxy(
-        &state.gw.config.server.trusted_proxies,
-        crate::security::peer_ip(request.extensions()),
     );
     let inbound = if request.headers().contains_key(&TRACEPARENT) {
         TraceContextPropagator::new().extract(&Headers(request.headers()))

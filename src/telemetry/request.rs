@@ -1,4 +1,5 @@
-//! The per-request layer: a request id, a tracing span, and the request metrics.
+//! What the per-request layer (`server::request`) records: the request id and the
+//! request metrics.
 //!
 //! **Request id.** `X-Request-Id` is believed only from a peer in
 //! `server.trusted_proxies` (and only when it is a short token of safe characters),
@@ -9,17 +10,13 @@
 //! The span carries the method and the path, never the query: `/bff/callback`'s
 //! query holds the authorization code and the state.
 
-use std::time::Instant;
+use std::time::Duration;
 
-use axum::extract::{Request, State};
 use axum::http::{HeaderName, HeaderValue};
-use axum::middleware::Next;
 use axum::response::Response;
-use tracing::Instrument;
 
 use super::metrics::metrics;
 use crate::error::ErrorCode;
-use crate::server::AppState;
 
 /// The request id header, in and out.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -31,37 +28,12 @@ const MAX_REQUEST_ID: usize = 128;
 #[derive(Debug, Clone)]
 pub struct RequestId(pub HeaderValue);
 
-/// The layer itself (`axum::middleware::from_fn_with_state`).
-pub async fn layer(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let trusted = crate::security::is_trusted_proxy(
-        &state.gw.config.server.trusted_proxies,
-        crate::security::peer_ip(request.extensions()),
-    );
-    let id = request
-        .headers()
-        .get(&X_REQUEST_ID)
-        .filter(|v| trusted && acceptable_id(v.as_bytes()))
-        .cloned()
-        .unwrap_or_else(generate_id);
-    request
-        .headers_mut()
-        .insert(X_REQUEST_ID.clone(), id.clone());
-    request.extensions_mut().insert(RequestId(id.clone()));
-
-    let path = request.uri().path();
-    let (route, endpoint) = target_of(&state, request.uri(), request.headers());
-    let span = tracing::info_span!(
-        "request",
-        request_id = id.to_str().unwrap_or_default(),
-        method = %request.method(),
-        path = %path,
-    );
-    let mut response = next.run(request).instrument(span).await;
-
+/// The metrics of one answered request: its `route` label, its `/bff` endpoint, the
+/// answer and how long it took.
+pub fn record(route: &'static str, endpoint: Endpoint, response: &Response, took: Duration) {
     let status = response.status().as_u16();
     let m = metrics();
-    m.request(route, status, started.elapsed());
+    m.request(route, status, took);
     let code = response.extensions().get::<ErrorCode>().map(|c| c.0);
     // Every refusal is an `ApiError`, so counting here counts each exactly once,
     // whichever layer refused (the audit event is logged where the refusal is decided).
@@ -92,28 +64,29 @@ pub async fn layer(State(state): State<AppState>, mut request: Request, next: Ne
                 .get_or_create(&[("kind", "backchannel"), ("outcome", outcome)])
                 .inc();
         }
-        Endpoint::Other => {}
+        Endpoint::Login | Endpoint::User | Endpoint::Other => {}
     }
-    response.headers_mut().insert(X_REQUEST_ID.clone(), id);
-    response
 }
 
-/// The `/bff` endpoints whose outcome is a metric of its own.
-#[derive(Clone, Copy)]
-enum Endpoint {
+/// The `/bff` endpoints the layers tell apart: the guard protects `/user` and
+/// `POST /logout`; the callback and the logouts count their outcomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Login,
     Callback,
+    User,
     Logout,
     Backchannel,
     Other,
 }
 
 impl Endpoint {
-    /// `bff_path` is the path after the frontend's `/bff` ([`Frontend::bff_path`]).
-    ///
-    /// [`Frontend::bff_path`]: crate::frontend::Frontend::bff_path
-    fn of(bff_path: &str) -> Self {
+    /// `bff_path` is the path after the frontend's `/bff` (`Frontend::bff_path`).
+    pub fn of(bff_path: &str) -> Self {
         match bff_path {
+            "/login" => Self::Login,
             "/callback" => Self::Callback,
+            "/user" => Self::User,
             "/logout" => Self::Logout,
             "/backchannel-logout" => Self::Backchannel,
             _ => Self::Other,
@@ -121,34 +94,8 @@ impl Endpoint {
     }
 }
 
-/// The `route` label (`bff`, `health`, an API prefix, `static` or `other`) and the
-/// `/bff` endpoint, both read from the one frontend the request is for: under a
-/// frontend's `path_prefix` its callback is `{prefix}/bff/callback`.
-fn target_of(
-    state: &AppState,
-    uri: &axum::http::Uri,
-    headers: &axum::http::HeaderMap,
-) -> (&'static str, Endpoint) {
-    let path = uri.path();
-    if path == "/healthz" || path == "/readyz" {
-        return ("health", Endpoint::Other);
-    }
-    let Some(frontend) = state.gw.frontends.select(uri, headers) else {
-        return ("other", Endpoint::Other);
-    };
-    if let Some(bff) = frontend.bff_path(path) {
-        ("bff", Endpoint::of(bff))
-    } else if let Some(route) = frontend.routes.matching(path) {
-        (route.label, Endpoint::Other)
-    } else if frontend.static_files().is_some() {
-        ("static", Endpoint::Other)
-    } else {
-        ("other", Endpoint::Other)
-    }
-}
-
 /// A request id from a trusted proxy: 1–128 characters of `[A-Za-z0-9._:-]`.
-fn acceptable_id(v: &[u8]) -> bool {
+pub fn acceptable_id(v: &[u8]) -> bool {
     !v.is_empty()
         && v.len() <= MAX_REQUEST_ID
         && v.iter()

@@ -39,9 +39,9 @@ use tokio::sync::watch;
 pub use client::ClientSlot;
 
 use crate::error::ApiError;
+use crate::gateway::Gateway;
 use crate::oidc::OidcError;
 use crate::primitives::now_secs;
-use crate::server::Gateway;
 use crate::session::{EndReason, SessionKey, SessionRecord, SessionStore, Tokens};
 
 /// After the provider failed a refresh, sessions with a still-valid token don't
@@ -372,7 +372,9 @@ async fn refresh_locked(gw: &Arc<Gateway>, key: &SessionKey) -> Outcome {
             loop {
                 match gw.sessions.store().update(updated.clone()).await {
                     Ok(true) => {
-                        crate::telemetry::audit_refresh(&record, "success", started.elapsed());
+                        record.audited(|who| {
+                            crate::telemetry::audit_refresh(who, "success", started.elapsed())
+                        });
                         break Outcome::Fresh(Arc::new(fresh));
                     }
                     Ok(false) => break Outcome::Ended,
@@ -388,7 +390,9 @@ async fn refresh_locked(gw: &Arc<Gateway>, key: &SessionKey) -> Outcome {
             }
         }
         Err(e) if e.is_invalid_grant() => {
-            crate::telemetry::audit_refresh(&record, "invalid_grant", started.elapsed());
+            record.audited(|who| {
+                crate::telemetry::audit_refresh(who, "invalid_grant", started.elapsed())
+            });
             match gw.sessions.end(key, EndReason::GrantRevoked).await {
                 Ok(_) => Outcome::Ended,
                 Err(e) => Outcome::StoreDown(e.to_string()),
@@ -400,7 +404,9 @@ async fn refresh_locked(gw: &Arc<Gateway>, key: &SessionKey) -> Outcome {
                 // invalid_client and the like: a configuration problem, not the user's fault.
                 tracing::error!(error = %detail, "refresh refused; keeping the session");
             }
-            crate::telemetry::audit_refresh(&record, "provider_unavailable", started.elapsed());
+            record.audited(|who| {
+                crate::telemetry::audit_refresh(who, "provider_unavailable", started.elapsed())
+            });
             Outcome::ProviderDown(detail)
         }
     }
@@ -426,7 +432,8 @@ async fn refused_id_token(
         error = %error,
         "the provider's refreshed ID token failed validation (OIDC Core 12.2); nothing of this refresh is kept and the session ends"
     );
-    crate::telemetry::audit_refresh(record, "invalid_id_token", started.elapsed());
+    record
+        .audited(|who| crate::telemetry::audit_refresh(who, "invalid_id_token", started.elapsed()));
     if let Some(refresh_token) = response.refresh_token {
         let frontend = frontend.clone();
         let (sub, session) = (record.sub.clone(), record.key.log_label());

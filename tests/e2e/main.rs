@@ -4,6 +4,7 @@
 mod harness;
 
 mod advanced_oauth;
+mod anonymous_user;
 mod backchannel;
 mod callback_attacks;
 mod cli;
@@ -14,8 +15,10 @@ mod failover;
 mod frontends;
 mod hardening;
 mod header_hygiene;
+mod id_token_validation;
 mod login_abuse;
 mod login_flow;
+mod logout_hint;
 mod ops;
 #[cfg(feature = "otel")]
 mod otel;
@@ -31,3 +34,4 @@ mod sessions;
 mod store_faults;
 mod token_lifecycle;
 mod upstream_mtls;
+mod websockets;

@@ -318,7 +318,7 @@ struct TomcatStyle {
 
 impl TomcatStyle {
     fn start() -> Self {
-        use portcullis::proxy::path_models::{spring, tomcat_permissive};
+        use portcullis::path::models::{spring, tomcat_permissive};
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let seen: Arc<Mutex<Vec<Resolved>>> = Arc::default();

@@ -1,10 +1,10 @@
 use axum::http::Uri;
 
-use super::{Refusal, check};
+use super::Route;
+use super::rewrite::upstream_uri;
 use crate::config::TokenKind;
-use crate::proxy::Route;
-use crate::proxy::path_models::Confinement;
-use crate::proxy::rewrite::upstream_uri;
+use crate::path::models::Confinement;
+use crate::path::{Refusal, check};
 
 fn route(prefix: &str, upstream: &str, strip: bool) -> Route {
     let c = crate::config::RouteConfig {
@@ -18,6 +18,9 @@ fn route(prefix: &str, upstream: &str, strip: bool) -> Route {
         timeout: std::time::Duration::from_secs(1),
         dpop: None,
         html_sandbox: true,
+        websocket: false,
+        websocket_idle_timeout: std::time::Duration::from_secs(300),
+        max_websockets_per_session: 16,
     };
     Route::from_config(&c).unwrap()
 }

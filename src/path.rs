@@ -33,7 +33,7 @@
 //! dot segment, empty segments (merged or kept: either stays under the base). The query
 //! is not part of path resolution and is never looked at.
 //!
-//! `proxy::path_models` holds small models of how nginx, Tomcat/Jetty/Spring, IIS and a
+//! `path::models` holds small models of how nginx, Tomcat/Jetty/Spring, IIS and a
 //! "paranoid" decoder resolve a path; a unit test and `fuzz/fuzz_targets/upstream_path.rs`
 //! check that every path [`check`] accepts stays under the base in every model.
 
@@ -258,5 +258,5 @@ fn is_dot_name(name: &str) -> bool {
     dots > 0 && !(plain && dots >= 3)
 }
 
-#[cfg(test)]
-mod tests;
+#[doc(hidden)]
+pub mod models;

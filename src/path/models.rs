@@ -1,5 +1,5 @@
 //! Models of how upstream servers turn a request path into a file-system path, for the
-//! property test of [`super::path::check`] (its unit tests and
+//! property test of [`super::check`] (its unit tests and
 //! `fuzz/fuzz_targets/upstream_path.rs`). Not used by the gateway.
 //!
 //! Each model takes the path bytes the upstream receives and returns the segments it

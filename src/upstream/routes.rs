@@ -29,6 +29,17 @@ pub struct Route {
     pub dpop: Option<Arc<NonceSlot>>,
     /// Sandbox the upstream's documents (`routes[].html_sandbox`, see `proxy::answer`).
     pub html_sandbox: bool,
+    /// WebSocket upgrades, when the route accepts them (`routes[].websocket`).
+    pub websocket: Option<WebSocketPolicy>,
+}
+
+/// How a route's WebSockets are kept (see `proxy::websocket`).
+#[derive(Debug, Clone, Copy)]
+pub struct WebSocketPolicy {
+    /// No message either way for this long closes the socket.
+    pub idle_timeout: Duration,
+    /// Open sockets one session may hold on the route.
+    pub max_per_session: u32,
 }
 
 impl std::fmt::Debug for ClientSlot {
@@ -59,6 +70,10 @@ impl Route {
             client_token: None,
             dpop: None,
             html_sandbox: c.html_sandbox,
+            websocket: c.websocket.then_some(WebSocketPolicy {
+                idle_timeout: c.websocket_idle_timeout,
+                max_per_session: c.max_websockets_per_session,
+            }),
         })
     }
 
@@ -125,6 +140,15 @@ impl RouteTable {
     pub fn matching(&self, path: &str) -> Option<&Route> {
         self.routes.iter().find(|r| r.serves(path))
     }
+
+    /// The index of the route serving `path`, for [`RouteTable::get`].
+    pub fn position(&self, path: &str) -> Option<usize> {
+        self.routes.iter().position(|r| r.serves(path))
+    }
+
+    pub fn get(&self, index: usize) -> Option<&Route> {
+        self.routes.get(index)
+    }
 }
 
 #[cfg(test)]
@@ -171,7 +195,7 @@ mod tests {
         // Matched on the raw path: what follows the prefix must start a new segment, so
         // the prefix the upstream sees is the configured one, byte for byte. (Spellings
         // an upstream decodes, like `/api/%61dmin`, match the shorter prefix and stay
-        // under its base: see `proxy::path`.)
+        // under its base: see `crate::path`.)
         let t = table();
         for other in [
             "/apifoo",

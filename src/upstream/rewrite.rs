@@ -312,7 +312,7 @@ pub fn upstream_uri(uri: &Uri, route: &Route) -> Result<Uri, ApiError> {
     } else {
         path
     };
-    super::path::check(rest.as_bytes())
+    crate::path::check(rest.as_bytes())
         .map_err(|why| ApiError::invalid(format!("invalid request path: {why}")))?;
     let mut pq = String::with_capacity(
         route.base_path.len() + rest.len() + 1 + uri.query().map_or(0, str::len),
@@ -357,6 +357,9 @@ mod tests {
             timeout: std::time::Duration::from_secs(1),
             dpop: None,
             html_sandbox: true,
+            websocket: false,
+            websocket_idle_timeout: std::time::Duration::from_secs(300),
+            max_websockets_per_session: 16,
         };
         Route::from_config(&c).unwrap()
     }

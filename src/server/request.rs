@@ -1,0 +1,81 @@
+//! The outermost layers: the request id, the request's log span and metrics
+//! (`telemetry::request`), and with the `otel` feature its OpenTelemetry server span
+//! (`telemetry::otel`). Both read the request's [`Target`], decided once.
+//!
+//! **Request id.** `X-Request-Id` is believed only from a peer in
+//! `server.trusted_proxies` (and only when it is a short token of safe characters),
+//! so a browser can't plant ids in the logs; otherwise a random UUID-shaped id is
+//! generated. The id is set on the request (so proxied upstreams receive it), on
+//! every log line of the request (the `request` span), and on the response.
+//!
+//! The span carries the method and the path, never the query: `/bff/callback`'s
+//! query holds the authorization code and the state.
+
+use std::time::Instant;
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use tracing::Instrument;
+
+use crate::gateway::{AppState, Target};
+use crate::telemetry::request::{acceptable_id, generate_id, record};
+use crate::telemetry::{RequestId, X_REQUEST_ID};
+
+/// Whether the request comes from a trusted proxy (whose request id and trace
+/// context are believed).
+fn from_trusted_proxy(state: &AppState, request: &Request) -> bool {
+    crate::security::is_trusted_proxy(
+        &state.gw.config.server.trusted_proxies,
+        crate::security::peer_ip(request.extensions()),
+    )
+}
+
+/// The request id, span and metrics layer (`axum::middleware::from_fn_with_state`).
+pub async fn layer(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let trusted = from_trusted_proxy(&state, &request);
+    let id = request
+        .headers()
+        .get(&X_REQUEST_ID)
+        .filter(|v| trusted && acceptable_id(v.as_bytes()))
+        .cloned()
+        .unwrap_or_else(generate_id);
+    request
+        .headers_mut()
+        .insert(X_REQUEST_ID.clone(), id.clone());
+    request.extensions_mut().insert(RequestId(id.clone()));
+    let target = Target::of(&state.gw, &mut request);
+
+    let span = tracing::info_span!(
+        "request",
+        request_id = id.to_str().unwrap_or_default(),
+        method = %request.method(),
+        path = %request.uri().path(),
+    );
+    let mut response = next.run(request).instrument(span).await;
+    record(
+        target.label(),
+        target.endpoint(),
+        &response,
+        started.elapsed(),
+    );
+    response.headers_mut().insert(X_REQUEST_ID.clone(), id);
+    response
+}
+
+/// The OpenTelemetry server span (feature `otel`), around everything.
+#[cfg(feature = "otel")]
+pub async fn otel_layer(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    if !crate::telemetry::otel::enabled() {
+        return next.run(request).await;
+    }
+    let trusted = from_trusted_proxy(&state, &request);
+    let target = Target::of(&state.gw, &mut request);
+    let route = target.route().map(|r| r.prefix.as_str());
+    crate::telemetry::otel::serve(request, next, route, trusted).await
+}

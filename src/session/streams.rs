@@ -1,0 +1,217 @@
+//! The live streams of each session (WebSockets, server-sent events, long downloads),
+//! so that a session's end ends them too, on every instance.
+//!
+//! A stream registers under its session's key for as long as it is open and holds a
+//! [`StreamGuard`], whose [`StreamGuard::ended`] resolves when the session ends:
+//! - **here**: every end goes through `Sessions::end` (logout, back-channel logout,
+//!   `invalid_grant`, `max_per_user`, …), which signals the session's streams at once;
+//! - **elsewhere** (another instance on Redis, another process on the SQLite file, the
+//!   `portcullis sessions revoke` command): `Sessions::watch_streams` looks every
+//!   [`WATCH_EVERY`] at the sessions that have streams here. The look is the store's
+//!   ordinary read, answered from its in-process cache until the store's own
+//!   invalidation (Redis pub/sub, the SQLite change log) evicts the key, so a session
+//!   ended elsewhere is seen within that invalidation's delay plus [`WATCH_EVERY`],
+//!   and a live one costs a cache hit;
+//! - **timeouts**: the same look ends a session past its idle or absolute deadline
+//!   (an open stream is not activity: the SPA's calls keep a session alive).
+//!
+//! The proxy's ordinary path never comes here: only answers that stream register.
+//! With no stream open, the watcher does nothing but read one counter.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use tokio::sync::watch;
+
+use super::{EndReason, SessionKey};
+
+/// How often the sessions with open streams are looked at (see the module docs).
+pub const WATCH_EVERY: Duration = Duration::from_millis(250);
+
+/// Why a session's streams were ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// The session ended in this process, for this reason.
+    Here(EndReason),
+    /// The session is gone from the store: ended by another instance or process.
+    Elsewhere,
+}
+
+impl Ended {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Here(reason) => reason.as_str(),
+            Self::Elsewhere => "ended_elsewhere",
+        }
+    }
+}
+
+/// The registry (one per `Sessions`).
+#[derive(Default)]
+pub struct Streams {
+    open: AtomicUsize,
+    by_session: DashMap<SessionKey, Entry>,
+}
+
+struct Entry {
+    ended: watch::Sender<Option<Ended>>,
+    /// Open streams of this session, by route label.
+    per_route: Vec<(&'static str, u32)>,
+}
+
+/// A route's cap on open streams per session was reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooManyStreams;
+
+impl Streams {
+    /// Registers a stream of `key` on `route`, unless the session already has `cap`
+    /// open there. The stream stays registered until the guard drops.
+    pub fn open(
+        self: &Arc<Self>,
+        key: SessionKey,
+        route: &'static str,
+        cap: Option<u32>,
+    ) -> Result<StreamGuard, TooManyStreams> {
+        let mut entry = self.by_session.entry(key).or_insert_with(|| Entry {
+            ended: watch::channel(None).0,
+            per_route: Vec::new(),
+        });
+        let slot = match entry.per_route.iter().position(|(r, _)| *r == route) {
+            Some(i) => i,
+            None => {
+                entry.per_route.push((route, 0));
+                entry.per_route.len() - 1
+            }
+        };
+        if cap.is_some_and(|cap| entry.per_route[slot].1 >= cap) {
+            return Err(TooManyStreams);
+        }
+        entry.per_route[slot].1 += 1;
+        let ended = entry.ended.subscribe();
+        drop(entry);
+        self.open.fetch_add(1, Ordering::Relaxed);
+        Ok(StreamGuard {
+            streams: self.clone(),
+            key,
+            route,
+            ended,
+        })
+    }
+
+    /// Ends every stream of `key` (a no-op when it has none).
+    pub fn end(&self, key: &SessionKey, why: Ended) {
+        if self.open.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        if let Some(entry) = self.by_session.get(key) {
+            entry.ended.send_replace(Some(why));
+        }
+    }
+
+    /// Streams open now.
+    pub fn count(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// The sessions with open streams, not yet told to end.
+    pub fn sessions(&self) -> Vec<SessionKey> {
+        if self.count() == 0 {
+            return Vec::new();
+        }
+        self.by_session
+            .iter()
+            .filter(|e| e.ended.borrow().is_none())
+            .map(|e| *e.key())
+            .collect()
+    }
+}
+
+/// One open stream's place in the registry (see [`Streams::open`]).
+pub struct StreamGuard {
+    streams: Arc<Streams>,
+    key: SessionKey,
+    route: &'static str,
+    ended: watch::Receiver<Option<Ended>>,
+}
+
+impl StreamGuard {
+    /// Resolves when the stream's session ends.
+    pub async fn ended(&mut self) -> Ended {
+        loop {
+            if let Some(why) = *self.ended.borrow_and_update() {
+                return why;
+            }
+            if self.ended.changed().await.is_err() {
+                // The entry lives as long as this guard: unreachable, but never spin.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// The session's key as logs show it.
+    pub fn session_label(&self) -> String {
+        self.key.log_label()
+    }
+
+    /// Whether the session has already ended.
+    pub fn has_ended(&self) -> Option<Ended> {
+        *self.ended.borrow()
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.streams.open.fetch_sub(1, Ordering::Relaxed);
+        let route = self.route;
+        self.streams
+            .by_session
+            .remove_if_mut(&self.key, |_, entry| {
+                if let Some(slot) = entry.per_route.iter_mut().find(|(r, _)| *r == route) {
+                    slot.1 = slot.1.saturating_sub(1);
+                }
+                entry.per_route.retain(|(_, n)| *n > 0);
+                entry.per_route.is_empty()
+            });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(b: u8) -> SessionKey {
+        SessionKey::from_bytes([b; 32])
+    }
+
+    #[tokio::test]
+    async fn a_session_end_reaches_its_streams_only() {
+        let streams = Arc::new(Streams::default());
+        let mut a = streams.open(key(1), "/ws", None).unwrap();
+        let b = streams.open(key(2), "/ws", None).unwrap();
+        streams.end(&key(1), Ended::Here(EndReason::Logout));
+        assert_eq!(a.ended().await, Ended::Here(EndReason::Logout));
+        assert_eq!(b.has_ended(), None);
+        assert!(streams.sessions() == vec![key(2)]);
+        drop((a, b));
+        assert_eq!(streams.count(), 0);
+        assert!(streams.by_session.is_empty());
+    }
+
+    #[test]
+    fn the_cap_counts_a_sessions_streams_per_route() {
+        let streams = Arc::new(Streams::default());
+        let one = streams.open(key(1), "/ws", Some(2)).unwrap();
+        let _two = streams.open(key(1), "/ws", Some(2)).unwrap();
+        assert_eq!(
+            streams.open(key(1), "/ws", Some(2)).err(),
+            Some(TooManyStreams)
+        );
+        let _other_route = streams.open(key(1), "/live", Some(2)).unwrap();
+        let _other_session = streams.open(key(2), "/ws", Some(2)).unwrap();
+        drop(one);
+        let _again = streams.open(key(1), "/ws", Some(2)).unwrap();
+        assert_eq!(streams.count(), 4);
+    }
+}
