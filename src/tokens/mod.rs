@@ -57,6 +57,10 @@ const UNAVAILABLE_BACKOFF: Duration = Duration::from_secs(5);
 const REFUSED_BACKOFF: Duration = Duration::from_secs(30);
 /// How often a request waiting for another instance's refresh re-reads the session.
 const LOCK_POLL: Duration = Duration::from_millis(50);
+/// How long refreshed tokens are offered to a failing store (within the lock's
+/// lease, which outlasts `refresh_timeout` by 5 s), and how often.
+const STORE_RETRY_FOR: Duration = Duration::from_secs(4);
+const STORE_RETRY_EVERY: Duration = Duration::from_millis(200);
 
 /// The result of one refresh, shared with every waiter.
 #[derive(Clone, Debug)]
@@ -275,7 +279,25 @@ async fn refresh_session(gw: &Arc<Gateway>, key: SessionKey, target: &Target) ->
         Target::Route(audience) => route::obtain_locked(gw, &key, audience).await,
     };
     if let Err(e) = store.unlock_refresh(&key, &owner).await {
-        tracing::warn!(error = %e, "refresh lock release failed; it expires with its lease");
+        // A store failing over: try again in the background, so the session's next
+        // refresh is not blocked for the whole lease.
+        tracing::warn!(error = %e, "refresh lock release failed; trying again until its lease ends");
+        let gw = gw.clone();
+        tokio::spawn(async move {
+            let deadline = started + lease;
+            while Instant::now() + STORE_RETRY_EVERY < deadline {
+                tokio::time::sleep(STORE_RETRY_EVERY).await;
+                if gw
+                    .sessions
+                    .store()
+                    .unlock_refresh(&key, &owner)
+                    .await
+                    .is_ok()
+                {
+                    return;
+                }
+            }
+        });
     }
     outcome
 }
@@ -391,16 +413,30 @@ async fn refresh_locked(gw: &Arc<Gateway>, key: &SessionKey) -> Outcome {
                 .refresh_expires_in
                 .filter(|s| *s > 0)
                 .map(|s| now + s);
-            let updated = gw.sessions.with_tokens(&record, &fresh, refresh_expires_at);
-            match gw.sessions.store().update(Arc::new(updated)).await {
-                Ok(true) => {
-                    record.audited(|who| {
-                        crate::telemetry::audit_refresh(who, "success", started.elapsed())
-                    });
-                    Outcome::Fresh(Arc::new(fresh))
+            let updated = Arc::new(gw.sessions.with_tokens(&record, &fresh, refresh_expires_at));
+            // The provider may have rotated the refresh token: the new one exists only
+            // here. A store that fails (e.g. a Redis master failing over) is tried
+            // again for a while, still under the lock (its lease has 5 s to spare
+            // beyond `refresh_timeout` for this), or the session would be lost.
+            let retry_until = Instant::now() + STORE_RETRY_FOR;
+            loop {
+                match gw.sessions.store().update(updated.clone()).await {
+                    Ok(true) => {
+                        record.audited(|who| {
+                            crate::telemetry::audit_refresh(who, "success", started.elapsed())
+                        });
+                        break Outcome::Fresh(Arc::new(fresh));
+                    }
+                    Ok(false) => break Outcome::Ended,
+                    Err(e) if Instant::now() + STORE_RETRY_EVERY < retry_until => {
+                        tracing::warn!(session = %record.key.log_label(), error = %e, "storing refreshed tokens failed; trying again");
+                        tokio::time::sleep(STORE_RETRY_EVERY).await;
+                    }
+                    Err(e) => {
+                        tracing::error!(session = %record.key.log_label(), error = %e, "storing refreshed tokens failed; a rotated refresh token is lost");
+                        break Outcome::StoreDown(e.to_string());
+                    }
                 }
-                Ok(false) => Outcome::Ended,
-                Err(e) => Outcome::StoreDown(e.to_string()),
             }
         }
         Err(e) if e.is_invalid_grant() => {

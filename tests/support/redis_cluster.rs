@@ -58,8 +58,8 @@ impl RedisCluster {
             let child = std::process::Command::new("redis-server")
                 .args(["--bind", "127.0.0.1", "--port", &p.to_string(), "--save", "", "--appendonly", "no"])
                 .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"])
-                // A replica takes over however long its master was quiet (an idle test cluster).
-                .args(["--cluster-replica-validity-factor", "0"])
+                // Replicas sync at once (the default waits 5 s for more of them).
+                .args(["--repl-diskless-sync-delay", "0"])
                 .args(["--cluster-config-file", &format!("nodes-{p}.conf")])
                 .arg("--dir")
                 .arg(dir.path())
@@ -98,6 +98,18 @@ impl RedisCluster {
         }) {
             if std::time::Instant::now() >= deadline {
                 return Err("cluster_state never ok".into());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        // Every replica holds its master's data before a test writes or kills anything:
+        // a replica promoted before its first sync would come up empty.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !ports.iter().all(|&p| {
+            let info = cluster.cli(p, &["INFO", "replication"]);
+            info.contains("role:master") || info.contains("master_link_status:up")
+        }) {
+            if std::time::Instant::now() >= deadline {
+                return Err("the replicas never synchronised".into());
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
