@@ -9,6 +9,7 @@
 
 mod backchannel;
 mod login;
+mod login_error;
 mod user;
 
 use std::sync::Arc;
@@ -60,12 +61,23 @@ pub async fn current_session(
     frontend: &Frontend,
     headers: &HeaderMap,
 ) -> Result<Option<(SessionId, Arc<SessionRecord>)>, ApiError> {
+    current_session_with(gw, frontend, headers, true).await
+}
+
+/// [`current_session`], without extending the session's idle timeout when `slide`
+/// is false (see `Sessions::load_with`).
+pub async fn current_session_with(
+    gw: &Gateway,
+    frontend: &Frontend,
+    headers: &HeaderMap,
+    slide: bool,
+) -> Result<Option<(SessionId, Arc<SessionRecord>)>, ApiError> {
     let Some(id) = cookie::find(headers, &frontend.cookie_name).and_then(SessionId::parse) else {
         return Ok(None);
     };
     Ok(gw
         .sessions
-        .load(&id, &frontend.name)
+        .load_with(&id, &frontend.name, slide)
         .await?
         .map(|record| (id, record)))
 }

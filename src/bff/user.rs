@@ -5,21 +5,35 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::login::redirect;
-use super::{current_session, logout_sid};
+use super::{current_session, current_session_with, logout_sid};
 use crate::error::ApiError;
 use crate::frontend::{Current, Frontend};
 use crate::server::AppState;
 use crate::session::{EndReason, SessionRecord, cookie};
 
+#[derive(Deserialize)]
+pub struct UserQuery {
+    slide: Option<String>,
+}
+
 /// `GET /bff/user` (with `X-CSRF: 1`): the user's claims, never a token.
+/// `?slide=false` answers without extending the session's idle timeout (for SPAs
+/// that poll: an unattended tab then still times out); `bff:session_expires_in`
+/// then counts from the session's last real use.
 pub async fn user(
     State(state): State<AppState>,
     Current(fe): Current,
+    Query(query): Query<UserQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     crate::security::check_csrf_header(&headers)?;
+    let slide = match query.slide.as_deref() {
+        None | Some("true" | "1") => true,
+        Some("false" | "0") => false,
+        Some(_) => return Err(ApiError::invalid("slide must be true or false")),
+    };
     let gw = &state.gw;
-    let (_, record) = current_session(gw, &fe, &headers)
+    let (_, record) = current_session_with(gw, &fe, &headers, slide)
         .await?
         .ok_or(ApiError::Unauthenticated)?;
     let mut claims: Map<String, Value> = serde_json::from_str(&record.claims).unwrap_or_default();
@@ -30,10 +44,12 @@ pub async fn user(
         form_urlencoded::byte_serialize(sid.as_bytes()).collect::<String>()
     );
     claims.insert("sid".into(), Value::String(sid));
-    claims.insert(
-        "bff:session_expires_in".into(),
-        gw.sessions.expires_in(&record).into(),
-    );
+    let expires_in = if slide {
+        gw.sessions.expires_in(&record)
+    } else {
+        gw.sessions.expires_in_unslid(&record)
+    };
+    claims.insert("bff:session_expires_in".into(), expires_in.into());
     claims.insert("bff:logout_url".into(), Value::String(logout_url));
     Ok(axum::Json(claims).into_response())
 }

@@ -231,6 +231,13 @@ pub struct OidcConfig {
     /// to make room (see `session::PendingCaps`).
     #[serde(default = "default_max_pending")]
     pub max_pending_logins: usize,
+    /// The SPA page a failed login lands on when its callback is a browser
+    /// navigation: a local path of the frontend (under its `path_prefix`), to which
+    /// `?bff_error=CODE` is added (see `bff::login_error`). Default: the login's
+    /// `returnUrl`, or the frontend's root when the login is not known. XHR callers
+    /// always get the JSON error.
+    #[serde(default)]
+    pub login_error_path: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
@@ -1071,6 +1078,19 @@ fn validate_oidc(oidc: &OidcConfig, prefix: &str) -> Result<(), ConfigError> {
         return Err(invalid(
             &format!("{prefix}oidc.max_pending_logins"),
             "must be at least 1",
+        ));
+    }
+    if let Some(path) = &oidc.login_error_path
+        && (!path.starts_with('/')
+            || path.starts_with("//")
+            || path.len() > 512
+            || !path
+                .bytes()
+                .all(|b| (0x21..=0x7e).contains(&b) && b != b'\\' && b != b'#'))
+    {
+        return Err(invalid(
+            &format!("{prefix}oidc.login_error_path"),
+            "must be a local path starting with a single '/' (no backslash, fragment or spaces)",
         ));
     }
 

@@ -1440,3 +1440,30 @@ fn dpop_routes_need_oidc_dpop_and_a_user_token() {
         .unwrap();
     assert!(c.frontend().oidc.dpop && c.frontend().routes[0].dpop == Some(true));
 }
+
+// ---- oidc.login_error_path ---------------------------------------------------------
+
+#[test]
+fn login_error_path_is_a_local_path() {
+    let base = Toml::minimal();
+    let ok = base
+        .clone()
+        .set("oidc", "login_error_path", "\"/oops?x=1\"")
+        .valid();
+    assert_eq!(
+        ok.frontend().oidc.login_error_path.as_deref(),
+        Some("/oops?x=1")
+    );
+    for bad in [
+        "\"https://evil.example/\"",
+        "\"//evil.example\"",
+        "\"/\\\\evil\"",
+        "\"oops\"",
+        "\"/a#b\"",
+        "\"/a b\"",
+    ] {
+        base.clone()
+            .set("oidc", "login_error_path", bad)
+            .refused_for("oidc.login_error_path");
+    }
+}

@@ -35,6 +35,22 @@ pub fn is_trusted_proxy(trusted: &[ipnet::IpNet], peer: Option<std::net::IpAddr>
     peer.is_some_and(|ip| trusted.iter().any(|net| net.contains(&ip)))
 }
 
+/// Is this request a browser's top-level navigation (the user sees the answer as a
+/// page), rather than a `fetch`/XHR call (the SPA reads it as data)?
+/// `Sec-Fetch-Mode: navigate` says so; a browser that sends another `Sec-Fetch-Mode`
+/// is not navigating; without the header (old browsers, some proxies strip it) an
+/// `Accept` that asks for `text/html` decides. Only ever used to pick the *form* of
+/// an answer (a page of the SPA or the JSON error), never to allow anything.
+pub fn is_navigation(headers: &HeaderMap) -> bool {
+    match headers.get("sec-fetch-mode") {
+        Some(mode) => mode.as_bytes() == b"navigate",
+        None => headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|a| a.contains("text/html")),
+    }
+}
+
 /// Accepts `returnUrl` only when it is a path on this origin.
 ///
 /// Refused: anything that does not start with a single `/` (absolute URLs, schemes,

@@ -39,6 +39,9 @@ pub struct GuardConfig {
     hsts: bool,
     max_bff_body: u64,
     max_head: usize,
+    /// `host:port` of the public origin when navigations on another loopback host
+    /// name are sent there (see [`other_host_redirect`]).
+    canonical_host: Option<String>,
 }
 
 impl GuardConfig {
@@ -54,6 +57,7 @@ impl GuardConfig {
             hsts: config.server.public_origin.scheme() == "https",
             max_bff_body: config.security.max_bff_body_bytes,
             max_head: config.security.max_header_bytes,
+            canonical_host: canonical_host(config),
         }
     }
 
@@ -63,6 +67,102 @@ impl GuardConfig {
         let text = o.to_str().ok()?;
         self.allowed_origins.iter().any(|a| a == text).then_some(o)
     }
+}
+
+/// The public origin's `host:port`, when the wrong-host redirect applies: the public
+/// origin is a loopback one and on the port `server.listen` binds, so the browser
+/// talks to this process directly. Behind a proxy (another port, another host) the
+/// `Host` a request carries may be the proxy's idea, and redirecting would loop.
+fn canonical_host(config: &crate::config::Config) -> Option<String> {
+    let origin = &config.server.public_origin;
+    let port = origin.port_or_known_default()?;
+    let host = origin.host_str()?;
+    (is_loopback_name(host) && port == config.server.listen.port())
+        .then(|| format!("{host}:{port}"))
+}
+
+fn is_loopback_name(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host.to_ascii_lowercase().ends_with(".localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// A browser navigation that reached this gateway under another loopback name
+/// (`localhost` for a public origin of `127.0.0.1`, or `[::1]`) is sent to the
+/// public origin, same path and query, before a login starts: cookies are per host,
+/// so a login started on one name can't finish on the other (its callback comes back
+/// to the public origin, without the login's binding cookie).
+///
+/// Which requests: `GET`/`HEAD` navigations to `/bff/login` and to the SPA's pages,
+/// of a frontend without its own `host`. Never API routes (they are never redirected)
+/// nor other `/bff` endpoints. Which hosts: only loopback names on the public origin's
+/// port, and only when the public origin itself is such a loopback origin on the
+/// listening port (see [`canonical_host`]); anything else is left alone. The target
+/// is the configured origin and the request's own path: never an open redirect.
+fn other_host_redirect(
+    config: &GuardConfig,
+    frontend: &Frontend,
+    request: &Request,
+) -> Option<Response> {
+    let canonical = config.canonical_host.as_deref()?;
+    if frontend.host.is_some()
+        || !matches!(*request.method(), Method::GET | Method::HEAD)
+        || !crate::security::is_navigation(request.headers())
+    {
+        return None;
+    }
+    let path = request.uri().path();
+    match frontend.bff_path(path) {
+        Some("/login") => {}
+        Some(_) => return None,
+        None if frontend.routes.matching(path).is_some() => return None,
+        None => {}
+    }
+    let host = request
+        .uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| request.headers().get(header::HOST)?.to_str().ok())?;
+    let authority: axum::http::uri::Authority = host.parse().ok()?;
+    let port = authority
+        .port_u16()
+        .unwrap_or(match frontend.origin.scheme() {
+            "https" => 443,
+            _ => 80,
+        });
+    let same = authority
+        .host()
+        .eq_ignore_ascii_case(frontend.origin.host_str()?)
+        || format!("{}:{port}", authority.host()).eq_ignore_ascii_case(canonical);
+    if same
+        || !is_loopback_name(authority.host())
+        || Some(port) != frontend.origin.port_or_known_default()
+    {
+        return None;
+    }
+    let target = format!(
+        "{}{}",
+        frontend.origin_text,
+        request.uri().path_and_query().map_or("/", |p| p.as_str())
+    );
+    tracing::info!(
+        host = authority.host(),
+        "a navigation on another host name than the public origin's: redirected there"
+    );
+    let location = HeaderValue::try_from(target).ok()?;
+    Some(
+        (
+            StatusCode::TEMPORARY_REDIRECT,
+            [
+                (header::LOCATION, location),
+                (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+            ],
+        )
+            .into_response(),
+    )
 }
 
 /// Is this request one the CSRF layers protect?
@@ -156,6 +256,11 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
         && content_length(request.headers()).is_some_and(|n| n > config.max_bff_body)
     {
         return ApiError::invalid("the request body is too large").into_response();
+    }
+    if let Some(f) = frontend
+        && let Some(redirect) = other_host_redirect(config, f, &request)
+    {
+        return with_cors(redirect, cross.as_ref(), config.hsts);
     }
     let response = next.run(request).await;
     with_cors(response, cross.as_ref(), config.hsts)

@@ -212,6 +212,18 @@ impl Sessions {
         id: &SessionId,
         frontend: &str,
     ) -> Result<Option<Arc<SessionRecord>>, StoreError> {
+        self.load_with(id, frontend, true).await
+    }
+
+    /// [`Sessions::load`], with `slide = false` leaving the idle clock alone: a
+    /// request that only looks at the session (an SPA polling `/bff/user?slide=false`)
+    /// doesn't keep an unattended session alive.
+    pub async fn load_with(
+        &self,
+        id: &SessionId,
+        frontend: &str,
+        slide: bool,
+    ) -> Result<Option<Arc<SessionRecord>>, StoreError> {
         let key = id.key();
         let Some(record) = self.store.get(&key).await? else {
             return Ok(None);
@@ -230,7 +242,7 @@ impl Sessions {
             }
             return Ok(None);
         }
-        if now - record.last_seen >= self.touch_after {
+        if slide && now - record.last_seen >= self.touch_after {
             self.store.touch(&key, now).await?;
         }
         Ok(Some(record))
@@ -250,6 +262,13 @@ impl Sessions {
     pub fn expires_in(&self, record: &SessionRecord) -> i64 {
         let now = now_secs();
         (record.expires_at.min(now + self.idle) - now).max(0)
+    }
+
+    /// Seconds until the session ends if it stays idle, counted from its last use as
+    /// stored (what a load without sliding leaves in place).
+    pub fn expires_in_unslid(&self, record: &SessionRecord) -> i64 {
+        let now = now_secs();
+        (record.expires_at.min(record.last_seen + self.idle) - now).max(0)
     }
 
     /// Ends a session. Returns the removed record, if it was there.

@@ -12,6 +12,7 @@ mod exhaustion;
 mod frontends;
 mod hardening;
 mod header_hygiene;
+mod landing;
 mod login_abuse;
 mod login_flow;
 mod ops;
