@@ -80,9 +80,35 @@ impl OidcError {
 }
 
 impl From<reqwest::Error> for OidcError {
+    /// Names the URL (without its query: tokens go in bodies and headers, but keep it
+    /// short) and the whole cause ("tcp connect error: Connection refused"), so an
+    /// operator sees which endpoint failed and why.
     fn from(e: reqwest::Error) -> Self {
-        // The URL may carry nothing secret (tokens go in bodies and headers), but keep it short.
-        Self::Unavailable(e.without_url().to_string())
+        let url = e.url().map(|u| {
+            let mut u = u.clone();
+            u.set_query(None);
+            u.set_fragment(None);
+            u
+        });
+        let timeout = e.is_timeout();
+        let e = e.without_url();
+        let mut text = match &url {
+            Some(u) => format!("{u}: {e}"),
+            None => e.to_string(),
+        };
+        let mut cause = std::error::Error::source(&e);
+        while let Some(c) = cause {
+            let part = c.to_string();
+            if !text.contains(&part) {
+                text.push_str(": ");
+                text.push_str(&part);
+            }
+            cause = c.source();
+        }
+        if timeout && !text.contains("timed out") {
+            text.push_str(" (timed out: see oidc.http_timeout)");
+        }
+        Self::Unavailable(text)
     }
 }
 

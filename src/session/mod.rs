@@ -127,7 +127,13 @@ impl Sessions {
                     },
                 )
                 .await
-                .map_err(|e| format!("session.sqlite_path: {e}"))?,
+                .map_err(|e| {
+                    format!(
+                        "session.sqlite_path: {e}: the folder must exist or be creatable and be \
+                         writable by this user; set session.sqlite_path to such a place (a relative \
+                         path written in the config file is relative to the file's folder)"
+                    )
+                })?,
             ),
             StoreKind::Redis => {
                 let url = config

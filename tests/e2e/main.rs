@@ -15,6 +15,7 @@ mod header_hygiene;
 mod landing;
 mod login_abuse;
 mod login_flow;
+mod operator_errors;
 mod ops;
 #[cfg(feature = "otel")]
 mod otel;
