@@ -62,6 +62,12 @@
 //                                             provider session of the account to every client
 //                                             (or just X) that has a backchannel_logout_uri.
 //                                             Answers 200 {"sent": n, "failed": m, "errors": [...]}.
+//   GET  /test/frontchannel-logout-page?sub=alice&uri=U
+//                                             the page an OP shows at logout under OpenID
+//                                             Front-Channel Logout 1.0 §3 (oidc-provider v9 has
+//                                             no front-channel logout): one <iframe> per provider
+//                                             session of the account and client that has it,
+//                                             src = U?iss=<issuer>&sid=<that client's sid>.
 //   GET  /test/issued?sub=alice | ?client_id=X  the opaque values of the access tokens, refresh
 //                                             tokens, authorization codes and client-credentials
 //                                             tokens issued so far (last 1000), for tests that
@@ -674,6 +680,26 @@ provider.use(async (ctx, next) => {
     grantsByAccount.delete(sub);
     console.error(`[provider] test: revoked ${ids.length} grant(s) of ${sub}`);
     ctx.body = { revoked: ids.length };
+    return;
+  }
+  if (p === '/test/frontchannel-logout-page' && ctx.method === 'GET') {
+    const { sub, uri } = ctx.query;
+    if (!sub || !uri) {
+      ctx.status = 400;
+      ctx.body = { error: 'invalid_request', error_description: 'sub and uri are required' };
+      return;
+    }
+    const frames = [];
+    for (const session of sessionsById.values()) {
+      if (session.accountId !== sub) continue;
+      for (const cid of Object.keys(session.authorizations ?? {})) {
+        const src = `${uri}?${new URLSearchParams({ iss: issuer, sid: session.sidFor(cid) })}`;
+        frames.push(`<iframe class="rp-logout" src="${esc(src)}"></iframe>`);
+      }
+    }
+    noStore(ctx);
+    ctx.type = 'html';
+    ctx.body = page('Signed out', `<p id="frontchannel" data-frames="${frames.length}">Signing you out of ${frames.length} application(s)…</p>\n${frames.join('\n')}`);
     return;
   }
   if (p === '/test/backchannel-logout' && ctx.method === 'POST') {

@@ -8,6 +8,7 @@
 //! for that login (see [`login()`]). No endpoint here ever returns a token.
 
 mod backchannel;
+mod frontchannel;
 mod login;
 mod login_error;
 mod user;
@@ -19,6 +20,7 @@ use axum::http::HeaderMap;
 use axum::routing::{get, post};
 
 pub use backchannel::backchannel_logout;
+pub use frontchannel::frontchannel_logout;
 pub use login::{callback, login};
 pub use user::{logout, logout_post, user};
 
@@ -49,6 +51,10 @@ pub fn router(state: AppState, prefixes: &[&str]) -> Router<AppState> {
             .route(
                 &format!("{p}/bff/backchannel-logout"),
                 post(backchannel_logout),
+            )
+            .route(
+                &format!("{p}/bff/frontchannel-logout"),
+                get(frontchannel_logout),
             );
     }
     router

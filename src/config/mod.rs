@@ -238,6 +238,12 @@ pub struct OidcConfig {
     /// always get the JSON error.
     #[serde(default)]
     pub login_error_path: Option<String>,
+    /// OIDC Front-Channel Logout 1.0: serve `{prefix}/bff/frontchannel-logout`, which
+    /// the provider loads in an iframe with `iss` and `sid` to end that login's
+    /// sessions (register it with `frontchannel_logout_session_required`). Default
+    /// `false`: the endpoint answers 404.
+    #[serde(default)]
+    pub frontchannel_logout: bool,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]

@@ -115,6 +115,7 @@ pub fn check_csrf_header(headers: &HeaderMap) -> Result<(), ApiError> {
 /// no referrer (codes and state must not leak).
 pub async fn bff_headers(request: Request, next: Next) -> Response {
     let mut response = next.run(request).await;
+    let framable = response.extensions().get::<Framable>().is_some();
     let h = response.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
@@ -122,9 +123,22 @@ pub async fn bff_headers(request: Request, next: Next) -> Response {
         header::REFERRER_POLICY,
         HeaderValue::from_static("no-referrer"),
     );
-    frame_and_sniff(h);
+    if framable {
+        h.insert(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
+    } else {
+        frame_and_sniff(h);
+    }
     response
 }
+
+/// Put on a `/bff` answer that may be framed (the front-channel logout page, which the
+/// provider loads in an iframe): it carries its own `Content-Security-Policy:
+/// frame-ancestors`, and [`bff_headers`] then adds no `X-Frame-Options: DENY`.
+#[derive(Debug, Clone, Copy)]
+pub struct Framable;
 
 /// Headers on everything Portcullis serves itself: never framed, never sniffed.
 pub fn frame_and_sniff(h: &mut HeaderMap) {

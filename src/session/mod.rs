@@ -41,6 +41,8 @@ pub enum EndReason {
     TooManySessions,
     /// The provider ended the login (OIDC Back-Channel Logout).
     BackchannelLogout,
+    /// The provider ended the login (OIDC Front-Channel Logout).
+    FrontchannelLogout,
     /// The access token expired and there is no refresh token.
     AccessExpired,
     IdleTimeout,
@@ -58,6 +60,7 @@ impl EndReason {
             Self::Revoked => "revoked",
             Self::GrantRevoked => "invalid_grant",
             Self::BackchannelLogout => "backchannel_logout",
+            Self::FrontchannelLogout => "frontchannel_logout",
             Self::TooManySessions => "max_per_user",
             Self::AccessExpired => "access_token_expired",
             Self::IdleTimeout => "idle_timeout",

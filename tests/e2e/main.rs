@@ -9,6 +9,7 @@ mod callback_attacks;
 mod cli;
 mod dpop;
 mod exhaustion;
+mod frontchannel;
 mod frontends;
 mod hardening;
 mod header_hygiene;
