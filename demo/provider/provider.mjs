@@ -13,9 +13,8 @@
 //   issuerPath        default "": a path for the computed issuer, e.g. "/tenant1" (issuer =
 //                     http://<host>:<port>/tenant1); the provider's endpoints live under it, and
 //                     its RFC 8414 metadata is also served at the path-inserted URL of RFC 8414
-//                     §3.1 (/.well-known/oauth-authorization-server/tenant1). Logins through the
-//                     interaction pages are not supported with a path (discovery, JWKS and the
-//                     token endpoint are)
+//                     §3.1 (/.well-known/oauth-authorization-server/tenant1). The interaction
+//                     (login) pages live under it too
 //   clients           array of oidc-provider client metadata, passed through unchanged, except that
 //                     a client without grant_types gets
 //                     ["authorization_code","refresh_token","client_credentials"]
@@ -43,6 +42,11 @@
 //   omitFromRfc8414   default []: the same for the RFC 8414 document only
 //   users             optional override of the built-in accounts:
 //                     { "<login>": { "password": "...", "claims": { "name": ..., ... } } }
+//   entraTenants      optional, the shape of an Entra ID multi-tenant app: { "<sub>": "<tid>" or
+//                     { "tid": "<tid>", "iss": "<tid of the iss>" } }. Discovery then names the
+//                     template issuer (the issuer with its "/organizations/" or "/common/" segment
+//                     as "/{tenantid}/"; set issuerPath "/organizations/v2.0"), and every ID token
+//                     the token endpoint returns carries `tid` and that tenant's `iss`.
 //   keysFile          signing JWKS cache, default demo/provider/.keys.json (created on first start)
 //
 // Built-in accounts: alice/alice ("Alice Liddell", alice@example.com),
@@ -251,7 +255,7 @@ function loginPage(uid, { clientId, login = '', error = '' } = {}) {
   return page('Sign in', `
 <p>Test provider — signing in to <b>${esc(clientId)}</b>.</p>
 ${error ? `<p class="error" id="error">${esc(error)}</p>` : ''}
-<form id="login-form" method="post" action="/interaction/${esc(uid)}/login" autocomplete="off">
+<form id="login-form" method="post" action="${esc(issuerPath)}/interaction/${esc(uid)}/login" autocomplete="off">
   <label for="username">Username</label>
   <input id="username" name="login" type="text" value="${esc(login)}" autofocus required>
   <label for="password">Password</label>
@@ -368,7 +372,7 @@ const configuration = {
     return globalThis.fetch(url, options);
   },
   interactions: {
-    url: (_ctx, interaction) => `/interaction/${interaction.uid}`,
+    url: (_ctx, interaction) => `${issuerPath}/interaction/${interaction.uid}`,
     policy,
   },
   features: {
@@ -450,6 +454,9 @@ await new Promise((resolve, reject) => {
 const { port } = server.address();
 const issuerPath = (cfg.issuerPath ?? '').replace(/\/+$/, '');
 const issuer = (cfg.issuer ?? `http://${cfg.issuerHost ?? host}:${port}${issuerPath}`).replace(/\/+$/, '');
+
+const entraTenants = cfg.entraTenants ?? null;
+const entraTemplate = issuer.replace(/\/(organizations|common)(\/|$)/, '/{tenantid}$2');
 
 const provider = new Provider(issuer, configuration);
 impliedConsentPrompt(provider);
@@ -761,6 +768,21 @@ provider.use(async (ctx, next) => {
     const doc = typeof ctx.body === 'string' ? JSON.parse(ctx.body) : { ...ctx.body };
     for (const member of omit) delete doc[member];
     ctx.body = doc;
+  }
+  if (entraTenants && p === '/.well-known/openid-configuration' && ctx.status === 200) {
+    const doc = typeof ctx.body === 'string' ? JSON.parse(ctx.body) : { ...ctx.body };
+    ctx.body = { ...doc, issuer: entraTemplate };
+  }
+  if (entraTenants && p === '/token' && ctx.status === 200 && ctx.body?.id_token) {
+    const payload = decodeJwt(ctx.body.id_token);
+    const t = entraTenants[payload.sub];
+    if (t) {
+      const { tid, iss } = typeof t === 'string' ? { tid: t, iss: t } : t;
+      payload.tid = tid;
+      payload.iss = entraTemplate.replace('{tenantid}', iss ?? tid);
+      const { kid } = decodeProtectedHeader(ctx.body.id_token);
+      ctx.body = { ...ctx.body, id_token: await signWithProviderKey(payload, { kid }) };
+    }
   }
   if (p === '/token' && ctx.status === 200 && ctx.oidc?.params?.grant_type === 'refresh_token'
     && Object.keys(refreshIdTokenClaims).length && ctx.body?.id_token) {

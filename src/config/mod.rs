@@ -244,6 +244,14 @@ pub struct OidcConfig {
     /// `false`: the endpoint answers 404.
     #[serde(default)]
     pub frontchannel_logout: bool,
+    /// Entra ID multi-tenant apps: the tenant ids (`tid`) whose users may log in. Needed
+    /// when the provider's discovery names a template issuer
+    /// (`https://login.microsoftonline.com/{tenantid}/v2.0`, fetched from `issuer =
+    /// ".../organizations/v2.0"` or `.../common/v2.0`): each ID token's `iss` must then
+    /// be the template filled with the token's own `tid`, and that `tid` one of these.
+    /// Default: none (a template issuer is refused).
+    #[serde(default)]
+    pub allowed_tenants: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
@@ -1158,6 +1166,18 @@ fn validate_oidc(oidc: &OidcConfig, prefix: &str) -> Result<(), ConfigError> {
         return Err(invalid(
             &format!("{prefix}oidc.max_pending_logins"),
             "must be at least 1",
+        ));
+    }
+    if let Some(t) = oidc.allowed_tenants.iter().find(|t| {
+        t.is_empty()
+            || t.len() > 64
+            || !t
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    }) {
+        return Err(invalid(
+            &format!("{prefix}oidc.allowed_tenants"),
+            format!("{t:?} is not a tenant id (letters, digits, '-' and '.')"),
         ));
     }
     if let Some(path) = &oidc.login_error_path

@@ -123,6 +123,8 @@ struct ErrorBody {
 /// The OIDC client of one provider registration.
 pub struct Oidc {
     issuer: String,
+    /// `oidc.allowed_tenants` (Entra ID multi-tenant issuers).
+    tenants: Vec<String>,
     client_id: String,
     client_secret: Option<Secret>,
     client_key: Option<ClientKey>,
@@ -194,6 +196,7 @@ impl Oidc {
             dpop_nonce: dpop::NonceSlot::default(),
             algorithms,
             skew: config.clock_skew,
+            tenants: config.allowed_tenants.clone(),
             http: http.clone(),
             metadata: discovery::MetadataCache::new(
                 config.revocation_endpoint.as_ref().map(|u| u.to_string()),

@@ -8,6 +8,7 @@ mod backchannel;
 mod callback_attacks;
 mod cli;
 mod dpop;
+mod entra;
 mod exhaustion;
 mod frontchannel;
 mod frontends;
