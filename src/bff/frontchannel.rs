@@ -8,7 +8,8 @@
 //! every instance. It is the only provider-initiated logout Entra ID offers.
 //!
 //! Off unless `oidc.frontchannel_logout = true` (404). `iss` must be this frontend's
-//! issuer and both parameters are required (400 otherwise). The answer is a tiny page,
+//! issuer (with an Entra multi-tenant template issuer: an allowed tenant's) and both
+//! parameters are required (400 otherwise). The answer is a tiny page,
 //! `Cache-Control: no-store`, framable only by the provider's origin
 //! (`Content-Security-Policy: frame-ancestors <issuer origin>`, no `X-Frame-Options`).
 //! Who can call it: anyone who knows a session's `sid` — the same authority the
@@ -45,7 +46,7 @@ pub async fn frontchannel_logout(
     let (Some(iss), Some(sid)) = (query.iss.as_deref(), query.sid.as_deref()) else {
         return ApiError::invalid("iss and sid are required").into_response();
     };
-    if iss != fe.oidc.issuer() {
+    if !fe.oidc.is_own_issuer(iss).await {
         tracing::warn!(iss, "front-channel logout refused: another issuer");
         return ApiError::invalid("iss is not this client's issuer").into_response();
     }

@@ -209,6 +209,21 @@ impl Oidc {
         &self.issuer
     }
 
+    /// Is `iss` this client's issuer: the configured one, or with a multi-tenant
+    /// template issuer (Entra ID) the template filled with an allowed tenant?
+    pub async fn is_own_issuer(&self, iss: &str) -> bool {
+        if iss == self.issuer {
+            return true;
+        }
+        match self.metadata.get_or_fetch(&self.http, &self.issuer).await {
+            Ok(meta) if meta.issuer.contains(discovery::TENANT_PLACEHOLDER) => self
+                .tenants
+                .iter()
+                .any(|t| meta.issuer.replace(discovery::TENANT_PLACEHOLDER, t) == iss),
+            _ => false,
+        }
+    }
+
     pub fn client_id(&self) -> &str {
         &self.client_id
     }

@@ -15,7 +15,9 @@ async fn entra(allowed: &str) -> Env {
             // alice: tenant t1; bob: tid t1 but the iss of tenant t2 (a forgery).
             json!({ "alice": "t1", "bob": { "tid": "t1", "iss": "t2" } }),
         )
-        .oidc(&format!("allowed_tenants = {allowed}\n"))
+        .oidc(&format!(
+            "allowed_tenants = {allowed}\nfrontchannel_logout = true\n"
+        ))
         .start()
         .await
 }
