@@ -450,6 +450,12 @@ fn config_summary(config: &Config) -> String {
     )
 }
 
+/// A Unix time in seconds as RFC 3339, UTC (`2026-12-01T12:00:00Z`).
+fn rfc3339(secs: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs.max(0).unsigned_abs());
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
 async fn sessions(config: Config, cmd: SessionsCommand) -> Result<(), String> {
     if config.session.store == crate::config::StoreKind::Memory {
         return Err(
@@ -468,9 +474,9 @@ async fn sessions(config: Config, cmd: SessionsCommand) -> Result<(), String> {
                     "session": r.key.log_label(),
                     "sub": r.sub,
                     "sid": r.sid,
-                    "created_at": r.created_at,
-                    "last_seen": r.last_seen,
-                    "expires_at": r.expires_at,
+                    "created_at": rfc3339(r.created_at),
+                    "last_seen": rfc3339(r.last_seen),
+                    "expires_at": rfc3339(r.expires_at),
                 });
                 if !r.frontend.is_empty() {
                     line["frontend"] = r.frontend.clone().into();

@@ -183,8 +183,11 @@ impl ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// Logs the failure with its detail, at the level its fault deserves (what
+    /// `into_response` does; for answers that are not the JSON error, such as the
+    /// redirect of a failed login navigation).
+    pub fn log(&self) {
         match self.fault() {
             Fault::Client => tracing::info!(error = self.code(), detail = %self, "request refused"),
             Fault::Internal => {
@@ -192,6 +195,12 @@ impl IntoResponse for ApiError {
             }
             _ => tracing::warn!(error = self.code(), detail = %self, "request failed"),
         }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        self.log();
         let mut body = serde_json::json!({
             "error": self.code(),
             "error_description": self.description(),

@@ -86,13 +86,24 @@ impl Gateway {
         frontend: &Frontend,
         headers: &HeaderMap,
     ) -> Result<Option<(SessionId, Arc<SessionRecord>)>, ApiError> {
+        self.current_session_with(frontend, headers, true).await
+    }
+
+    /// [`Gateway::current_session`], without extending the session's idle timeout
+    /// when `slide` is false (see `Sessions::load_with`).
+    pub async fn current_session_with(
+        &self,
+        frontend: &Frontend,
+        headers: &HeaderMap,
+        slide: bool,
+    ) -> Result<Option<(SessionId, Arc<SessionRecord>)>, ApiError> {
         let Some(id) = cookie::find(headers, &frontend.cookie_name).and_then(SessionId::parse)
         else {
             return Ok(None);
         };
         Ok(self
             .sessions
-            .load(&id, &frontend.name)
+            .load_with(&id, &frontend.name, slide)
             .await?
             .map(|record| (id, record)))
     }

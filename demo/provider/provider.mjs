@@ -13,9 +13,8 @@
 //   issuerPath        default "": a path for the computed issuer, e.g. "/tenant1" (issuer =
 //                     http://<host>:<port>/tenant1); the provider's endpoints live under it, and
 //                     its RFC 8414 metadata is also served at the path-inserted URL of RFC 8414
-//                     §3.1 (/.well-known/oauth-authorization-server/tenant1). Logins through the
-//                     interaction pages are not supported with a path (discovery, JWKS and the
-//                     token endpoint are)
+//                     §3.1 (/.well-known/oauth-authorization-server/tenant1). The interaction
+//                     (login) pages live under it too
 //   clients           array of oidc-provider client metadata, passed through unchanged, except that
 //                     a client without grant_types gets
 //                     ["authorization_code","refresh_token","client_credentials"]
@@ -46,6 +45,11 @@
 //                     { "<login>": { "password": "...", "claims": { "name": ..., ... } } }
 //   stepUp            absent = off. {"acrValues": [...], "defaultAcr": "..."}: ACR values, acr in
 //                     ID and access tokens, auth_time always, real step-up (see stepup.mjs)
+//   entraTenants      optional, the shape of an Entra ID multi-tenant app: { "<sub>": "<tid>" or
+//                     { "tid": "<tid>", "iss": "<tid of the iss>" } }. Discovery then names the
+//                     template issuer (the issuer with its "/organizations/" or "/common/" segment
+//                     as "/{tenantid}/"; set issuerPath "/organizations/v2.0"), and every ID token
+//                     the token endpoint returns carries `tid` and that tenant's `iss`.
 //   keysFile          signing JWKS cache, default demo/provider/.keys.json (created on first start)
 //
 // Built-in accounts: alice/alice ("Alice Liddell", alice@example.com),
@@ -65,6 +69,12 @@
 //                                             provider session of the account to every client
 //                                             (or just X) that has a backchannel_logout_uri.
 //                                             Answers 200 {"sent": n, "failed": m, "errors": [...]}.
+//   GET  /test/frontchannel-logout-page?sub=alice&uri=U
+//                                             the page an OP shows at logout under OpenID
+//                                             Front-Channel Logout 1.0 §3 (oidc-provider v9 has
+//                                             no front-channel logout): one <iframe> per provider
+//                                             session of the account and client that has it,
+//                                             src = U?iss=<issuer>&sid=<that client's sid>.
 //   GET  /test/issued?sub=alice | ?client_id=X  the opaque values of the access tokens, refresh
 //                                             tokens, authorization codes and client-credentials
 //                                             tokens issued so far (last 1000), for tests that
@@ -297,7 +307,7 @@ function loginPage(uid, { clientId, login = '', error = '' } = {}) {
   return page('Sign in', `
 <p>Test provider — signing in to <b>${esc(clientId)}</b>.</p>
 ${error ? `<p class="error" id="error">${esc(error)}</p>` : ''}
-<form id="login-form" method="post" action="/interaction/${esc(uid)}/login" autocomplete="off">
+<form id="login-form" method="post" action="${esc(issuerPath)}/interaction/${esc(uid)}/login" autocomplete="off">
   <label for="username">Username</label>
   <input id="username" name="login" type="text" value="${esc(login)}" autofocus required>
   <label for="password">Password</label>
@@ -418,7 +428,7 @@ const configuration = {
     return globalThis.fetch(url, options);
   },
   interactions: {
-    url: (_ctx, interaction) => `/interaction/${interaction.uid}`,
+    url: (_ctx, interaction) => `${issuerPath}/interaction/${interaction.uid}`,
     policy,
   },
   features: {
@@ -502,6 +512,9 @@ const issuerPath = (cfg.issuerPath ?? '').replace(/\/+$/, '');
 const issuer = (cfg.issuer ?? `http://${cfg.issuerHost ?? host}:${port}${issuerPath}`).replace(/\/+$/, '');
 
 stepUp.configure(configuration);
+const entraTenants = cfg.entraTenants ?? null;
+const entraTemplate = issuer.replace(/\/(organizations|common)(\/|$)/, '/{tenantid}$2');
+
 const provider = new Provider(issuer, configuration);
 impliedConsentPrompt(provider);
 // API resources and token exchange (see resources.mjs).
@@ -758,6 +771,26 @@ provider.use(async (ctx, next) => {
     ctx.body = { revoked: ids.length };
     return;
   }
+  if (p === '/test/frontchannel-logout-page' && ctx.method === 'GET') {
+    const { sub, uri } = ctx.query;
+    if (!sub || !uri) {
+      ctx.status = 400;
+      ctx.body = { error: 'invalid_request', error_description: 'sub and uri are required' };
+      return;
+    }
+    const frames = [];
+    for (const session of sessionsById.values()) {
+      if (session.accountId !== sub) continue;
+      for (const cid of Object.keys(session.authorizations ?? {})) {
+        const src = `${uri}?${new URLSearchParams({ iss: issuer, sid: session.sidFor(cid) })}`;
+        frames.push(`<iframe class="rp-logout" src="${esc(src)}"></iframe>`);
+      }
+    }
+    noStore(ctx);
+    ctx.type = 'html';
+    ctx.body = page('Signed out', `<p id="frontchannel" data-frames="${frames.length}">Signing you out of ${frames.length} application(s)…</p>\n${frames.join('\n')}`);
+    return;
+  }
   if (p === '/test/backchannel-logout' && ctx.method === 'POST') {
     const sub = ctx.query.sub;
     const only = ctx.query.client_id;
@@ -838,6 +871,21 @@ provider.use(async (ctx, next) => {
     const doc = typeof ctx.body === 'string' ? JSON.parse(ctx.body) : { ...ctx.body };
     for (const member of omit) delete doc[member];
     ctx.body = doc;
+  }
+  if (entraTenants && p === '/.well-known/openid-configuration' && ctx.status === 200) {
+    const doc = typeof ctx.body === 'string' ? JSON.parse(ctx.body) : { ...ctx.body };
+    ctx.body = { ...doc, issuer: entraTemplate };
+  }
+  if (entraTenants && p === '/token' && ctx.status === 200 && ctx.body?.id_token) {
+    const payload = decodeJwt(ctx.body.id_token);
+    const t = entraTenants[payload.sub];
+    if (t) {
+      const { tid, iss } = typeof t === 'string' ? { tid: t, iss: t } : t;
+      payload.tid = tid;
+      payload.iss = entraTemplate.replace('{tenantid}', iss ?? tid);
+      const { kid } = decodeProtectedHeader(ctx.body.id_token);
+      ctx.body = { ...ctx.body, id_token: await signWithProviderKey(payload, { kid }) };
+    }
   }
   if (p === '/token' && ctx.status === 200 && ctx.oidc?.params?.grant_type === 'refresh_token'
     && Object.keys(refreshIdTokenClaims).length && ctx.body?.id_token) {

@@ -4,6 +4,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use super::login_error::LoginFailure;
 use crate::error::ApiError;
 use crate::gateway::AppState;
 use crate::gateway::Current;
@@ -242,53 +243,84 @@ pub struct CallbackQuery {
     error_description: Option<String>,
 }
 
-/// `GET /bff/callback`: finishes a login. Any failure is a 400 and makes no session.
+/// `GET /bff/callback`: finishes a login. Any failure makes no session; it answers
+/// the JSON error (400 for the login itself), or for a browser navigation a page of
+/// the SPA with `?bff_error=CODE` (see [`login_error`](super::login_error)).
 pub async fn callback(
     State(state): State<AppState>,
     Current(fe): Current,
     Query(query): Query<CallbackQuery>,
     headers: HeaderMap,
-) -> Result<Response, ApiError> {
+) -> Response {
+    let navigation = crate::security::is_navigation(&headers);
+    match finish_login(&state, &fe, &query, &headers).await {
+        Ok(response) => response,
+        Err(failure) => failure.into_answer(&fe, navigation),
+    }
+}
+
+async fn finish_login(
+    state: &AppState,
+    fe: &std::sync::Arc<crate::frontend::Frontend>,
+    query: &CallbackQuery,
+    headers: &HeaderMap,
+) -> Result<Response, LoginFailure> {
     let gw = &state.gw;
+    let expired = || {
+        LoginFailure::new(
+            "login_expired",
+            ApiError::invalid("unknown, used or expired login state"),
+        )
+    };
     let login_state = query
         .state
         .as_deref()
         .filter(|s| !s.is_empty())
-        .ok_or(ApiError::invalid("state is missing"))?;
+        .ok_or_else(|| LoginFailure::new("login_expired", ApiError::invalid("state is missing")))?;
     let pending = gw
         .sessions
         .store()
         .take_pending(&SessionKey::hash(login_state.as_bytes()), now_secs())
-        .await?
-        .ok_or(ApiError::invalid("unknown, used or expired login state"))?;
+        .await
+        .map_err(ApiError::from)?
+        .ok_or_else(expired)?;
     if pending.frontend != fe.name {
         tracing::warn!("a login started by one frontend came back to another; refused");
-        return Err(ApiError::invalid("unknown, used or expired login state"));
+        return Err(expired());
     }
+    let back = pending.return_url.as_str();
     // Any of the browser's bindings: each tab's login has its own.
-    let binding_ok = bindings(cookie::find(&headers, &fe.login_cookie))
+    let binding_ok = bindings(cookie::find(headers, &fe.login_cookie))
         .iter()
         .fold(false, |ok, b| {
             constant_time_eq(hash_b64(b).as_bytes(), pending.binding.as_bytes()) | ok
         });
     if !binding_ok {
-        return Err(ApiError::invalid(
-            "the login was not started in this browser",
-        ));
+        return Err(LoginFailure::new(
+            "login_other_browser",
+            ApiError::invalid("the login was not started in this browser"),
+        )
+        .of(back));
     }
+    let fail = |e: ApiError| LoginFailure::from(e).of(back);
 
-    let meta = fe.oidc.metadata().await.map_err(provider_down)?;
+    let meta = fe
+        .oidc
+        .metadata()
+        .await
+        .map_err(provider_down)
+        .map_err(fail)?;
     // RFC 9207 / RFC 9700 §4.4: the response must come from the issuer we sent the user to.
     match query.iss.as_deref() {
         Some(iss) if iss != fe.oidc.issuer() => {
-            return Err(ApiError::invalid(
+            return Err(fail(ApiError::invalid(
                 "iss does not match the issuer (possible mix-up attack)",
-            ));
+            )));
         }
         None if meta.authorization_response_iss_parameter_supported => {
-            return Err(ApiError::invalid(
+            return Err(fail(ApiError::invalid(
                 "iss is missing from the authorization response",
-            ));
+            )));
         }
         _ => {}
     }
@@ -309,19 +341,27 @@ pub async fn callback(
             error_description = query.error_description.as_deref().unwrap_or_default(),
             "the provider refused the login"
         );
-        return Err(ApiError::InvalidRequest(format!(
-            "the provider refused the login: {error}"
-        )));
+        let mut refused = LoginFailure::new(
+            "login_refused",
+            ApiError::InvalidRequest(format!("the provider refused the login: {error}")),
+        )
+        .of(back);
+        refused.provider_error = Some(error.clone());
+        return Err(refused);
     }
     let code = query
         .code
         .as_deref()
         .filter(|c| !c.is_empty())
-        .ok_or(ApiError::invalid("code is missing"))?;
+        .ok_or_else(|| fail(ApiError::invalid("code is missing")))?;
 
     // DPoP: the session's key is made now, before the exchange binds the tokens to it.
     let dpop = if fe.oidc.dpop_enabled() {
-        Some(crate::oidc::DpopKey::generate().map_err(ApiError::Internal)?)
+        Some(
+            crate::oidc::DpopKey::generate()
+                .map_err(ApiError::Internal)
+                .map_err(fail)?,
+        )
     } else {
         None
     };
@@ -329,16 +369,18 @@ pub async fn callback(
         .oidc
         .exchange_code(code, &pending.pkce_verifier, dpop.as_ref())
         .await
-        .map_err(login_failed)?;
+        .map_err(login_failed)
+        .map_err(fail)?;
     let id_token = response
         .id_token
         .as_deref()
-        .ok_or(ApiError::invalid("the provider sent no ID token"))?;
+        .ok_or_else(|| fail(ApiError::invalid("the provider sent no ID token")))?;
     let id = fe
         .oidc
         .validate_id_token(id_token, &pending.nonce)
         .await
-        .map_err(login_failed)?;
+        .map_err(login_failed)
+        .map_err(fail)?;
 
     check_step_up(&pending, &id.all)?;
     let mut claims = user_claims(id.all);
@@ -347,15 +389,19 @@ pub async fn callback(
             .oidc
             .userinfo(&response.access_token, &id.sub, dpop.as_ref())
             .await
-            .map_err(login_failed)?;
+            .map_err(login_failed)
+            .map_err(fail)?;
         for (k, v) in info {
             claims.entry(k).or_insert(v);
         }
     }
 
     // A new id at every login; the session this browser had before ends.
-    if let Some((_, old)) = gw.current_session(&fe, &headers).await? {
-        gw.sessions.end(&old.key, EndReason::Replaced).await?;
+    if let Some((_, old)) = gw.current_session(fe, headers).await.map_err(fail)? {
+        gw.sessions
+            .end(&old.key, EndReason::Replaced)
+            .await
+            .map_err(|e| fail(e.into()))?;
     }
     let now = now_secs();
     let tokens = Tokens {
@@ -382,7 +428,8 @@ pub async fn callback(
                 .filter(|s| *s > 0)
                 .map(|s| now + s),
         })
-        .await?;
+        .await
+        .map_err(|e| fail(e.into()))?;
     record.audited(crate::telemetry::audit_login);
 
     let session_cookie =

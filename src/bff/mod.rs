@@ -8,7 +8,9 @@
 //! for that login (see [`login()`]). No endpoint here ever returns a token.
 
 mod backchannel;
+mod frontchannel;
 mod login;
+mod login_error;
 mod user;
 
 use axum::Router;
@@ -18,6 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 pub use backchannel::backchannel_logout;
+pub use frontchannel::frontchannel_logout;
 pub use login::{callback, login};
 pub use user::{logout, logout_post, user};
 
@@ -46,6 +49,10 @@ pub fn router(state: AppState, prefixes: &[&str]) -> Router<AppState> {
             .route(
                 &format!("{p}/bff/backchannel-logout"),
                 post(backchannel_logout),
+            )
+            .route(
+                &format!("{p}/bff/frontchannel-logout"),
+                get(frontchannel_logout),
             );
     }
     router

@@ -18,9 +18,13 @@ pub struct UserQuery {
     /// `unauthenticated` — for an SPA's first look, which a browser would otherwise
     /// log as a failed request on every visit by someone not logged in.
     anonymous: Option<String>,
+    slide: Option<String>,
 }
 
 /// `GET /bff/user` (with `X-CSRF: 1`): the user's claims, never a token.
+/// `?slide=false` answers without extending the session's idle timeout (for SPAs
+/// that poll: an unattended tab then still times out); `bff:session_expires_in`
+/// then counts from the session's last real use.
 pub async fn user(
     State(state): State<AppState>,
     Current(fe): Current,
@@ -28,8 +32,13 @@ pub async fn user(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     crate::security::check_csrf_header(&headers)?;
+    let slide = match query.slide.as_deref() {
+        None | Some("true" | "1") => true,
+        Some("false" | "0") => false,
+        Some(_) => return Err(ApiError::invalid("slide must be true or false")),
+    };
     let gw = &state.gw;
-    let Some((_, record)) = gw.current_session(&fe, &headers).await? else {
+    let Some((_, record)) = gw.current_session_with(&fe, &headers, slide).await? else {
         return match query.anonymous.as_deref() {
             Some("null") => Ok(axum::Json(Value::Null).into_response()),
             _ => Err(ApiError::Unauthenticated),
@@ -43,10 +52,12 @@ pub async fn user(
         form_urlencoded::byte_serialize(sid.as_bytes()).collect::<String>()
     );
     claims.insert("sid".into(), Value::String(sid));
-    claims.insert(
-        "bff:session_expires_in".into(),
-        gw.sessions.expires_in(&record).into(),
-    );
+    let expires_in = if slide {
+        gw.sessions.expires_in(&record)
+    } else {
+        gw.sessions.expires_in_unslid(&record)
+    };
+    claims.insert("bff:session_expires_in".into(), expires_in.into());
     claims.insert("bff:logout_url".into(), Value::String(logout_url));
     Ok(axum::Json(claims).into_response())
 }

@@ -292,6 +292,16 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
             ));
         }
         validate_oidc(&f.oidc, &prefix)?;
+        if let Some(path) = &f.oidc.login_error_path
+            && !path
+                .strip_prefix(f.prefix())
+                .is_some_and(|rest| rest.starts_with('/'))
+        {
+            return Err(invalid(
+                &format!("{prefix}oidc.login_error_path"),
+                format!("must be under the frontend's path_prefix {:?}", f.prefix()),
+            ));
+        }
         validate_routes(&f.routes, f.oidc.dpop, &prefix)?;
         validate_route_access(&f.routes, &f.oidc.login_params, &prefix)?;
         for (r, route) in f.routes.iter().enumerate() {

@@ -248,6 +248,27 @@ pub struct OidcConfig {
     /// to make room (see `session::PendingCaps`).
     #[serde(default = "default_max_pending")]
     pub max_pending_logins: usize,
+    /// The SPA page a failed login lands on when its callback is a browser
+    /// navigation: a local path of the frontend (under its `path_prefix`), to which
+    /// `?bff_error=CODE` is added (see `bff::login_error`). Default: the login's
+    /// `returnUrl`, or the frontend's root when the login is not known. XHR callers
+    /// always get the JSON error.
+    #[serde(default)]
+    pub login_error_path: Option<String>,
+    /// OIDC Front-Channel Logout 1.0: serve `{prefix}/bff/frontchannel-logout`, which
+    /// the provider loads in an iframe with `iss` and `sid` to end that login's
+    /// sessions (register it with `frontchannel_logout_session_required`). Default
+    /// `false`: the endpoint answers 404.
+    #[serde(default)]
+    pub frontchannel_logout: bool,
+    /// Entra ID multi-tenant apps: the tenant ids (`tid`) whose users may log in. Needed
+    /// when the provider's discovery names a template issuer
+    /// (`https://login.microsoftonline.com/{tenantid}/v2.0`, fetched from `issuer =
+    /// ".../organizations/v2.0"` or `.../common/v2.0`): each ID token's `iss` must then
+    /// be the template filled with the token's own `tid`, and that `tid` one of these.
+    /// Default: none (a template issuer is refused).
+    #[serde(default)]
+    pub allowed_tenants: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
@@ -728,7 +749,7 @@ impl Config {
                 format!("file {} not found", path.display()),
             ));
         }
-        Self::from_figment(Figment::from(Toml::file_exact(path)), env)
+        Self::from_figment(Figment::from(Toml::file_exact(path)), env, Some(path))
     }
 
     /// Parses a TOML text (tests and examples), with overrides from `env`.
@@ -736,12 +757,27 @@ impl Config {
         text: &str,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
-        Self::from_figment(Figment::from(Toml::string(text)), env)
+        Self::from_figment(Figment::from(Toml::string(text)), env, None)
     }
 
+    /// Loads and validates; every error names its key as `routes[0].prefix` and says
+    /// where the value came from (the file, or which environment variable).
     fn from_figment(
+        figment: Figment,
+        env: impl IntoIterator<Item = (String, String)>,
+        file: Option<&Path>,
+    ) -> Result<Self, ConfigError> {
+        let mut sources = Sources {
+            file: file.map(Path::to_owned),
+            env: Vec::new(),
+        };
+        Self::load_tree(figment, env, &mut sources).map_err(|e| sources.annotate(e))
+    }
+
+    fn load_tree(
         mut figment: Figment,
         env: impl IntoIterator<Item = (String, String)>,
+        sources: &mut Sources,
     ) -> Result<Self, ConfigError> {
         let mut frontend_env = Vec::new();
         for (name, raw) in env {
@@ -754,7 +790,7 @@ impl Config {
                 continue;
             };
             if section.eq_ignore_ascii_case("frontends") {
-                frontend_env.push((rest.to_ascii_lowercase(), raw));
+                frontend_env.push((rest.to_ascii_lowercase(), raw, name));
                 continue;
             }
             if !SECTIONS.contains(&section.to_ascii_lowercase().as_str()) {
@@ -762,13 +798,23 @@ impl Config {
             }
             let key = rest.to_ascii_lowercase().replace("__", ".");
             figment = figment.merge(Serialized::default(&key, env_value(&key, &raw)));
+            sources.env.push((key, name));
         }
-        let tree: Value = figment.extract().map_err(parse_error)?;
+        let tree: Value = figment.extract().map_err(|e| sources.parse_error(e))?;
+        sources.add_frontend_env(&tree, &frontend_env);
+        let written = tree.clone();
+        let frontend_env: Vec<(String, String)> =
+            frontend_env.into_iter().map(|(k, v, _)| (k, v)).collect();
         let tree = frontends::resolve(tree, &frontend_env)?;
         let mut config: Config = Figment::from(Serialized::defaults(tree))
             .extract()
-            .map_err(parse_error)?;
+            .map_err(|e| sources.parse_error(e))?;
         config.settle_frontends()?;
+        if let Some(dir) = sources.file.as_deref().and_then(Path::parent) {
+            config.resolve_paths(dir, |key| {
+                find(&written, key).is_some() && sources.env_var(key).is_none()
+            });
+        }
         for frontend in &mut config.frontends {
             let prefix = frontend.key_prefix();
             read_secret_file(&mut frontend.oidc, &prefix)?;
@@ -828,6 +874,55 @@ impl Config {
             frontend.index = Some(i);
         }
         Ok(())
+    }
+
+    /// Makes the relative paths written in the config file relative to its folder
+    /// (`written(key)`: the key is set in the file, not by default or the environment,
+    /// whose relative paths stay relative to the working directory).
+    fn resolve_paths(&mut self, dir: &Path, written: impl Fn(&str) -> bool) {
+        let fix = |path: &mut PathBuf, key: &str| {
+            if path.is_relative() && !path.as_os_str().is_empty() && written(key) {
+                *path = dir.join(&*path);
+            }
+        };
+        let server = &mut self.server;
+        if let Some(tls) = &mut server.tls {
+            fix(&mut tls.cert, "server.tls.cert");
+            fix(&mut tls.key, "server.tls.key");
+        }
+        for (path, key) in [
+            (&mut server.upstream_ca_file, "server.upstream_ca_file"),
+            (
+                &mut server.upstream_client_cert,
+                "server.upstream_client_cert",
+            ),
+            (
+                &mut server.upstream_client_key,
+                "server.upstream_client_key",
+            ),
+        ] {
+            if let Some(p) = path {
+                fix(p, key);
+            }
+        }
+        fix(&mut self.session.sqlite_path, "session.sqlite_path");
+        for f in &mut self.frontends {
+            let prefix = match f.index {
+                None => String::new(),
+                Some(i) => format!("frontends.{i}."),
+            };
+            for (path, key) in [
+                (&mut f.oidc.client_secret_file, "oidc.client_secret_file"),
+                (&mut f.oidc.private_key_file, "oidc.private_key_file"),
+            ] {
+                if let Some(p) = path {
+                    fix(p, &format!("{prefix}{key}"));
+                }
+            }
+            if let Some(s) = &mut f.static_files {
+                fix(&mut s.dir, &format!("{prefix}static.dir"));
+            }
+        }
     }
 
     /// The first frontend (the only one of a single-frontend config).
@@ -1185,6 +1280,31 @@ fn validate_oidc(oidc: &OidcConfig, prefix: &str) -> Result<(), ConfigError> {
             "must be at least 1",
         ));
     }
+    if let Some(t) = oidc.allowed_tenants.iter().find(|t| {
+        t.is_empty()
+            || t.len() > 64
+            || !t
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    }) {
+        return Err(invalid(
+            &format!("{prefix}oidc.allowed_tenants"),
+            format!("{t:?} is not a tenant id (letters, digits, '-' and '.')"),
+        ));
+    }
+    if let Some(path) = &oidc.login_error_path
+        && (!path.starts_with('/')
+            || path.starts_with("//")
+            || path.len() > 512
+            || !path
+                .bytes()
+                .all(|b| (0x21..=0x7e).contains(&b) && b != b'\\' && b != b'#'))
+    {
+        return Err(invalid(
+            &format!("{prefix}oidc.login_error_path"),
+            "must be a local path starting with a single '/' (no backslash, fragment or spaces)",
+        ));
+    }
 
     Ok(())
 }
@@ -1380,14 +1500,154 @@ fn read_secret_file(oidc: &mut OidcConfig, prefix: &str) -> Result<(), ConfigErr
     Ok(())
 }
 
-/// figment names keys with its profile ("default.session.keys"); ours have none.
-fn parse_error(e: figment::Error) -> ConfigError {
-    let text = e
-        .into_iter()
-        .map(|e| e.to_string())
-        .collect::<Vec<_>>()
-        .join("; ");
-    ConfigError::Parse(text.replace("key \"default.", "key \""))
+/// Where a config's values came from: the file, and which keys environment
+/// variables set (dotted, lowercase, array indices as numbers: `frontends.0.oidc.x`).
+struct Sources {
+    file: Option<PathBuf>,
+    env: Vec<(String, String)>,
+}
+
+impl Sources {
+    /// The environment variable that set `key` (dotted) or a table above it.
+    fn env_var(&self, key: &str) -> Option<&str> {
+        self.env
+            .iter()
+            .find(|(k, _)| {
+                key == k
+                    || key
+                        .strip_prefix(k.as_str())
+                        .is_some_and(|r| r.starts_with('.'))
+            })
+            .map(|(_, var)| var.as_str())
+    }
+
+    /// `PORTCULLIS_FRONTENDS__<NAME>__…` overrides, by the index of the frontend named.
+    fn add_frontend_env(&mut self, tree: &Value, env: &[(String, String, String)]) {
+        let Some(Value::Array(_, frontends)) = find(tree, "frontends") else {
+            return;
+        };
+        for (key, _, var) in env {
+            let mut parts = key.split("__").skip(1);
+            let Some(name) = parts.next() else { continue };
+            let rest: Vec<&str> = parts.collect();
+            let index = frontends.iter().position(|f| {
+                find(f, "name")
+                    .and_then(|n| n.as_str().map(|n| n.replace('-', "_") == name))
+                    .unwrap_or(false)
+            });
+            if let Some(i) = index {
+                self.env
+                    .push((format!("frontends.{i}.{}", rest.join(".")), var.clone()));
+            }
+        }
+    }
+
+    /// " (from PORTCULLIS_X)" or " (in FILE)" for `key` (as errors name it).
+    fn origin_of(&self, key: &str) -> String {
+        if let Some(var) = self.env_var(&dotted(key)) {
+            return format!(" (from the environment variable {var})");
+        }
+        match &self.file {
+            Some(file) => format!(" (in {})", file.display()),
+            None => String::new(),
+        }
+    }
+
+    fn annotate(&self, e: ConfigError) -> ConfigError {
+        match e {
+            ConfigError::Invalid { key, problem } if !key.starts_with('-') => {
+                let origin = self.origin_of(&key);
+                ConfigError::Invalid {
+                    problem: format!("{problem}{origin}"),
+                    key,
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// A serde/figment error as `key: problem (origin)`: the key as `routes[0].x`, no
+    /// source location of ours, no library type names.
+    fn parse_error(&self, e: figment::Error) -> ConfigError {
+        use figment::error::Kind;
+        let text = e
+            .into_iter()
+            .map(|e| {
+                let mut path = e.path.clone();
+                let problem = match &e.kind {
+                    Kind::Message(m) => m.clone(),
+                    Kind::InvalidType(actual, expected) | Kind::InvalidValue(actual, expected) => {
+                        format!("found {actual}, expected {expected}")
+                    }
+                    Kind::InvalidLength(n, expected) => {
+                        format!("has {n} items, expected {expected}")
+                    }
+                    Kind::UnknownVariant(v, expected) => {
+                        format!("{v:?} is not one of {}", expected.join(", "))
+                    }
+                    Kind::UnknownField(field, expected) => {
+                        if path.last() != Some(field) {
+                            path.push(field.clone());
+                        }
+                        format!("is not a key here (known keys: {})", expected.join(", "))
+                    }
+                    Kind::MissingField(field) => {
+                        if path.last().map(String::as_str) != Some(field.as_ref()) {
+                            path.push(field.to_string());
+                        }
+                        "is required".to_owned()
+                    }
+                    Kind::DuplicateField(field) => {
+                        path.push((*field).to_owned());
+                        "is set twice".to_owned()
+                    }
+                    other => other.to_string(),
+                };
+                if path.is_empty() {
+                    let file = self
+                        .file
+                        .as_ref()
+                        .map(|f| format!("{}: ", f.display()))
+                        .unwrap_or_default();
+                    return format!("{file}{problem}");
+                }
+                let key = key_name(&path);
+                format!("{key}: {problem}{}", self.origin_of(&key))
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        ConfigError::Parse(text)
+    }
+}
+
+/// `["routes", "0", "prefix"]` → `routes[0].prefix`, the one style errors use.
+fn key_name(path: &[String]) -> String {
+    let mut out = String::new();
+    for part in path {
+        if part.bytes().all(|b| b.is_ascii_digit()) && !part.is_empty() {
+            out.push_str(&format!("[{part}]"));
+        } else {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(part);
+        }
+    }
+    out
+}
+
+/// `routes[0].prefix` → `routes.0.prefix` (how [`Sources`] records keys).
+fn dotted(key: &str) -> String {
+    key.replace(']', "").replace('[', ".")
+}
+
+/// The value at a dotted path of the raw tree (`routes.0.prefix`).
+fn find<'a>(tree: &'a Value, dotted: &str) -> Option<&'a Value> {
+    dotted.split('.').try_fold(tree, |v, part| match v {
+        Value::Dict(_, d) => d.get(part),
+        Value::Array(_, a) => a.get(part.parse::<usize>().ok()?),
+        _ => None,
+    })
 }
 
 /// An environment override's value for `key` (dotted, lowercase).

@@ -873,7 +873,7 @@ fn a_missing_file_is_named() {
 // ---- the example configs in the repository -----------------------------------------
 
 /// Every example config in the repository loads and validates, with relative paths
-/// (`static.dir`) resolved from the crate root, where tests run.
+/// (`static.dir`) resolved from the file's folder.
 #[test]
 fn every_example_config_in_the_repo_loads() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -1114,12 +1114,7 @@ fn fields_of(section: &str) -> Vec<String> {
         let text =
             frontends_toml("").replacen("name = \"admin\"", "name = \"admin\"\nzzz_probe = 1", 1);
         let e = Config::from_toml(&text, []).unwrap_err().to_string();
-        let expected = e.split_once("expected").unwrap().1;
-        return expected
-            .split('`')
-            .filter(|w| !w.is_empty() && w.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
-            .map(str::to_owned)
-            .collect();
+        return known_keys(&e);
     }
     let probe = match section {
         "routes" => {
@@ -1128,19 +1123,21 @@ fn fields_of(section: &str) -> Vec<String> {
         s => Toml::minimal().set(s, "zzz_probe", "1"),
     };
     let e = probe.unparsable(&["zzz_probe"]);
-    let expected = e.split_once("expected").unwrap().1;
-    expected
-        .split('`')
-        .filter(|w| is_key_name(w))
-        .map(str::to_owned)
-        .collect()
+    known_keys(&e)
 }
 
-/// A config key as serde names it: a lowercase letter, then lowercase, digits or `_`.
-fn is_key_name(w: &str) -> bool {
-    w.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
-        && w.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+/// The keys listed by an unknown-key error ("… (known keys: a, b, c)").
+fn known_keys(error: &str) -> Vec<String> {
+    let list = error
+        .split_once("known keys: ")
+        .unwrap_or_else(|| panic!("no list of known keys in {error:?}"))
+        .1;
+    list.split(')')
+        .next()
+        .unwrap()
+        .split(", ")
+        .map(str::to_owned)
+        .collect()
 }
 
 #[test]
@@ -1548,4 +1545,31 @@ max_age = "5m""#)
     two("max_age = \"5m\"")
         .set("oidc", "login_params", "[\"prompt\"]")
         .refused_for("routes[1].max_age");
+}
+
+// ---- oidc.login_error_path ---------------------------------------------------------
+
+#[test]
+fn login_error_path_is_a_local_path() {
+    let base = Toml::minimal();
+    let ok = base
+        .clone()
+        .set("oidc", "login_error_path", "\"/oops?x=1\"")
+        .valid();
+    assert_eq!(
+        ok.frontend().oidc.login_error_path.as_deref(),
+        Some("/oops?x=1")
+    );
+    for bad in [
+        "\"https://evil.example/\"",
+        "\"//evil.example\"",
+        "\"/\\\\evil\"",
+        "\"oops\"",
+        "\"/a#b\"",
+        "\"/a b\"",
+    ] {
+        base.clone()
+            .set("oidc", "login_error_path", bad)
+            .refused_for("oidc.login_error_path");
+    }
 }

@@ -122,7 +122,7 @@ fn is_endpoint_url(value: &str) -> bool {
 impl ProviderMetadata {
     fn check(&self, issuer: &str) -> Result<(), OidcError> {
         // OIDC Discovery §4.3: the issuer in the document must be identical to the one asked.
-        if self.issuer != issuer {
+        if self.issuer != issuer && !is_tenant_template_of(&self.issuer, issuer) {
             return Err(OidcError::InvalidResponse(format!(
                 "discovery names issuer {:?}, configured is {:?}",
                 self.issuer, issuer
@@ -149,6 +149,24 @@ impl ProviderMetadata {
         }
         Ok(())
     }
+}
+
+/// The placeholder of a multi-tenant issuer (Entra ID).
+pub const TENANT_PLACEHOLDER: &str = "{tenantid}";
+
+/// Is `template` (`https://login.microsoftonline.com/{tenantid}/v2.0`) the issuer
+/// template of the configured `issuer` (`…/organizations/v2.0`, `…/common/v2.0`): the
+/// same URL with one path segment in place of the placeholder? Entra's multi-tenant
+/// discovery documents name such a template; ID tokens then carry their tenant's
+/// issuer (checked against their `tid`, see `tokens::check_tenant`).
+pub fn is_tenant_template_of(template: &str, issuer: &str) -> bool {
+    let Some((before, after)) = template.split_once(TENANT_PLACEHOLDER) else {
+        return false;
+    };
+    issuer
+        .strip_prefix(before)
+        .and_then(|rest| rest.strip_suffix(after))
+        .is_some_and(|segment| !segment.is_empty() && !segment.contains(['/', '{', '}']))
 }
 
 /// Metadata fetched once and kept; a failed fetch is retried on the next use.

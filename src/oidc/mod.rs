@@ -80,9 +80,35 @@ impl OidcError {
 }
 
 impl From<reqwest::Error> for OidcError {
+    /// Names the URL (without its query: tokens go in bodies and headers, but keep it
+    /// short) and the whole cause ("tcp connect error: Connection refused"), so an
+    /// operator sees which endpoint failed and why.
     fn from(e: reqwest::Error) -> Self {
-        // The URL may carry nothing secret (tokens go in bodies and headers), but keep it short.
-        Self::Unavailable(e.without_url().to_string())
+        let url = e.url().map(|u| {
+            let mut u = u.clone();
+            u.set_query(None);
+            u.set_fragment(None);
+            u
+        });
+        let timeout = e.is_timeout();
+        let e = e.without_url();
+        let mut text = match &url {
+            Some(u) => format!("{u}: {e}"),
+            None => e.to_string(),
+        };
+        let mut cause = std::error::Error::source(&e);
+        while let Some(c) = cause {
+            let part = c.to_string();
+            if !text.contains(&part) {
+                text.push_str(": ");
+                text.push_str(&part);
+            }
+            cause = c.source();
+        }
+        if timeout && !text.contains("timed out") {
+            text.push_str(" (timed out: see oidc.http_timeout)");
+        }
+        Self::Unavailable(text)
     }
 }
 
@@ -102,6 +128,8 @@ pub const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_tok
 /// The OIDC client of one provider registration.
 pub struct Oidc {
     issuer: String,
+    /// `oidc.allowed_tenants` (Entra ID multi-tenant issuers).
+    tenants: Vec<String>,
     client_id: String,
     client_secret: Option<Secret>,
     client_key: Option<ClientKey>,
@@ -184,6 +212,7 @@ impl Oidc {
             dpop_nonce: dpop::NonceSlot::default(),
             algorithms,
             skew: config.clock_skew,
+            tenants: config.allowed_tenants.clone(),
             http: http.clone(),
             metadata: discovery::MetadataCache::new(
                 config.revocation_endpoint.as_ref().map(|u| u.to_string()),
@@ -207,6 +236,21 @@ impl Oidc {
 
     pub fn issuer(&self) -> &str {
         &self.issuer
+    }
+
+    /// Is `iss` this client's issuer: the configured one, or with a multi-tenant
+    /// template issuer (Entra ID) the template filled with an allowed tenant?
+    pub async fn is_own_issuer(&self, iss: &str) -> bool {
+        if iss == self.issuer {
+            return true;
+        }
+        match self.metadata.get_or_fetch(&self.http, &self.issuer).await {
+            Ok(meta) if meta.issuer.contains(discovery::TENANT_PLACEHOLDER) => self
+                .tenants
+                .iter()
+                .any(|t| meta.issuer.replace(discovery::TENANT_PLACEHOLDER, t) == iss),
+            _ => false,
+        }
     }
 
     pub fn client_id(&self) -> &str {

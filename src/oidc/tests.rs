@@ -383,3 +383,54 @@ fn logout_hint_modes() {
     }));
     assert!(config.is_err(), "an unknown logout_hint is refused");
 }
+
+#[test]
+fn a_multi_tenant_issuer_is_checked_against_each_tokens_tid() {
+    use super::discovery::is_tenant_template_of;
+    use super::tokens::check_tenant;
+    let template = "https://login.microsoftonline.com/{tenantid}/v2.0";
+    for configured in [
+        "organizations",
+        "common",
+        "9188040d-6c67-4c5b-b112-36a304b66dad",
+    ] {
+        assert!(is_tenant_template_of(
+            template,
+            &format!("https://login.microsoftonline.com/{configured}/v2.0")
+        ));
+    }
+    for other in [
+        "https://login.microsoftonline.com/v2.0",
+        "https://login.microsoftonline.com/a/b/v2.0",
+        "https://evil.example/organizations/v2.0",
+        "https://login.microsoftonline.com/organizations/v2.0/x",
+    ] {
+        assert!(!is_tenant_template_of(template, other), "{other}");
+    }
+    assert!(!is_tenant_template_of(
+        "https://idp.example",
+        "https://idp.example"
+    ));
+
+    let claims = |iss: &str, tid: Option<&str>| {
+        let mut c = serde_json::Map::new();
+        c.insert("iss".into(), json!(iss));
+        if let Some(t) = tid {
+            c.insert("tid".into(), json!(t));
+        }
+        c
+    };
+    let allowed = vec!["t1".to_owned(), "t2".to_owned()];
+    let t1 = "https://login.microsoftonline.com/t1/v2.0";
+    assert!(check_tenant(&claims(t1, Some("t1")), template, &allowed).is_ok());
+    // Another tenant's iss with this tid, or the reverse: refused.
+    let e = check_tenant(&claims(t1, Some("t2")), template, &allowed).unwrap_err();
+    assert!(e.contains("is not the issuer of its tenant"), "{e}");
+    // A tenant not on the list, a token without tid, no list at all.
+    let t3 = "https://login.microsoftonline.com/t3/v2.0";
+    let e = check_tenant(&claims(t3, Some("t3")), template, &allowed).unwrap_err();
+    assert!(e.contains("not in oidc.allowed_tenants"), "{e}");
+    assert!(check_tenant(&claims(t1, None), template, &allowed).is_err());
+    let e = check_tenant(&claims(t1, Some("t1")), template, &[]).unwrap_err();
+    assert!(e.contains("set oidc.allowed_tenants"), "{e}");
+}

@@ -88,12 +88,57 @@ async fn verified_claims(
         .keys_for(&meta.jwks_uri, header.kid.as_deref(), header.alg)
         .await?;
     let mut validation = Validation::new(header.alg);
-    validation.set_issuer(&[&oidc.issuer]);
+    // A multi-tenant template issuer: `iss` is checked against the token's `tid` below.
+    let template = meta
+        .issuer
+        .contains(super::discovery::TENANT_PLACEHOLDER)
+        .then_some(meta.issuer.as_str());
+    if template.is_none() {
+        validation.set_issuer(&[&oidc.issuer]);
+    }
     validation.set_audience(&[&oidc.client_id]);
     validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
     validation.leeway = oidc.skew.as_secs();
     validation.validate_nbf = true;
-    super::decode_with_any(id_token, &keys, &validation).map_err(invalid)
+    let claims = super::decode_with_any(id_token, &keys, &validation).map_err(&invalid)?;
+    if let Some(template) = template {
+        check_tenant(&claims, template, &oidc.tenants).map_err(invalid)?;
+    }
+    Ok(claims)
+}
+
+/// Entra ID multi-tenant: the token's `tid` is an allowed tenant and its `iss` is the
+/// issuer template filled with that `tid` — so a token of one tenant can't pass for
+/// another's, and a tenant not on `oidc.allowed_tenants` can't log in.
+pub(super) fn check_tenant(
+    claims: &Map<String, Value>,
+    template: &str,
+    allowed: &[String],
+) -> Result<(), String> {
+    if allowed.is_empty() {
+        return Err(format!(
+            "the provider's issuer is a multi-tenant template ({template}): \
+             set oidc.allowed_tenants to the tenants whose users may log in"
+        ));
+    }
+    let tid = claims
+        .get("tid")
+        .and_then(Value::as_str)
+        .ok_or("no tid claim, needed with a multi-tenant issuer")?;
+    if !allowed.iter().any(|t| t == tid) {
+        return Err(format!("tenant {tid:?} is not in oidc.allowed_tenants"));
+    }
+    let expected = template.replace(super::discovery::TENANT_PLACEHOLDER, tid);
+    let iss = claims
+        .get("iss")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if iss != expected {
+        return Err(format!(
+            "iss {iss:?} is not the issuer of its tenant {tid:?} ({expected:?})"
+        ));
+    }
+    Ok(())
 }
 
 pub(super) async fn validate_id_token(

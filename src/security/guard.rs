@@ -38,6 +38,9 @@ pub struct GuardConfig {
     pub hsts: bool,
     pub max_bff_body: u64,
     pub max_head: usize,
+    /// `host:port` of the public origin when navigations on another loopback host
+    /// name are sent there (`server::guard`'s wrong-host redirect).
+    pub canonical_host: Option<String>,
 }
 
 impl GuardConfig {
@@ -53,6 +56,7 @@ impl GuardConfig {
             hsts: config.server.public_origin.scheme() == "https",
             max_bff_body: config.security.max_bff_body_bytes,
             max_head: config.security.max_header_bytes,
+            canonical_host: canonical_host(config),
         }
     }
 
@@ -65,6 +69,28 @@ impl GuardConfig {
         let text = o.to_str().ok()?;
         self.allowed_origins.iter().any(|a| a == text).then_some(o)
     }
+}
+
+/// The public origin's `host:port`, when the wrong-host redirect applies: the public
+/// origin is a loopback one and on the port `server.listen` binds, so the browser
+/// talks to this process directly. Behind a proxy (another port, another host) the
+/// `Host` a request carries may be the proxy's idea, and redirecting would loop.
+fn canonical_host(config: &crate::config::Config) -> Option<String> {
+    let origin = &config.server.public_origin;
+    let port = origin.port_or_known_default()?;
+    let host = origin.host_str()?;
+    (is_loopback_name(host) && port == config.server.listen.port())
+        .then(|| format!("{host}:{port}"))
+}
+
+/// `localhost`, `*.localhost`, or a loopback address (IPv6 in brackets or not).
+pub fn is_loopback_name(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host.to_ascii_lowercase().ends_with(".localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Layers 3 and 4: `Sec-Fetch-Site` and `Origin`.

@@ -38,6 +38,22 @@ pub fn is_trusted_proxy(trusted: &[ipnet::IpNet], peer: Option<std::net::IpAddr>
     peer.is_some_and(|ip| trusted.iter().any(|net| net.contains(&ip)))
 }
 
+/// Is this request a browser's top-level navigation (the user sees the answer as a
+/// page), rather than a `fetch`/XHR call (the SPA reads it as data)?
+/// `Sec-Fetch-Mode: navigate` says so; a browser that sends another `Sec-Fetch-Mode`
+/// is not navigating; without the header (old browsers, some proxies strip it) an
+/// `Accept` that asks for `text/html` decides. Only ever used to pick the *form* of
+/// an answer (a page of the SPA or the JSON error), never to allow anything.
+pub fn is_navigation(headers: &HeaderMap) -> bool {
+    match headers.get("sec-fetch-mode") {
+        Some(mode) => mode.as_bytes() == b"navigate",
+        None => headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|a| a.contains("text/html")),
+    }
+}
+
 /// Accepts `returnUrl` only when it is a path on this origin.
 ///
 /// Refused: anything that does not start with a single `/` (absolute URLs, schemes,
@@ -102,6 +118,7 @@ pub fn check_csrf_header(headers: &HeaderMap) -> Result<(), ApiError> {
 /// no referrer (codes and state must not leak).
 pub async fn bff_headers(request: Request, next: Next) -> Response {
     let mut response = next.run(request).await;
+    let framable = response.extensions().get::<Framable>().is_some();
     let h = response.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
@@ -109,9 +126,22 @@ pub async fn bff_headers(request: Request, next: Next) -> Response {
         header::REFERRER_POLICY,
         HeaderValue::from_static("no-referrer"),
     );
-    frame_and_sniff(h);
+    if framable {
+        h.insert(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
+    } else {
+        frame_and_sniff(h);
+    }
     response
 }
+
+/// Put on a `/bff` answer that may be framed (the front-channel logout page, which the
+/// provider loads in an iframe): it carries its own `Content-Security-Policy:
+/// frame-ancestors`, and [`bff_headers`] then adds no `X-Frame-Options: DENY`.
+#[derive(Debug, Clone, Copy)]
+pub struct Framable;
 
 /// Headers on everything Portcullis serves itself: never framed, never sniffed.
 pub fn frame_and_sniff(h: &mut HeaderMap) {

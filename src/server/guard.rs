@@ -3,15 +3,16 @@
 //! framing) applied in front of every handler, to the request's [`Target`].
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, Method, header};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::error::ApiError;
+use crate::frontend::Frontend;
 use crate::gateway::{AppState, Target, TargetKind};
 use crate::security::guard::{
-    AmbiguousFraming, check_framing, check_request_origin, content_length, head_size, preflight,
-    with_cors,
+    AmbiguousFraming, GuardConfig, check_framing, check_request_origin, content_length, head_size,
+    is_loopback_name, preflight, with_cors,
 };
 use crate::telemetry::Endpoint;
 
@@ -69,8 +70,87 @@ pub async fn guard(State(state): State<AppState>, mut request: Request, next: Ne
     {
         return ApiError::invalid("the request body is too large").into_response();
     }
+    if let Some(f) = &target.frontend
+        && let Some(redirect) = other_host_redirect(config, f, target.kind, &request)
+    {
+        return with_cors(redirect, cross.as_ref(), config.hsts);
+    }
     let response = next.run(request).await;
     with_cors(response, cross.as_ref(), config.hsts)
+}
+
+/// A browser navigation that reached this gateway under another loopback name
+/// (`localhost` for a public origin of `127.0.0.1`, or `[::1]`) is sent to the
+/// public origin, same path and query, before a login starts: cookies are per host,
+/// so a login started on one name can't finish on the other (its callback comes back
+/// to the public origin, without the login's binding cookie).
+///
+/// Which requests: `GET`/`HEAD` navigations to `/bff/login` and to the SPA's pages,
+/// of a frontend without its own `host`. Never API routes (they are never redirected)
+/// nor other `/bff` endpoints. Which hosts: only loopback names on the public origin's
+/// port, and only when the public origin itself is such a loopback origin on the
+/// listening port (see `security::guard::canonical_host`); anything else is left alone.
+/// The target is the configured origin and the request's own path: never an open
+/// redirect.
+fn other_host_redirect(
+    config: &GuardConfig,
+    frontend: &Frontend,
+    kind: TargetKind,
+    request: &Request,
+) -> Option<Response> {
+    let canonical = config.canonical_host.as_deref()?;
+    if frontend.host.is_some()
+        || !matches!(*request.method(), Method::GET | Method::HEAD)
+        || !crate::security::is_navigation(request.headers())
+    {
+        return None;
+    }
+    match kind {
+        TargetKind::Bff(Endpoint::Login) | TargetKind::Static | TargetKind::Other => {}
+        TargetKind::Bff(_) | TargetKind::Api(_) | TargetKind::Health => return None,
+    }
+    let host = request
+        .uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| request.headers().get(header::HOST)?.to_str().ok())?;
+    let authority: axum::http::uri::Authority = host.parse().ok()?;
+    let port = authority
+        .port_u16()
+        .unwrap_or(match frontend.origin.scheme() {
+            "https" => 443,
+            _ => 80,
+        });
+    let same = authority
+        .host()
+        .eq_ignore_ascii_case(frontend.origin.host_str()?)
+        || format!("{}:{port}", authority.host()).eq_ignore_ascii_case(canonical);
+    if same
+        || !is_loopback_name(authority.host())
+        || Some(port) != frontend.origin.port_or_known_default()
+    {
+        return None;
+    }
+    let target = format!(
+        "{}{}",
+        frontend.origin_text,
+        request.uri().path_and_query().map_or("/", |p| p.as_str())
+    );
+    tracing::info!(
+        host = authority.host(),
+        "a navigation on another host name than the public origin's: redirected there"
+    );
+    let location = HeaderValue::try_from(target).ok()?;
+    Some(
+        (
+            StatusCode::TEMPORARY_REDIRECT,
+            [
+                (header::LOCATION, location),
+                (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+            ],
+        )
+            .into_response(),
+    )
 }
 
 /// Is this request one the CSRF layers protect?

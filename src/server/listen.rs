@@ -215,7 +215,9 @@ fn bind_unserved(addr: SocketAddr, key: &str) -> Result<std::net::TcpListener, S
         match probe.bind(&addr.into()) {
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
                 return Err(format!(
-                    "{key} {addr}: address already in use (another process serves it)"
+                    "{key} {addr}: address already in use (another process serves it): \
+                     stop that process (`ss -ltnp 'sport = :{port}'` names it) or set another {key}",
+                    port = addr.port()
                 ));
             }
             Err(e) => return Err(format!("{key} {addr}: {e}")),

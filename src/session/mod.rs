@@ -42,6 +42,8 @@ pub enum EndReason {
     TooManySessions,
     /// The provider ended the login (OIDC Back-Channel Logout).
     BackchannelLogout,
+    /// The provider ended the login (OIDC Front-Channel Logout).
+    FrontchannelLogout,
     /// The access token expired and there is no refresh token.
     AccessExpired,
     IdleTimeout,
@@ -59,6 +61,7 @@ impl EndReason {
             Self::Revoked => "revoked",
             Self::GrantRevoked => "invalid_grant",
             Self::BackchannelLogout => "backchannel_logout",
+            Self::FrontchannelLogout => "frontchannel_logout",
             Self::TooManySessions => "max_per_user",
             Self::AccessExpired => "access_token_expired",
             Self::IdleTimeout => "idle_timeout",
@@ -131,7 +134,13 @@ impl Sessions {
                     },
                 )
                 .await
-                .map_err(|e| format!("session.sqlite_path: {e}"))?,
+                .map_err(|e| {
+                    format!(
+                        "session.sqlite_path: {e}: the folder must exist or be creatable and be \
+                         writable by this user; set session.sqlite_path to such a place (a relative \
+                         path written in the config file is relative to the file's folder)"
+                    )
+                })?,
             ),
             StoreKind::Redis => {
                 let url = config
@@ -216,6 +225,18 @@ impl Sessions {
         id: &SessionId,
         frontend: &str,
     ) -> Result<Option<Arc<SessionRecord>>, StoreError> {
+        self.load_with(id, frontend, true).await
+    }
+
+    /// [`Sessions::load`], with `slide = false` leaving the idle clock alone: a
+    /// request that only looks at the session (an SPA polling `/bff/user?slide=false`)
+    /// doesn't keep an unattended session alive.
+    pub async fn load_with(
+        &self,
+        id: &SessionId,
+        frontend: &str,
+        slide: bool,
+    ) -> Result<Option<Arc<SessionRecord>>, StoreError> {
         let key = id.key();
         let Some(record) = self.store.get(&key).await? else {
             return Ok(None);
@@ -235,7 +256,7 @@ impl Sessions {
             self.streams.end(&key, streams::Ended::Here(reason));
             return Ok(None);
         }
-        if now - record.last_seen >= self.touch_after {
+        if slide && now - record.last_seen >= self.touch_after {
             self.store.touch(&key, now).await?;
         }
         Ok(Some(record))
@@ -255,6 +276,13 @@ impl Sessions {
     pub fn expires_in(&self, record: &SessionRecord) -> i64 {
         let now = now_secs();
         (record.expires_at.min(now + self.idle) - now).max(0)
+    }
+
+    /// Seconds until the session ends if it stays idle, counted from its last use as
+    /// stored (what a load without sliding leaves in place).
+    pub fn expires_in_unslid(&self, record: &SessionRecord) -> i64 {
+        let now = now_secs();
+        (record.expires_at.min(record.last_seen + self.idle) - now).max(0)
     }
 
     /// Ends a session. Returns the removed record, if it was there.
