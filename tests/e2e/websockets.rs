@@ -1106,3 +1106,86 @@ async fn at_shutdown_open_sockets_get_going_away() {
         "the process exits"
     );
 }
+
+/// A browser on an https origin: the WebSocket comes through Portcullis's own TLS
+/// listener (`[server.tls]`; the browser offers `http/1.1` by ALPN for it, as browsers do
+/// when the server doesn't offer WebSockets over HTTP/2), is relayed to the upstream, and
+/// the Origin rule holds there too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websockets_come_through_the_tls_listener() {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+
+    let up = WsUpstream::start(Mode::Echo).await;
+    let pki = crate::ops::TestPki::new();
+    let (cert, key, _) = pki.leaf("localhost");
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_owned()
+    };
+    let (cert, key) = (write("cert.pem", &cert), write("key.pem", &key));
+    let port = free_port();
+    let origin = format!("https://localhost:{port}");
+    let config = standalone_config(
+        port,
+        &origin,
+        &format!("[server.tls]\ncert = {cert:?}\nkey = {key:?}"),
+        &format!(
+            "[[routes]]\nprefix = \"/live\"\nupstream = \"{}\"\ntoken = \"none\"\nwebsocket = true\n",
+            up.url()
+        ),
+    );
+    let _gw = Gateway::start_tls(port, &config);
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(pki.ca_pem.as_bytes()).unwrap())
+        .unwrap();
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
+    let open = |origin: Option<String>| {
+        let connector = connector.clone();
+        async move {
+            let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+            let stream = connector
+                .connect(ServerName::try_from("localhost").unwrap(), tcp)
+                .await
+                .expect("TLS handshake with the listener");
+            let mut request = format!("wss://localhost:{port}/live/feed")
+                .into_client_request()
+                .unwrap();
+            if let Some(o) = origin {
+                request.headers_mut().insert("origin", o.parse().unwrap());
+            }
+            tokio_tungstenite::client_async(request, stream)
+                .await
+                .map(|(ws, _)| ws)
+                .map_err(|e| e.to_string())
+        }
+    };
+    let mut ws = open(Some(origin.clone()))
+        .await
+        .expect("wss through the listener");
+    for i in 0..3 {
+        let text = format!("over the listener's tls {i}");
+        ws.send(Message::text(text.clone())).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap(), Message::text(text));
+    }
+    ws.close(None).await.unwrap();
+    // No Origin, or a foreign one: refused before the upstream, over TLS as in plain.
+    let before = up.connections.load(Ordering::SeqCst);
+    for bad in [None, Some("https://evil.example".to_owned())] {
+        let e = open(bad.clone()).await.expect_err("refused");
+        assert!(e.contains("403"), "{bad:?}: {e}");
+    }
+    assert_eq!(up.connections.load(Ordering::SeqCst), before);
+}
