@@ -112,12 +112,12 @@ pub(super) fn validate(
             }
         }
         let session_only = |field: &str| {
-            if matches!(route.token, TokenKind::User) {
+            if matches!(route.token, TokenKind::User | TokenKind::Exchange) {
                 Ok(())
             } else {
                 Err(invalid(
                     &key(field),
-                    "applies to routes that require a session (token = \"user\")",
+                    "applies to routes that require a session (token = \"user\" or \"exchange\")",
                 ))
             }
         };

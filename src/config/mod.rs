@@ -553,18 +553,18 @@ pub struct RouteConfig {
     #[serde(default)]
     pub methods: Option<Vec<String>>,
     /// Requirements on the session's claims, all of which must hold, else 403
-    /// `forbidden` before the upstream is called (see [`ClaimRule`]). `token = "user"`
-    /// routes only. Default none.
+    /// `forbidden` before the upstream is called (see [`ClaimRule`]). `token = "user"` and
+    /// `"exchange"` routes only. Default none.
     #[serde(default)]
     pub require: Option<Vec<ClaimRule>>,
     /// Step-up: the session's `acr` must be one of these, else 401
-    /// `step_up_required` with a login URL asking for them. `token = "user"` routes
-    /// only. Default none.
+    /// `step_up_required` with a login URL asking for them. `token = "user"` and
+    /// `"exchange"` routes only. Default none.
     #[serde(default)]
     pub acr_values: Option<Vec<String>>,
     /// Step-up: the user must have authenticated at the provider (`auth_time`) at
     /// most this long ago, else 401 `step_up_required` (at least `60s`). `token =
-    /// "user"` routes only. Default none.
+    /// "user"`/`"exchange"` routes only. Default none.
     #[serde(default, with = "humantime_serde::option")]
     pub max_age: Option<Duration>,
 }

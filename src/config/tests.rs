@@ -1530,6 +1530,11 @@ max_age = "5m""#)
     two("require = [{ claim = \"g\", contain = \"a\" }]").unparsable(&["contain"]);
     two("require = [{ claim = \"g\", contains = \"a\" }]\ntoken = \"none\"")
         .refused_for("routes[1].require");
+    // An exchanged token is the session's too: its route may carry rules.
+    two(
+        "require = [{ claim = \"g\", contains = \"a\" }]\ntoken = \"exchange\"\naudience = \"api\"",
+    )
+    .valid();
     two("acr_values = [\"urn:gold\"]\ntoken = \"user_or_none\"")
         .refused_for("routes[1].acr_values");
     two("acr_values = []").refused_for("routes[1].acr_values");
