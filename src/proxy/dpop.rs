@@ -140,7 +140,10 @@ async fn bind(
     method: &Method,
     headers: &axum::http::HeaderMap,
 ) -> Result<Bound, ApiError> {
-    let tokens = match credential(gw, frontend, route, Some(method), headers).await? {
+    let csrf = super::Csrf::Header {
+        event_source: Some(method),
+    };
+    let tokens = match credential(gw, frontend, route, csrf, headers).await? {
         Credential::None => {
             return Ok(Bound::No {
                 token: None,
@@ -154,13 +157,13 @@ async fn bind(
             });
         }
         // Never on a DPoP route (config validation), but a Bearer route token if so.
-        Credential::RouteUser(value) => {
+        Credential::RouteUser(value, _) => {
             return Ok(Bound::No {
                 token: Some(value),
                 session: true,
             });
         }
-        Credential::User(tokens) => tokens,
+        Credential::User(tokens, _) => tokens,
     };
     if tokens.token_type.eq_ignore_ascii_case("dpop") {
         let key = crate::tokens::session_dpop_key(&frontend.oidc, &tokens).map_err(|e| {

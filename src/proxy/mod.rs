@@ -26,7 +26,7 @@ use crate::config::TokenKind;
 use crate::error::ApiError;
 use crate::frontend::Frontend;
 use crate::gateway::{AppState, Gateway};
-use crate::session::Tokens;
+use crate::session::{SessionKey, Tokens};
 use crate::upstream::{Route, UpstreamClient, UpstreamProtocol, rewrite};
 
 /// Phase: the runtime's client that speaks `route`'s upstream protocol.
@@ -72,37 +72,24 @@ async fn proxy_request(
         &state.gw,
         frontend,
         route,
-        Some(&parts.method),
+        Csrf::Header {
+            event_source: Some(&parts.method),
+        },
         &parts.headers,
     )
     .await?;
-    let session = credential.uses_session();
-    // The session's answer may stream: it ends with the session (see `stream_end`).
-    let session_id = if session {
-        session_id(&parts.headers, frontend)
-    } else {
-        None
-    };
+    let session = credential.session();
     let token = credential.into_header()?;
     prepare(&mut parts, frontend, route, token)?;
     let response = forward(state, route, Request::from_parts(parts, body)).await?;
-    let response = finish(response, frontend, route, session);
-    Ok(match session_id {
-        Some(id) if stream_end::may_run_long(response.headers()) => {
-            stream_end::bind(response, state.gw.sessions.streams(), id.key(), route.label)
+    let response = finish(response, frontend, route, session.is_some());
+    // The session's answer may stream: it ends with the session (see `stream_end`).
+    Ok(match session {
+        Some(key) if stream_end::may_run_long(response.headers()) => {
+            stream_end::bind(response, state.gw.sessions.streams(), key, route.label)
         }
         _ => response,
     })
-}
-
-/// The id of the session the request's cookie names (already loaded and checked by
-/// [`credential`]).
-fn session_id(
-    headers: &axum::http::HeaderMap,
-    frontend: &Frontend,
-) -> Option<crate::session::SessionId> {
-    crate::session::cookie::find(headers, &frontend.cookie_name)
-        .and_then(crate::session::SessionId::parse)
 }
 
 /// What a route sends upstream, before it becomes a header.
@@ -110,10 +97,24 @@ pub(crate) enum Credential {
     None,
     /// A ready `Authorization` value (the gateway's client-credentials token).
     Header(HeaderValue),
-    /// The session's tokens (the route uses the user's token).
-    User(Arc<Tokens>),
-    /// The route's own user token (per-route audience, token exchange), ready.
-    RouteUser(HeaderValue),
+    /// The session's tokens (the route uses the user's token), and the session's key.
+    User(Arc<Tokens>, SessionKey),
+    /// The route's own user token (per-route audience, token exchange), ready, and the
+    /// session's key.
+    RouteUser(HeaderValue, SessionKey),
+}
+
+/// How a request that uses the session proves it isn't cross-site.
+#[derive(Clone, Copy)]
+pub(crate) enum Csrf<'a> {
+    /// `X-CSRF: 1`; on an `event_source` route a same-origin `EventSource` with this
+    /// method may go without it (`security::event_source`).
+    Header {
+        event_source: Option<&'a axum::http::Method>,
+    },
+    /// Already proven by the caller: a WebSocket handshake's required `Origin`
+    /// (`websocket::check_origin`), which stands in for the header a WebSocket can't carry.
+    OriginChecked,
 }
 
 /// Phase: decide which token the request carries. Routes that use the session
@@ -125,36 +126,45 @@ pub async fn authorize(
     route: &Route,
     headers: &axum::http::HeaderMap,
 ) -> Result<Option<HeaderValue>, ApiError> {
-    credential(gw, frontend, route, None, headers)
-        .await?
-        .into_header()
+    credential(
+        gw,
+        frontend,
+        route,
+        Csrf::Header { event_source: None },
+        headers,
+    )
+    .await?
+    .into_header()
 }
 
 impl Credential {
-    /// Did the session's token go upstream? (Its answer is then the user's alone.)
-    pub(crate) fn uses_session(&self) -> bool {
-        matches!(self, Self::User(_) | Self::RouteUser(_))
+    /// The session whose token goes upstream, if one does (its answer is then the
+    /// user's alone, and ends with the session).
+    pub(crate) fn session(&self) -> Option<SessionKey> {
+        match self {
+            Self::User(_, key) | Self::RouteUser(_, key) => Some(*key),
+            Self::None | Self::Header(_) => None,
+        }
     }
 
     /// The `Authorization` value, a user token as `Bearer`.
     fn into_header(self) -> Result<Option<HeaderValue>, ApiError> {
         Ok(match self {
             Self::None => None,
-            Self::Header(value) | Self::RouteUser(value) => Some(value),
-            Self::User(tokens) => Some(bearer(&tokens.access_token)?),
+            Self::Header(value) | Self::RouteUser(value, _) => Some(value),
+            Self::User(tokens, _) => Some(bearer(&tokens.access_token)?),
         })
     }
 }
 
 /// The shared part of [`authorize`]: the credential, with the user's tokens left
 /// whole (DPoP routes bind them to a proof instead of sending them as Bearer).
-/// `method`: the request's, when a same-origin `EventSource` may go without `X-CSRF`
-/// on an `event_source` route (`security::event_source`).
+/// `csrf`: how a request that uses the session proves it isn't cross-site.
 pub(crate) async fn credential(
     gw: &Arc<Gateway>,
     frontend: &Frontend,
     route: &Route,
-    method: Option<&axum::http::Method>,
+    csrf: Csrf<'_>,
     headers: &axum::http::HeaderMap,
 ) -> Result<Credential, ApiError> {
     let client_token = || async {
@@ -177,25 +187,30 @@ pub(crate) async fn credential(
                     _ => Err(ApiError::Unauthenticated),
                 };
             };
-            let event_source = route.event_source
-                && method.is_some_and(|m| {
-                    crate::security::event_source::proves_same_origin(
-                        m,
+            match csrf {
+                Csrf::OriginChecked => {}
+                Csrf::Header {
+                    event_source: Some(method),
+                } if route.event_source
+                    && crate::security::event_source::proves_same_origin(
+                        method,
                         headers,
                         &frontend.origin_text,
-                    )
-                });
-            if !event_source {
-                crate::security::check_csrf_header(headers)?;
+                    ) => {}
+                Csrf::Header { .. } => crate::security::check_csrf_header(headers)?,
             }
             access::check_session(frontend, route, &record)?;
             if let Some(audience) = &route.user_token {
                 // This route's token only: another route's never reaches this upstream.
                 return Ok(Credential::RouteUser(
                     gw.tokens.route_token(gw, &record, audience).await?,
+                    record.key,
                 ));
             }
-            Ok(Credential::User(gw.tokens.user_tokens(gw, &record).await?))
+            Ok(Credential::User(
+                gw.tokens.user_tokens(gw, &record).await?,
+                record.key,
+            ))
         }
     }
 }

@@ -103,20 +103,24 @@ pub async fn proxy(
     }
     let client_upgrade = hyper::upgrade::on(&mut request);
     let (mut parts, _) = request.into_parts();
-    // The Origin check above stands in for the `X-CSRF` header a WebSocket can't carry.
-    parts
-        .headers
-        .insert("x-csrf", HeaderValue::from_static("1"));
-    let credential = super::credential(&state.gw, frontend, route, None, &parts.headers).await?;
-    parts.headers.remove("x-csrf");
-    let session = credential.uses_session();
-    let guard = match session.then(|| super::session_id(&parts.headers, frontend)) {
-        Some(Some(id)) => Some(
+    // The Origin check above stands in for the `X-CSRF` header a WebSocket can't carry
+    // (routes with `csrf = false` take no session, so there is nothing it protects).
+    let credential = super::credential(
+        &state.gw,
+        frontend,
+        route,
+        super::Csrf::OriginChecked,
+        &parts.headers,
+    )
+    .await?;
+    let session = credential.session();
+    let guard = match session {
+        Some(key) => Some(
             state
                 .gw
                 .sessions
                 .streams()
-                .open(id.key(), route.label, Some(policy.max_per_session))
+                .open(key, route.label, Some(policy.max_per_session))
                 .map_err(|_| {
                     tracing::info!(
                         route = route.label,
@@ -127,7 +131,7 @@ pub async fn proxy(
                     }
                 })?,
         ),
-        _ => None,
+        None => None,
     };
     let token = credential.into_header()?;
     let protocol = parts.headers.get(header::SEC_WEBSOCKET_PROTOCOL).cloned();
@@ -148,7 +152,7 @@ pub async fn proxy(
         super::forward(state, route, Request::from_parts(parts, Body::empty())).await?;
     if upstream.status() != StatusCode::SWITCHING_PROTOCOLS {
         // Refused: the upstream's answer is the browser's, as any other answer.
-        return Ok(super::finish(upstream, frontend, route, session));
+        return Ok(super::finish(upstream, frontend, route, session.is_some()));
     }
     let expected = derive_accept_key(key.as_bytes());
     let accept = upstream
