@@ -365,29 +365,7 @@ mod tests {
     use crate::config::TokenKind;
 
     fn route(prefix: &str, upstream: &str, strip: bool) -> Route {
-        let c = crate::config::RouteConfig {
-            prefix: prefix.into(),
-            upstream: url::Url::parse(upstream).unwrap(),
-            token: TokenKind::User,
-            strip_prefix: strip,
-            csrf: true,
-            scopes: None,
-            resource: None,
-            audience: None,
-            timeout: std::time::Duration::from_secs(1),
-            dpop: None,
-            html_sandbox: true,
-            websocket: false,
-            websocket_idle_timeout: std::time::Duration::from_secs(300),
-            max_websockets_per_session: 16,
-            event_source: false,
-            http2: true,
-            methods: None,
-            require: None,
-            acr_values: None,
-            max_age: None,
-        };
-        Route::from_config(&c).unwrap()
+        crate::upstream::routes::test_route(prefix, upstream, strip, TokenKind::User)
     }
 
     fn config() -> RewriteConfig {

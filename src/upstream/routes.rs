@@ -215,6 +215,26 @@ impl RouteTable {
     }
 }
 
+/// A route for unit tests: `prefix` to `upstream`, every other key at its default
+/// (serde's), so a new route key needs no edit here.
+#[cfg(test)]
+pub(crate) fn test_route(prefix: &str, upstream: &str, strip: bool, token: TokenKind) -> Route {
+    let token = match token {
+        TokenKind::User => "user",
+        TokenKind::None => "none",
+        other => panic!("test_route: token {other:?} not needed yet"),
+    };
+    let c: RouteConfig = serde_json::from_value(serde_json::json!({
+        "prefix": prefix,
+        "upstream": upstream,
+        "token": token,
+        "strip_prefix": strip,
+        "timeout": "1s",
+    }))
+    .expect("a test route");
+    Route::from_config(&c).expect("a test route")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
