@@ -26,6 +26,8 @@
 //! Prints a human summary and one line `RESULT {json}` per store.
 
 mod common;
+#[path = "../tests/support/redis_server.rs"]
+mod redis_server;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -56,7 +58,7 @@ fn main() {
         .unwrap();
     for store in stores.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let dir = tempfile::tempdir().unwrap();
-        let mut redis_server = None;
+        let mut own_redis = None;
         let idle = SessionConfig::default().idle_timeout.as_secs() as i64;
         let (kind, store_enum, path) = match store {
             "memory" => (StoreKind::Memory, Store::Memory(MemoryStore::new()), None),
@@ -69,11 +71,7 @@ fn main() {
             "redis" => {
                 let url = match std::env::var("STORE_SCALE_REDIS_URL") {
                     Ok(url) => url,
-                    Err(_) => {
-                        let (child, url) = start_redis();
-                        redis_server = Some(child);
-                        url
-                    }
+                    Err(_) => own_redis.insert(redis_server::RedisServer::start()).url(),
                 };
                 let opened = rt.block_on(RedisStore::open(&url, idle)).unwrap();
                 (StoreKind::Redis, Store::Redis(opened), None)
@@ -101,33 +99,8 @@ fn main() {
         }
         rt.block_on(scale(store, &sessions, &params, path.as_deref()));
         drop(sessions);
-        if let Some(mut child) = redis_server {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        drop(own_redis);
     }
-}
-
-/// A `redis-server` of our own on a free loopback port, persistence off.
-fn start_redis() -> (std::process::Child, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = std::process::Command::new("redis-server")
-        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-        .args(["--save", "", "--appendonly", "no"])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("redis-server (apt-get install redis-server, or set STORE_SCALE_REDIS_URL)");
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    (child, format!("redis://127.0.0.1:{port}/0"))
 }
 
 async fn scale(name: &str, sessions: &Arc<Sessions>, p: &Params, path: Option<&std::path::Path>) {

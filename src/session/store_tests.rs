@@ -616,47 +616,6 @@ async fn memory() -> (MemoryStore, ()) {
     (MemoryStore::new(), ())
 }
 
-/// A `redis-server` of this test's own, on a free port, stopped on drop.
-pub struct RedisServer {
-    child: std::process::Child,
-    pub port: u16,
-}
-
-impl RedisServer {
-    pub fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = std::process::Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no"])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server is required for the Redis store tests (./scripts/test.sh installs it)");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "redis-server did not start"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-        Self { child, port }
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 async fn redis() -> (RedisStore, RedisServer) {
     let server = RedisServer::start();
     let store = RedisStore::open(&server.url(), 1800).await.unwrap();
@@ -676,6 +635,12 @@ store_suite!(sqlite_store, sqlite());
 store_suite!(redis_store, redis());
 with_suite_names!(cluster_suite!(@all));
 
+// The Redis processes these tests start come from tests/support/, shared through
+// `#[path]` with the e2e harness (another crate): redis_server.rs is the one way the
+// tests start a `redis-server`, and redis_cluster.rs names it as `super::redis_server`.
+#[path = "../../tests/support/redis_server.rs"]
+mod redis_server;
+use redis_server::RedisServer;
 #[path = "../../tests/support/redis_cluster.rs"]
 mod redis_cluster;
 use redis_cluster::RedisCluster;
@@ -683,12 +648,10 @@ use redis_cluster::RedisCluster;
 #[tokio::test]
 async fn redis_down_is_unavailable_and_recovers() {
     let mut server = RedisServer::start();
-    let port = server.port;
     let store = RedisStore::open(&server.url(), 1800).await.unwrap();
     let r = record("alice", Some("s"), now_secs());
     store.insert(r.clone()).await.unwrap();
-    let _ = server.child.kill();
-    let _ = server.child.wait();
+    server.stop();
     let started = std::time::Instant::now();
     assert!(
         matches!(store.get(&r.key).await, Err(StoreError::Unavailable(_)))
@@ -700,21 +663,7 @@ async fn redis_down_is_unavailable_and_recovers() {
         "fails fast, doesn't hang"
     );
     // Same port again: the store reconnects by itself (the data is gone: --save "").
-    let child = std::process::Command::new("redis-server")
-        .args([
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    server.child = child;
+    server.restart();
     let mut ok = false;
     for _ in 0..50 {
         if store.ping().await.is_ok() {

@@ -119,21 +119,8 @@ async fn a_silent_login_without_a_provider_session_is_a_clean_not_logged_in() {
         .get(&env.url("/bff/login?prompt=none&returnUrl=%2Fhome"))
         .await;
     assert_eq!(r.status, 302);
-    let mut url = r.location();
     // Follow the provider until it comes back to the callback.
-    for _ in 0..5 {
-        let step = browser.get(&url).await;
-        assert!(
-            step.status.is_redirection(),
-            "{} {}",
-            step.status,
-            step.text()
-        );
-        url = resolve(&url, &step.location());
-        if url.contains("/bff/callback") {
-            break;
-        }
-    }
+    let url = browser.follow_to_callback(&r.location()).await;
     assert_eq!(query(&url)["error"], "login_required");
     let back = browser.get(&url).await;
     assert_eq!(back.status, 302, "{}", back.text());
@@ -149,14 +136,7 @@ async fn a_silent_login_without_a_provider_session_is_a_clean_not_logged_in() {
     let fresh = Browser::new();
     let _ = fresh; // (a different browser has no provider session)
     let r = browser.get(&env.url("/bff/login?prompt=none")).await;
-    let mut url = r.location();
-    for _ in 0..5 {
-        let step = browser.get(&url).await;
-        url = resolve(&url, &step.location());
-        if url.contains("/bff/callback") {
-            break;
-        }
-    }
+    let url = browser.follow_to_callback(&r.location()).await;
     assert!(query(&url).contains_key("code"), "{url}");
     assert_eq!(browser.get(&url).await.status, 302);
     assert_eq!(browser.user(&env).await.status, 200);

@@ -5,33 +5,6 @@ use serde_json::{Value, json};
 
 use crate::harness::*;
 
-const EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
-
-/// Logs out at the provider's own end-session page (not through Portcullis).
-async fn logout_at_provider(env: &Env, browser: &Browser) {
-    let page = browser.get(&env.provider.url("/session/end")).await;
-    assert_eq!(page.status, 200, "{}", page.text());
-    let html = page.text();
-    let xsrf = html
-        .split("name=\"xsrf\" value=\"")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .unwrap_or_else(|| panic!("no xsrf field in the end-session page: {html}"))
-        .to_owned();
-    let done = browser
-        .post_form(
-            &env.provider.url("/session/end/confirm"),
-            &[("xsrf", &xsrf), ("logout", "yes")],
-        )
-        .await;
-    assert!(
-        done.status.is_redirection(),
-        "{} {}",
-        done.status,
-        done.text()
-    );
-}
-
 #[tokio::test]
 async fn logging_out_at_the_provider_ends_that_login_only() {
     let env = Env::builder().start().await;
@@ -46,7 +19,7 @@ async fn logging_out_at_the_provider_ends_that_login_only() {
     assert_ne!(laptop_sid, phone.user(&env).await.json()["sid"]);
 
     // The provider awaits its back-channel call before it redirects.
-    logout_at_provider(&env, &laptop).await;
+    laptop.logout_at_provider(&env).await;
 
     laptop.user(&env).await.assert_error(401, "unauthenticated");
     assert_eq!(
@@ -55,26 +28,6 @@ async fn logging_out_at_the_provider_ends_that_login_only() {
         "the other login of the same user stays"
     );
     assert_eq!(bob.user(&env).await.status, 200);
-}
-
-/// Everything a valid logout token for `sid` (or `sub`) has.
-fn claims(env: &Env, sub: Option<&str>, sid: Option<&str>) -> Value {
-    let now = portcullis::primitives::now_secs();
-    let mut c = json!({
-        "iss": env.provider.issuer,
-        "aud": CLIENT_ID,
-        "iat": now,
-        "exp": now + 120,
-        "jti": portcullis::session::cipher::generate_key(),
-        "events": { EVENT: {} },
-    });
-    if let Some(sub) = sub {
-        c["sub"] = json!(sub);
-    }
-    if let Some(sid) = sid {
-        c["sid"] = json!(sid);
-    }
-    c
 }
 
 #[tokio::test]
@@ -89,7 +42,10 @@ async fn a_sub_only_token_ends_every_session_of_that_user() {
     bob.login(&env, "bob", "bob", "/").await;
 
     let r = env
-        .backchannel_logout(&signer.sign(&claims(&env, Some("alice"), None), Some("logout+jwt")))
+        .backchannel_logout(&signer.sign(
+            &logout_claims(&env.provider.issuer, Some("alice"), None),
+            Some("logout+jwt"),
+        ))
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.headers["cache-control"], "no-store");
@@ -112,7 +68,10 @@ async fn a_sid_token_signed_by_a_published_key_ends_that_session() {
         .to_owned();
     // No typ at all is accepted by default (some providers omit it).
     let r = env
-        .backchannel_logout(&signer.sign(&claims(&env, Some("alice"), Some(&sid)), None))
+        .backchannel_logout(&signer.sign(
+            &logout_claims(&env.provider.issuer, Some("alice"), Some(&sid)),
+            None,
+        ))
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
     a1.user(&env).await.assert_error(401, "unauthenticated");
@@ -130,7 +89,7 @@ async fn forged_and_broken_logout_tokens_are_refused() {
         .as_str()
         .unwrap()
         .to_owned();
-    let good = || claims(&env, Some("alice"), Some(&sid));
+    let good = || logout_claims(&env.provider.issuer, Some("alice"), Some(&sid));
     let with = |f: &dyn Fn(&mut Value)| {
         let mut c = good();
         f(&mut c);
@@ -173,7 +132,7 @@ async fn forged_and_broken_logout_tokens_are_refused() {
         ),
         (
             "logout event not an object",
-            sign(&with(&|c| c["events"] = json!({EVENT: "yes"}))),
+            sign(&with(&|c| c["events"] = json!({LOGOUT_EVENT: "yes"}))),
         ),
         (
             "neither sub nor sid",
@@ -291,15 +250,16 @@ async fn typ_can_be_required() {
         .await;
     let browser = env.browser();
     browser.login(&env, "alice", "alice", "/").await;
-    let c = claims(&env, Some("alice"), None);
+    let c = logout_claims(&env.provider.issuer, Some("alice"), None);
     env.backchannel_logout(&signer.sign(&c, None))
         .await
         .assert_error(400, "invalid_request");
     assert_eq!(browser.user(&env).await.status, 200);
     assert_eq!(
-        env.backchannel_logout(
-            &signer.sign(&claims(&env, Some("alice"), None), Some("logout+jwt"))
-        )
+        env.backchannel_logout(&signer.sign(
+            &logout_claims(&env.provider.issuer, Some("alice"), None),
+            Some("logout+jwt")
+        ))
         .await
         .status,
         200

@@ -463,20 +463,9 @@ async fn a_logout_token_for_one_client_never_ends_another_frontends_session() {
         .unwrap()
         .to_owned();
     let token = |aud: &str| {
-        let now = portcullis::primitives::now_secs();
-        env.signer.sign(
-            &json!({
-                "iss": env.provider.issuer,
-                "aud": aud,
-                "iat": now,
-                "exp": now + 120,
-                "jti": portcullis::session::cipher::generate_key(),
-                "sub": "alice",
-                "sid": sid,
-                "events": { "http://schemas.openid.net/event/backchannel-logout": {} },
-            }),
-            None,
-        )
+        let mut claims = logout_claims(&env.provider.issuer, Some("alice"), Some(&sid));
+        claims["aud"] = json!(aud);
+        env.signer.sign(&claims, None)
     };
     let post = |path: &str, token: String| {
         let body = form_urlencoded::Serializer::new(String::new())

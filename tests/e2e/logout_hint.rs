@@ -41,22 +41,9 @@ async fn client_id_mode_logs_out_without_the_id_token() {
 
     // The provider takes the request: its confirmation page, then back to us with
     // the state we sent.
-    let page = browser.get(&end_session).await;
-    assert_eq!(page.status, 200, "{}", page.text());
-    let html = page.text();
-    let xsrf = html
-        .split("name=\"xsrf\" value=\"")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .unwrap_or_else(|| panic!("no xsrf field: {html}"))
-        .to_owned();
     let done = browser
-        .post_form(
-            &env.provider.url("/session/end/confirm"),
-            &[("xsrf", &xsrf), ("logout", "yes")],
-        )
+        .confirm_provider_logout(&env.provider, &end_session)
         .await;
-    assert!(done.status.is_redirection(), "{}", done.text());
     let back = done.location();
     assert!(back.starts_with(&env.url("/")), "{back}");
     assert_eq!(query(&back)["state"], q["state"], "{back}");
@@ -64,19 +51,6 @@ async fn client_id_mode_logs_out_without_the_id_token() {
     // The provider session is gone too: a silent login now comes back `login_required`.
     let r = browser.get(&env.url("/bff/login?prompt=none")).await;
     assert_eq!(r.status, 302);
-    let mut url = r.location();
-    for _ in 0..5 {
-        let step = browser.get(&url).await;
-        assert!(
-            step.status.is_redirection(),
-            "{} {}",
-            step.status,
-            step.text()
-        );
-        url = resolve(&url, &step.location());
-        if url.contains("/bff/callback") {
-            break;
-        }
-    }
+    let url = browser.follow_to_callback(&r.location()).await;
     assert_eq!(query(&url)["error"], "login_required", "{url}");
 }

@@ -10,7 +10,11 @@ use serde_json::{Value, json};
 
 use crate::harness::*;
 
-const EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
+/// A logout token's claims in Glewlwyd's shape: no `exp`.
+fn without_exp(mut claims: Value) -> Value {
+    claims.as_object_mut().unwrap().remove("exp");
+    claims
+}
 
 /// Logs out through Portcullis (`GET /bff/logout?sid=…`); returns where it sends
 /// the browser (the provider's end-session request).
@@ -74,15 +78,11 @@ async fn a_logout_token_typed_jwt_by_the_provider_ends_the_session() {
         let token = env
             .provider
             .sign(
-                &json!({
-                    "iss": env.provider.issuer,
-                    "aud": CLIENT_ID,
-                    "iat": portcullis::primitives::now_secs(),
-                    "jti": random_key(),
-                    "sub": "alice",
-                    "sid": sid,
-                    "events": { EVENT: {} },
-                }),
+                &without_exp(logout_claims(
+                    &env.provider.issuer,
+                    Some("alice"),
+                    Some(&sid),
+                )),
                 Some(typ),
             )
             .await;
@@ -98,7 +98,10 @@ async fn a_logout_token_typed_jwt_by_the_provider_ends_the_session() {
     // Other explicit types name other kinds of token: refused, even signed by the provider.
     let browser = env.browser();
     browser.login(&env, "alice", "alice", "/").await;
-    let sid = browser.user(&env).await.json()["sid"].clone();
+    let sid = browser.user(&env).await.json()["sid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     for typ in [
         "at+jwt",
         "application/at+jwt",
@@ -109,14 +112,7 @@ async fn a_logout_token_typed_jwt_by_the_provider_ends_the_session() {
         let token = env
             .provider
             .sign(
-                &json!({
-                    "iss": env.provider.issuer,
-                    "aud": CLIENT_ID,
-                    "iat": portcullis::primitives::now_secs(),
-                    "jti": random_key(),
-                    "sid": sid,
-                    "events": { EVENT: {} },
-                }),
+                &without_exp(logout_claims(&env.provider.issuer, None, Some(&sid))),
                 Some(typ),
             )
             .await;
@@ -139,16 +135,7 @@ async fn require_logout_token_typ_refuses_the_generic_jwt_typ() {
         .await;
     let browser = env.browser();
     browser.login(&env, "alice", "alice", "/").await;
-    let claims = || {
-        json!({
-            "iss": env.provider.issuer,
-            "aud": CLIENT_ID,
-            "iat": portcullis::primitives::now_secs(),
-            "jti": random_key(),
-            "sub": "alice",
-            "events": { EVENT: {} },
-        })
-    };
+    let claims = || without_exp(logout_claims(&env.provider.issuer, Some("alice"), None));
     for typ in [None, Some("JWT"), Some("application/jwt")] {
         let token = env.provider.sign(&claims(), typ).await;
         env.backchannel_logout(&token)
@@ -189,22 +176,9 @@ async fn each_end_session_request_carries_its_own_state_and_the_provider_returns
         );
         // The provider takes the request, and after the user confirms, sends the
         // browser back to the post-logout URI with the same state.
-        let page = browser.get(&end_session).await;
-        assert_eq!(page.status, 200, "{}", page.text());
-        let html = page.text();
-        let xsrf = html
-            .split("name=\"xsrf\" value=\"")
-            .nth(1)
-            .and_then(|rest| rest.split('"').next())
-            .unwrap_or_else(|| panic!("no xsrf field: {html}"))
-            .to_owned();
         let done = browser
-            .post_form(
-                &env.provider.url("/session/end/confirm"),
-                &[("xsrf", &xsrf), ("logout", "yes")],
-            )
+            .confirm_provider_logout(&env.provider, &end_session)
             .await;
-        assert!(done.status.is_redirection(), "{}", done.text());
         let back = done.location();
         assert!(back.starts_with(&env.url("/")), "{back}");
         assert_eq!(query(&back)["state"], state, "{back}");

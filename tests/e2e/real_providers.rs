@@ -228,6 +228,12 @@ struct Front {
     admin: u16,
 }
 
+/// Sleeps until just past the refresh point of an access token issued at `issued`
+/// with a lifetime of `ttl` seconds (Portcullis refreshes at half its life).
+async fn sleep_past_refresh_point(issued: Instant, ttl: u64) {
+    tokio::time::sleep_until((issued + Duration::from_millis(ttl * 1000 / 2 + 500)).into()).await;
+}
+
 /// A free port for Portcullis and its public origin (the provider needs it first).
 fn origin() -> (u16, String) {
     let port = free_port();
@@ -325,29 +331,99 @@ token = "user"
             .to_owned()
     }
 
-    /// `/bff/login?{query}` and DOT's answer to it, followed until it comes back to
-    /// the callback (no login form: for `prompt=none`). Returns the callback URL.
+    /// `/bff/login?returnUrl=/app`: Portcullis sends the browser to the provider;
+    /// returns the authorization URL.
+    async fn begin_login(&self, browser: &Browser) -> String {
+        let r = browser.get(&self.url("/bff/login?returnUrl=%2Fapp")).await;
+        assert_eq!(r.status, 302, "{}", r.text());
+        r.location()
+    }
+
+    /// The provider's redirect back: the callback sets the session cookie and sends
+    /// the browser to `/app`.
+    async fn finish_login(&self, browser: &Browser, callback: &str) {
+        let r = browser.get(callback).await;
+        assert_eq!(r.status, 302, "callback: {}", r.text());
+        assert_eq!(r.location(), "/app");
+        assert!(r.sets_cookie(COOKIE), "{:?}", r.set_cookies());
+    }
+
+    /// 12 API calls at once (at the refresh point): every one answered, and all 12
+    /// carried the one same token upstream.
+    async fn parallel_calls_share_one_token(&self, browser: &Browser) {
+        let before = self.upstream.requests().len();
+        let calls: Vec<_> = (0..12)
+            .map(|i| {
+                let (browser, url) = (browser.clone(), self.url(&format!("/api/parallel/{i}")));
+                tokio::spawn(async move { browser.get_with(&url, &[("x-csrf", "1")]).await })
+            })
+            .collect();
+        for call in calls {
+            let r = call.await.unwrap();
+            assert_eq!(r.status, 200, "{}", r.text());
+        }
+        let mut used: Vec<String> = self.upstream.requests()[before..]
+            .iter()
+            .map(|s| s.headers["authorization"].to_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(used.len(), 12);
+        used.sort();
+        used.dedup();
+        assert_eq!(used.len(), 1, "all 12 calls carried the one new token");
+    }
+
+    /// `refreshes_total`: `success` successful refreshes, no `invalid_grant`.
+    async fn assert_refreshes(&self, success: f64) {
+        assert_eq!(
+            self.metric("portcullis_refreshes_total{outcome=\"success\"}")
+                .await,
+            success
+        );
+        assert_eq!(
+            self.metric("portcullis_refreshes_total{outcome=\"invalid_grant\"}")
+                .await,
+            0.0
+        );
+    }
+
+    /// Logout through Portcullis (`/bff/user`'s logout URL); returns where it sends
+    /// the browser: the provider's end-session URL.
+    async fn logout(&self, browser: &Browser) -> String {
+        let user = self.user(browser).await;
+        let logout_url = user.json()["bff:logout_url"].as_str().unwrap().to_owned();
+        let r = browser.get(&self.url(&logout_url)).await;
+        assert_eq!(r.status, 302, "{}", r.text());
+        r.location()
+    }
+
+    /// Revocation runs beside the logout's answer: waits (generously, 20 s) until
+    /// Portcullis counts it revoked at `provider`; fails once it counts it
+    /// unsupported or failed.
+    async fn wait_revoked(&self, provider: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.revocations("revoked").await < 1.0 {
+            let (unsupported, failed) = (
+                self.revocations("unsupported").await,
+                self.revocations("failed").await,
+            );
+            assert!(
+                unsupported == 0.0 && failed == 0.0 && Instant::now() < deadline,
+                "no revocation at {provider}: revocations_total unsupported = {unsupported}, failed = {failed}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// `/bff/login?prompt=none` and the provider's answer to it, followed until it
+    /// comes back to the callback (no login form). Returns the callback URL.
     async fn silent_login(&self, browser: &Browser) -> String {
         let r = browser
             .get(&self.url("/bff/login?prompt=none&returnUrl=%2Fapp"))
             .await;
         assert_eq!(r.status, 302, "{}", r.text());
-        let mut url = r.location();
+        let url = r.location();
         assert!(url.starts_with(&self.issuer), "{url}");
-        for _ in 0..5 {
-            let step = browser.get(&url).await;
-            assert!(
-                step.status.is_redirection(),
-                "prompt=none at DOT: {} {}",
-                step.status,
-                step.text()
-            );
-            url = resolve(&url, &step.location());
-            if url.contains("/bff/callback") {
-                return url;
-            }
-        }
-        panic!("DOT's prompt=none did not come back to the callback: {url}");
+        browser.follow_to_callback(&url).await
     }
 
     /// A silent login without a provider session: DOT answers `login_required` and
@@ -380,9 +456,7 @@ async fn django_oauth_toolkit_the_whole_story() {
 
     // Login: Portcullis → DOT's login form and consent → callback → the SPA.
     let browser = Browser::new();
-    let r = browser.get(&env.url("/bff/login?returnUrl=%2Fapp")).await;
-    assert_eq!(r.status, 302, "{}", r.text());
-    let authorize = r.location();
+    let authorize = env.begin_login(&browser).await;
     assert!(
         authorize.starts_with(&dot.url("/authorize/")),
         "{authorize}"
@@ -391,10 +465,7 @@ async fn django_oauth_toolkit_the_whole_story() {
     assert_eq!(q["code_challenge_method"], "S256", "{authorize}");
     let callback = dot_login(&browser, &authorize).await;
     assert!(query(&callback).contains_key("code"), "{callback}");
-    let r = browser.get(&callback).await;
-    assert_eq!(r.status, 302, "callback: {}", r.text());
-    assert_eq!(r.location(), "/app");
-    assert!(r.sets_cookie(COOKIE), "{:?}", r.set_cookies());
+    env.finish_login(&browser, &callback).await;
     let logged_in = Instant::now();
 
     // /bff/user: DOT's claims, no token.
@@ -420,8 +491,7 @@ async fn django_oauth_toolkit_the_whole_story() {
     assert_eq!(dot.refresh_tokens().await.len(), 1);
 
     // First refresh: past the refresh point, one call.
-    tokio::time::sleep_until((logged_in + Duration::from_millis(ttl * 1000 / 2 + 500)).into())
-        .await;
+    sleep_past_refresh_point(logged_in, ttl).await;
     let r = env.api(&browser, "/api/after-first-refresh").await;
     assert_eq!(r.status, 200, "{}", r.text());
     let second = env.last_bearer();
@@ -438,27 +508,8 @@ async fn django_oauth_toolkit_the_whole_story() {
     let refreshed = Instant::now();
 
     // Second refresh, under parallel load: 12 calls at the refresh point, one refresh.
-    tokio::time::sleep_until((refreshed + Duration::from_millis(ttl * 1000 / 2 + 500)).into())
-        .await;
-    let before = env.upstream.requests().len();
-    let calls: Vec<_> = (0..12)
-        .map(|i| {
-            let (browser, url) = (browser.clone(), env.url(&format!("/api/parallel/{i}")));
-            tokio::spawn(async move { browser.get_with(&url, &[("x-csrf", "1")]).await })
-        })
-        .collect();
-    for call in calls {
-        let r = call.await.unwrap();
-        assert_eq!(r.status, 200, "{}", r.text());
-    }
-    let mut used: Vec<String> = env.upstream.requests()[before..]
-        .iter()
-        .map(|s| s.headers["authorization"].to_str().unwrap().to_owned())
-        .collect();
-    assert_eq!(used.len(), 12);
-    used.sort();
-    used.dedup();
-    assert_eq!(used.len(), 1, "all 12 calls carried the one new token");
+    sleep_past_refresh_point(refreshed, ttl).await;
+    env.parallel_calls_share_one_token(&browser).await;
     let third = env.last_bearer();
     assert!(third != first && third != second);
     assert_eq!(dot.userinfo(&third).await.0, 200);
@@ -469,27 +520,14 @@ async fn django_oauth_toolkit_the_whole_story() {
         "exactly one more refresh at DOT: {tokens:?}"
     );
     assert!(tokens[1].1 && !tokens[2].1, "{tokens:?}");
-    assert_eq!(
-        env.metric("portcullis_refreshes_total{outcome=\"success\"}")
-            .await,
-        2.0
-    );
-    assert_eq!(
-        env.metric("portcullis_refreshes_total{outcome=\"invalid_grant\"}")
-            .await,
-        0.0
-    );
+    env.assert_refreshes(2.0).await;
     // The session survived both refreshes (the refreshed ID tokens passed §12.2).
     assert_eq!(env.user(&browser).await.status, 200);
 
     // Logout: Portcullis revokes the refresh token at the endpoint DOT lists only in
     // its RFC 8414 metadata, before the browser even reaches DOT's end-session.
     let live = tokens[2].0.clone();
-    let user = env.user(&browser).await;
-    let logout_url = user.json()["bff:logout_url"].as_str().unwrap().to_owned();
-    let r = browser.get(&env.url(&logout_url)).await;
-    assert_eq!(r.status, 302, "{}", r.text());
-    let end_session = r.location();
+    let end_session = env.logout(&browser).await;
     assert!(
         end_session.starts_with(&dot.url("/logout/")),
         "{end_session}"
@@ -500,20 +538,7 @@ async fn django_oauth_toolkit_the_whole_story() {
         "{end_session}"
     );
     assert_eq!(q["post_logout_redirect_uri"], env.url("/"));
-    // Revocation runs beside the answer: wait for it (generously).
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if env.revocations("revoked").await >= 1.0 {
-            break;
-        }
-        let unsupported = env.revocations("unsupported").await;
-        let failed = env.revocations("failed").await;
-        assert!(
-            unsupported == 0.0 && failed == 0.0 && Instant::now() < deadline,
-            "no revocation at DOT: revocations_total unsupported = {unsupported}, failed = {failed}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    env.wait_revoked("DOT").await;
     let tokens = dot.refresh_tokens().await;
     assert!(
         tokens.iter().all(|(_, revoked)| *revoked),
@@ -849,15 +874,11 @@ async fn glewlwyd_the_whole_story_with_back_channel_logout() {
 
     // Login through Glewlwyd's REST login (what its JS login page does).
     let browser = Browser::new();
-    let r = browser.get(&env.url("/bff/login?returnUrl=%2Fapp")).await;
-    assert_eq!(r.status, 302, "{}", r.text());
-    let authorize = r.location();
+    let authorize = env.begin_login(&browser).await;
     assert!(authorize.starts_with(&glw.url("/auth")), "{authorize}");
     assert_eq!(query(&authorize)["code_challenge_method"], "S256");
     let callback = glw.login(&browser, &authorize).await;
-    let r = browser.get(&callback).await;
-    assert_eq!(r.status, 302, "callback: {}", r.text());
-    assert_eq!(r.location(), "/app");
+    env.finish_login(&browser, &callback).await;
     let logged_in = Instant::now();
 
     let user = env.user(&browser).await;
@@ -878,8 +899,7 @@ async fn glewlwyd_the_whole_story_with_back_channel_logout() {
     assert_eq!(glw.refresh_tokens(), [true]);
 
     // Two refreshes, the second under 12 parallel calls.
-    tokio::time::sleep_until((logged_in + Duration::from_millis(ttl * 1000 / 2 + 500)).into())
-        .await;
+    sleep_past_refresh_point(logged_in, ttl).await;
     let r = env.api(&browser, "/api/after-first-refresh").await;
     assert_eq!(r.status, 200, "{}", r.text());
     let second = env.last_bearer();
@@ -890,36 +910,9 @@ async fn glewlwyd_the_whole_story_with_back_channel_logout() {
         "GLW refresh tokens after refresh 1: {:?}",
         glw.refresh_tokens()
     );
-    tokio::time::sleep_until((refreshed + Duration::from_millis(ttl * 1000 / 2 + 500)).into())
-        .await;
-    let before = env.upstream.requests().len();
-    let calls: Vec<_> = (0..12)
-        .map(|i| {
-            let (browser, url) = (browser.clone(), env.url(&format!("/api/parallel/{i}")));
-            tokio::spawn(async move { browser.get_with(&url, &[("x-csrf", "1")]).await })
-        })
-        .collect();
-    for call in calls {
-        let r = call.await.unwrap();
-        assert_eq!(r.status, 200, "{}", r.text());
-    }
-    let mut used: Vec<String> = env.upstream.requests()[before..]
-        .iter()
-        .map(|s| s.headers["authorization"].to_str().unwrap().to_owned())
-        .collect();
-    used.sort();
-    used.dedup();
-    assert_eq!(used.len(), 1, "all 12 calls carried the one new token");
-    assert_eq!(
-        env.metric("portcullis_refreshes_total{outcome=\"success\"}")
-            .await,
-        2.0
-    );
-    assert_eq!(
-        env.metric("portcullis_refreshes_total{outcome=\"invalid_grant\"}")
-            .await,
-        0.0
-    );
+    sleep_past_refresh_point(refreshed, ttl).await;
+    env.parallel_calls_share_one_token(&browser).await;
+    env.assert_refreshes(2.0).await;
     eprintln!(
         "GLW refresh tokens after refresh 2: {:?}",
         glw.refresh_tokens()
@@ -927,28 +920,13 @@ async fn glewlwyd_the_whole_story_with_back_channel_logout() {
     assert_eq!(env.user(&browser).await.status, 200);
 
     // Logout: revocation at Glewlwyd, then its end-session (with our state) back to the SPA.
-    let user = env.user(&browser).await;
-    let logout_url = user.json()["bff:logout_url"].as_str().unwrap().to_owned();
-    let r = browser.get(&env.url(&logout_url)).await;
-    assert_eq!(r.status, 302, "{}", r.text());
-    let end_session = r.location();
+    let end_session = env.logout(&browser).await;
     assert!(
         end_session.starts_with(&glw.url("/end_session")),
         "{end_session}"
     );
     let state = query(&end_session).get("state").cloned();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while env.revocations("revoked").await < 1.0 {
-        let (unsupported, failed) = (
-            env.revocations("unsupported").await,
-            env.revocations("failed").await,
-        );
-        assert!(
-            unsupported == 0.0 && failed == 0.0 && Instant::now() < deadline,
-            "no revocation at Glewlwyd: unsupported = {unsupported}, failed = {failed}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    env.wait_revoked("Glewlwyd").await;
     eprintln!(
         "GLW refresh tokens after logout: {:?}",
         glw.refresh_tokens()
@@ -970,8 +948,8 @@ async fn glewlwyd_the_whole_story_with_back_channel_logout() {
 
     // Back-channel logout: a new login, ended at Glewlwyd only. Its logout token
     // (`typ: JWT`) reaches Portcullis, which ends the SPA's session.
-    let r = browser.get(&env.url("/bff/login?returnUrl=%2Fapp")).await;
-    let callback = glw.login(&browser, &r.location()).await;
+    let authorize = env.begin_login(&browser).await;
+    let callback = glw.login(&browser, &authorize).await;
     assert_eq!(browser.get(&callback).await.status, 302);
     assert_eq!(env.user(&browser).await.status, 200);
     let sid = glw.last_sid();

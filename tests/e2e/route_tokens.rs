@@ -5,7 +5,6 @@
 //! JWKS, `iss`, `aud`, `exp`, `scope`).
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -422,34 +421,17 @@ async fn a_storm_over_two_audiences_and_two_instances_gets_one_grant_per_audienc
         env.gateway.url("/api-b/storm"),
     ];
     let run_for = Duration::from_secs(9);
-    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for i in 0..200 {
-        let (browser, url) = (browser.clone(), urls[i % 4].clone());
-        let (ok, failed) = (ok.clone(), failed.clone());
-        tasks.push(tokio::spawn(async move {
-            while started.elapsed() < run_for {
-                let r = call(&browser, &url).await;
-                if r.status == 200 {
-                    ok.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    failed.fetch_add(1, Ordering::Relaxed);
-                    eprintln!("storm failure: {} {}", r.status, r.text());
-                }
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let elapsed = started.elapsed();
+    let Storm {
+        ok,
+        failed,
+        elapsed,
+        ..
+    } = storm(&browser, &urls, 200, run_for).await;
     let by_target = env.provider.grants_by_target(CLIENT_ID).await;
     let grants = |t: &str| by_target["refresh_token"][t].as_u64().unwrap_or(0);
     let (grants_a, grants_b) = (grants(API_A), grants(API_B));
     let (tokens_a, tokens_b) = (apis.a.distinct_tokens(), apis.b.distinct_tokens());
     let (_, refresh_errors) = env.provider.grant_count("refresh_token").await;
-    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
     println!(
         "ROUTE TOKEN STORM (2 instances, redis, {elapsed:?}, token TTL {ttl}s): {ok} ok, {failed} failed; \
          API A: {grants_a} grants, {tokens_a} tokens used; API B: {grants_b} grants, {tokens_b} tokens used; \

@@ -1,8 +1,6 @@
 //! Several Portcullis instances on one Redis, behind one public origin, no sticky
 //! sessions: one truth, whichever instance a request reaches.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::harness::*;
@@ -87,37 +85,9 @@ async fn a_storm_across_two_instances_refreshes_once_per_expiry(store: &'static 
     ];
 
     let run_for = Duration::from_secs(9);
-    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for i in 0..200 {
-        let (browser, url) = (browser.clone(), urls[i % 2].clone());
-        let (ok, failed) = (ok.clone(), failed.clone());
-        tasks.push(tokio::spawn(async move {
-            while started.elapsed() < run_for {
-                let r = browser.get_with(&url, &[("x-csrf", "1")]).await;
-                if r.status == 200 {
-                    ok.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    failed.fetch_add(1, Ordering::Relaxed);
-                    eprintln!("storm failure: {} {}", r.status, r.text());
-                }
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let mut tokens: Vec<String> = env
-        .upstream
-        .requests()
-        .iter()
-        .map(|s| s.headers["authorization"].to_str().unwrap().to_owned())
-        .collect();
-    tokens.sort();
-    tokens.dedup();
+    let Storm { ok, failed, .. } = storm(&browser, &urls, 200, run_for).await;
+    let tokens = env.upstream.distinct_authorizations();
     let (refreshed, refresh_errors) = env.provider.grant_count("refresh_token").await;
-    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
     println!(
         "STORM (2 instances, {store}): {ok} ok, {failed} failed; access tokens used: {}; refresh grants: {refreshed} ok, {refresh_errors} failed",
         tokens.len()

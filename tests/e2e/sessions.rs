@@ -265,8 +265,7 @@ async fn the_idle_timeout_counts_use_on_every_instance_sharing_the_file() {
 /// answers the session from its cache.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_storm_across_two_instances_on_one_sqlite_file_refreshes_once_per_expiry() {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
     let env = Env::builder()
         .store("sqlite")
         .instances(2)
@@ -282,40 +281,9 @@ async fn a_storm_across_two_instances_on_one_sqlite_file_refreshes_once_per_expi
         env.others[0].url("/api/storm"),
     ];
     let run_for = Duration::from_secs(9);
-    let (ok, failed) = (
-        std::sync::Arc::new(AtomicU64::new(0)),
-        std::sync::Arc::new(AtomicU64::new(0)),
-    );
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for i in 0..40 {
-        let (browser, url) = (browser.clone(), urls[i % 2].clone());
-        let (ok, failed) = (ok.clone(), failed.clone());
-        tasks.push(tokio::spawn(async move {
-            while started.elapsed() < run_for {
-                let r = browser.get_with(&url, &[("x-csrf", "1")]).await;
-                if r.status == 200 {
-                    ok.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    failed.fetch_add(1, Ordering::Relaxed);
-                    eprintln!("storm failure: {} {}", r.status, r.text());
-                }
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let mut tokens: Vec<String> = env
-        .upstream
-        .requests()
-        .iter()
-        .map(|s| s.headers["authorization"].to_str().unwrap().to_owned())
-        .collect();
-    tokens.sort();
-    tokens.dedup();
+    let Storm { ok, failed, .. } = storm(&browser, &urls, 40, run_for).await;
+    let tokens = env.upstream.distinct_authorizations();
     let (refreshed, refresh_errors) = env.provider.grant_count("refresh_token").await;
-    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
     println!(
         "STORM (2 instances, one sqlite file): {ok} ok, {failed} failed; access tokens used: {}; refresh grants: {refreshed} ok, {refresh_errors} failed",
         tokens.len()

@@ -1,8 +1,6 @@
 //! The token lifecycle against the real provider: short-lived access tokens,
 //! refresh tokens rotating on every use (a reused one revokes the whole grant).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::harness::*;
@@ -35,47 +33,19 @@ async fn a_storm_of_parallel_requests_refreshes_exactly_once_per_expiry() {
 
     let workers = 200;
     let run_for = Duration::from_secs(9);
-    let ok = Arc::new(AtomicU64::new(0));
-    let failed = Arc::new(AtomicU64::new(0));
-    let slowest_us = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..workers {
-        let (browser, url) = (browser.clone(), env.url("/api/storm"));
-        let (ok, failed, slowest_us) = (ok.clone(), failed.clone(), slowest_us.clone());
-        tasks.push(tokio::spawn(async move {
-            while started.elapsed() < run_for {
-                let t = Instant::now();
-                let r = browser.get_with(&url, &[("x-csrf", "1")]).await;
-                slowest_us.fetch_max(t.elapsed().as_micros() as u64, Ordering::Relaxed);
-                if r.status == 200 {
-                    ok.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    failed.fetch_add(1, Ordering::Relaxed);
-                    eprintln!("storm failure: {} {}", r.status, r.text());
-                }
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
-    let mut tokens: Vec<String> = env
-        .upstream
-        .requests()
-        .iter()
-        .map(|s| s.headers["authorization"].to_str().unwrap().to_owned())
-        .collect();
-    tokens.sort();
-    tokens.dedup();
-    let distinct = tokens.len();
+    let Storm {
+        ok,
+        failed,
+        slowest,
+        ..
+    } = storm(&browser, &[env.url("/api/storm")], workers, run_for).await;
+    let distinct = env.upstream.distinct_authorizations().len();
     let (refreshed, refresh_errors) = env.provider.grant_count("refresh_token").await;
     println!(
         "STORM: {workers} concurrent workers for {:?}: {ok} ok, {failed} failed; access tokens used: {distinct}; \
          refresh grants at the provider: {refreshed} ok, {refresh_errors} failed; slowest request {} ms",
         run_for,
-        slowest_us.load(Ordering::Relaxed) / 1000
+        slowest.as_millis()
     );
     assert_eq!(failed, 0, "no request failed");
     assert!(ok > 1000, "the storm was a storm ({ok} requests)");

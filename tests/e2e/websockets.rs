@@ -763,27 +763,6 @@ fn read_events(url: String, cookie: String) -> tokio::task::JoinHandle<Instant> 
     })
 }
 
-/// Logs out at the provider's own end-session page: the provider then sends
-/// Portcullis a back-channel logout.
-async fn logout_at_provider(env: &Env, browser: &Browser) {
-    let page = browser.get(&env.provider.url("/session/end")).await;
-    assert_eq!(page.status, 200, "{}", page.text());
-    let html = page.text();
-    let xsrf = html
-        .split("name=\"xsrf\" value=\"")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .unwrap_or_else(|| panic!("no xsrf field in the end-session page: {html}"))
-        .to_owned();
-    let done = browser
-        .post_form(
-            &env.provider.url("/session/end/confirm"),
-            &[("xsrf", &xsrf), ("logout", "yes")],
-        )
-        .await;
-    assert!(done.status.is_redirection(), "{}", done.text());
-}
-
 /// A slow download through `/api` with the browser's session, read in a task: resolves
 /// to when it was cut off (or panics if it finished or never started).
 fn slow_download(env: &Env, browser: &Browser) -> tokio::task::JoinHandle<Instant> {
@@ -844,7 +823,7 @@ async fn every_way_a_session_ends_closes_its_sockets_and_streamed_answers() {
     let download = slow_download(&env, &second);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = Instant::now();
-    logout_at_provider(&env, &second).await;
+    second.logout_at_provider(&env).await;
     let (frame, at) = wait_close(&mut ws2, limit).await;
     assert_eq!(frame, Some((1008, "session ended".to_owned())));
     let cut = tokio::time::timeout(limit, download)

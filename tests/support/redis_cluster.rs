@@ -1,5 +1,9 @@
 //! A real Redis Cluster for tests (three masters, three replicas), shared by the
 //! store suite (src/session/store_tests.rs) and the e2e harness through `#[path]`.
+//! Its nodes are started by redis_server.rs, which the includer includes next to
+//! this file as `redis_server`.
+
+use super::redis_server::RedisProcess;
 
 /// A port for a cluster node: below 55535 (its bus port is 10000 higher, and a node
 /// refuses a bus port above 65535), both free.
@@ -17,7 +21,8 @@ fn cluster_port() -> u16 {
 /// `redis-server` processes created with `redis-cli --cluster create`; stopped on drop.
 #[allow(dead_code)]
 pub struct RedisCluster {
-    children: Vec<std::process::Child>,
+    /// The nodes, by `ports` index; `None` once stopped by [`RedisCluster::kill`].
+    nodes: Vec<Option<RedisProcess>>,
     pub ports: Vec<u16>,
     /// Nodes stopped by [`RedisCluster::kill`].
     killed: Vec<u16>,
@@ -26,8 +31,8 @@ pub struct RedisCluster {
 
 impl RedisCluster {
     /// Starts a cluster. A port chosen free can be taken by a parallel test before its
-    /// node binds it (or its bus port); then `--cluster create` fails, and a new cluster
-    /// on new ports is tried, up to three times.
+    /// node binds it (or its bus port); then the node or `--cluster create` fails, and
+    /// a new cluster on new ports is tried, up to three times.
     pub fn start() -> Self {
         for attempt in 1..=3 {
             match Self::try_start() {
@@ -48,36 +53,32 @@ impl RedisCluster {
                 ports.push(p);
             }
         }
-        let mut cluster = Self {
-            children: Vec::new(),
+        let mut nodes = Vec::new();
+        for &p in &ports {
+            let config_file = format!("nodes-{p}.conf");
+            let args = [
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--cluster-enabled",
+                "yes",
+                "--cluster-node-timeout",
+                "1000",
+                // Replicas sync at once (the default waits 5 s for more of them).
+                "--repl-diskless-sync-delay",
+                "0",
+                "--cluster-config-file",
+                &config_file,
+            ];
+            nodes.push(Some(RedisProcess::try_spawn(p, dir.path(), &args)?));
+        }
+        let cluster = Self {
+            nodes,
             ports: ports.clone(),
             killed: Vec::new(),
-            _dir: tempfile::TempDir::new().unwrap(),
+            _dir: dir,
         };
-        for &p in &ports {
-            let child = std::process::Command::new("redis-server")
-                .args(["--bind", "127.0.0.1", "--port", &p.to_string(), "--save", "", "--appendonly", "no"])
-                .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"])
-                // Replicas sync at once (the default waits 5 s for more of them).
-                .args(["--repl-diskless-sync-delay", "0"])
-                .args(["--cluster-config-file", &format!("nodes-{p}.conf")])
-                .arg("--dir")
-                .arg(dir.path())
-                .stdout(std::process::Stdio::null())
-                .spawn()
-                .expect("redis-server is required for the Redis store tests (./scripts/test.sh installs it)");
-            cluster.children.push(child);
-        }
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        for &p in &ports {
-            while std::net::TcpStream::connect(("127.0.0.1", p)).is_err() {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "redis-server did not start"
-                );
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-        }
         let status = std::process::Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(ports.iter().map(|p| format!("127.0.0.1:{p}")))
@@ -113,7 +114,6 @@ impl RedisCluster {
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        cluster._dir = dir;
         Ok(cluster)
     }
 
@@ -192,9 +192,8 @@ impl RedisCluster {
     fn alive_port(&self) -> u16 {
         self.ports
             .iter()
-            .zip(&self.children)
-            .find(|(p, _)| !self.killed.contains(p))
-            .map(|(p, _)| *p)
+            .copied()
+            .find(|p| !self.killed.contains(p))
             .expect("a live node")
     }
 
@@ -205,8 +204,7 @@ impl RedisCluster {
             .iter()
             .position(|&p| p == port)
             .expect("a node of this cluster");
-        let _ = self.children[i].kill();
-        let _ = self.children[i].wait();
+        self.nodes[i] = None;
         self.killed.push(port);
     }
 
@@ -284,15 +282,6 @@ impl RedisCluster {
                 "no failover within {limit:?}"
             );
             std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for RedisCluster {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
         }
     }
 }

@@ -1,20 +1,15 @@
 //! A real Redis Sentinel deployment for tests: one master, one replica, three
 //! sentinels (`redis-server CONF --sentinel`), all on free loopback ports; stopped on
-//! drop. Shared by the e2e harness through `#[path]`, like redis_cluster.rs.
+//! drop. Shared by the e2e harness through `#[path]`, like redis_cluster.rs; its
+//! processes are started by redis_server.rs (included next to it as `redis_server`).
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
+
+use super::redis_server::{RedisProcess, free_port};
 
 /// The name the sentinels monitor the master under.
 pub const MASTER_NAME: &str = "portcullis";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn cli(port: u16, args: &[&str]) -> String {
     let out = Command::new("redis-cli")
@@ -25,19 +20,12 @@ fn cli(port: u16, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn wait_listening(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "redis on {port} did not start");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 #[allow(dead_code)]
 pub struct RedisSentinel {
+    /// Declared first: on drop the sentinels stop before the nodes they watch.
+    sentinels: Vec<RedisProcess>,
     /// Redis data nodes by port (the master first at start), `None` once killed.
-    nodes: Vec<(u16, Option<Child>)>,
-    sentinels: Vec<(u16, Child)>,
+    nodes: Vec<(u16, Option<RedisProcess>)>,
     dir: tempfile::TempDir,
 }
 
@@ -75,19 +63,17 @@ impl RedisSentinel {
                 ),
             )
             .unwrap();
-            let child = Command::new("redis-server")
-                .arg(&conf)
-                .arg("--sentinel")
-                .stdout(Stdio::null())
-                .spawn()
-                .expect("redis-server is required for the Redis Sentinel tests");
-            wait_listening(port);
-            this.sentinels.push((port, child));
+            let sentinel = RedisProcess::spawn(
+                port,
+                this.dir.path(),
+                &[conf.to_str().unwrap(), "--sentinel"],
+            );
+            this.sentinels.push(sentinel);
         }
         // Every sentinel has found the replica (and the others) before a test kills anything.
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !this.sentinels.iter().all(|(p, _)| {
-            let info = cli(*p, &["SENTINEL", "MASTER", MASTER_NAME]);
+        while !this.sentinels.iter().all(|sentinel| {
+            let info = cli(sentinel.port, &["SENTINEL", "MASTER", MASTER_NAME]);
             let field = |name: &str| {
                 let lines: Vec<&str> = info.lines().collect();
                 lines
@@ -109,21 +95,21 @@ impl RedisSentinel {
     }
 
     fn spawn_node(&mut self, port: u16, replica_of: Option<u16>) {
-        let mut cmd = Command::new("redis-server");
-        cmd.args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .args(["--dbfilename", &format!("dump-{port}.rdb")])
-            .stdout(Stdio::null());
-        if let Some(master) = replica_of {
-            cmd.args(["--replicaof", "127.0.0.1", &master.to_string()]);
+        let dbfilename = format!("dump-{port}.rdb");
+        let master = replica_of.map(|m| m.to_string());
+        let mut args = vec![
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dbfilename",
+            &dbfilename,
+        ];
+        if let Some(master) = &master {
+            args.extend(["--replicaof", "127.0.0.1", master]);
         }
-        let child = cmd
-            .spawn()
-            .expect("redis-server is required for the Redis Sentinel tests");
-        wait_listening(port);
-        self.nodes.push((port, Some(child)));
+        let node = RedisProcess::spawn(port, self.dir.path(), &args);
+        self.nodes.push((port, Some(node)));
     }
 
     /// The README's form: `redis+sentinel://h1:p1,h2:p2,h3:p3/master_name`.
@@ -131,7 +117,7 @@ impl RedisSentinel {
         let hosts: Vec<String> = self
             .sentinels
             .iter()
-            .map(|(p, _)| format!("127.0.0.1:{p}"))
+            .map(|s| format!("127.0.0.1:{}", s.port))
             .collect();
         format!("redis+sentinel://{}/{MASTER_NAME}", hosts.join(","))
     }
@@ -139,7 +125,7 @@ impl RedisSentinel {
     /// The master's port, as the first sentinel names it.
     pub fn master(&self) -> u16 {
         let reply = cli(
-            self.sentinels[0].0,
+            self.sentinels[0].port,
             &["SENTINEL", "get-master-addr-by-name", MASTER_NAME],
         );
         reply
@@ -153,9 +139,7 @@ impl RedisSentinel {
     pub fn kill_master(&mut self) -> u16 {
         let port = self.master();
         let node = self.nodes.iter_mut().find(|(p, _)| *p == port).unwrap();
-        let mut child = node.1.take().expect("the master is running");
-        let _ = child.kill();
-        let _ = child.wait();
+        node.1.take().expect("the master is running");
         port
     }
 
@@ -167,11 +151,14 @@ impl RedisSentinel {
             let named: Vec<Option<u16>> = self
                 .sentinels
                 .iter()
-                .map(|(p, _)| {
-                    cli(*p, &["SENTINEL", "get-master-addr-by-name", MASTER_NAME])
-                        .lines()
-                        .nth(1)
-                        .and_then(|p| p.trim().parse().ok())
+                .map(|s| {
+                    cli(
+                        s.port,
+                        &["SENTINEL", "get-master-addr-by-name", MASTER_NAME],
+                    )
+                    .lines()
+                    .nth(1)
+                    .and_then(|p| p.trim().parse().ok())
                 })
                 .collect();
             if let Some(Some(new)) = named.first()
@@ -183,21 +170,6 @@ impl RedisSentinel {
             }
             assert!(Instant::now() < deadline, "no failover within {limit:?}");
             std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for RedisSentinel {
-    fn drop(&mut self) {
-        for (_, c) in &mut self.sentinels {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        for (_, c) in &mut self.nodes {
-            if let Some(c) = c {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
         }
     }
 }
