@@ -26,7 +26,6 @@
 //   e. <iframe src=/> of the SPA -> framing refused (X-Frame-Options DENY, frame-ancestors 'none').
 
 import assert from 'node:assert/strict';
-import fs from 'node:fs';
 import http from 'node:http';
 import { after, test } from 'node:test';
 import * as h from './harness.mjs';
@@ -34,29 +33,11 @@ import * as h from './harness.mjs';
 const COOKIE = '__Host-portcullis';
 const REFUSED = [401, 403];
 
-const servers = new Set(); // in-process servers of this test (recorder, attacker)
-
-async function closeServers() {
-  await Promise.all([...servers].map((s) => new Promise((resolve) => {
-    s.closeAllConnections?.();
-    s.close(() => resolve());
-  })));
-  servers.clear();
-}
-
 after(async () => {
-  await closeServers();
+  await h.closeServers();
   await h.stopAll();
 });
 
-/** Listen on a free port of 127.0.0.1; resolves with the port. */
-function listen(server) {
-  servers.add(server);
-  return new Promise((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => resolve(server.address().port));
-  });
-}
 
 /**
  * The recording upstream: records method, path and Authorization of every request; forwards
@@ -90,7 +71,7 @@ async function startRecorder(apiUrl) {
       res.end(body);
     });
   });
-  const port = await listen(server);
+  const port = await h.listen(server);
   return { url: `http://127.0.0.1:${port}`, requests };
 }
 
@@ -168,7 +149,7 @@ async function startAttacker(gw) {
     res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'cache-control': 'no-store' });
     res.end(body);
   });
-  const port = await listen(server);
+  const port = await h.listen(server);
   return { origin: `http://localhost:${port}`, hits };
 }
 
@@ -260,29 +241,14 @@ function watchGatewayTraffic(cdp, gwOrigin) {
 
 test('a cross-site page cannot use the session (real browser)', { timeout: 60_000 }, async (t) => {
   // ---- preconditions: fail loudly, never skip
-  assert.ok(
-    fs.existsSync(h.CHROMIUM),
-    `${h.CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium). `
-      + 'This test never downloads a browser.',
-  );
-  let chromium;
-  try {
-    ({ chromium } = await import('playwright-core'));
-  } catch (err) {
-    throw new Error(`playwright-core is not installed: run \`npm ci\` in tests/browser (${err.message})`);
-  }
+  const chromium = await h.requireChromium();
 
   let context;
   const browserLog = [];
   const observed = {}; // what each attack got, printed as a diagnostic
   try {
     // ---- components: provider on localhost, demo API behind the recorder, Portcullis on 127.0.0.1
-    const gwPort = await h.freePort();
-    const origin = `http://127.0.0.1:${gwPort}`;
-    const provider = await h.startProvider({
-      issuerHost: 'localhost',
-      clients: [h.bffClient(origin), h.apiClient()],
-    });
+    const { gwPort, origin, provider } = await h.startSite();
     assert.match(provider.issuer, /^http:\/\/localhost:\d+$/);
     const api = await h.startApi({ introspectionUrl: `${provider.issuer}/token/introspection` });
     const rec = await startRecorder(api.url);
@@ -519,7 +485,7 @@ test('a cross-site page cannot use the session (real browser)', { timeout: 60_00
     throw err;
   } finally {
     await context?.close().catch(() => {});
-    await closeServers();
+    await h.closeServers();
     await h.stopAll();
   }
 });

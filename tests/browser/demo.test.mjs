@@ -13,7 +13,6 @@
 
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
-import fs from 'node:fs';
 import { after, test } from 'node:test';
 import * as h from './harness.mjs';
 
@@ -37,28 +36,14 @@ function seconds(text) {
 }
 
 test('the demo shows the session, the cookie, the token the API saw and a refresh, without console errors', { timeout: 120_000 }, async () => {
-  assert.ok(
-    fs.existsSync(h.CHROMIUM),
-    `${h.CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium). `
-      + 'This test never downloads a browser.',
-  );
-  let chromium;
-  try {
-    ({ chromium } = await import('playwright-core'));
-  } catch (err) {
-    throw new Error(`playwright-core is not installed: run \`npm ci\` in tests/browser (${err.message})`);
-  }
+  const chromium = await h.requireChromium();
 
   let context;
   const browserLog = [];
   const complaints = []; // console errors and warnings, page errors, failed requests
   try {
-    const gwPort = await h.freePort();
-    const origin = `http://127.0.0.1:${gwPort}`;
-    const provider = await h.startProvider({
-      issuerHost: 'localhost',
-      accessTokenTTL: ACCESS_TTL,
-      clients: [h.bffClient(origin), h.apiClient()],
+    const { gwPort, origin, provider } = await h.startSite({
+    accessTokenTTL: ACCESS_TTL,
     });
     const api = await h.startApi({ introspectionUrl: `${provider.issuer}/token/introspection` });
     await h.startPortcullis({

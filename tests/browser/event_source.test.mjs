@@ -13,28 +13,15 @@
 // Needs /usr/bin/chromium (`apt-get install -y chromium`); without it the test FAILS.
 
 import assert from 'node:assert/strict';
-import fs from 'node:fs';
 import http from 'node:http';
 import { after, test } from 'node:test';
 import * as h from './harness.mjs';
 
-const servers = new Set();
-
 after(async () => {
-  await Promise.all([...servers].map((s) => new Promise((resolve) => {
-    s.closeAllConnections?.();
-    s.close(() => resolve());
-  })));
+  await h.closeServers();
   await h.stopAll();
 });
 
-async function listen(server) {
-  servers.add(server);
-  return new Promise((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => resolve(server.address().port));
-  });
-}
 
 /** The SSE upstream: one event at once, then one every 100 ms. Records every request. */
 async function startSseUpstream() {
@@ -48,51 +35,27 @@ async function startSseUpstream() {
     const timer = setInterval(send, 100);
     req.on('close', () => clearInterval(timer));
   });
-  const port = await listen(server);
+  const port = await h.listen(server);
   return { url: `http://127.0.0.1:${port}`, requests };
 }
 
 /** Foreign pages opening an EventSource on the gateway (with and without credentials). */
-async function startAttacker(gw) {
-  const hits = [];
-  const page = `<!doctype html><title>attacker</title><script>
+function startAttacker(gw) {
+  return h.servePage(`<!doctype html><title>attacker</title><script>
     window.results = [];
     for (const withCredentials of [false, true]) {
       const es = new EventSource('${gw}/events/feed', { withCredentials });
       es.onmessage = (e) => window.results.push({ withCredentials, data: e.data });
       es.onerror = () => { window.results.push({ withCredentials, error: es.readyState }); es.close(); };
     }
-  </script>`;
-  const server = http.createServer((req, res) => {
-    req.resume();
-    hits.push(req.url);
-    res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'cache-control': 'no-store' });
-    res.end(page);
-  });
-  const port = await listen(server);
-  return { port, hits };
+  </script>`);
 }
 
 test('a same-origin EventSource streams without X-CSRF; foreign ones are refused', { timeout: 120_000 }, async () => {
-  assert.ok(
-    fs.existsSync(h.CHROMIUM),
-    `${h.CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium). `
-      + 'This test never downloads a browser.',
-  );
-  let chromium;
-  try {
-    ({ chromium } = await import('playwright-core'));
-  } catch (err) {
-    throw new Error(`playwright-core is not installed: run \`npm ci\` in tests/browser (${err.message})`);
-  }
+  const chromium = await h.requireChromium();
   let context;
   try {
-    const gwPort = await h.freePort();
-    const origin = `http://127.0.0.1:${gwPort}`;
-    const provider = await h.startProvider({
-      issuerHost: 'localhost',
-      clients: [h.bffClient(origin), h.apiClient()],
-    });
+    const { gwPort, origin, provider } = await h.startSite();
     const upstream = await startSseUpstream();
     const config = h.portcullisConfig({
       port: gwPort,

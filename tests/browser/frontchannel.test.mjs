@@ -6,7 +6,6 @@
 //   (cd tests/browser && npm ci) && cargo build && node --test tests/browser/frontchannel.test.mjs
 
 import assert from 'node:assert/strict';
-import fs from 'node:fs';
 import http from 'node:http';
 import { after, test } from 'node:test';
 import * as h from './harness.mjs';
@@ -16,14 +15,8 @@ after(async () => {
 });
 
 test('the provider frames the front-channel logout and the session ends', { timeout: 90_000 }, async () => {
-  assert.ok(fs.existsSync(h.CHROMIUM), `${h.CHROMIUM} is missing: apt-get install -y chromium`);
-  const { chromium } = await import('playwright-core');
-  const port = await h.freePort();
-  const origin = `http://127.0.0.1:${port}`;
-  const provider = await h.startProvider({
-    issuerHost: 'localhost',
-    clients: [h.bffClient(origin), h.apiClient()],
-  });
+  const chromium = await h.requireChromium();
+  const { gwPort: port, origin, provider } = await h.startSite();
   await h.startPortcullis({
     config: h.portcullisConfig({ port, issuer: provider.issuer, overrides: { oidc: { frontchannel_logout: true } } }),
   });

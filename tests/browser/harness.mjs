@@ -16,6 +16,7 @@
 import { spawn } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
+import http from 'node:http';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -214,6 +215,23 @@ export async function startApi({
 
 // ------------------------------------------------------------------ Portcullis
 
+
+/**
+ * The usual start of a browser test: a free port for Portcullis and its origin
+ * (http://127.0.0.1:<port>), and the test provider on `localhost` (another site) knowing
+ * that origin's BFF client and the API client. `extra` adds provider settings.
+ * Resolves with `{ gwPort, origin, provider }`.
+ */
+export async function startSite(extra = {}) {
+  const gwPort = await freePort();
+  const origin = `http://127.0.0.1:${gwPort}`;
+  const provider = await startProvider({
+    issuerHost: 'localhost',
+    ...extra,
+    clients: [bffClient(origin), apiClient()],
+  });
+  return { gwPort, origin, provider };
+}
 /** Path of the Portcullis binary: env PORTCULLIS_BIN, default target/debug/portcullis. */
 export function portcullisBin() {
   return path.resolve(ROOT, process.env.PORTCULLIS_BIN || 'target/debug/portcullis');
@@ -304,6 +322,45 @@ export async function startPortcullis({ config, name = 'portcullis', env = {}, r
   return { origin, child, configPath, stop: child.stop };
 }
 
+// ------------------------------------------------------------------ in-process servers
+
+const servers = new Set(); // node http servers of the tests (upstreams, foreign pages)
+
+/** Listen on a free port of `host`; resolves with the port. Closed by closeServers(). */
+export function listen(server, host = '127.0.0.1') {
+  servers.add(server);
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, host, () => resolve(server.address().port));
+  });
+}
+
+/** Close every server started with listen() (and their open connections). */
+export async function closeServers() {
+  await Promise.all([...servers].map((s) => new Promise((resolve) => {
+    s.closeAllConnections?.();
+    s.close(() => resolve());
+  })));
+  servers.clear();
+}
+
+/**
+ * A foreign site: the page `html` answered to every request, on 127.0.0.1 (reach it as
+ * http://localhost:<port> for another site, http://127.0.0.1:<port> for the same site and
+ * another origin). Resolves with `{ port, hits }`, `hits` the URLs it served.
+ */
+export async function servePage(html) {
+  const hits = [];
+  const server = http.createServer((req, res) => {
+    req.resume();
+    hits.push(req.url);
+    res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'cache-control': 'no-store' });
+    res.end(html);
+  });
+  const port = await listen(server);
+  return { port, hits };
+}
+
 // ------------------------------------------------------------------ teardown
 
 /** Stop every child started through this harness and remove temp dirs. */
@@ -349,6 +406,22 @@ export const CHROMIUM_ARGS = [
   '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
   '--disable-background-networking', '--disable-component-update', '--disable-sync',
 ];
+
+/**
+ * playwright-core's `chromium`, driving Debian's chromium. Fails loudly, never skips and never
+ * downloads a browser, when either is missing.
+ */
+export async function requireChromium() {
+  if (!fs.existsSync(CHROMIUM)) {
+    throw new Error(`${CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium). `
+      + 'This test never downloads a browser.');
+  }
+  try {
+    return (await import('playwright-core')).chromium;
+  } catch (err) {
+    throw new Error(`playwright-core is not installed: run \`npm ci\` in tests/browser (${err.message})`);
+  }
+}
 
 /**
  * Launch headless Debian chromium with a fresh profile (a temp dir removed by stopAll()).

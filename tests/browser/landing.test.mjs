@@ -8,7 +8,6 @@
 // Needs /usr/bin/chromium; without it the test FAILS (it never downloads a browser).
 
 import assert from 'node:assert/strict';
-import fs from 'node:fs';
 import { after, test } from 'node:test';
 import * as h from './harness.mjs';
 
@@ -17,23 +16,11 @@ after(async () => {
 });
 
 async function browser() {
-  assert.ok(fs.existsSync(h.CHROMIUM), `${h.CHROMIUM} is missing: apt-get install -y chromium`);
-  let chromium;
-  try {
-    ({ chromium } = await import('playwright-core'));
-  } catch (err) {
-    throw new Error(`playwright-core is not installed: run \`npm ci\` in tests/browser (${err.message})`);
-  }
-  return h.launchChromium(chromium);
+  return h.launchChromium(await h.requireChromium());
 }
 
 async function components(overrides = {}) {
-  const port = await h.freePort();
-  const origin = `http://127.0.0.1:${port}`;
-  const provider = await h.startProvider({
-    issuerHost: 'localhost',
-    clients: [h.bffClient(origin), h.apiClient()],
-  });
+  const { gwPort: port, origin, provider } = await h.startSite();
   const gw = await h.startPortcullis({
     config: h.portcullisConfig({ port, issuer: provider.issuer, overrides }),
   });

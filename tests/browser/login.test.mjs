@@ -11,7 +11,6 @@
 // browser, so the SameSite=Strict session cookie behaves as in a real deployment.
 
 import assert from 'node:assert/strict';
-import fs from 'node:fs';
 import { after, test } from 'node:test';
 import * as h from './harness.mjs';
 
@@ -28,28 +27,13 @@ after(async () => {
 
 test('login, API call and logout through Portcullis in a real browser', { timeout: 90_000 }, async () => {
   // ---- preconditions: fail loudly, never skip
-  assert.ok(
-    fs.existsSync(CHROMIUM),
-    `${CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium). `
-      + 'This test never downloads a browser.',
-  );
-  let chromium;
-  try {
-    ({ chromium } = await import('playwright-core'));
-  } catch (err) {
-    throw new Error(`playwright-core is not installed: run \`npm ci\` in tests/browser (${err.message})`);
-  }
+  const chromium = await h.requireChromium();
 
   let context;
   const browserLog = [];
   try {
     // ---- components
-    const gwPort = await h.freePort();
-    const origin = `http://127.0.0.1:${gwPort}`;
-    const provider = await h.startProvider({
-      issuerHost: 'localhost',
-      clients: [h.bffClient(origin), h.apiClient()],
-    });
+    const { gwPort, origin, provider } = await h.startSite();
     assert.match(provider.issuer, /^http:\/\/localhost:\d+$/);
     const api = await h.startApi({ introspectionUrl: `${provider.issuer}/token/introspection` });
     const gw = await h.startPortcullis({

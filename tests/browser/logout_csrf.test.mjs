@@ -16,25 +16,14 @@
 // http://localhost:<port> — a different site, so every attack is a real cross-site request.
 
 import assert from 'node:assert/strict';
-import fs from 'node:fs';
 import http from 'node:http';
 import { after, test } from 'node:test';
 import * as h from './harness.mjs';
 
 const COOKIE = '__Host-portcullis';
 
-const servers = new Set();
-
-async function closeServers() {
-  await Promise.all([...servers].map((s) => new Promise((resolve) => {
-    s.closeAllConnections?.();
-    s.close(() => resolve());
-  })));
-  servers.clear();
-}
-
 after(async () => {
-  await closeServers();
+  await h.closeServers();
   await h.stopAll();
 });
 
@@ -73,37 +62,18 @@ async function startForeignSite(gw) {
     res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'cache-control': 'no-store' });
     res.end(body);
   });
-  servers.add(server);
-  const port = await new Promise((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => resolve(server.address().port));
-  });
+  const port = await h.listen(server);
   return { origin: `http://localhost:${port}`, hits };
 }
 
 test('a foreign page sending the browser to /bff/logout does not log the user out', { timeout: 120_000 }, async (t) => {
-  assert.ok(
-    fs.existsSync(h.CHROMIUM),
-    `${h.CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium). `
-      + 'This test never downloads a browser.',
-  );
-  let chromium;
-  try {
-    ({ chromium } = await import('playwright-core'));
-  } catch (err) {
-    throw new Error(`playwright-core is not installed: run \`npm ci\` in tests/browser (${err.message})`);
-  }
+  const chromium = await h.requireChromium();
 
   let context;
   const browserLog = [];
   const observed = {};
   try {
-    const gwPort = await h.freePort();
-    const origin = `http://127.0.0.1:${gwPort}`;
-    const provider = await h.startProvider({
-      issuerHost: 'localhost',
-      clients: [h.bffClient(origin), h.apiClient()],
-    });
+    const { gwPort, origin, provider } = await h.startSite();
     assert.match(provider.issuer, /^http:\/\/localhost:\d+$/);
     const gw = await h.startPortcullis({
       config: h.portcullisConfig({ port: gwPort, issuer: provider.issuer }),
@@ -214,7 +184,7 @@ test('a foreign page sending the browser to /bff/logout does not log the user ou
     throw err;
   } finally {
     await context?.close().catch(() => {});
-    await closeServers();
+    await h.closeServers();
     await h.stopAll();
   }
 });

@@ -16,13 +16,8 @@ import { after, test } from 'node:test';
 import * as h from './harness.mjs';
 
 const GOLD = 'urn:portcullis:gold';
-const servers = new Set();
-
 after(async () => {
-  await Promise.all([...servers].map((s) => new Promise((resolve) => {
-    s.closeAllConnections?.();
-    s.close(() => resolve());
-  })));
+  await h.closeServers();
   await h.stopAll();
 });
 
@@ -47,8 +42,7 @@ if (r.status === 401) {
 `;
 
 test('the SPA follows step_up_required to a stronger login and comes back', { timeout: 120_000 }, async () => {
-  assert.ok(fs.existsSync(h.CHROMIUM), `${h.CHROMIUM} is missing: apt-get install -y chromium`);
-  const { chromium } = await import('playwright-core');
+  const chromium = await h.requireChromium();
 
   const spa = h.tmpDir('portcullis-stepup-spa-');
   fs.writeFileSync(path.join(spa, 'index.html'),
@@ -62,8 +56,7 @@ test('the SPA follows step_up_required to a stronger login and comes back', { ti
     res.writeHead(200, { 'content-type': 'application/json' });
     res.end('{"secret":"the gold vault"}');
   });
-  servers.add(upstream);
-  const upPort = await new Promise((resolve) => upstream.listen(0, '127.0.0.1', () => resolve(upstream.address().port)));
+  const upPort = await h.listen(upstream);
 
   let context;
   try {

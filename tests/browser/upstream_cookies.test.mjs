@@ -12,20 +12,14 @@
 // Needs /usr/bin/chromium (`apt-get install -y chromium`); without it the test FAILS.
 
 import assert from 'node:assert/strict';
-import fs from 'node:fs';
 import http from 'node:http';
 import { after, test } from 'node:test';
 import * as h from './harness.mjs';
 
 const COOKIE = '__Host-portcullis';
 
-const servers = new Set();
-
 after(async () => {
-  await Promise.all([...servers].map((s) => new Promise((resolve) => {
-    s.closeAllConnections?.();
-    s.close(() => resolve());
-  })));
+  await h.closeServers();
   await h.stopAll();
 });
 
@@ -73,35 +67,16 @@ async function startEvilUpstream(state) {
       res.end('{}');
     }
   });
-  servers.add(server);
-  const port = await new Promise((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => resolve(server.address().port));
-  });
+  const port = await h.listen(server);
   return { url: `http://127.0.0.1:${port}`, requests };
 }
 
 test('an upstream can neither swap nor delete the session cookie, nor run script on the origin', { timeout: 120_000 }, async () => {
-  assert.ok(
-    fs.existsSync(h.CHROMIUM),
-    `${h.CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium). `
-      + 'This test never downloads a browser.',
-  );
-  let chromium;
-  try {
-    ({ chromium } = await import('playwright-core'));
-  } catch (err) {
-    throw new Error(`playwright-core is not installed: run \`npm ci\` in tests/browser (${err.message})`);
-  }
+  const chromium = await h.requireChromium();
 
   const contexts = [];
   try {
-    const gwPort = await h.freePort();
-    const origin = `http://127.0.0.1:${gwPort}`;
-    const provider = await h.startProvider({
-      issuerHost: 'localhost',
-      clients: [h.bffClient(origin), h.apiClient()],
-    });
+    const { gwPort, origin, provider } = await h.startSite();
     const state = { victimSwap: 'unset' };
     const evil = await startEvilUpstream(state);
     const config = h.portcullisConfig({

@@ -11,29 +11,16 @@
 // Needs /usr/bin/chromium (`apt-get install -y chromium`); without it the test FAILS.
 
 import assert from 'node:assert/strict';
-import fs from 'node:fs';
 import http from 'node:http';
 import { after, test } from 'node:test';
 import { WebSocketServer } from 'ws';
 import * as h from './harness.mjs';
 
-const servers = new Set();
-
 after(async () => {
-  await Promise.all([...servers].map((s) => new Promise((resolve) => {
-    s.closeAllConnections?.();
-    s.close(() => resolve());
-  })));
+  await h.closeServers();
   await h.stopAll();
 });
 
-function listen(server, host = '127.0.0.1') {
-  servers.add(server);
-  return new Promise((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(0, host, () => resolve(server.address().port));
-  });
-}
 
 /** A WebSocket echo server; `handshakes` records the headers of every upgrade that reached it. */
 async function startWsUpstream() {
@@ -46,16 +33,14 @@ async function startWsUpstream() {
       ws.on('message', (data, binary) => ws.send(data, { binary }));
     });
   });
-  const port = await listen(server);
+  const port = await h.listen(server);
   return { url: `http://127.0.0.1:${port}`, handshakes, close: () => wss.close() };
 }
 
 /** The foreign site: a page whose script opens a WebSocket to the gateway. */
 async function startAttacker(gwOrigin) {
   const wsUrl = `${gwOrigin.replace('http://', 'ws://')}/ws/hijack`;
-  const server = http.createServer((req, res) => {
-    res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' });
-    res.end(`<!doctype html><title>attacker</title><script>
+  const { port } = await h.servePage(`<!doctype html><title>attacker</title><script>
       window.result = new Promise((resolve) => {
         const ws = new WebSocket(${JSON.stringify(wsUrl)});
         ws.onopen = () => { ws.send('steal'); };
@@ -64,32 +49,15 @@ async function startAttacker(gwOrigin) {
         ws.onclose = (e) => resolve('closed ' + e.code);
       });
     </script>`);
-  });
-  const port = await listen(server, '127.0.0.1');
   return { origin: `http://localhost:${port}` };
 }
 
 test('the SPA opens a WebSocket; a foreign site cannot; a logout closes it', { timeout: 120_000 }, async () => {
-  assert.ok(
-    fs.existsSync(h.CHROMIUM),
-    `${h.CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium). `
-      + 'This test never downloads a browser.',
-  );
-  let chromium;
-  try {
-    ({ chromium } = await import('playwright-core'));
-  } catch (err) {
-    throw new Error(`playwright-core is not installed: run \`npm ci\` in tests/browser (${err.message})`);
-  }
+  const chromium = await h.requireChromium();
 
   let context;
   try {
-    const gwPort = await h.freePort();
-    const origin = `http://127.0.0.1:${gwPort}`;
-    const provider = await h.startProvider({
-      issuerHost: 'localhost',
-      clients: [h.bffClient(origin), h.apiClient()],
-    });
+    const { gwPort, origin, provider } = await h.startSite();
     const up = await startWsUpstream();
     await h.startPortcullis({
       config: h.portcullisConfig({

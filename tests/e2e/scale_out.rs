@@ -69,37 +69,7 @@ async fn login_on_a_call_on_b_logout_on_b_and_a_refuses_the_cookie(store: &'stat
 }
 
 async fn a_storm_across_two_instances_refreshes_once_per_expiry(store: &'static str) {
-    let env = Env::builder()
-        .store(store)
-        .instances(2)
-        .access_token_ttl(4)
-        .userinfo(false)
-        .start()
-        .await;
-    let browser = env.browser();
-    browser.login(&env, "alice", "alice", "/").await;
-    browser.share_session_with(&env, &env.others[0]);
-    let urls = [
-        env.gateway.url("/api/storm"),
-        env.others[0].url("/api/storm"),
-    ];
-
-    let run_for = Duration::from_secs(9);
-    let Storm { ok, failed, .. } = storm(&browser, &urls, 200, run_for).await;
-    let tokens = env.upstream.distinct_authorizations();
-    let (refreshed, refresh_errors) = env.provider.grant_count("refresh_token").await;
-    println!(
-        "STORM (2 instances, {store}): {ok} ok, {failed} failed; access tokens used: {}; refresh grants: {refreshed} ok, {refresh_errors} failed",
-        tokens.len()
-    );
-    assert_eq!(failed, 0);
-    assert_eq!(refresh_errors, 0);
-    assert!(refreshed >= 3, "{refreshed}");
-    assert_eq!(
-        tokens.len() as u64,
-        refreshed + 1,
-        "one refresh per expiry across both instances"
-    );
+    storm_on_two_instances(store, 200, 3).await;
 }
 
 #[tokio::test]

@@ -265,35 +265,5 @@ async fn the_idle_timeout_counts_use_on_every_instance_sharing_the_file() {
 /// answers the session from its cache.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_storm_across_two_instances_on_one_sqlite_file_refreshes_once_per_expiry() {
-    use std::time::Duration;
-    let env = Env::builder()
-        .store("sqlite")
-        .instances(2)
-        .access_token_ttl(4)
-        .userinfo(false)
-        .start()
-        .await;
-    let browser = env.browser();
-    browser.login(&env, "alice", "alice", "/").await;
-    browser.share_session_with(&env, &env.others[0]);
-    let urls = [
-        env.gateway.url("/api/storm"),
-        env.others[0].url("/api/storm"),
-    ];
-    let run_for = Duration::from_secs(9);
-    let Storm { ok, failed, .. } = storm(&browser, &urls, 40, run_for).await;
-    let tokens = env.upstream.distinct_authorizations();
-    let (refreshed, refresh_errors) = env.provider.grant_count("refresh_token").await;
-    println!(
-        "STORM (2 instances, one sqlite file): {ok} ok, {failed} failed; access tokens used: {}; refresh grants: {refreshed} ok, {refresh_errors} failed",
-        tokens.len()
-    );
-    assert_eq!(failed, 0);
-    assert_eq!(refresh_errors, 0);
-    assert!(refreshed >= 2, "{refreshed}");
-    assert_eq!(
-        tokens.len() as u64,
-        refreshed + 1,
-        "one refresh per expiry across both instances"
-    );
+    storm_on_two_instances("sqlite", 40, 2).await;
 }

@@ -176,6 +176,13 @@ fn same_origin(env: &Env, browser: &Browser) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// A same-origin socket on `/ws` with the browser's session.
+async fn open_ws(env: &Env, browser: &Browser) -> Client {
+    connect(&env.url("/ws"), &same_origin(env, browser))
+        .await
+        .unwrap()
+}
+
 /// A raw handshake (for the malformed ones a real client won't send): the status code
 /// and body of the answer.
 async fn raw_handshake(port: u16, path: &str, lines: &[String]) -> (u16, String) {
@@ -442,9 +449,7 @@ async fn handshakes_from_other_origins_and_without_a_session_are_refused_before_
     assert_eq!(up.connections.load(Ordering::SeqCst), 0);
 
     // Same origin with the session: accepted.
-    connect(&env.url("/ws"), &same_origin(&env, &browser))
-        .await
-        .unwrap();
+    open_ws(&env, &browser).await;
     assert_eq!(up.handshake_count(), 1);
 }
 
@@ -555,12 +560,8 @@ async fn a_logout_closes_the_sessions_sockets_with_1008() {
     let bob = env.browser();
     alice.login(&env, "alice", "alice", "/").await;
     bob.login(&env, "bob", "bob", "/").await;
-    let mut a = connect(&env.url("/ws"), &same_origin(&env, &alice))
-        .await
-        .unwrap();
-    let mut b = connect(&env.url("/ws"), &same_origin(&env, &bob))
-        .await
-        .unwrap();
+    let mut a = open_ws(&env, &alice).await;
+    let mut b = open_ws(&env, &bob).await;
     a.send(Message::text("x")).await.unwrap();
     a.next().await.unwrap().unwrap();
 
@@ -803,9 +804,7 @@ async fn every_way_a_session_ends_closes_its_sockets_and_streamed_answers() {
     // Eviction by max_per_user: alice's second login ends the first session's socket.
     let first = env.browser();
     first.login(&env, "alice", "alice", "/").await;
-    let mut ws1 = connect(&env.url("/ws"), &same_origin(&env, &first))
-        .await
-        .unwrap();
+    let mut ws1 = open_ws(&env, &first).await;
     let second = env.browser();
     let started = Instant::now();
     second.login(&env, "alice", "alice", "/").await;
@@ -817,9 +816,7 @@ async fn every_way_a_session_ends_closes_its_sockets_and_streamed_answers() {
     );
 
     // Back-channel logout: the socket and a streamed answer of that session end.
-    let mut ws2 = connect(&env.url("/ws"), &same_origin(&env, &second))
-        .await
-        .unwrap();
+    let mut ws2 = open_ws(&env, &second).await;
     let download = slow_download(&env, &second);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = Instant::now();
@@ -896,12 +893,8 @@ async fn a_revocation_by_another_process_and_the_idle_timeout_close_sockets_sqli
     let bob = env.browser();
     alice.login(&env, "alice", "alice", "/").await;
     bob.login(&env, "bob", "bob", "/").await;
-    let mut a = connect(&env.url("/ws"), &same_origin(&env, &alice))
-        .await
-        .unwrap();
-    let mut b = connect(&env.url("/ws"), &same_origin(&env, &bob))
-        .await
-        .unwrap();
+    let mut a = open_ws(&env, &alice).await;
+    let mut b = open_ws(&env, &bob).await;
     let opened = Instant::now();
 
     // `portcullis sessions revoke` is another process on the same SQLite file.
@@ -1031,9 +1024,7 @@ async fn a_refresh_answered_invalid_grant_closes_the_sessions_socket() {
         .await;
     let browser = env.browser();
     browser.login(&env, "alice", "alice", "/").await;
-    let mut ws = connect(&env.url("/ws"), &same_origin(&env, &browser))
-        .await
-        .unwrap();
+    let mut ws = open_ws(&env, &browser).await;
     env.provider.revoke_grants("alice").await;
     tokio::time::sleep(Duration::from_millis(2300)).await;
     // The next call needs a refresh; the provider answers invalid_grant; the session ends.

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use super::{Browser, Upstream};
+use super::{Browser, Env, Upstream};
 
 /// What a [`storm`] did.
 pub struct Storm {
@@ -66,4 +66,41 @@ impl Upstream {
         tokens.dedup();
         tokens
     }
+}
+
+/// Two instances on one `store` under a [`storm`] of `tasks` callers for 9 s through one
+/// browser's session, the access token expiring every 4 s: no call fails, no refresh is
+/// refused (a rotated refresh token used twice would be), at least `min_refreshes`
+/// expiries were crossed, and each expiry was refreshed once across both instances.
+pub async fn storm_on_two_instances(store: &'static str, tasks: usize, min_refreshes: u64) {
+    let env = Env::builder()
+        .store(store)
+        .instances(2)
+        .access_token_ttl(4)
+        .userinfo(false)
+        .start()
+        .await;
+    let browser = env.browser();
+    browser.login(&env, "alice", "alice", "/").await;
+    browser.share_session_with(&env, &env.others[0]);
+    let urls = [
+        env.gateway.url("/api/storm"),
+        env.others[0].url("/api/storm"),
+    ];
+    let run_for = Duration::from_secs(9);
+    let Storm { ok, failed, .. } = storm(&browser, &urls, tasks, run_for).await;
+    let tokens = env.upstream.distinct_authorizations();
+    let (refreshed, refresh_errors) = env.provider.grant_count("refresh_token").await;
+    println!(
+        "STORM (2 instances, {store}): {ok} ok, {failed} failed; access tokens used: {}; refresh grants: {refreshed} ok, {refresh_errors} failed",
+        tokens.len()
+    );
+    assert_eq!(failed, 0);
+    assert_eq!(refresh_errors, 0);
+    assert!(refreshed >= min_refreshes, "{refreshed}");
+    assert_eq!(
+        tokens.len() as u64,
+        refreshed + 1,
+        "one refresh per expiry across both instances"
+    );
 }
