@@ -43,7 +43,7 @@ test('the demo shows the session, the cookie, the token the API saw and a refres
   const complaints = []; // console errors and warnings, page errors, failed requests
   try {
     const { gwPort, origin, provider } = await h.startSite({
-    accessTokenTTL: ACCESS_TTL,
+      accessTokenTTL: ACCESS_TTL,
     });
     const api = await h.startApi({ introspectionUrl: `${provider.issuer}/token/introspection` });
     await h.startPortcullis({
