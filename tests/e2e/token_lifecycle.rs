@@ -48,7 +48,13 @@ async fn a_storm_of_parallel_requests_refreshes_exactly_once_per_expiry() {
         slowest.as_millis()
     );
     assert_eq!(failed, 0, "no request failed");
-    assert!(ok > 1000, "the storm was a storm ({ok} requests)");
+    // A storm, not a trickle: every worker came back several times. (A count, not a
+    // rate: on a loaded 2-core machine 200 workers manage ~800 requests in 9 s, on a
+    // quiet one several thousand.)
+    assert!(
+        ok >= 2 * workers as u64,
+        "the storm was a storm ({ok} requests)"
+    );
     assert_eq!(
         refresh_errors, 0,
         "no refresh was refused (a reused refresh token would be)"
