@@ -529,7 +529,8 @@ class Bench:
             if os.getuid() != 0:
                 raise Fatal(f"missing {' '.join(missing)}: run: sudo apt-get install -y {' '.join(missing)}")
             self.apt_install(missing)
-        if not shutil.which("oha"):
+        # oha drives the fixed-rate modes only.
+        if any(m[0] == "r" for m in self.modes) and not shutil.which("oha"):
             loud("INSTALLING oha WITH cargo install --locked oha (missing on this machine; takes a few minutes)")
             subprocess.run(["cargo", "install", "--locked", "oha"], check=True)
         self.nginx = shutil.which("nginx")
