@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
-"""Turns the raw cells of one bench/run.sh run into a table, JSON and an SVG chart.
+"""Turns the raw cells of one ./bench/run.sh run (bench/bench.py) into a summary with a
+verdict per target, a table, JSON and an SVG chart.
 
     python3 bench/report.py RUN_DIR OUT_DIR
     python3 bench/report.py --oha OHA_JSON_FILE   # one oha run -> the cell's metrics JSON
     python3 bench/report.py --line CELL_JSON      # one cell -> a one-line summary
 
-RUN_DIR holds `cells.jsonl` (one JSON object per measured cell, written by run.sh),
+RUN_DIR holds `cells.jsonl` (one JSON object per measured cell, written by bench.py),
 `machine.json`, and optionally `sessions.json` (bench session_rss) and `notes.txt`.
-Writes OUT_DIR/latest.json, OUT_DIR/latest.md (the table as Markdown) and
+Writes OUT_DIR/latest.json, OUT_DIR/latest.md (summary, verdicts, table as Markdown) and
 OUT_DIR/latest.svg, and prints the table. Python 3 standard library only.
 """
 
