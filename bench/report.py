@@ -573,7 +573,10 @@ def memory_md(s_):
             f"({s_['memory_mib_per_100k_sessions']} MiB per 100,000), {s_['sqlite_bytes_per_session']:.0f} bytes "
             f"per session in the SQLite file ({s_['sqlite_sessions']:,} sessions), for a payload of about "
             f"{s_['payload_bytes_per_session']} bytes (sealed tokens {s_['token_bytes']['access']}/"
-            f"{s_['token_bytes']['refresh']}/{s_['token_bytes']['id']} bytes access/refresh/id, claims, sub, sid).")
+            f"{s_['token_bytes']['refresh']}/{s_['token_bytes']['id']} bytes access/refresh/id, claims, sub, sid)."
+            + ("" if not s_.get("sqlite_cache_bytes_per_session") else
+               f" The SQLite store's in-process cache costs {s_['sqlite_cache_bytes_per_session']:.0f} bytes "
+               "of RSS per cached session."))
 
 
 def scale_md(scale, rows):

@@ -284,7 +284,8 @@ class ReportFilesTest(unittest.TestCase):
                 json.dump({"nproc": 2, "duration_s": 1, "rounds": 1}, f)
             sessions = {"memory_bytes_per_session": 3000.0, "memory_mib_per_100k_sessions": 286.1,
                         "sqlite_bytes_per_session": 2900.0, "sqlite_sessions": 20000,
-                        "payload_bytes_per_session": 2384, "token_bytes": {"access": 900, "refresh": 43, "id": 1000}}
+                        "payload_bytes_per_session": 2384, "token_bytes": {"access": 900, "refresh": 43, "id": 1000},
+                        "sqlite_cache_bytes_per_session": 3084.0}
             with open(os.path.join(run, "sessions.json"), "w") as f:
                 json.dump(sessions, f)
             page = os.path.join(d, "performance.md")
@@ -317,6 +318,7 @@ class ReportFilesTest(unittest.TestCase):
             self.assertEqual(text.count("286.1 MiB"), 1)
             self.assertEqual(text.count("VERDICT portcullis-memory"), 1)
             self.assertIn("CPU 0.91 s/100k req", text)
+            self.assertIn("3084 bytes of RSS per cached session", text)
             md = slurp(os.path.join(out, "latest.md"))
             self.assertIn("VERDICT portcullis-redis: NOT MET", md)
             self.assertEqual(md.count("286.1 MiB"), 1)
