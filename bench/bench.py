@@ -547,11 +547,16 @@ class Bench:
     def bench_executable(self, bench):
         """Builds one cargo bench (--no-run), printing cargo's output, and returns its path."""
         note(f"building the {bench} bench (cargo bench --bench {bench} --no-run)")
-        r = subprocess.run(["cargo", "bench", "--bench", bench, "--no-run"], stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True)
-        sys.stdout.write(r.stdout)
-        path = cargo_executable(r.stdout)
-        if r.returncode != 0 or not path or not os.access(path, os.X_OK):
+        p = subprocess.Popen(["cargo", "bench", "--bench", bench, "--no-run"], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+        out = []
+        for line in p.stdout:  # shown as it comes (as `| tee` did)
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            out.append(line)
+        rc = p.wait()
+        path = cargo_executable("".join(out))
+        if rc != 0 or not path or not os.access(path, os.X_OK):
             raise Fatal(f"could not find the {bench} bench executable")
         return path
 
