@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
-"""Turns the raw cells of one bench/run.sh run into a table, JSON and an SVG chart.
+"""Turns the raw cells of one ./bench/run.sh run (bench/bench.py) into a summary with a
+verdict per target, a table, JSON and an SVG chart.
 
     python3 bench/report.py RUN_DIR OUT_DIR
     python3 bench/report.py --oha OHA_JSON_FILE   # one oha run -> the cell's metrics JSON
     python3 bench/report.py --line CELL_JSON      # one cell -> a one-line summary
 
-RUN_DIR holds `cells.jsonl` (one JSON object per measured cell, written by run.sh),
+RUN_DIR holds `cells.jsonl` (one JSON object per measured cell, written by bench.py),
 `machine.json`, and optionally `sessions.json` (bench session_rss) and `notes.txt`.
-Writes OUT_DIR/latest.json, OUT_DIR/latest.md (the table as Markdown) and
+Writes OUT_DIR/latest.json, OUT_DIR/latest.md (summary, verdicts, table as Markdown) and
 OUT_DIR/latest.svg, and prints the table. Python 3 standard library only.
 """
 
@@ -253,39 +254,111 @@ def table(rows, modes, targets):
     return "\n".join(lines)
 
 
-def verdicts(rows, targets):
+def checks(rows, targets, sessions=None):
+    """Every target check of the run, per Portcullis target, in a fixed order:
+    dicts with target, check (a short name), met (bool) and text (the full sentence)."""
     out = []
 
     def noisy(*cells):
         bad = [f"{t} {m}" for (t, m) in cells if ((rows.get((t, m)) or {}).get("noise_pct") or 0) > NOISY_PCT]
         return f" — ⚠ unreliable: {', '.join(bad)} disturbed" if bad else ""
 
+    def add(target, check, met, text):
+        out.append({"target": target, "check": check, "met": met,
+                    "text": f"{text}: {'MET' if met else 'NOT MET'}"})
+
     for t in [t for t in targets if t.startswith("portcullis")]:
         for mode in ("c32", "c256"):
             r = rows.get((t, mode))
             if r and r["rps_vs_nginx"] is not None:
-                ok = r["rps_vs_nginx"] >= 1.0
-                out.append(
+                add(t, f"{mode} ≥ 1.0× nginx", r["rps_vs_nginx"] >= 1.0,
                     f"{t} {mode}: {r['rps_vs_nginx']:.2f}× nginx's throughput "
-                    f"(target ≥ 1.0×): {'MET' if ok else 'NOT MET'}{noisy((t, mode), ('nginx', mode))}"
-                )
+                    f"(target ≥ 1.0×)")
+                out[-1]["text"] += noisy((t, mode), ("nginx", mode))
+        r = rows.get((t, "c256"))
+        if r and r["p99_vs_nginx"] is not None:
+            add(t, "c256 p99 ≤ 1.5× nginx's", r["p99_vs_nginx"] <= 1.5,
+                f"{t} c256: p99 {r['p99_vs_nginx']:.2f}× nginx's (target ≤ 1.5×)")
+            out[-1]["text"] += noisy((t, "c256"), ("nginx", "c256"))
         r = rows.get((t, "r1000"))
         if r and r["p99_added_over_direct_ms"] is not None:
-            ok = r["p99_added_over_direct_ms"] <= 0.3
-            out.append(
+            add(t, "r1000 p99 added ≤ 0.3 ms", r["p99_added_over_direct_ms"] <= 0.3,
                 f"{t} r1000: p99 added over direct {r['p99_added_over_direct_ms']:+.3f} ms "
-                f"(target ≤ 0.3 ms): {'MET' if ok else 'NOT MET'}{noisy((t, 'r1000'), ('direct', 'r1000'))}"
-            )
+                f"(target ≤ 0.3 ms)")
+            out[-1]["text"] += noisy((t, "r1000"), ("direct", "r1000"))
+        r, nginx = rows.get((t, "r10000")), rows.get(("nginx", "r10000"))
+        if r and nginx and r["p99_us"] is not None and nginx["p99_us"] is not None:
+            over = (r["p99_us"] - nginx["p99_us"]) / 1000.0
+            add(t, "r10000 p99 ≤ nginx's + 1 ms", over <= 1.0,
+                f"{t} r10000: p99 {over:+.3f} ms over nginx's (target ≤ +1 ms)")
+            out[-1]["text"] += noisy((t, "r10000"), ("nginx", "r10000"))
         errs = sum(r["errors"] for (tt, _), r in rows.items() if tt == t)
-        out.append(f"{t}: {errs} errors over all cells (target 0): {'MET' if errs == 0 else 'NOT MET'}")
-    redis, memory = rows.get(("portcullis-redis", "c32")), rows.get(("portcullis-memory", "c32"))
-    if redis and memory and memory["rps"]:
-        r = redis["rps"] / memory["rps"]
-        out.append(
-            f"redis store c32: {r:.2f}× the memory store (target ≥ 0.8×): {'MET' if r >= 0.8 else 'NOT MET'}"
-            f"{noisy(('portcullis-redis', 'c32'), ('portcullis-memory', 'c32'))}"
-        )
+        add(t, "0 errors", errs == 0, f"{t}: {errs} errors over all cells (target 0)")
+        if t == "portcullis-memory" and sessions and sessions.get("memory_bytes_per_session"):
+            b = sessions["memory_bytes_per_session"]
+            add(t, "≤ 1,500 bytes RSS per session", b <= 1500,
+                f"memory store: {b:,.0f} bytes of RSS per session (target ≤ 1,500, half of ~3,000)")
+        if t == "portcullis-redis":
+            redis, memory = rows.get((t, "c32")), rows.get(("portcullis-memory", "c32"))
+            if redis and memory and memory["rps"] and redis["rps"] is not None:
+                ratio_ = redis["rps"] / memory["rps"]
+                add(t, "c32 ≥ 0.8× memory store", ratio_ >= 0.8,
+                    f"redis store c32: {ratio_:.2f}× the memory store (target ≥ 0.8×)")
+                out[-1]["text"] += noisy((t, "c32"), ("portcullis-memory", "c32"))
     return out
+
+
+def verdicts(rows, targets, sessions=None):
+    """The checks as sentences ("…: MET" / "…: NOT MET"), as latest.json lists them."""
+    return [c["text"] for c in checks(rows, targets, sessions)]
+
+
+def verdict_line(target, target_checks):
+    """One target's verdict: MET when every check is, else which checks are not met."""
+    failed = [c["check"] for c in target_checks if not c["met"]]
+    met = [c["check"] for c in target_checks if c["met"]]
+    if not target_checks:
+        return f"VERDICT {target}: not measured"
+    if not failed:
+        return f"VERDICT {target}: MET ({', '.join(met)})"
+    return (f"VERDICT {target}: NOT MET — not met: {', '.join(failed)}"
+            + (f"; met: {', '.join(met)}" if met else ""))
+
+
+def cpu_text(v):
+    return "–" if v is None else f"{v:.2f} s"
+
+
+def summary(rows, modes, targets, all_checks):
+    """Per target, mode by mode: throughput (or p99 at a fixed rate) next to the proxy's
+    CPU seconds per 100,000 requests, nginx's in the same mode beside it, then the
+    target's VERDICT line. Markdown list."""
+    x = lambda v: "–" if v is None else f"{v:.2f}×"
+    lines = []
+    for t in targets:
+        parts = []
+        for mode in modes:
+            r = rows.get((t, mode))
+            if not r:
+                continue
+            nginx = rows.get(("nginx", mode)) or {}
+            cpu = ""
+            if r.get("proxy_cpu_s_per_100k") is not None:
+                cpu = f", CPU {cpu_text(r['proxy_cpu_s_per_100k'])}/100k req"
+                if t != "nginx" and nginx.get("proxy_cpu_s_per_100k") is not None:
+                    cpu += f" (nginx {cpu_text(nginx['proxy_cpu_s_per_100k'])})"
+            if mode[0] == "c":
+                rps = "–" if r["rps"] is None else f"{r['rps']:,.0f} req/s"
+                vs = "" if t in ("nginx", "direct") else f" = {x(r['rps_vs_nginx'])} nginx"
+                parts.append(f"{mode}: {rps}{vs}{cpu}")
+            elif r.get("p99_us") is not None:
+                added = ("" if t == "direct" or r.get("p99_added_over_direct_ms") is None
+                         else f" ({r['p99_added_over_direct_ms']:+.2f} ms over direct)")
+                parts.append(f"{mode}: p99 {r['p99_us'] / 1000:.2f} ms{added}{cpu}")
+        lines.append(f"- **{t}** — " + ("; ".join(parts) or "no result"))
+        if t.startswith("portcullis"):
+            lines.append(f"  - **{verdict_line(t, [c for c in all_checks if c['target'] == t])}**")
+    return lines
 
 
 # ---------------------------------------------------------------- SVG
@@ -438,29 +511,17 @@ def main():
     targets = [t for t in TARGET_ORDER if any(tt == t for (tt, _) in rows)]
     targets += sorted({t for (t, _) in rows} - set(targets))
 
-    md = [table(rows, modes, targets), ""]
-    v = verdicts(rows, targets)
-    if v:
-        md += ["Targets (same run):", ""] + [f"- {line}" for line in v] + [""]
-    if sessions:
-        md.append(
-            f"- Memory store: {sessions['memory_mib_per_100k_sessions']} MiB of RSS per 100,000 live "
-            f"sessions ({sessions['memory_bytes_per_session']:.0f} bytes/session); SQLite store: "
-            f"{sessions['sqlite_bytes_per_session']:.0f} bytes/session on disk "
-            f"(tokens {sessions['token_bytes']['access']}/{sessions['token_bytes']['refresh']}/"
-            f"{sessions['token_bytes']['id']} bytes access/refresh/id)."
-        )
-    noisy = [f"{t} {m}" for (t, m), r in rows.items() if (r.get("noise_pct") or 0) > NOISY_PCT]
-    if noisy:
-        md.append(
-            f"- ⚠ Other processes or the hypervisor (steal) took more than {NOISY_PCT:.0f}% of the CPUs "
-            f"during: {', '.join(sorted(noisy))} "
-            "— those cells are not a fair comparison; run again on a quiet machine."
-        )
-    for n in notes:
-        md.append(f"- Note: {n}")
+    all_checks = checks(rows, targets, sessions)
+    v = [c["text"] for c in all_checks]
+    summary_lines = summary(rows, modes, targets, all_checks)
+    results = results_md(rows, modes, targets, v, notes)
+    memory = memory_md(sessions)
+    md = ["## Summary (proxy CPU seconds per 100,000 requests next to throughput)", ""] + summary_lines
+    md += ["", "## Every cell", "", results]
+    if memory:
+        md += ["", "## Memory per session", "", memory]
     if scale:
-        md += ["", scale_md(scale, rows)]
+        md += ["", "## Session stores at scale", "", scale_md(scale, rows)]
     md_text = "\n".join(md).rstrip() + "\n"
 
     os.makedirs(out_dir, exist_ok=True)
@@ -471,6 +532,8 @@ def main():
         "sessions": sessions,
         "scale": scale,
         "verdicts": v,
+        "verdict_by_target": {t: verdict_line(t, [c for c in all_checks if c["target"] == t])
+                              for t in targets if t.startswith("portcullis")},
         "notes": notes,
     }
     with open(os.path.join(out_dir, "latest.json"), "w") as f:
@@ -482,7 +545,38 @@ def main():
         f.write(svg_chart(rows, modes, targets, machine, sessions, "Portcullis vs nginx vs direct, one run"))
     print(md_text)
     if os.environ.get("BENCH_DOCS"):
-        render_docs(os.environ["BENCH_DOCS"], out_dir, result, md_text, rows, modes, targets)
+        render_docs(os.environ["BENCH_DOCS"], out_dir, result, summary_lines, results, rows, targets)
+
+
+def results_md(rows, modes, targets, verdict_texts, notes):
+    """The table of every (target, mode), the target checks and the run's notes."""
+    md = [table(rows, modes, targets), ""]
+    if verdict_texts:
+        md += ["Targets (same run):", ""] + [f"- {line}" for line in verdict_texts] + [""]
+    noisy = [f"{t} {m}" for (t, m), r in rows.items() if (r.get("noise_pct") or 0) > NOISY_PCT]
+    if noisy:
+        md.append(
+            f"- ⚠ Other processes or the hypervisor (steal) took more than {NOISY_PCT:.0f}% of the CPUs "
+            f"during: {', '.join(sorted(noisy))} "
+            "— those cells are not a fair comparison; run again on a quiet machine."
+        )
+    for n in notes:
+        md.append(f"- Note: {n}")
+    return "\n".join(md).rstrip()
+
+
+def memory_md(s_):
+    """The session_rss figures, or None when the run has none."""
+    if not s_:
+        return None
+    return (f"{s_['memory_bytes_per_session']:.0f} bytes of RSS per live session in the memory store "
+            f"({s_['memory_mib_per_100k_sessions']} MiB per 100,000), {s_['sqlite_bytes_per_session']:.0f} bytes "
+            f"per session in the SQLite file ({s_['sqlite_sessions']:,} sessions), for a payload of about "
+            f"{s_['payload_bytes_per_session']} bytes (sealed tokens {s_['token_bytes']['access']}/"
+            f"{s_['token_bytes']['refresh']}/{s_['token_bytes']['id']} bytes access/refresh/id, claims, sub, sid)."
+            + ("" if not s_.get("sqlite_cache_bytes_per_session") else
+               f" The SQLite store's in-process cache costs {s_['sqlite_cache_bytes_per_session']:.0f} bytes "
+               "of RSS per cached session."))
 
 
 def scale_md(scale, rows):
@@ -544,44 +638,23 @@ def profile_md(out_dir):
     return "\n".join(lines)
 
 
-def render_docs(template, out_dir, result, md_text, rows, modes, targets):
-    """Fills bench/performance.md.in into docs/performance.md (BENCH_DOCS=template:output)."""
+def render_docs(template, out_dir, result, summary_lines, results, rows, targets):
+    """Fills bench/performance.md.in into docs/performance.md (BENCH_DOCS=template:output).
+    Each figure appears in one section only: the summary (per target, with its verdict),
+    the results (every cell), memory, scale."""
     src, dst = template.split(":", 1)
-    text = open(src).read()
+    with open(src) as f:
+        text = f.read()
     m = result["machine"]
-    summary = []
-    for t in [t for t in targets if t.startswith("portcullis")]:
-        parts = []
-        for mode in modes:
-            r = rows.get((t, mode))
-            if not r:
-                continue
-            x = lambda v: "–" if v is None else f"{v:.2f}×"
-            if mode[0] == "c":
-                parts.append(f"{mode}: {x(r['rps_vs_nginx'])} nginx, {x(r['rps_vs_direct'])} direct")
-            elif r.get("p99_added_over_direct_ms") is not None:
-                parts.append(f"{mode}: p99 {r['p99_us'] / 1000:.2f} ms "
-                             f"({r['p99_added_over_direct_ms']:+.2f} ms over direct, {x(r['p99_vs_nginx'])} nginx's)")
-        summary.append(f"- **{t}** — " + "; ".join(parts))
     met = sum(1 for v in result["verdicts"] if ": MET" in v)
-    summary.append("")
-    summary.append(f"Targets met in this run: {met} of {len(result['verdicts'])} (each is listed under Results).")
+    summary_text = "\n".join(summary_lines + [
+        "", f"Target checks met in this run: {met} of {len(result['verdicts'])} (each is listed under Results)."])
     machine = "\n".join(f"- {k}: {v}" for k, v in m.items() if v is not None)
-    results = md_text.replace("\n\n| store | sessions", "\n\n### Stores at scale (this run)\n\n| store | sessions", 1)
-    results += "\n![chart](../bench/results/latest.svg)\n"
-    s_ = result.get("sessions")
-    memory = ("Not measured in this run." if not s_ else
-              f"{s_['memory_bytes_per_session']:.0f} bytes of RSS per live session in the memory store "
-              f"({s_['memory_mib_per_100k_sessions']} MiB per 100,000), {s_['sqlite_bytes_per_session']:.0f} bytes "
-              f"per session in the SQLite file ({s_['sqlite_sessions']:,} sessions), for a payload of about "
-              f"{s_['payload_bytes_per_session']} bytes (sealed tokens {s_['token_bytes']['access']}/"
-              f"{s_['token_bytes']['refresh']}/{s_['token_bytes']['id']} bytes access/refresh/id, claims, sub, sid).")
-    scale = (scale_md(result["scale"], rows) if result.get("scale") else
-             "Not part of this run: `./bench/run.sh --scale` fills SQLite and Redis with a million "
-             "sessions each and measures the proxy path against them next to the empty stores.")
-    crit = os.path.join(out_dir, "hot_path.txt")
-    criterion = (open(crit).read().strip() if os.path.exists(crit) else
-                 "Not part of `bench/run.sh`: `cargo bench --bench hot_path`.")
+    results += "\n\n![chart](../bench/results/latest.svg)\n"
+    memory = memory_md(result.get("sessions")) or "Not measured in this run."
+    # A section only a `--scale` run has (without one, "Reproduce" says how to get it).
+    scale = ("## Session stores at scale (this run)\n\n" + scale_md(result["scale"], rows)
+             if result.get("scale") else "")
     perf = []
     for t in targets:
         p = os.path.join(out_dir, f"perf-{t}.txt")
@@ -589,17 +662,19 @@ def render_docs(template, out_dir, result, md_text, rows, modes, targets):
             perf.append(f"[{os.path.basename(p)}](../bench/results/{os.path.basename(p)}) (`BENCH_PERF=1`).")
     profile = profile_md(out_dir) + ("\n\nperf profiles under load: " + " ".join(perf) if perf else "")
     fills = {
-        "@@SUMMARY@@": "\n".join(summary),
+        "@@SUMMARY@@": summary_text,
         "@@TOKEN_LEN@@": str(m.get("access_token_bytes", "?")),
         "@@MACHINE@@": machine,
         "@@RESULTS@@": results,
         "@@MEMORY@@": memory,
         "@@SCALE@@": scale,
-        "@@CRITERION@@": criterion,
         "@@PROFILE@@": profile,
     }
     for k, v in fills.items():
         text = text.replace(k, v)
+    # An optional section left empty leaves no run of blank lines behind.
+    while "\n\n\n" in text:
+        text = text.replace("\n\n\n", "\n\n")
     with open(dst, "w") as f:
         f.write(text)
     print(f"wrote {dst}")

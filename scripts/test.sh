@@ -9,7 +9,9 @@
 #                     django-oauth-toolkit provider
 #   2. lint           cargo fmt --check; cargo clippy --locked --all-targets -- -D warnings
 #                     (its incompatible_msrv lint checks std API use against rust-version);
-#                     rust-version in Cargo.toml is at least every locked dependency's
+#                     rust-version in Cargo.toml is at least every locked dependency's;
+#                     the benchmark's pure parts (bench/test_bench.py, python3 -m unittest:
+#                     /proc and load-generator parsing, CPU accounting, verdicts; offline)
 #   3. build          cargo build --locked --all-targets (debug: the e2e and browser tests
 #                     run target/debug/portcullis)
 #   4. rust tests     cargo nextest run (+ doctests) if cargo-nextest is installed, else
@@ -331,6 +333,8 @@ run_step "prerequisites (toolchain, node, npm ci, chromium, redis-server, python
 run_step "lint: cargo fmt --check" show cargo fmt --all --check
 run_step "lint: cargo clippy" show cargo clippy --locked --all-targets -- -D warnings
 run_step "lint: rust-version covers the locked dependencies" rust_version_check
+run_step "bench: the driver's and the report's unit tests (python3 -m unittest, bench/)" \
+  show python3 -m unittest discover -s bench
 run_step "build: cargo build --locked --all-targets" show cargo build --locked --all-targets
 build_ok=${STEP_RESULTS[${#STEP_RESULTS[@]} - 1]}
 

@@ -937,7 +937,25 @@ impl Config {
     }
 
     /// Checks what types can't: relations between keys, URL shapes, key material.
+    ///
+    /// The phases run in this order and stop at the first problem, so a config with
+    /// several gets the same error every time: the server (its origin, the files it
+    /// reads, its other keys), the session, the security limits, the server's timeouts,
+    /// then each frontend with its OIDC client and its routes (`frontends::validate`).
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_public_origin()?;
+        self.validate_server_files()?;
+        self.validate_server_settings()?;
+        self.validate_session()?;
+        self.validate_security()?;
+        self.validate_timeouts()?;
+        frontends::validate(self)?;
+        Ok(())
+    }
+
+    /// `server.public_origin`: an http(s) origin with a host and no path, https unless
+    /// loopback (the session cookie is Secure).
+    fn validate_public_origin(&self) -> Result<(), ConfigError> {
         let origin = &self.server.public_origin;
         if !matches!(origin.scheme(), "http" | "https") {
             return Err(invalid("server.public_origin", "must be an http(s) origin"));
@@ -957,21 +975,27 @@ impl Config {
         if origin.host_str().is_none() {
             return Err(invalid("server.public_origin", "has no host"));
         }
+        Ok(())
+    }
 
-        if let Some(tls) = &self.server.tls {
+    /// The files the server reads (TLS certificate and key, the upstream CA and client
+    /// certificate) exist, and serving TLS goes with an https origin.
+    fn validate_server_files(&self) -> Result<(), ConfigError> {
+        let server = &self.server;
+        if let Some(tls) = &server.tls {
             for (key, path) in [("server.tls.cert", &tls.cert), ("server.tls.key", &tls.key)] {
                 if !path.is_file() {
                     return Err(invalid(key, format!("{} is not a file", path.display())));
                 }
             }
-            if origin.scheme() != "https" {
+            if server.public_origin.scheme() != "https" {
                 return Err(invalid(
                     "server.public_origin",
                     "must be https when server.tls is set",
                 ));
             }
         }
-        if let Some(path) = &self.server.upstream_ca_file
+        if let Some(path) = &server.upstream_ca_file
             && !path.is_file()
         {
             return Err(invalid(
@@ -979,10 +1003,7 @@ impl Config {
                 format!("{} is not a file", path.display()),
             ));
         }
-        match (
-            &self.server.upstream_client_cert,
-            &self.server.upstream_client_key,
-        ) {
+        match (&server.upstream_client_cert, &server.upstream_client_key) {
             (Some(_), None) => {
                 return Err(invalid(
                     "server.upstream_client_key",
@@ -1007,6 +1028,11 @@ impl Config {
             }
             (None, None) => {}
         }
+        Ok(())
+    }
+
+    /// `server.log_level` is a log filter; `server.admin_listen` is not the main listener.
+    fn validate_server_settings(&self) -> Result<(), ConfigError> {
         if let Some(level) = &self.server.log_level
             && tracing_subscriber::EnvFilter::try_new(level).is_err()
         {
@@ -1027,7 +1053,12 @@ impl Config {
                 "must differ from server.listen",
             ));
         }
+        Ok(())
+    }
 
+    /// The `session` table: its keys decode, the cookie name, the limits and timeouts,
+    /// and what the chosen store needs.
+    fn validate_session(&self) -> Result<(), ConfigError> {
         let session = &self.session;
         if session.keys.is_empty() {
             return Err(invalid(
@@ -1039,23 +1070,7 @@ impl Config {
             values::decode_key(key.expose())
                 .map_err(|why| invalid(&format!("session.keys[{i}]"), why))?;
         }
-        if !session.cookie_name.starts_with("__Host-") {
-            return Err(invalid(
-                "session.cookie_name",
-                "must start with \"__Host-\" (the browser then pins it to this origin)",
-            ));
-        }
-        if session.cookie_name.len() <= "__Host-".len()
-            || !session
-                .cookie_name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-        {
-            return Err(invalid(
-                "session.cookie_name",
-                "must be a plain token (letters, digits, -_.)",
-            ));
-        }
+        validate_cookie_name(&session.cookie_name)?;
         if session.max_per_user == Some(0) {
             return Err(invalid("session.max_per_user", "must be at least 1"));
         }
@@ -1068,31 +1083,12 @@ impl Config {
                 "must not be shorter than idle_timeout",
             ));
         }
-        match session.store {
-            StoreKind::Redis => match &session.redis_url {
-                None => {
-                    return Err(invalid(
-                        "session.redis_url",
-                        "is required with store = \"redis\"",
-                    ));
-                }
-                Some(url) => {
-                    values::RedisAddress::parse(url.expose())
-                        .map_err(|why| invalid("session.redis_url", why))?;
-                }
-            },
-            StoreKind::Sqlite if session.sqlite_path.as_os_str().is_empty() => {
-                return Err(invalid("session.sqlite_path", "must not be empty"));
-            }
-            StoreKind::Sqlite if session.sqlite_cache_size > MAX_SQLITE_CACHE_SIZE => {
-                return Err(invalid(
-                    "session.sqlite_cache_size",
-                    format!("must be at most {MAX_SQLITE_CACHE_SIZE} (0 turns the cache off)"),
-                ));
-            }
-            _ => {}
-        }
+        validate_store(session)
+    }
 
+    /// The `security` table: allowed origins are origins, the rate and pending-login
+    /// limits allow something, the header limit leaves room for a normal request.
+    fn validate_security(&self) -> Result<(), ConfigError> {
         let security = &self.security;
         for (i, origin) in security.allowed_origins.iter().enumerate() {
             if !matches!(origin.scheme(), "http" | "https")
@@ -1105,23 +1101,23 @@ impl Config {
                 ));
             }
         }
-        if security.login_rate_per_minute == 0 {
-            return Err(invalid(
+        for (key, is_zero) in [
+            (
                 "security.login_rate_per_minute",
-                "must be at least 1",
-            ));
-        }
-        if security.pending_logins_per_browser == 0 {
-            return Err(invalid(
+                security.login_rate_per_minute == 0,
+            ),
+            (
                 "security.pending_logins_per_browser",
-                "must be at least 1",
-            ));
-        }
-        if security.pending_logins_per_network == 0 {
-            return Err(invalid(
+                security.pending_logins_per_browser == 0,
+            ),
+            (
                 "security.pending_logins_per_network",
-                "must be at least 1",
-            ));
+                security.pending_logins_per_network == 0,
+            ),
+        ] {
+            if is_zero {
+                return Err(invalid(key, "must be at least 1"));
+            }
         }
         if security.max_header_bytes < 8192 {
             return Err(invalid(
@@ -1129,6 +1125,12 @@ impl Config {
                 "must be at least 8192",
             ));
         }
+        Ok(())
+    }
+
+    /// The connection timeouts (`server.*_timeout`, `security.header_read_timeout`)
+    /// are positive.
+    fn validate_timeouts(&self) -> Result<(), ConfigError> {
         for (key, value) in [
             (
                 "server.first_request_timeout",
@@ -1136,15 +1138,15 @@ impl Config {
             ),
             ("server.idle_timeout", self.server.idle_timeout),
             ("server.write_timeout", self.server.write_timeout),
+            (
+                "security.header_read_timeout",
+                self.security.header_read_timeout,
+            ),
         ] {
             if value.is_zero() {
                 return Err(invalid(key, "must be positive"));
             }
         }
-        if security.header_read_timeout.is_zero() {
-            return Err(invalid("security.header_read_timeout", "must be positive"));
-        }
-        frontends::validate(self)?;
         Ok(())
     }
 
@@ -1152,6 +1154,57 @@ impl Config {
     pub fn public_origin(&self) -> &str {
         self.server.public_origin.as_str().trim_end_matches('/')
     }
+}
+
+/// `session.cookie_name`: a `__Host-` cookie (pinned to this origin) with a plain name.
+fn validate_cookie_name(name: &str) -> Result<(), ConfigError> {
+    if !name.starts_with("__Host-") {
+        return Err(invalid(
+            "session.cookie_name",
+            "must start with \"__Host-\" (the browser then pins it to this origin)",
+        ));
+    }
+    if name.len() <= "__Host-".len()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    {
+        return Err(invalid(
+            "session.cookie_name",
+            "must be a plain token (letters, digits, -_.)",
+        ));
+    }
+    Ok(())
+}
+
+/// What the chosen `session.store` needs: Redis an address, SQLite a path and a
+/// bounded cache.
+fn validate_store(session: &SessionConfig) -> Result<(), ConfigError> {
+    match session.store {
+        StoreKind::Redis => match &session.redis_url {
+            None => {
+                return Err(invalid(
+                    "session.redis_url",
+                    "is required with store = \"redis\"",
+                ));
+            }
+            Some(url) => {
+                values::RedisAddress::parse(url.expose())
+                    .map_err(|why| invalid("session.redis_url", why))?;
+            }
+        },
+        StoreKind::Sqlite if session.sqlite_path.as_os_str().is_empty() => {
+            return Err(invalid("session.sqlite_path", "must not be empty"));
+        }
+        StoreKind::Sqlite if session.sqlite_cache_size > MAX_SQLITE_CACHE_SIZE => {
+            return Err(invalid(
+                "session.sqlite_cache_size",
+                format!("must be at most {MAX_SQLITE_CACHE_SIZE} (0 turns the cache off)"),
+            ));
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 /// The `oidc` table of one frontend; `prefix` is "" or "frontends[i]." for the keys named.
