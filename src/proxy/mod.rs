@@ -252,7 +252,7 @@ async fn forward(
     state: &AppState,
     route: &Route,
     request: Request,
-) -> Result<axum::http::Response<hyper::body::Incoming>, ApiError> {
+) -> Result<axum::http::Response<crate::upstream::UpstreamBody>, ApiError> {
     let started = std::time::Instant::now();
     let result =
         tokio::time::timeout(route.timeout, client_for(state, route).request(request)).await;
@@ -267,7 +267,7 @@ async fn forward(
 /// Phase: the upstream's answer made ours (see [`answer`]), body streamed. `session`:
 /// the session's token went upstream.
 fn finish(
-    response: axum::http::Response<hyper::body::Incoming>,
+    response: axum::http::Response<crate::upstream::UpstreamBody>,
     frontend: &Frontend,
     route: &Route,
     session: bool,
