@@ -21,7 +21,7 @@
 //! 7. `frontend` — the SPAs one gateway serves
 //! 8. `gateway` — the shared state, and what a request is for (decided once)
 //! 9. `bff`, `proxy` — the handlers: the `/bff/*` endpoints; the API reverse proxy
-//! 10. `server` — `app(state) -> Router`, its layers, listeners, TLS termination, graceful shutdown
+//! 10. `server` — `app(state) -> App` (its phases, then the router), listeners, TLS termination, graceful shutdown
 //! 11. `cli` — the command line
 //!
 //! The modules, in that order:
@@ -69,7 +69,7 @@ pub mod bff;
 /// The API reverse proxy.
 pub mod proxy;
 
-/// The server: `app(state) -> Router`, listeners, graceful shutdown.
+/// The server: `app(state) -> App`, listeners, graceful shutdown.
 pub mod server;
 
 /// The command line.

@@ -30,10 +30,20 @@ use crate::error::ApiError;
 /// What a 405 says is allowed (a proxied route's upstream may allow less).
 pub const ALLOWED_METHODS: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
 
-/// The layer (`axum::middleware::from_fn`).
+/// The layer (`axum::middleware::from_fn`), as the admin listener uses it.
 pub async fn layer(request: Request, next: Next) -> Response {
+    around(request, |request| next.run(request)).await
+}
+
+/// The rules of the module docs around `next` (the main listener's phase, see
+/// `server::App`).
+pub async fn around<F, Fut>(request: Request, next: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: Future<Output = Response>,
+{
     let mut response = match check_request(&request) {
-        Ok(()) => next.run(request).await,
+        Ok(()) => next(request).await,
         Err(e) => e.into_response(),
     };
     response.headers_mut().insert(

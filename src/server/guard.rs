@@ -2,9 +2,8 @@
 //! `Sec-Fetch-Site` layers of the CSRF defence, CORS, HSTS, the `/bff/*` body limit,
 //! framing) applied in front of every handler, to the request's [`Target`].
 
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{HeaderValue, Method, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::error::ApiError;
@@ -16,8 +15,12 @@ use crate::security::guard::{
 };
 use crate::telemetry::Endpoint;
 
-/// The guard middleware (see the module docs).
-pub async fn guard(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+/// The guard (see the module docs) around `next`, for the request's `target`.
+pub async fn guard<F, Fut>(state: &AppState, request: Request, target: &Target, next: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: Future<Output = Response>,
+{
     let gw = &state.gw;
     let config = &gw.guard;
     let framing = match request.extensions().get::<AmbiguousFraming>() {
@@ -33,8 +36,7 @@ pub async fn guard(State(state): State<AppState>, mut request: Request, next: Ne
     if head_size(&request) > config.max_head {
         return ApiError::HeadTooLarge.into_response();
     }
-    let target = Target::of(gw, &mut request);
-    let is_protected = protected(&target, request.method());
+    let is_protected = protected(target, request.method());
     let cross = config
         .allowed_cross_origin(request.headers().get(header::ORIGIN))
         .cloned();
@@ -75,7 +77,7 @@ pub async fn guard(State(state): State<AppState>, mut request: Request, next: Ne
     {
         return with_cors(redirect, cross.as_ref(), config.hsts);
     }
-    let response = next.run(request).await;
+    let response = next(request).await;
     with_cors(response, cross.as_ref(), config.hsts)
 }
 

@@ -19,7 +19,6 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::sync::watch;
-use tower::ServiceExt;
 
 use axum::http::HeaderValue;
 use axum::http::header::CONNECTION;
@@ -256,7 +255,7 @@ async fn worker(
     let limits = state.gw.config.security.clone();
     let timeouts = Timeouts::new(&state.gw.config);
     let gw = state.gw.clone();
-    let router = app(state);
+    let app = app(state);
     let graceful = GracefulShutdown::new();
     // Request limits: an oversized head is refused (431) before any handler runs.
     // The header, first-request, idle and write timeouts are the connection's
@@ -301,7 +300,7 @@ async fn worker(
                     let acceptor = tls.acceptor();
                     let watcher = graceful.watcher();
                     let auto = auto.clone();
-                    let router = router.clone();
+                    let app = app.clone();
                     tokio::spawn(async move {
                         let _slot = slot;
                         let stream = match tokio::time::timeout(timeouts.first_request, acceptor.accept(stream)).await {
@@ -316,7 +315,7 @@ async fn worker(
                             }
                         };
                         let http2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                        let service = service(router, peer, shared.clone(), http2);
+                        let service = service(app, peer, shared.clone(), http2);
                         let io = Guarded::new(stream, shared, timeouts, !http2, max_head);
                         let connection = watcher.watch(auto.serve_connection_with_upgrades(TokioIo::new(io), service));
                         if let Err(e) = connection.await {
@@ -325,7 +324,7 @@ async fn worker(
                     });
                     continue;
                 }
-                let service = service(router.clone(), peer, shared.clone(), false);
+                let service = service(app.clone(), peer, shared.clone(), false);
                 let io = Guarded::new(stream, shared, timeouts, true, max_head);
                 let watcher = graceful.watcher();
                 let http = http.clone();
@@ -356,7 +355,7 @@ async fn worker(
 /// The service of one connection: each request is counted in flight until its
 /// answer is done (the connection's idle timer), and carries the peer address.
 fn service(
-    router: axum::Router,
+    app: super::App,
     peer: SocketAddr,
     shared: Arc<Shared>,
     http2: bool,
@@ -375,9 +374,9 @@ fn service(
         if flight.ambiguous() {
             extensions.insert(AmbiguousFraming);
         }
-        let answer = router.clone().oneshot(request.map(Body::new));
+        let answer = app.clone().serve(request.map(Body::new));
         async move {
-            let mut response = answer.await?;
+            let mut response = answer.await;
             if response.status() == axum::http::StatusCode::SWITCHING_PROTOCOLS
                 && let Some(life) = response
                     .extensions_mut()

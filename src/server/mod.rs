@@ -1,4 +1,4 @@
-//! The server: `fn app(state) -> Router` (the layers, the `/bff` router, dispatch to
+//! The server: `fn app(state) -> App` (the phases, the `/bff` router, dispatch to
 //! an API route or the SPA's files), the listeners, TLS termination, the admin
 //! listener and graceful shutdown. The shared state is `crate::gateway`'s.
 
@@ -23,33 +23,128 @@ pub use listen::{Server, serve};
 use crate::error::not_found;
 use crate::gateway::{AppState, Target, TargetKind};
 
-/// The whole browser-facing application. Tests drive it with `oneshot`, no socket.
-pub fn app(state: AppState) -> Router {
-    let bff = crate::bff::router(state.clone(), &state.gw.frontends.prefixes())
+/// The whole browser-facing application: the phases every request goes through, in
+/// order, then the `/bff` router, the health checks, an API route or the SPA's files.
+///
+/// The phases are plain function calls inside one future, not `from_fn` layers (which
+/// box a future and clone the state and the inner service per layer per request):
+/// 1. (feature `otel`) the OpenTelemetry server span (`request::otel`);
+/// 2. the request id, the `request` log span and the metrics (`request::around`) —
+///    they see every answer, refusals included;
+/// 3. methods and `Host` refused before anything else, nosniff on every answer
+///    (`security::headers::around`);
+/// 4. the guard (`guard::guard`);
+/// 5. the handler: an API route's request goes straight to [`dispatch_to`] (its
+///    [`Target`] is already decided); everything else goes through the router.
+///
+/// Tests drive it with `oneshot` (it is a `tower::Service`), no socket.
+#[derive(Clone)]
+pub struct App {
+    state: AppState,
+    router: Router,
+    /// The router's paths (what axum's `MatchedPath` would say), the server span's
+    /// `http.route`.
+    #[cfg(feature = "otel")]
+    paths: std::sync::Arc<std::collections::HashSet<String>>,
+}
+
+/// The browser-facing application (see [`App`]).
+pub fn app(state: AppState) -> App {
+    let prefixes = state.gw.frontends.prefixes();
+    let bff = crate::bff::router(state.clone(), &prefixes)
         .layer(axum::middleware::from_fn(crate::security::bff_headers));
     let router = Router::new()
         .merge(bff)
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(dispatch)
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            guard::guard,
-        ))
-        // Methods and Host refused before anything else; nosniff on every answer.
-        .layer(axum::middleware::from_fn(crate::security::headers::layer))
-        // Outermost: request id, span and metrics see every answer, refusals included.
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            request::layer,
-        ));
-    // Around everything: the OpenTelemetry server span (feature `otel`).
+        .with_state(state.clone());
+    App {
+        #[cfg(feature = "otel")]
+        paths: std::sync::Arc::new(
+            crate::bff::paths(&prefixes)
+                .chain(["/healthz".to_owned(), "/readyz".to_owned()])
+                .collect(),
+        ),
+        state,
+        router,
+    }
+}
+
+impl App {
+    /// Serves one request through every phase (see [`App`]).
+    pub async fn serve(self, request: Request) -> Response {
+        #[cfg(feature = "otel")]
+        if crate::telemetry::otel::enabled() {
+            return self.serve_traced(request).await;
+        }
+        self.serve_logged(request).await
+    }
+
+    /// Phase 1: the OpenTelemetry server span around the other phases.
     #[cfg(feature = "otel")]
-    let router = router.layer(axum::middleware::from_fn_with_state(
-        state.clone(),
-        request::otel_layer,
-    ));
-    router.with_state(state)
+    async fn serve_traced(self, mut request: Request) -> Response {
+        let trusted = request::from_trusted_proxy(&self.state, &request);
+        let target = Target::of(&self.state.gw, &mut request);
+        // Low cardinality: an API route's prefix, else the router's path (`/bff/user`),
+        // else nothing (static files, unknown paths).
+        let route = match target.route() {
+            Some(r) => r.prefix.clone(),
+            None => self
+                .paths
+                .get(request.uri().path())
+                .cloned()
+                .unwrap_or_default(),
+        };
+        crate::telemetry::otel::serve(request, |r| self.serve_logged(r), &route, trusted).await
+    }
+
+    /// Phases 2 to 5.
+    async fn serve_logged(self, request: Request) -> Response {
+        let Self { state, router, .. } = self;
+        let state = &state;
+        request::around(state, request, |request, target| async move {
+            crate::security::headers::around(request, |request| {
+                guard::guard(state, request, &target, |request| {
+                    handle(state, router, &target, request)
+                })
+            })
+            .await
+        })
+        .await
+    }
+}
+
+impl tower::Service<Request> for App {
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response, Self::Error>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let app = self.clone();
+        Box::pin(async move { Ok(app.serve(request).await) })
+    }
+}
+
+/// Phase 5: the handler. An API route's request can't be one of the router's
+/// (those are `{prefix}/bff/*` and the health checks, whose targets are never an API
+/// route's), so the router would only hand it to its fallback: it goes there directly.
+async fn handle(state: &AppState, router: Router, target: &Target, request: Request) -> Response {
+    if matches!(target.kind, TargetKind::Api(_)) && !request.uri().path().contains("/bff/") {
+        return dispatch_to(state, target, request).await;
+    }
+    match router.oneshot(request).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    }
 }
 
 async fn healthz() -> impl IntoResponse {
@@ -62,16 +157,22 @@ async fn readyz(State(state): State<AppState>) -> Response {
     admin::readiness(&state.gw).await
 }
 
-/// Everything outside `/bff`: an API route, else the SPA's files.
+/// Everything outside `/bff`: an API route, else the SPA's files (the router's
+/// fallback).
 async fn dispatch(State(state): State<AppState>, mut request: Request) -> Response {
     let target = Target::of(&state.gw, &mut request);
+    dispatch_to(&state, &target, request).await
+}
+
+/// [`dispatch`], for the request's `target`.
+async fn dispatch_to(state: &AppState, target: &Target, request: Request) -> Response {
     let Some(frontend) = &target.frontend else {
         return not_found();
     };
     match target.kind {
         TargetKind::Api(_) => {
             let route = target.route().expect("an API target has its route");
-            match crate::proxy::proxy(&state, frontend, route, request).await {
+            match crate::proxy::proxy(state, frontend, route, request).await {
                 Ok(response) => response,
                 Err(e) => e.into_response(),
             }

@@ -13,8 +13,7 @@
 
 use std::time::Instant;
 
-use axum::extract::{Request, State};
-use axum::middleware::Next;
+use axum::extract::Request;
 use axum::response::Response;
 use tracing::Instrument;
 
@@ -24,17 +23,22 @@ use crate::telemetry::{RequestId, X_REQUEST_ID};
 
 /// Whether the request comes from a trusted proxy (whose request id and trace
 /// context are believed).
-fn from_trusted_proxy(state: &AppState, request: &Request) -> bool {
+pub(super) fn from_trusted_proxy(state: &AppState, request: &Request) -> bool {
     crate::security::is_trusted_proxy(
         &state.gw.config.server.trusted_proxies,
         crate::security::peer_ip(request.extensions()),
     )
 }
 
-/// The request id, span and metrics layer (`axum::middleware::from_fn_with_state`).
-pub async fn layer(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+/// The request id, span and metrics phase, outermost (see [`super::App`]): `inner`
+/// serves the request, with its [`Target`], inside the request's span.
+pub async fn around<F, Fut>(state: &AppState, mut request: Request, inner: F) -> Response
+where
+    F: FnOnce(Request, Target) -> Fut,
+    Fut: Future<Output = Response>,
+{
     let started = Instant::now();
-    let trusted = from_trusted_proxy(&state, &request);
+    let trusted = from_trusted_proxy(state, &request);
     let id = request
         .headers()
         .get(&X_REQUEST_ID)
@@ -46,6 +50,7 @@ pub async fn layer(State(state): State<AppState>, mut request: Request, next: Ne
         .insert(X_REQUEST_ID.clone(), id.clone());
     request.extensions_mut().insert(RequestId(id.clone()));
     let target = Target::of(&state.gw, &mut request);
+    let (label, endpoint) = (target.label(), target.endpoint());
 
     let span = tracing::info_span!(
         "request",
@@ -53,29 +58,8 @@ pub async fn layer(State(state): State<AppState>, mut request: Request, next: Ne
         method = %request.method(),
         path = %request.uri().path(),
     );
-    let mut response = next.run(request).instrument(span).await;
-    record(
-        target.label(),
-        target.endpoint(),
-        &response,
-        started.elapsed(),
-    );
+    let mut response = inner(request, target).instrument(span).await;
+    record(label, endpoint, &response, started.elapsed());
     response.headers_mut().insert(X_REQUEST_ID.clone(), id);
     response
-}
-
-/// The OpenTelemetry server span (feature `otel`), around everything.
-#[cfg(feature = "otel")]
-pub async fn otel_layer(
-    State(state): State<AppState>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    if !crate::telemetry::otel::enabled() {
-        return next.run(request).await;
-    }
-    let trusted = from_trusted_proxy(&state, &request);
-    let target = Target::of(&state.gw, &mut request);
-    let route = target.route().map(|r| r.prefix.as_str());
-    crate::telemetry::otel::serve(request, next, route, trusted).await
 }

@@ -28,9 +28,8 @@
 use std::future::Future;
 use std::sync::OnceLock;
 
-use axum::extract::{MatchedPath, Request};
+use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
-use axum::middleware::Next;
 use axum::response::Response;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
@@ -175,28 +174,19 @@ pub fn init_subscriber(filter: EnvFilter, json: bool) -> Option<EnvFilter> {
     None
 }
 
-/// The server span of a request, around `next` (the `server::request` layer calls
-/// it outermost). `api_route` is the prefix of the API route serving it, if one does;
-/// `trusted` says whether the peer is a trusted proxy (whose `traceparent` is continued).
-pub async fn serve(
-    mut request: Request,
-    next: Next,
-    api_route: Option<&str>,
-    trusted: bool,
-) -> Response {
+/// The server span of a request, around `next` (`server::App` calls it outermost).
+/// `route` is the prefix of the API route serving it, else the router's path
+/// (`/bff/user`), else empty; `trusted` says whether the peer is a trusted proxy
+/// (whose `traceparent` is continued).
+pub async fn serve<F, Fut>(mut request: Request, next: F, route: &str, trusted: bool) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: Future<Output = Response>,
+{
     if !enabled() {
-        return next.run(request).await;
+        return next(request).await;
     }
     let path = request.uri().path();
-    // Low cardinality: an API route's prefix, else the endpoint's path (`/bff/user`),
-    // else nothing (static files, unknown paths).
-    let route: &str = match api_route {
-        Some(route) => route,
-        None => request
-            .extensions()
-            .get::<MatchedPath>()
-            .map_or("", MatchedPath::as_str),
-    };
     let name = if route.is_empty() {
         request.method().as_str().to_owned()
     } else {
@@ -230,7 +220,7 @@ pub async fn serve(
         .extensions_mut()
         .insert(TraceContext(span.context()));
 
-    let response = next.run(request).instrument(span.clone()).await;
+    let response = next(request).instrument(span.clone()).await;
     let status = response.status().as_u16();
     span.record("http.response.status_code", status);
     if status >= 500 {
