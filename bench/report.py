@@ -446,8 +446,10 @@ def main():
         md.append(
             f"- Memory store: {sessions['memory_mib_per_100k_sessions']} MiB of RSS per 100,000 live "
             f"sessions ({sessions['memory_bytes_per_session']:.0f} bytes/session); SQLite store: "
-            f"{sessions['sqlite_bytes_per_session']:.0f} bytes/session on disk "
-            f"(tokens {sessions['token_bytes']['access']}/{sessions['token_bytes']['refresh']}/"
+            f"{sessions['sqlite_bytes_per_session']:.0f} bytes/session on disk"
+            + (f" and {sessions['sqlite_cache_bytes_per_session']:.0f} bytes of RSS per session in its "
+               "in-process cache" if sessions.get('sqlite_cache_bytes_per_session') is not None else "")
+            + f" (tokens {sessions['token_bytes']['access']}/{sessions['token_bytes']['refresh']}/"
             f"{sessions['token_bytes']['id']} bytes access/refresh/id)."
         )
     noisy = [f"{t} {m}" for (t, m), r in rows.items() if (r.get("noise_pct") or 0) > NOISY_PCT]
@@ -573,7 +575,11 @@ def render_docs(template, out_dir, result, md_text, rows, modes, targets):
     memory = ("Not measured in this run." if not s_ else
               f"{s_['memory_bytes_per_session']:.0f} bytes of RSS per live session in the memory store "
               f"({s_['memory_mib_per_100k_sessions']} MiB per 100,000), {s_['sqlite_bytes_per_session']:.0f} bytes "
-              f"per session in the SQLite file ({s_['sqlite_sessions']:,} sessions), for a payload of about "
+              f"per session in the SQLite file ({s_['sqlite_sessions']:,} sessions)"
+              + (f" and {s_['sqlite_cache_bytes_per_session']:.0f} bytes of RSS per session its in-process "
+                 "cache holds (a fresh process loading every session once, less the same without the cache: "
+                 "SQLite's page cache is not counted)" if s_.get('sqlite_cache_bytes_per_session') is not None else "")
+              + f", for a payload of about "
               f"{s_['payload_bytes_per_session']} bytes (sealed tokens {s_['token_bytes']['access']}/"
               f"{s_['token_bytes']['refresh']}/{s_['token_bytes']['id']} bytes access/refresh/id, claims, sub, sid).")
     scale = (scale_md(result["scale"], rows) if result.get("scale") else
