@@ -33,6 +33,9 @@ const CACHE_PHASE: &str = "SESSION_RSS_SQLITE_CACHE";
 const CACHE_SIZE: &str = "SESSION_RSS_SQLITE_CACHE_SIZE";
 
 fn main() {
+    if common::only_listing() {
+        return;
+    }
     if let Ok(path) = std::env::var(CACHE_PHASE) {
         return sqlite_cache_phase(std::path::Path::new(&path));
     }
