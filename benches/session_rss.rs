@@ -14,7 +14,9 @@
 //! - the SQLite store: the database file after a WAL checkpoint, and the memory its
 //!   in-process cache takes per cached session: `VmRSS` of a fresh process (this
 //!   benchmark run again, so that no memory freed by the phases above is reused)
-//!   before and after a store on that file has loaded every session once.
+//!   before and after a store on that file has loaded every session once, less the
+//!   same in a fresh process whose store has no cache (SQLite's own page cache and
+//!   the read path grow too; they are not the cache's).
 //!
 //! Prints a human summary and one line `RESULT {json}` for bench/run.sh.
 
@@ -23,12 +25,17 @@ mod common;
 use std::time::Instant;
 
 use portcullis::config::{SessionConfig, StoreKind};
-use portcullis::session::{MemoryStore, SessionId, Sessions, SqliteStore, Store};
+use portcullis::session::{MemoryStore, SessionId, Sessions, SqliteOptions, SqliteStore, Store};
 
 /// Set (to the database file) for the child process that measures the SQLite cache.
 const CACHE_PHASE: &str = "SESSION_RSS_SQLITE_CACHE";
+/// The cache size (`session.sqlite_cache_size`) of that child process.
+const CACHE_SIZE: &str = "SESSION_RSS_SQLITE_CACHE_SIZE";
 
 fn main() {
+    if common::only_listing() {
+        return;
+    }
     if let Ok(path) = std::env::var(CACHE_PHASE) {
         return sqlite_cache_phase(std::path::Path::new(&path));
     }
@@ -114,22 +121,36 @@ fn main() {
         file_bytes as f64 / 1048576.0,
         per_row
     );
-    let child = std::process::Command::new(std::env::current_exe().unwrap())
-        .env(CACHE_PHASE, &path)
-        .output()
-        .unwrap();
-    let child_out = String::from_utf8_lossy(&child.stdout);
-    print!("{child_out}");
-    let cache_per_session: f64 = child_out
-        .lines()
-        .find_map(|l| l.strip_prefix("CACHE_BYTES_PER_SESSION "))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            panic!(
-                "cache phase failed: {}",
-                String::from_utf8_lossy(&child.stderr)
-            )
-        });
+    // The cache's cost: the same loads in two fresh processes, with the cache and
+    // without it; what they share (SQLite's page cache, the read path) cancels out.
+    let cache_phase = |cache_size: usize| {
+        let child = std::process::Command::new(std::env::current_exe().unwrap())
+            .env(CACHE_PHASE, &path)
+            .env(CACHE_SIZE, cache_size.to_string())
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&child.stdout).into_owned();
+        let field = |name: &str| -> f64 {
+            out.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| {
+                    panic!(
+                        "cache phase failed: {}",
+                        String::from_utf8_lossy(&child.stderr)
+                    )
+                })
+        };
+        (field("RSS_DELTA"), field("CACHED"))
+    };
+    let (with_cache, cached) = cache_phase(SqliteOptions::DEFAULT_CACHE_SIZE);
+    let (without_cache, _) = cache_phase(0);
+    let cache_per_session = (with_cache - without_cache).max(0.0) / cached.max(1.0);
+    println!(
+        "sqlite store: {cached} sessions cached in process: {cache_per_session:.0} bytes/cached session (VmRSS +{:.1} MiB loading them with the cache, +{:.1} MiB without)",
+        with_cache / 1048576.0,
+        without_cache / 1048576.0,
+    );
     let (access, refresh, id) = common::token_sizes();
     println!(
         "RESULT {}",
@@ -148,8 +169,9 @@ fn main() {
     );
 }
 
-/// In a fresh process: the SQLite store's cache, filled by one load of each session
-/// of the file the parent wrote (their ids in `ids` beside it).
+/// In a fresh process: `VmRSS` growth while a store with a cache of
+/// `SESSION_RSS_SQLITE_CACHE_SIZE` records loads each session of the file the parent
+/// wrote once (their ids in `ids` beside it), and how many it then holds.
 fn sqlite_cache_phase(path: &std::path::Path) {
     let text = std::fs::read_to_string(path.with_file_name("ids")).unwrap();
     let ids: Vec<SessionId> = text.lines().filter_map(SessionId::parse).collect();
@@ -157,25 +179,29 @@ fn sqlite_cache_phase(path: &std::path::Path) {
         .enable_all()
         .build()
         .unwrap();
+    let cache_size = std::env::var(CACHE_SIZE).unwrap().parse().unwrap();
     rt.block_on(async {
-        let store = SqliteStore::open(path).await.unwrap();
+        let options = SqliteOptions {
+            cache_size,
+            ..SqliteOptions::default()
+        };
+        let store = SqliteStore::open_with(path, options).await.unwrap();
         let sessions = common::sessions(Store::Sqlite(store));
         // One load first: connections, statements, the runtime's blocking pool.
         sessions.load(&ids[0], "").await.unwrap();
         let before = common::rss_bytes().expect("VmRSS");
         for id in &ids {
-            sessions.load(id, "").await.unwrap().expect("a live session");
+            sessions
+                .load(id, "")
+                .await
+                .unwrap()
+                .expect("a live session");
         }
         let after = common::rss_bytes().expect("VmRSS");
         let Store::Sqlite(store) = sessions.store() else {
             unreachable!()
         };
-        let cached = store.cached_sessions();
-        let per = after.saturating_sub(before) as f64 / cached.max(1) as f64;
-        println!(
-            "sqlite store: {cached} sessions cached in process, VmRSS +{:.1} MiB: {per:.0} bytes/cached session",
-            after.saturating_sub(before) as f64 / 1048576.0
-        );
-        println!("CACHE_BYTES_PER_SESSION {per:.0}");
+        println!("RSS_DELTA {}", after.saturating_sub(before));
+        println!("CACHED {}", store.cached_sessions());
     });
 }

@@ -45,6 +45,9 @@ struct Params {
 }
 
 fn main() {
+    if common::only_listing() {
+        return;
+    }
     let explicit = std::env::var("STORE_SCALE_SESSIONS").is_ok();
     let params = |default: usize| Params {
         sessions: common::env_count("STORE_SCALE_SESSIONS", default),

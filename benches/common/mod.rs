@@ -112,6 +112,13 @@ pub fn rss_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// Whether a test runner only asks for this target's tests (`--list`: cargo-nextest
+/// asks every target, benchmarks included). These benchmarks have none to list, and
+/// must not run then.
+pub fn only_listing() -> bool {
+    std::env::args().any(|a| a == "--list")
+}
+
 /// Percentile (0–100) of sorted nanosecond samples.
 pub fn percentile(sorted: &[u64], p: f64) -> u64 {
     if sorted.is_empty() {

@@ -13,12 +13,14 @@ type KeyHasher = std::hash::BuildHasherDefault<super::record::KeyHasher>;
 
 /// Sessions in this process only: fast, and gone at restart. Sharded maps, no lock
 /// held across an await (every operation is synchronous inside). Sessions are
-/// indexed by `sid` and `sub` so logouts don't scan.
+/// indexed by (a hash of) `sid` and `sub` so logouts don't scan.
 #[derive(Default)]
 pub struct MemoryStore {
     sessions: DashMap<SessionKey, Arc<SessionRecord>, KeyHasher>,
-    by_sid: DashMap<String, Vec<SessionKey>>,
-    by_sub: DashMap<String, Vec<SessionKey>>,
+    by_sid: NameIndex,
+    by_sub: NameIndex,
+    /// Hashes `sub`s and `sid`s for the indexes (random keys per store).
+    names: std::hash::RandomState,
     pending: Mutex<PendingTable>,
     refresh_locks: DashMap<SessionKey, (String, Instant)>,
     seen_once: DashMap<SessionKey, i64>,
@@ -79,21 +81,52 @@ impl PendingTable {
     }
 }
 
-fn index_add(index: &DashMap<String, Vec<SessionKey>>, name: &str, key: SessionKey) {
-    // Most users have one session (and a provider session one login): a `Vec` that
-    // grows from 1 instead of the default 4 × 32 bytes.
-    let mut keys = index
-        .entry(name.to_owned())
-        .or_insert_with(|| Vec::with_capacity(1));
-    if !keys.contains(&key) {
-        keys.push(key);
+/// Sessions by the hash of a name (`sub` or `sid`), not the name itself: no copy of
+/// every name, no list for the usual one session. Two names may share a hash, so a
+/// lookup keeps only the sessions whose name matches.
+type NameIndex = DashMap<u64, Keys, KeyHasher>;
+
+/// The sessions under one name hash: most users have one session (and a provider
+/// session one login), kept in the entry itself.
+enum Keys {
+    One(SessionKey),
+    Many(Vec<SessionKey>),
+}
+
+impl Keys {
+    fn as_slice(&self) -> &[SessionKey] {
+        match self {
+            Self::One(key) => std::slice::from_ref(key),
+            Self::Many(keys) => keys,
+        }
     }
 }
 
-fn index_remove(index: &DashMap<String, Vec<SessionKey>>, name: &str, key: &SessionKey) {
-    index.remove_if_mut(name, |_, keys| {
-        keys.retain(|k| k != key);
-        keys.is_empty()
+fn index_add(index: &NameIndex, name: u64, key: SessionKey) {
+    index
+        .entry(name)
+        .and_modify(|keys| {
+            if !keys.as_slice().contains(&key) {
+                let mut all = keys.as_slice().to_vec();
+                all.push(key);
+                *keys = Keys::Many(all);
+            }
+        })
+        .or_insert(Keys::One(key));
+}
+
+fn index_remove(index: &NameIndex, name: u64, key: &SessionKey) {
+    index.remove_if_mut(&name, |_, keys| {
+        match keys {
+            Keys::One(k) => return k == key,
+            Keys::Many(all) => all.retain(|k| k != key),
+        }
+        if let Keys::Many(all) = keys
+            && let [only] = all.as_slice()
+        {
+            *keys = Keys::One(*only);
+        }
+        keys.as_slice().is_empty()
     });
 }
 
@@ -106,28 +139,38 @@ impl MemoryStore {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn name(&self, name: &str) -> u64 {
+        std::hash::BuildHasher::hash_one(&self.names, name)
+    }
+
     fn index(&self, record: &SessionRecord) {
-        index_add(&self.by_sub, &record.sub, record.key);
+        index_add(&self.by_sub, self.name(&record.sub), record.key);
         if let Some(sid) = &record.sid {
-            index_add(&self.by_sid, sid, record.key);
+            index_add(&self.by_sid, self.name(sid), record.key);
         }
     }
 
     fn unindex(&self, record: &SessionRecord) {
-        index_remove(&self.by_sub, &record.sub, &record.key);
+        index_remove(&self.by_sub, self.name(&record.sub), &record.key);
         if let Some(sid) = &record.sid {
-            index_remove(&self.by_sid, sid, &record.key);
+            index_remove(&self.by_sid, self.name(sid), &record.key);
         }
     }
 
+    /// The sessions under `name`'s hash in `index` for which `is_named` holds.
     fn lookup(
         &self,
-        index: &DashMap<String, Vec<SessionKey>>,
+        index: &NameIndex,
         name: &str,
+        is_named: impl Fn(&SessionRecord) -> bool,
     ) -> Vec<Arc<SessionRecord>> {
-        let keys = index.get(name).map(|k| k.clone()).unwrap_or_default();
+        let keys = index
+            .get(&self.name(name))
+            .map(|k| k.as_slice().to_vec())
+            .unwrap_or_default();
         keys.iter()
             .filter_map(|k| self.sessions.get(k).map(|r| r.clone()))
+            .filter(|r| is_named(r))
             .collect()
     }
 }
@@ -179,8 +222,10 @@ impl SessionStore for MemoryStore {
     async fn find(&self, filter: &SessionFilter) -> Result<Vec<Arc<SessionRecord>>, StoreError> {
         Ok(match filter {
             SessionFilter::All => self.sessions.iter().map(|r| r.value().clone()).collect(),
-            SessionFilter::Sid(sid) => self.lookup(&self.by_sid, sid),
-            SessionFilter::Sub(sub) => self.lookup(&self.by_sub, sub),
+            SessionFilter::Sid(sid) => self.lookup(&self.by_sid, sid, |r| {
+                r.sid.as_deref() == Some(sid.as_str())
+            }),
+            SessionFilter::Sub(sub) => self.lookup(&self.by_sub, sub, |r| r.sub == *sub),
         })
     }
 
@@ -294,5 +339,51 @@ impl SessionStore for MemoryStore {
 
     async fn count(&self, now: i64) -> Result<u64, StoreError> {
         Ok(self.sessions.iter().filter(|r| now < r.expires_at).count() as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::store_tests::record;
+
+    async fn found(store: &MemoryStore, filter: SessionFilter) -> Vec<String> {
+        let found = store.find(&filter).await.unwrap();
+        found.iter().map(|r| r.sub.clone()).collect()
+    }
+
+    /// The indexes keep hashes of names: sessions of another name under the same
+    /// hash (a collision) are never answered.
+    #[tokio::test]
+    async fn a_lookup_answers_only_the_sessions_of_that_name() {
+        let store = MemoryStore::new();
+        let (alice, bob) = (
+            record("alice", Some("s-1"), 0),
+            record("bob", Some("s-2"), 0),
+        );
+        store.insert(alice.clone()).await.unwrap();
+        store.insert(bob.clone()).await.unwrap();
+        // Bob's session filed under Alice's names, as a collision would.
+        index_add(&store.by_sub, store.name("alice"), bob.key);
+        index_add(&store.by_sid, store.name("s-1"), bob.key);
+        assert_eq!(
+            found(&store, SessionFilter::Sub("alice".into())).await,
+            ["alice"]
+        );
+        assert_eq!(
+            found(&store, SessionFilter::Sid("s-1".into())).await,
+            ["alice"]
+        );
+        // Removing Alice leaves Bob's entry under her hash, and Bob findable.
+        store.remove(&alice.key).await.unwrap();
+        assert!(
+            found(&store, SessionFilter::Sub("alice".into()))
+                .await
+                .is_empty()
+        );
+        assert_eq!(
+            found(&store, SessionFilter::Sub("bob".into())).await,
+            ["bob"]
+        );
     }
 }

@@ -10,6 +10,7 @@
 pub mod cipher;
 pub mod cookie;
 mod memory;
+mod packed;
 mod record;
 mod redis;
 mod sqlite;
@@ -337,7 +338,7 @@ impl Sessions {
         let plain = self
             .cipher
             .open(&record.sealed_tokens, record.key.as_bytes())?;
-        serde_json::from_slice(&plain).map_err(|_| CipherError::Malformed)
+        packed::unpack(&plain).map_err(|_| CipherError::Malformed)
     }
 
     /// [`Self::open_tokens`], answered from this thread's cache of opened tokens when
@@ -358,8 +359,7 @@ impl Sessions {
     }
 
     fn seal_tokens(&self, key: &SessionKey, tokens: &Tokens) -> Vec<u8> {
-        let plain = serde_json::to_vec(tokens).expect("tokens serialize");
-        self.cipher.seal(&plain, key.as_bytes())
+        self.cipher.seal(&packed::pack(tokens), key.as_bytes())
     }
 
     /// The record with new tokens (after a refresh): sealed, version bumped, its end

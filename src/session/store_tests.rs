@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::*;
 
-fn record(sub: &str, sid: Option<&str>, now: i64) -> Arc<SessionRecord> {
+pub(super) fn record(sub: &str, sid: Option<&str>, now: i64) -> Arc<SessionRecord> {
     Arc::new(SessionRecord {
         key: SessionId::generate().key(),
         sub: sub.into(),

@@ -10,10 +10,14 @@
 //!   and same GCM tag. Every seal draws a fresh nonce, so refreshed tokens (a new
 //!   blob) are never answered from the old entry; a blob that differs elsewhere but
 //!   keeps the nonce and tag would be a forgery, which opening refuses anyway.
-//! - **Short-lived and bounded.** Entries live [`TTL`] at most; a thread holds at most
-//!   [`CAPACITY`] of them; `Sessions::end` drops the ended session's entry of the
-//!   thread that ends it. Plaintext tokens thus stay in memory no longer than a
-//!   minute after their last use, in the process that already holds the keys.
+//! - **Short-lived and bounded.** Entries are used [`TTL`] at most; a thread holds at
+//!   most [`CAPACITY`] of them (about 2 KiB of plaintext each, one per session it
+//!   served in the last minute, not one per session); `Sessions::end` drops the ended
+//!   session's entry of the thread that ends it, and every opening on a thread drops
+//!   that thread's entries past their [`TTL`] once a [`TTL`] has gone by since it
+//!   last did. Plaintext tokens thus stay in memory until the first opening on their
+//!   thread a minute or more after their last use, in the process that already holds
+//!   the keys.
 //! - Per thread (each worker is its own runtime): no lock, no contention.
 
 use std::cell::RefCell;
@@ -64,40 +68,60 @@ struct Entry {
 
 type Map = HashMap<(u64, SessionKey), Entry, BuildHasherDefault<KeyHasher>>;
 
+#[derive(Default)]
+struct Cache {
+    map: Map,
+    /// When entries past their TTL were last dropped (`None`: never).
+    swept: Option<Instant>,
+}
+
 thread_local! {
-    static CACHE: RefCell<Map> = RefCell::new(Map::default());
+    static CACHE: RefCell<Cache> = RefCell::new(Cache::default());
 }
 
 /// The tokens opened from `fingerprint` for session `key` of the `Sessions` instance
 /// `owner`, if this thread opened them less than [`TTL`] ago.
 pub fn get(owner: u64, key: &SessionKey, fingerprint: &Fingerprint) -> Option<Arc<Tokens>> {
     CACHE.with_borrow(|c| {
-        let e = c.get(&(owner, *key))?;
+        let e = c.map.get(&(owner, *key))?;
         (e.fingerprint == *fingerprint && e.opened.elapsed() < TTL).then(|| e.tokens.clone())
     })
 }
 
 pub fn put(owner: u64, key: SessionKey, fingerprint: Fingerprint, tokens: Arc<Tokens>) {
+    put_at(owner, key, fingerprint, tokens, Instant::now());
+}
+
+fn put_at(
+    owner: u64,
+    key: SessionKey,
+    fingerprint: Fingerprint,
+    tokens: Arc<Tokens>,
+    now: Instant,
+) {
     CACHE.with_borrow_mut(|c| {
-        if c.len() >= CAPACITY && !c.contains_key(&(owner, key)) {
-            c.retain(|_, e| e.opened.elapsed() < TTL);
-            if c.len() >= CAPACITY {
-                c.clear();
+        let sweep_due = c.swept.is_none_or(|t| now.duration_since(t) >= TTL);
+        let full = c.map.len() >= CAPACITY && !c.map.contains_key(&(owner, key));
+        if sweep_due || full {
+            c.map.retain(|_, e| now.duration_since(e.opened) < TTL);
+            c.swept = Some(now);
+            if c.map.len() >= CAPACITY {
+                c.map.clear();
             }
         }
-        c.insert(
+        c.map.insert(
             (owner, key),
             Entry {
                 fingerprint,
                 tokens,
-                opened: Instant::now(),
+                opened: now,
             },
         );
     });
 }
 
 pub fn forget(owner: u64, key: &SessionKey) {
-    CACHE.with_borrow_mut(|c| c.remove(&(owner, *key)));
+    CACHE.with_borrow_mut(|c| c.map.remove(&(owner, *key)));
 }
 
 #[cfg(test)]
@@ -125,6 +149,25 @@ mod tests {
         };
         let cipher = cipher::TokenCipher::from_config(&config.keys).unwrap();
         Sessions::new(Store::Memory(MemoryStore::new()), cipher, &config)
+    }
+
+    /// Plaintext past its TTL doesn't stay for want of a full map: the next opening on
+    /// the thread a TTL later drops it.
+    #[test]
+    fn expired_entries_are_dropped_by_a_later_opening() {
+        use super::{CACHE, Fingerprint, TTL, put_at};
+        use crate::session::SessionKey;
+        let blob = [7u8; 64];
+        let f = Fingerprint::of(&blob).unwrap();
+        let (old, new) = (SessionKey::hash(b"old"), SessionKey::hash(b"new"));
+        let t0 = std::time::Instant::now();
+        put_at(1, old, f, tokens("AT-old").into(), t0);
+        put_at(1, new, f, tokens("AT-new").into(), t0 + TTL / 2);
+        let held = |k| CACHE.with_borrow(|c| c.map.contains_key(&(1, k)));
+        assert!(held(old) && held(new), "within a TTL nothing is dropped");
+        put_at(1, new, f, tokens("AT-new").into(), t0 + TTL + TTL / 2);
+        assert!(!held(old), "an entry past its TTL is dropped");
+        assert!(held(new));
     }
 
     #[tokio::test]
