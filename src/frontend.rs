@@ -28,7 +28,8 @@ pub struct Frontend {
     /// The session cookie's `SameSite` (`frontends[].same_site`, else `session.same_site`).
     pub same_site: crate::config::SameSite,
     pub login_cookie: String,
-    pub oidc: Oidc,
+    /// Its OIDC client; shared with the token manager's refreshes of its sessions.
+    pub oidc: Arc<Oidc>,
     pub routes: RouteTable,
     pub rewrite: RewriteConfig,
     pub config: FrontendConfig,
@@ -72,7 +73,7 @@ impl Frontend {
                             .filter_map(|r| r.resource.as_ref().map(url::Url::as_str)),
                     );
                 }
-                oidc
+                Arc::new(oidc)
             },
             routes: RouteTable::from_config(&fc.routes)?,
             rewrite,

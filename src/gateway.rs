@@ -21,15 +21,15 @@ use crate::frontend::{Frontend, Frontends};
 use crate::security::{GuardConfig, Limits};
 use crate::session::{SessionId, SessionRecord, Sessions, cookie};
 use crate::telemetry::Endpoint;
-use crate::tokens::TokenManager;
+use crate::tokens::{Timings, TokenManager};
 use crate::upstream::{ProtocolClients, Route, UpstreamClient};
 
 /// Everything the request handlers share, across every runtime.
 pub struct Gateway {
     pub config: Config,
-    pub sessions: Sessions,
+    pub sessions: Arc<Sessions>,
     pub frontends: Frontends,
-    pub tokens: TokenManager,
+    pub tokens: Arc<TokenManager>,
     pub guard: GuardConfig,
     pub limits: Limits,
     /// The TLS client configuration of `https://` upstreams (every runtime's client).
@@ -43,7 +43,7 @@ impl Gateway {
     /// OIDC client, the routes and the upstream TLS. Does not contact the provider.
     pub async fn new(config: Config) -> Result<Self, String> {
         let upstream_tls = crate::upstream::tls::client_config_for(&config.server)?;
-        let sessions = Sessions::open(&config.session).await?;
+        let sessions = Arc::new(Sessions::open(&config.session).await?);
         let frontends = Frontends::from_config(&config)?;
         let http_timeout = config
             .frontends
@@ -52,9 +52,12 @@ impl Gateway {
             .max()
             .unwrap_or_default();
         let tokens = TokenManager::new(
-            config.tokens.refresh_before,
-            http_timeout,
-            config.tokens.refresh_timeout,
+            sessions.clone(),
+            Timings::new(
+                config.tokens.refresh_before,
+                http_timeout,
+                config.tokens.refresh_timeout,
+            ),
         );
         let guard = GuardConfig::new(&config);
         let limits = Limits::new(&config);

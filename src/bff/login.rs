@@ -4,16 +4,18 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use std::sync::Arc;
+
 use super::login_error::LoginFailure;
 use crate::error::ApiError;
-use crate::gateway::AppState;
-use crate::gateway::Current;
-use crate::oidc::OidcError;
+use crate::frontend::Frontend;
+use crate::gateway::{AppState, Current, Gateway};
+use crate::oidc::{DpopKey, IdTokenClaims, OidcError, TokenResponse};
 use crate::primitives::{constant_time_eq, now_secs, random_token, sha256_b64url};
 use crate::security::limits::ClientNetwork;
 use crate::session::{
-    EndReason, NewSession, PendingCaps, PendingLogin, SessionKey, SessionStore, StoreError, Tokens,
-    cookie,
+    EndReason, Issued, NewSession, PendingCaps, PendingLogin, SessionId, SessionKey, SessionStore,
+    StoreError, Tokens, cookie,
 };
 
 #[derive(Deserialize)]
@@ -259,13 +261,52 @@ pub async fn callback(
     }
 }
 
+/// The callback, phase by phase. Every failure after the login is known carries its
+/// `returnUrl` (see [`LoginFailure::of`]).
 async fn finish_login(
     state: &AppState,
-    fe: &std::sync::Arc<crate::frontend::Frontend>,
+    fe: &Arc<Frontend>,
     query: &CallbackQuery,
     headers: &HeaderMap,
 ) -> Result<Response, LoginFailure> {
     let gw = &state.gw;
+    let pending = claim_login(gw, fe, query, headers).await?;
+    let fail = |e: ApiError| LoginFailure::from(e).of(&pending.return_url);
+    let code = match provider_answer(fe, query, &pending).await? {
+        Answer::Code(code) => code,
+        Answer::NotLoggedIn => return Ok(redirect(&pending.return_url, [])),
+    };
+    let (response, dpop) = redeem(fe, code, &pending).await.map_err(fail)?;
+    let id = verify_id_token(fe, &response, &pending)
+        .await
+        .map_err(fail)?;
+    check_step_up(&pending, &id.all)?;
+    let claims = user_claims_of(fe, &response, dpop.as_ref(), id.all, &id.sub)
+        .await
+        .map_err(fail)?;
+    let (tokens, refresh_expires_at) = login_tokens(response, dpop);
+    let new = NewSession {
+        frontend: fe.name.clone(),
+        sub: id.sub,
+        sid: id.sid,
+        claims,
+        tokens,
+        refresh_expires_at,
+    };
+    let session_id = start_session(gw, fe, headers, new).await.map_err(fail)?;
+    let session_cookie =
+        cookie::session(&fe.cookie_name, &session_id.to_cookie_value(), fe.same_site);
+    Ok(redirect(&pending.return_url, [session_cookie]))
+}
+
+/// Phase: the login the callback's `state` names — taken (a `state` works once),
+/// started by this frontend, in this browser.
+async fn claim_login(
+    gw: &Gateway,
+    fe: &Frontend,
+    query: &CallbackQuery,
+    headers: &HeaderMap,
+) -> Result<PendingLogin, LoginFailure> {
     let expired = || {
         LoginFailure::new(
             "login_expired",
@@ -288,7 +329,6 @@ async fn finish_login(
         tracing::warn!("a login started by one frontend came back to another; refused");
         return Err(expired());
     }
-    let back = pending.return_url.as_str();
     // Any of the browser's bindings: each tab's login has its own.
     let binding_ok = bindings(cookie::find(headers, &fe.login_cookie))
         .iter()
@@ -300,10 +340,28 @@ async fn finish_login(
             "login_other_browser",
             ApiError::invalid("the login was not started in this browser"),
         )
-        .of(back));
+        .of(&pending.return_url));
     }
-    let fail = |e: ApiError| LoginFailure::from(e).of(back);
+    Ok(pending)
+}
 
+/// What the provider sent the browser back with.
+enum Answer<'q> {
+    /// An authorization code to redeem.
+    Code(&'q str),
+    /// A silent login's "the user must log in": not logged in, no error.
+    NotLoggedIn,
+}
+
+/// Phase: the authorization response — from the issuer the user was sent to, and
+/// either a code or the provider's refusal.
+async fn provider_answer<'q>(
+    fe: &Frontend,
+    query: &'q CallbackQuery,
+    pending: &PendingLogin,
+) -> Result<Answer<'q>, LoginFailure> {
+    let back = pending.return_url.as_str();
+    let fail = |e: ApiError| LoginFailure::from(e).of(back);
     let meta = fe
         .oidc
         .metadata()
@@ -334,7 +392,7 @@ async fn finish_login(
         ];
         if pending.silent && needs_user.contains(&error.as_str()) {
             tracing::info!(error = %error, "silent login: not logged in at the provider");
-            return Ok(redirect(&pending.return_url, []));
+            return Ok(Answer::NotLoggedIn);
         }
         tracing::warn!(
             error = %error,
@@ -349,19 +407,24 @@ async fn finish_login(
         refused.provider_error = Some(error.clone());
         return Err(refused);
     }
-    let code = query
+    query
         .code
         .as_deref()
         .filter(|c| !c.is_empty())
-        .ok_or_else(|| fail(ApiError::invalid("code is missing")))?;
+        .map(Answer::Code)
+        .ok_or_else(|| fail(ApiError::invalid("code is missing")))
+}
 
+/// Phase: the code redeemed for tokens (with the PKCE verifier), bound to a new
+/// DPoP key when DPoP is on — the session's key from now on.
+async fn redeem(
+    fe: &Frontend,
+    code: &str,
+    pending: &PendingLogin,
+) -> Result<(TokenResponse, Option<DpopKey>), ApiError> {
     // DPoP: the session's key is made now, before the exchange binds the tokens to it.
     let dpop = if fe.oidc.dpop_enabled() {
-        Some(
-            crate::oidc::DpopKey::generate()
-                .map_err(ApiError::Internal)
-                .map_err(fail)?,
-        )
+        Some(DpopKey::generate().map_err(ApiError::Internal)?)
     } else {
         None
     };
@@ -369,72 +432,72 @@ async fn finish_login(
         .oidc
         .exchange_code(code, &pending.pkce_verifier, dpop.as_ref())
         .await
-        .map_err(login_failed)
-        .map_err(fail)?;
+        .map_err(login_failed)?;
+    Ok((response, dpop))
+}
+
+/// Phase: the answer's ID token, validated for this login (its `nonce`).
+async fn verify_id_token(
+    fe: &Frontend,
+    response: &TokenResponse,
+    pending: &PendingLogin,
+) -> Result<IdTokenClaims, ApiError> {
     let id_token = response
         .id_token
         .as_deref()
-        .ok_or_else(|| fail(ApiError::invalid("the provider sent no ID token")))?;
-    let id = fe
-        .oidc
+        .ok_or_else(|| ApiError::invalid("the provider sent no ID token"))?;
+    fe.oidc
         .validate_id_token(id_token, &pending.nonce)
         .await
         .map_err(login_failed)
-        .map_err(fail)?;
+}
 
-    check_step_up(&pending, &id.all)?;
-    let mut claims = user_claims(id.all);
+/// Phase: the user's claims — the ID token's, then userinfo's when
+/// `oidc.userinfo` asks for them (the ID token's win).
+async fn user_claims_of(
+    fe: &Frontend,
+    response: &TokenResponse,
+    dpop: Option<&DpopKey>,
+    id_claims: Map<String, Value>,
+    sub: &str,
+) -> Result<Map<String, Value>, ApiError> {
+    let mut claims = user_claims(id_claims);
     if fe.oidc.wants_userinfo() {
         let info = fe
             .oidc
-            .userinfo(&response.access_token, &id.sub, dpop.as_ref())
+            .userinfo(&response.access_token, sub, dpop)
             .await
-            .map_err(login_failed)
-            .map_err(fail)?;
+            .map_err(login_failed)?;
         for (k, v) in info {
             claims.entry(k).or_insert(v);
         }
     }
+    Ok(claims)
+}
 
-    // A new id at every login; the session this browser had before ends.
-    if let Some((_, old)) = gw.current_session(fe, headers).await.map_err(fail)? {
-        gw.sessions
-            .end(&old.key, EndReason::Replaced)
-            .await
-            .map_err(|e| fail(e.into()))?;
-    }
+/// The session's tokens from the provider's answer, and when its refresh token
+/// expires (if the provider said).
+fn login_tokens(response: TokenResponse, dpop: Option<DpopKey>) -> (Tokens, Option<i64>) {
     let now = now_secs();
-    let tokens = Tokens {
-        access_expires_at: response.expires_in.map(|s| now + s),
-        access_issued_at: Some(now),
-        access_token: response.access_token,
-        token_type: response.token_type,
-        refresh_token: response.refresh_token,
-        id_token: response.id_token,
-        scope: response.scope,
-        dpop_key: dpop.as_ref().map(crate::oidc::DpopKey::to_stored),
-        route_tokens: Vec::new(),
-    };
-    let (session_id, record) = gw
-        .sessions
-        .create(NewSession {
-            frontend: fe.name.clone(),
-            sub: id.sub,
-            sid: id.sid,
-            claims,
-            tokens,
-            refresh_expires_at: response
-                .refresh_expires_in
-                .filter(|s| *s > 0)
-                .map(|s| now + s),
-        })
-        .await
-        .map_err(|e| fail(e.into()))?;
-    record.audited(crate::telemetry::audit_login);
+    let issued = Issued::from(response);
+    let refresh_expires_at = issued.refresh_expires_at(now);
+    let dpop_key = dpop.as_ref().map(DpopKey::to_stored);
+    (Tokens::issued(issued, now, dpop_key), refresh_expires_at)
+}
 
-    let session_cookie =
-        cookie::session(&fe.cookie_name, &session_id.to_cookie_value(), fe.same_site);
-    Ok(redirect(&pending.return_url, [session_cookie]))
+/// Phase: the new session, under a new id; the session this browser had before ends.
+async fn start_session(
+    gw: &Gateway,
+    fe: &Frontend,
+    headers: &HeaderMap,
+    new: NewSession,
+) -> Result<SessionId, ApiError> {
+    if let Some((_, old)) = gw.current_session(fe, headers).await? {
+        gw.sessions.end(&old.key, EndReason::Replaced).await?;
+    }
+    let (session_id, record) = gw.sessions.create(new).await?;
+    record.audited(crate::telemetry::audit_login);
+    Ok(session_id)
 }
 
 /// How far the provider's clock may be ahead of ours when `auth_time` is checked.

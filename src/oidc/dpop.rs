@@ -17,7 +17,8 @@
 //! Nonces (§8, §9): a server may answer `use_dpop_nonce` with a `DPoP-Nonce` header;
 //! the latest nonce of each server is kept in a [`NonceSlot`] (one for the provider,
 //! one per upstream origin), sent in the next proofs, and the refused call is retried
-//! once. This module never logs a key, a proof or a token.
+//! once ([`with_nonce_retry`], for the token endpoint, userinfo and DPoP routes alike).
+//! This module never logs a key, a proof or a token.
 
 use std::sync::RwLock;
 
@@ -190,6 +191,14 @@ impl NonceSlot {
         }
         true
     }
+
+    /// Keeps the nonce of a resource server's answer (see [`NonceSlot::update_from`]),
+    /// and says whether the answer is a 401 asking for a nonce with one (§9).
+    pub fn asked_by(&self, status: http::StatusCode, headers: &http::HeaderMap) -> bool {
+        self.update_from(headers)
+            && status == http::StatusCode::UNAUTHORIZED
+            && asks_for_nonce(headers)
+    }
 }
 
 /// A response's `DPoP-Nonce`, when it is one (non-empty NQCHAR text, §8.1).
@@ -213,6 +222,49 @@ pub fn asks_for_nonce(headers: &http::HeaderMap) -> bool {
                 .is_some_and(|s| s.eq_ignore_ascii_case("dpop"))
                 && v.contains("use_dpop_nonce")
         })
+}
+
+/// What one send of a request with a DPoP proof got.
+pub enum Sent<T> {
+    /// The answer, final.
+    Answer(T),
+    /// The server asked for a nonce and sent a new one (§8, §9): a second send, with
+    /// a new proof carrying it, may succeed. `T` is the answer if none is made.
+    NonceAsked(T),
+}
+
+impl<T> Sent<T> {
+    /// `answer`, which `asked` says asks for a nonce.
+    pub fn of(answer: T, asked: bool) -> Self {
+        if asked {
+            Self::NonceAsked(answer)
+        } else {
+            Self::Answer(answer)
+        }
+    }
+}
+
+/// Sends a request with a DPoP proof, and once more when the server asks for a nonce
+/// it has just sent (§8, §9) — never a third time, so a server that keeps asking
+/// gets its refusal back to the caller. `send` makes a new proof with the server's
+/// latest nonce each time it is called; `server` names it in the log.
+///
+/// (`send` is a closure returning a future, not an async closure: the futures of
+/// async closures are not `Send` for every lifetime yet, and these run in spawned
+/// tasks.)
+pub async fn with_nonce_retry<T, E, F>(server: &str, mut send: impl FnMut() -> F) -> Result<T, E>
+where
+    F: Future<Output = Result<Sent<T>, E>>,
+{
+    match send().await? {
+        Sent::Answer(answer) => Ok(answer),
+        Sent::NonceAsked(_) => {
+            tracing::debug!(server, "the server asked for a DPoP nonce; retrying");
+            match send().await? {
+                Sent::Answer(answer) | Sent::NonceAsked(answer) => Ok(answer),
+            }
+        }
+    }
 }
 
 #[cfg(test)]

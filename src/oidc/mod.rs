@@ -468,8 +468,9 @@ impl Oidc {
         // At most two tries: the second only when the provider asks for a DPoP nonce
         // (RFC 9449 §8), which it does before looking at the grant, so a refresh
         // token is not spent by the first.
-        let mut nonce_retry = dpop.is_some();
-        loop {
+        let (form, meta, htu) = (&form, &meta, &htu);
+        // `?`: the request failed; what remains is the provider's answer.
+        dpop::with_nonce_retry("provider", || async move {
             let mut request = self
                 .http
                 .post(&meta.token_endpoint)
@@ -477,7 +478,7 @@ impl Oidc {
             if let Some(timeout) = timeout {
                 request = request.timeout(timeout);
             }
-            if let (Some(key), Some(htu)) = (dpop, &htu) {
+            if let (Some(key), Some(htu)) = (dpop, htu) {
                 let proof = key
                     .proof("POST", htu, self.dpop_nonce.get().as_deref(), None)
                     .map_err(|e| OidcError::InvalidResponse(format!("DPoP proof: {e}")))?;
@@ -487,23 +488,15 @@ impl Oidc {
             let request = self.authenticate(request, &mut form);
             let response =
                 crate::telemetry::provider_call(endpoint, request.form(&form).send()).await?;
-            if dpop.is_none() {
-                return parse_json_answer(response).await;
-            }
-            let new_nonce = self.dpop_nonce.update_from(response.headers());
-            if response.status() != reqwest::StatusCode::BAD_REQUEST {
-                return parse_json_answer(response).await;
-            }
-            match error_from_body(response.status(), response).await {
-                OidcError::Refused { error, .. }
-                    if error == "use_dpop_nonce" && new_nonce && nonce_retry =>
-                {
-                    nonce_retry = false;
-                    tracing::debug!("the provider asked for a DPoP nonce; retrying");
-                }
-                other => return Err(other),
-            }
-        }
+            let new_nonce = dpop.is_some() && self.dpop_nonce.update_from(response.headers());
+            let status = response.status();
+            let answer = parse_json_answer(response).await;
+            let asked = new_nonce
+                && status == reqwest::StatusCode::BAD_REQUEST
+                && matches!(&answer, Err(OidcError::Refused { error, .. }) if error == "use_dpop_nonce");
+            Ok::<_, OidcError>(dpop::Sent::of(answer, asked))
+        })
+        .await?
     }
 
     /// Checks the token type: `DPoP` when a proof was sent (a provider that answers
@@ -743,10 +736,10 @@ impl Oidc {
             Some(_) => Some(dpop::htu_of_url(endpoint).map_err(OidcError::InvalidResponse)?),
             None => None,
         };
-        let mut nonce_retry = dpop.is_some();
-        let response = loop {
-            let mut request = self.http.get(endpoint).header("accept", "application/json");
-            request = match (dpop, &htu) {
+        let htu = &htu;
+        let response = dpop::with_nonce_retry("provider", || async move {
+            let request = self.http.get(endpoint).header("accept", "application/json");
+            let request = match (dpop, htu) {
                 (Some(key), Some(htu)) => {
                     let proof = key
                         .proof(
@@ -763,20 +756,13 @@ impl Oidc {
                 _ => request.bearer_auth(access_token),
             };
             let response = crate::telemetry::provider_call("userinfo", request.send()).await?;
-            if dpop.is_none() {
-                break response;
-            }
-            let new_nonce = self.dpop_nonce.update_from(response.headers());
-            if response.status() == reqwest::StatusCode::UNAUTHORIZED
-                && new_nonce
-                && nonce_retry
-                && dpop::asks_for_nonce(response.headers())
-            {
-                nonce_retry = false;
-                continue;
-            }
-            break response;
-        };
+            let asked = dpop.is_some()
+                && self
+                    .dpop_nonce
+                    .asked_by(response.status(), response.headers());
+            Ok::<_, OidcError>(dpop::Sent::of(response, asked))
+        })
+        .await?;
         let claims: serde_json::Map<String, serde_json::Value> =
             parse_json_answer(response).await?;
         match claims.get("sub").and_then(|s| s.as_str()) {

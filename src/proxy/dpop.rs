@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::Request;
-use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::response::Response;
 use http_body::Body as _;
 
@@ -61,39 +61,52 @@ pub(super) async fn proxy(
     let first = proof(&key, &parts.method, &htu, nonce, access_token)?;
     parts.headers.insert(DPOP.clone(), first);
     // Only a request without a body can be sent again (bodies are streamed, not kept).
-    let replay = body.is_end_stream().then(|| {
+    let mut replay = body.is_end_stream().then(|| {
         (
             parts.method.clone(),
             parts.uri.clone(),
             parts.headers.clone(),
         )
     });
-
-    let response = forward(state, route, Request::from_parts(parts, body)).await?;
-    let learned = nonce.update_from(response.headers());
-    let response = match replay {
-        Some((method, uri, mut headers))
-            if response.status() == StatusCode::UNAUTHORIZED
-                && learned
-                && dpop::asks_for_nonce(response.headers()) =>
-        {
-            tracing::debug!(upstream = %route.upstream_label(), "the upstream asked for a DPoP nonce; retrying");
-            headers.insert(
-                DPOP.clone(),
-                proof(&key, &method, &htu, nonce, access_token)?,
-            );
-            let mut retry = Request::new(Body::empty());
-            *retry.method_mut() = method;
-            *retry.uri_mut() = uri;
-            *retry.headers_mut() = headers;
-            *retry.version_mut() = axum::http::Version::HTTP_11;
-            let again = forward(state, route, retry).await?;
-            nonce.update_from(again.headers());
-            again
+    let mut first = Some(Request::from_parts(parts, body));
+    let response = dpop::with_nonce_retry(route.authority.as_str(), || {
+        // The first send takes the request; a second (asked only while `replay` is
+        // kept) sends its copy with a new proof, carrying the nonce just learned.
+        let request = match first.take() {
+            Some(request) => Ok(request),
+            None => replay_with_proof(replay.take(), &key, &htu, nonce, access_token),
+        };
+        let can_retry = replay.is_some();
+        async move {
+            let response = forward(state, route, request?).await?;
+            let asked = nonce.asked_by(response.status(), response.headers()) && can_retry;
+            Ok::<_, ApiError>(dpop::Sent::of(response, asked))
         }
-        _ => response,
-    };
+    })
+    .await?;
     Ok(finish(response, frontend, route, true))
+}
+
+/// The copy of a bodiless request, sent again with a new proof.
+fn replay_with_proof(
+    replay: Option<(Method, axum::http::Uri, axum::http::HeaderMap)>,
+    key: &DpopKey,
+    htu: &str,
+    nonce: &NonceSlot,
+    access_token: &str,
+) -> Result<Request, ApiError> {
+    let Some((method, uri, mut headers)) = replay else {
+        return Err(ApiError::Internal(
+            "a DPoP request with a body can't be sent twice".into(),
+        ));
+    };
+    headers.insert(DPOP.clone(), proof(key, &method, htu, nonce, access_token)?);
+    let mut retry = Request::new(Body::empty());
+    *retry.method_mut() = method;
+    *retry.uri_mut() = uri;
+    *retry.headers_mut() = headers;
+    *retry.version_mut() = axum::http::Version::HTTP_11;
+    Ok(retry)
 }
 
 fn proof(

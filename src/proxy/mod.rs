@@ -203,12 +203,14 @@ pub(crate) async fn credential(
             if let Some(audience) = &route.user_token {
                 // This route's token only: another route's never reaches this upstream.
                 return Ok(Credential::RouteUser(
-                    gw.tokens.route_token(gw, &record, audience).await?,
+                    gw.tokens
+                        .route_token(&frontend.oidc, &record, audience)
+                        .await?,
                     record.key,
                 ));
             }
             Ok(Credential::User(
-                gw.tokens.user_tokens(gw, &record).await?,
+                gw.tokens.user_tokens(&frontend.oidc, &record).await?,
                 record.key,
             ))
         }

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use memory::MemoryStore;
-pub use record::{PendingLogin, RouteToken, SessionId, SessionKey, SessionRecord, Tokens};
+pub use record::{Issued, PendingLogin, RouteToken, SessionId, SessionKey, SessionRecord, Tokens};
 pub use redis::{RedisAddress, RedisStore};
 pub use sqlite::{SqliteOptions, SqliteStore};
 pub use store::{PendingCaps, SessionFilter, SessionStore, Store, StoreError};

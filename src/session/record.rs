@@ -172,7 +172,73 @@ pub struct RouteToken {
     pub issued_at: Option<i64>,
 }
 
+/// The parts of a token endpoint's answer (RFC 6749 §5.1) a session keeps, as the
+/// provider sent them. Built from the OIDC client's answer by the token manager
+/// (`tokens`), which sees both layers.
+pub struct Issued {
+    pub access_token: String,
+    pub token_type: String,
+    /// The access token's lifetime in seconds, if the provider said.
+    pub expires_in: Option<i64>,
+    pub refresh_token: Option<String>,
+    /// The refresh token's lifetime in seconds (Keycloak says it), if the provider said.
+    pub refresh_expires_in: Option<i64>,
+    pub id_token: Option<String>,
+    pub scope: Option<String>,
+}
+
+impl Issued {
+    /// When the refresh token expires (Unix seconds), if the provider said (a
+    /// lifetime of zero or less says nothing).
+    pub fn refresh_expires_at(&self, now: i64) -> Option<i64> {
+        self.refresh_expires_in.filter(|s| *s > 0).map(|s| now + s)
+    }
+}
+
 impl Tokens {
+    /// A login's tokens, `issued` at `now`; `dpop_key`: the session's DPoP key
+    /// (stored form) when they are bound to one.
+    pub fn issued(issued: Issued, now: i64, dpop_key: Option<String>) -> Self {
+        Self {
+            access_token: issued.access_token,
+            token_type: issued.token_type,
+            access_expires_at: issued.expires_in.map(|s| now + s),
+            access_issued_at: Some(now),
+            refresh_token: issued.refresh_token,
+            id_token: issued.id_token,
+            scope: issued.scope,
+            dpop_key,
+            route_tokens: Vec::new(),
+        }
+    }
+
+    /// These tokens after a refresh answered with `issued` at `now`: a new access
+    /// token, and what the answer omits kept from before — a provider that doesn't
+    /// rotate keeps the old refresh token valid, and a refresh needn't repeat the ID
+    /// token or the scope (RFC 6749 §6, OIDC Core §12.2).
+    ///
+    /// `keep_id_token`: the stored ID token stays even when the answer has one (it
+    /// could not be validated). `dpop_bound`: the refresh was signed with the
+    /// session's DPoP key, so the new token is bound to it and the key stays;
+    /// otherwise (DPoP turned off since) the key goes with the old token. The routes'
+    /// own tokens stay: they are for other audiences.
+    pub fn refreshed(
+        self,
+        issued: Issued,
+        now: i64,
+        keep_id_token: bool,
+        dpop_bound: bool,
+    ) -> Self {
+        let mut fresh = Self::issued(issued, now, self.dpop_key.filter(|_| dpop_bound));
+        fresh.refresh_token = fresh.refresh_token.or(self.refresh_token);
+        if keep_id_token || fresh.id_token.is_none() {
+            fresh.id_token = self.id_token;
+        }
+        fresh.scope = fresh.scope.or(self.scope);
+        fresh.route_tokens = self.route_tokens;
+        fresh
+    }
+
     /// The token kept for audience `key`, if any.
     pub fn route_token(&self, key: &str) -> Option<&RouteToken> {
         self.route_tokens.iter().find(|t| t.key == key)

@@ -44,10 +44,11 @@ pub use client::ClientSlot;
 pub use route::{Audience, Grant};
 
 use crate::error::ApiError;
-use crate::gateway::Gateway;
-use crate::oidc::OidcError;
+use crate::oidc::{Oidc, OidcError, TokenResponse};
 use crate::primitives::now_secs;
-use crate::session::{EndReason, SessionKey, SessionRecord, SessionStore, Tokens};
+use crate::session::{
+    EndReason, Issued, SessionKey, SessionRecord, SessionStore, Sessions, Tokens,
+};
 
 /// After the provider failed a refresh, sessions with a still-valid token don't
 /// retry for this long (so an outage doesn't slow every request down by a timeout).
@@ -85,7 +86,9 @@ enum Target {
     Route(Arc<Audience>),
 }
 
-pub struct TokenManager {
+/// When tokens are renewed, and how long that may take.
+#[derive(Debug, Clone, Copy)]
+pub struct Timings {
     refresh_before: i64,
     /// How long a request waits for a refresh before it goes on without it.
     wait: Duration,
@@ -93,17 +96,9 @@ pub struct TokenManager {
     refresh_timeout: Duration,
     /// The store refresh lock's lease: longer than any refresh can take.
     lease: Duration,
-    inflight: Mutex<HashMap<SessionKey, watch::Receiver<Option<Outcome>>>>,
-    backoff: DashMap<SessionKey, Instant>,
-    /// Grants of routes' own tokens in flight, per session and audience key.
-    route_inflight: Mutex<HashMap<(SessionKey, String), Flight>>,
-    route_backoff: DashMap<(SessionKey, String), Instant>,
-    /// A route token the provider refused (`invalid_target`, …): until when, and why —
-    /// a misconfigured route is not sent to the provider on every request.
-    route_refused: DashMap<(SessionKey, String), (Instant, String)>,
 }
 
-impl TokenManager {
+impl Timings {
     /// `refresh_before`: how long before expiry to refresh; `wait`: how long a
     /// request waits for a refresh; `refresh_timeout`: how long a refresh waits for
     /// the provider (the refresh lock's lease is derived from it).
@@ -114,11 +109,6 @@ impl TokenManager {
             wait,
             refresh_timeout,
             lease: refresh_timeout + Duration::from_secs(5),
-            inflight: Mutex::new(HashMap::new()),
-            backoff: DashMap::new(),
-            route_inflight: Mutex::new(HashMap::new()),
-            route_backoff: DashMap::new(),
-            route_refused: DashMap::new(),
         }
     }
 
@@ -136,30 +126,64 @@ impl TokenManager {
         let ahead = self.refresh_before.min(lifetime / 2);
         now >= expires_at - ahead
     }
+}
+
+/// The token manager. It holds the sessions and its own bookkeeping; the OIDC
+/// client that renews a session's tokens is the session's frontend's, handed in by
+/// the caller with each request (and moved into the refresh task it may start).
+pub struct TokenManager {
+    sessions: Arc<Sessions>,
+    timings: Timings,
+    inflight: Mutex<HashMap<SessionKey, watch::Receiver<Option<Outcome>>>>,
+    backoff: DashMap<SessionKey, Instant>,
+    /// Grants of routes' own tokens in flight, per session and audience key.
+    route_inflight: Mutex<HashMap<(SessionKey, String), Flight>>,
+    route_backoff: DashMap<(SessionKey, String), Instant>,
+    /// A route token the provider refused (`invalid_target`, …): until when, and why —
+    /// a misconfigured route is not sent to the provider on every request.
+    route_refused: DashMap<(SessionKey, String), (Instant, String)>,
+}
+
+impl TokenManager {
+    /// Shared: a refresh task holds it (and nothing else of the gateway).
+    pub fn new(sessions: Arc<Sessions>, timings: Timings) -> Arc<Self> {
+        Arc::new(Self {
+            sessions,
+            timings,
+            inflight: Mutex::new(HashMap::new()),
+            backoff: DashMap::new(),
+            route_inflight: Mutex::new(HashMap::new()),
+            route_backoff: DashMap::new(),
+            route_refused: DashMap::new(),
+        })
+    }
 
     /// The session's opened tokens; a session whose tokens can't be opened ends.
-    async fn open(&self, gw: &Gateway, record: &SessionRecord) -> Result<Arc<Tokens>, ApiError> {
-        match gw.sessions.open_tokens_cached(record) {
+    async fn open(&self, record: &SessionRecord) -> Result<Arc<Tokens>, ApiError> {
+        match self.sessions.open_tokens_cached(record) {
             Ok(tokens) => Ok(tokens),
             Err(e) => {
                 // Sealed under a key no longer in `session.keys` (or damaged): the
                 // session can't be used again, so it ends instead of failing forever.
                 tracing::warn!(session = %record.key.log_label(), error = %e, "session tokens can't be opened; ending the session");
-                gw.sessions.end(&record.key, EndReason::Unreadable).await?;
+                self.sessions
+                    .end(&record.key, EndReason::Unreadable)
+                    .await?;
                 Err(ApiError::SessionExpired)
             }
         }
     }
 
-    /// The user's current tokens for `record`, refreshed if needed, or why there are none.
+    /// The user's current tokens for `record`, refreshed if needed, or why there are
+    /// none. `oidc` is the session's own client (its frontend's).
     pub async fn user_tokens(
-        &self,
-        gw: &Arc<Gateway>,
+        self: &Arc<Self>,
+        oidc: &Arc<Oidc>,
         record: &SessionRecord,
     ) -> Result<Arc<Tokens>, ApiError> {
-        let tokens = self.open(gw, record).await?;
+        let tokens = self.open(record).await?;
         let now = now_secs();
-        if !self.needs_refresh(&tokens, now) {
+        if !self.timings.needs_refresh(&tokens, now) {
             return Ok(tokens);
         }
         let still_valid = tokens.access_expires_at.is_none_or(|e| e > now);
@@ -167,7 +191,7 @@ impl TokenManager {
             if still_valid {
                 return Ok(tokens);
             }
-            gw.sessions
+            self.sessions
                 .end(&record.key, EndReason::AccessExpired)
                 .await?;
             return Err(ApiError::SessionExpired);
@@ -180,7 +204,7 @@ impl TokenManager {
         {
             return Ok(tokens);
         }
-        match self.refresh(gw, record.key).await {
+        match self.refresh(oidc, record.key).await {
             Outcome::Fresh(fresh) => {
                 self.backoff.remove(&record.key);
                 Ok(fresh)
@@ -206,7 +230,7 @@ impl TokenManager {
     }
 
     /// Joins the session's refresh in this process, or starts it.
-    async fn refresh(&self, gw: &Arc<Gateway>, key: SessionKey) -> Outcome {
+    async fn refresh(self: &Arc<Self>, oidc: &Arc<Oidc>, key: SessionKey) -> Outcome {
         let mut rx = {
             let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
             match inflight.get(&key) {
@@ -214,17 +238,16 @@ impl TokenManager {
                 None => {
                     let (tx, rx) = watch::channel(None);
                     inflight.insert(key, rx.clone());
-                    let gw = gw.clone();
+                    let (this, oidc) = (self.clone(), oidc.clone());
                     // In the span of the request that started it, for the request id.
                     let span = tracing::Span::current();
                     tokio::spawn(tracing::Instrument::instrument(
                         async move {
-                            let outcome = refresh_session(&gw, key, &Target::Login).await;
+                            let outcome = this.refresh_session(&oidc, key, &Target::Login).await;
                             // Publish, then forget: a request that starts after this finds no
                             // entry, and its own refresh re-reads the (already updated) session.
                             let _ = tx.send(Some(outcome));
-                            gw.tokens
-                                .inflight
+                            this.inflight
                                 .lock()
                                 .unwrap_or_else(|p| p.into_inner())
                                 .remove(&key);
@@ -236,280 +259,281 @@ impl TokenManager {
             }
         };
         // The refresh goes on in its task even if this request stops waiting.
-        match tokio::time::timeout(self.wait, rx.wait_for(Option::is_some)).await {
+        match tokio::time::timeout(self.timings.wait, rx.wait_for(Option::is_some)).await {
             Ok(Ok(outcome)) => outcome.clone().expect("waited for Some"),
             Ok(Err(_)) => Outcome::ProviderDown("the refresh task ended without a result".into()),
             Err(_) => Outcome::ProviderDown("the provider has not answered the refresh yet".into()),
         }
     }
-}
 
-/// One refresh of one session's `target` token, under the store's refresh lock (one
-/// lock per session: the login's and every route's grants take turns).
-async fn refresh_session(gw: &Arc<Gateway>, key: SessionKey, target: &Target) -> Outcome {
-    let store = gw.sessions.store();
-    let owner = crate::primitives::random_token();
-    let lease = gw.tokens.lease;
-    let started = Instant::now();
-    loop {
-        match store
-            .try_lock_refresh(&key, &owner, lease.as_millis() as u64)
+    /// One refresh of one session's `target` token, under the store's refresh lock
+    /// (one lock per session: the login's and every route's grants take turns).
+    async fn refresh_session(&self, oidc: &Arc<Oidc>, key: SessionKey, target: &Target) -> Outcome {
+        let store = self.sessions.store();
+        let owner = crate::primitives::random_token();
+        let lease = self.timings.lease;
+        let started = Instant::now();
+        loop {
+            match store
+                .try_lock_refresh(&key, &owner, lease.as_millis() as u64)
+                .await
+            {
+                Ok(true) => break,
+                Ok(false) => {
+                    // Another instance is refreshing this session: wait for its result.
+                    tokio::time::sleep(LOCK_POLL).await;
+                    match self.fresh_tokens_in_store(&key, target).await {
+                        Ok(Some(outcome)) => return outcome,
+                        Ok(None) if started.elapsed() < lease * 2 => continue,
+                        Ok(None) => {
+                            return Outcome::ProviderDown(
+                                "timed out waiting for another refresh".into(),
+                            );
+                        }
+                        Err(e) => return Outcome::StoreDown(e.to_string()),
+                    }
+                }
+                Err(e) => return Outcome::StoreDown(e.to_string()),
+            }
+        }
+        let outcome = match target {
+            Target::Login => self.refresh_locked(oidc, &key).await,
+            Target::Route(audience) => self.obtain_locked(oidc, &key, audience).await,
+        };
+        if let Err(e) = store.unlock_refresh(&key, &owner).await {
+            // A store failing over: try again in the background, so the session's next
+            // refresh is not blocked for the whole lease.
+            tracing::warn!(error = %e, "refresh lock release failed; trying again until its lease ends");
+            let sessions = self.sessions.clone();
+            tokio::spawn(async move {
+                let deadline = started + lease;
+                while Instant::now() + STORE_RETRY_EVERY < deadline {
+                    tokio::time::sleep(STORE_RETRY_EVERY).await;
+                    if sessions.store().unlock_refresh(&key, &owner).await.is_ok() {
+                        return;
+                    }
+                }
+            });
+        }
+        outcome
+    }
+
+    /// `Some` when the stored session no longer needs a refresh (someone else did it)
+    /// or is gone.
+    async fn fresh_tokens_in_store(
+        &self,
+        key: &SessionKey,
+        target: &Target,
+    ) -> Result<Option<Outcome>, crate::session::StoreError> {
+        let Some(record) = self.sessions.store().get(key).await? else {
+            return Ok(Some(Outcome::Ended));
+        };
+        let Ok(tokens) = self.sessions.open_tokens(&record) else {
+            return Ok(Some(Outcome::Ended));
+        };
+        let fresh = match target {
+            Target::Login => !self.timings.needs_refresh(&tokens, now_secs()),
+            Target::Route(audience) => {
+                route::is_fresh(&self.timings, &tokens, audience, now_secs())
+            }
+        };
+        if !fresh {
+            Ok(None)
+        } else {
+            Ok(Some(Outcome::Fresh(Arc::new(tokens))))
+        }
+    }
+
+    async fn refresh_locked(&self, oidc: &Arc<Oidc>, key: &SessionKey) -> Outcome {
+        // Re-read under the lock: the tokens we were asked about may already be replaced.
+        let record = match self.sessions.store().get(key).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return Outcome::Ended,
+            Err(e) => return Outcome::StoreDown(e.to_string()),
+        };
+        let Ok(tokens) = self.sessions.open_tokens(&record) else {
+            return Outcome::Ended;
+        };
+        if !self.timings.needs_refresh(&tokens, now_secs()) {
+            return Outcome::Fresh(Arc::new(tokens));
+        }
+        let Some(refresh_token) = tokens.refresh_token.as_deref() else {
+            return Outcome::Ended;
+        };
+        // DPoP: the refresh is signed with the session's own key, so the new access
+        // token is bound to the same key (RFC 9449 §5).
+        let dpop = match session_dpop_key(oidc, &tokens) {
+            Ok(key) => key,
+            Err(e) => {
+                tracing::warn!(session = %record.key.log_label(), error = %e, "session DPoP key unusable; ending the session");
+                return match self.sessions.end(key, EndReason::Unreadable).await {
+                    Ok(_) => Outcome::Ended,
+                    Err(e) => Outcome::StoreDown(e.to_string()),
+                };
+            }
+        };
+        let started = Instant::now();
+        match oidc
+            .refresh(refresh_token, self.timings.refresh_timeout, dpop.as_ref())
             .await
         {
-            Ok(true) => break,
-            Ok(false) => {
-                // Another instance is refreshing this session: wait for its result.
-                tokio::time::sleep(LOCK_POLL).await;
-                match fresh_tokens_in_store(gw, &key, target).await {
-                    Ok(Some(outcome)) => return outcome,
-                    Ok(None) if started.elapsed() < lease * 2 => continue,
-                    Ok(None) => {
-                        return Outcome::ProviderDown(
-                            "timed out waiting for another refresh".into(),
-                        );
+            Ok(response) => {
+                let mut keep_stored_id_token = false;
+                if let Some(id_token) = &response.id_token {
+                    match oidc
+                        .validate_refreshed_id_token(
+                            id_token,
+                            tokens.id_token.as_deref(),
+                            &record.sub,
+                        )
+                        .await
+                    {
+                        Ok(_) => {}
+                        // The provider's metadata or keys can't be fetched right now. The
+                        // answer came from the token endpoint over TLS with client
+                        // authentication, and its refresh token is the session's only one
+                        // (the old one may be spent by rotation): keep the new tokens and
+                        // the stored ID token, never end the session for an outage. The
+                        // next refresh's ID token is validated again.
+                        Err(OidcError::Unavailable(e)) => {
+                            tracing::warn!(
+                                frontend = %record.frontend,
+                                error = %e,
+                                "the refreshed ID token could not be validated (provider keys unavailable); keeping the stored ID token"
+                            );
+                            keep_stored_id_token = true;
+                        }
+                        Err(e) => {
+                            return self
+                                .refused_id_token(oidc, &record, response, e, started)
+                                .await;
+                        }
                     }
-                    Err(e) => return Outcome::StoreDown(e.to_string()),
+                }
+                let now = now_secs();
+                let issued = Issued::from(response);
+                let refresh_expires_at = issued.refresh_expires_at(now);
+                let fresh = tokens.refreshed(issued, now, keep_stored_id_token, dpop.is_some());
+                let updated = Arc::new(self.sessions.with_tokens(
+                    &record,
+                    &fresh,
+                    refresh_expires_at,
+                ));
+                // The provider may have rotated the refresh token: the new one exists
+                // only here. A store that fails (e.g. a Redis master failing over) is
+                // tried again for a while, still under the lock (its lease has 5 s to
+                // spare beyond `refresh_timeout` for this), or the session would be lost.
+                let retry_until = Instant::now() + STORE_RETRY_FOR;
+                loop {
+                    match self.sessions.store().update(updated.clone()).await {
+                        Ok(true) => {
+                            record.audited(|who| {
+                                crate::telemetry::audit_refresh(who, "success", started.elapsed())
+                            });
+                            break Outcome::Fresh(Arc::new(fresh));
+                        }
+                        Ok(false) => break Outcome::Ended,
+                        Err(e) if Instant::now() + STORE_RETRY_EVERY < retry_until => {
+                            tracing::warn!(session = %record.key.log_label(), error = %e, "storing refreshed tokens failed; trying again");
+                            tokio::time::sleep(STORE_RETRY_EVERY).await;
+                        }
+                        Err(e) => {
+                            tracing::error!(session = %record.key.log_label(), error = %e, "storing refreshed tokens failed; a rotated refresh token is lost");
+                            break Outcome::StoreDown(e.to_string());
+                        }
+                    }
                 }
             }
-            Err(e) => return Outcome::StoreDown(e.to_string()),
+            Err(e) if e.is_invalid_grant() => {
+                record.audited(|who| {
+                    crate::telemetry::audit_refresh(who, "invalid_grant", started.elapsed())
+                });
+                match self.sessions.end(key, EndReason::GrantRevoked).await {
+                    Ok(_) => Outcome::Ended,
+                    Err(e) => Outcome::StoreDown(e.to_string()),
+                }
+            }
+            Err(e) => {
+                let detail = e.to_string();
+                if let OidcError::Refused { .. } | OidcError::InvalidResponse(_) = e {
+                    // invalid_client and the like: a configuration problem, not the user's fault.
+                    tracing::error!(error = %detail, "refresh refused; keeping the session");
+                }
+                record.audited(|who| {
+                    crate::telemetry::audit_refresh(who, "provider_unavailable", started.elapsed())
+                });
+                Outcome::ProviderDown(detail)
+            }
         }
     }
-    let outcome = match target {
-        Target::Login => refresh_locked(gw, &key).await,
-        Target::Route(audience) => route::obtain_locked(gw, &key, audience).await,
-    };
-    if let Err(e) = store.unlock_refresh(&key, &owner).await {
-        // A store failing over: try again in the background, so the session's next
-        // refresh is not blocked for the whole lease.
-        tracing::warn!(error = %e, "refresh lock release failed; trying again until its lease ends");
-        let gw = gw.clone();
-        tokio::spawn(async move {
-            let deadline = started + lease;
-            while Instant::now() + STORE_RETRY_EVERY < deadline {
-                tokio::time::sleep(STORE_RETRY_EVERY).await;
-                if gw
-                    .sessions
-                    .store()
-                    .unlock_refresh(&key, &owner)
-                    .await
-                    .is_ok()
-                {
-                    return;
-                }
-            }
+
+    /// A refresh whose ID token failed OIDC Core §12.2 (another user, another login,
+    /// a bad signature, …). Nothing of that answer is stored: its tokens can't be
+    /// trusted to be this session's user's, and keeping the session without them
+    /// doesn't work either — the old refresh token is spent once the provider
+    /// rotated it, and sending it again would revoke the grant. So the session ends,
+    /// as after `invalid_grant` (the user logs in again), and the answer's new refresh
+    /// token is revoked at the provider in the background so that it doesn't outlive
+    /// the session.
+    async fn refused_id_token(
+        &self,
+        oidc: &Arc<Oidc>,
+        record: &SessionRecord,
+        response: TokenResponse,
+        error: OidcError,
+        started: Instant,
+    ) -> Outcome {
+        tracing::error!(
+            session = %record.key.log_label(),
+            error = %error,
+            "the provider's refreshed ID token failed validation (OIDC Core 12.2); nothing of this refresh is kept and the session ends"
+        );
+        record.audited(|who| {
+            crate::telemetry::audit_refresh(who, "invalid_id_token", started.elapsed())
         });
-    }
-    outcome
-}
-
-/// `Some` when the stored session no longer needs a refresh (someone else did it) or is gone.
-async fn fresh_tokens_in_store(
-    gw: &Gateway,
-    key: &SessionKey,
-    target: &Target,
-) -> Result<Option<Outcome>, crate::session::StoreError> {
-    let Some(record) = gw.sessions.store().get(key).await? else {
-        return Ok(Some(Outcome::Ended));
-    };
-    let Ok(tokens) = gw.sessions.open_tokens(&record) else {
-        return Ok(Some(Outcome::Ended));
-    };
-    let fresh = match target {
-        Target::Login => !gw.tokens.needs_refresh(&tokens, now_secs()),
-        Target::Route(audience) => route::is_fresh(&gw.tokens, &tokens, audience, now_secs()),
-    };
-    if !fresh {
-        Ok(None)
-    } else {
-        Ok(Some(Outcome::Fresh(Arc::new(tokens))))
-    }
-}
-
-async fn refresh_locked(gw: &Arc<Gateway>, key: &SessionKey) -> Outcome {
-    // Re-read under the lock: the tokens we were asked about may already be replaced.
-    let record = match gw.sessions.store().get(key).await {
-        Ok(Some(r)) => r,
-        Ok(None) => return Outcome::Ended,
-        Err(e) => return Outcome::StoreDown(e.to_string()),
-    };
-    let Ok(tokens) = gw.sessions.open_tokens(&record) else {
-        return Outcome::Ended;
-    };
-    if !gw.tokens.needs_refresh(&tokens, now_secs()) {
-        return Outcome::Fresh(Arc::new(tokens));
-    }
-    let Some(refresh_token) = tokens.refresh_token.as_deref() else {
-        return Outcome::Ended;
-    };
-    let Some(frontend) = gw.frontends.named(&record.frontend) else {
-        // A session of a frontend no longer configured can't be refreshed.
-        return Outcome::Ended;
-    };
-    // DPoP: the refresh is signed with the session's own key, so the new access
-    // token is bound to the same key (RFC 9449 §5).
-    let dpop = match session_dpop_key(&frontend.oidc, &tokens) {
-        Ok(key) => key,
-        Err(e) => {
-            tracing::warn!(session = %record.key.log_label(), error = %e, "session DPoP key unusable; ending the session");
-            return match gw.sessions.end(key, EndReason::Unreadable).await {
-                Ok(_) => Outcome::Ended,
-                Err(e) => Outcome::StoreDown(e.to_string()),
-            };
-        }
-    };
-    let started = Instant::now();
-    match frontend
-        .oidc
-        .refresh(refresh_token, gw.tokens.refresh_timeout, dpop.as_ref())
-        .await
-    {
-        Ok(response) => {
-            let mut keep_stored_id_token = false;
-            if let Some(id_token) = &response.id_token {
-                match frontend
-                    .oidc
-                    .validate_refreshed_id_token(id_token, tokens.id_token.as_deref(), &record.sub)
-                    .await
-                {
-                    Ok(_) => {}
-                    // The provider's metadata or keys can't be fetched right now. The
-                    // answer came from the token endpoint over TLS with client
-                    // authentication, and its refresh token is the session's only one
-                    // (the old one may be spent by rotation): keep the new tokens and the
-                    // stored ID token, never end the session for an outage. The next
-                    // refresh's ID token is validated again.
-                    Err(crate::oidc::OidcError::Unavailable(e)) => {
-                        tracing::warn!(
-                            frontend = %frontend.name,
-                            error = %e,
-                            "the refreshed ID token could not be validated (provider keys unavailable); keeping the stored ID token"
-                        );
-                        keep_stored_id_token = true;
-                    }
-                    Err(e) => {
-                        return refused_id_token(gw, &record, frontend, response, e, started).await;
-                    }
+        if let Some(refresh_token) = response.refresh_token {
+            let oidc = oidc.clone();
+            let (sub, session) = (record.sub.clone(), record.key.log_label());
+            tokio::spawn(async move {
+                use crate::telemetry::audit_revocation as audit;
+                match oidc.revoke_refresh_token(&refresh_token).await {
+                    Ok(true) => audit(&sub, &session, "revoked", None),
+                    Ok(false) => audit(&sub, &session, "unsupported", None),
+                    Err(e) => audit(&sub, &session, "failed", Some(&e.to_string())),
                 }
-            }
-            let now = now_secs();
-            let fresh = Tokens {
-                access_token: response.access_token,
-                token_type: response.token_type,
-                access_expires_at: response.expires_in.map(|s| now + s),
-                access_issued_at: Some(now),
-                // A provider that doesn't rotate keeps the old refresh token valid.
-                refresh_token: response.refresh_token.or(tokens.refresh_token),
-                id_token: if keep_stored_id_token {
-                    tokens.id_token
-                } else {
-                    response.id_token.or(tokens.id_token)
-                },
-                scope: response.scope.or(tokens.scope),
-                dpop_key: dpop.as_ref().and(tokens.dpop_key),
-                // The routes' own tokens stay: they are for other audiences.
-                route_tokens: tokens.route_tokens,
-            };
-            let refresh_expires_at = response
-                .refresh_expires_in
-                .filter(|s| *s > 0)
-                .map(|s| now + s);
-            let updated = Arc::new(gw.sessions.with_tokens(&record, &fresh, refresh_expires_at));
-            // The provider may have rotated the refresh token: the new one exists only
-            // here. A store that fails (e.g. a Redis master failing over) is tried
-            // again for a while, still under the lock (its lease has 5 s to spare
-            // beyond `refresh_timeout` for this), or the session would be lost.
-            let retry_until = Instant::now() + STORE_RETRY_FOR;
-            loop {
-                match gw.sessions.store().update(updated.clone()).await {
-                    Ok(true) => {
-                        record.audited(|who| {
-                            crate::telemetry::audit_refresh(who, "success", started.elapsed())
-                        });
-                        break Outcome::Fresh(Arc::new(fresh));
-                    }
-                    Ok(false) => break Outcome::Ended,
-                    Err(e) if Instant::now() + STORE_RETRY_EVERY < retry_until => {
-                        tracing::warn!(session = %record.key.log_label(), error = %e, "storing refreshed tokens failed; trying again");
-                        tokio::time::sleep(STORE_RETRY_EVERY).await;
-                    }
-                    Err(e) => {
-                        tracing::error!(session = %record.key.log_label(), error = %e, "storing refreshed tokens failed; a rotated refresh token is lost");
-                        break Outcome::StoreDown(e.to_string());
-                    }
-                }
-            }
-        }
-        Err(e) if e.is_invalid_grant() => {
-            record.audited(|who| {
-                crate::telemetry::audit_refresh(who, "invalid_grant", started.elapsed())
             });
-            match gw.sessions.end(key, EndReason::GrantRevoked).await {
-                Ok(_) => Outcome::Ended,
-                Err(e) => Outcome::StoreDown(e.to_string()),
-            }
         }
-        Err(e) => {
-            let detail = e.to_string();
-            if let OidcError::Refused { .. } | OidcError::InvalidResponse(_) = e {
-                // invalid_client and the like: a configuration problem, not the user's fault.
-                tracing::error!(error = %detail, "refresh refused; keeping the session");
-            }
-            record.audited(|who| {
-                crate::telemetry::audit_refresh(who, "provider_unavailable", started.elapsed())
-            });
-            Outcome::ProviderDown(detail)
+        match self
+            .sessions
+            .end(&record.key, EndReason::InvalidIdToken)
+            .await
+        {
+            Ok(_) => Outcome::Ended,
+            Err(e) => Outcome::StoreDown(e.to_string()),
         }
     }
 }
 
-/// A refresh whose ID token failed OIDC Core §12.2 (another user, another login, a
-/// bad signature, …). Nothing of that answer is stored: its tokens can't be trusted
-/// to be this session's user's, and keeping the session without them doesn't work
-/// either — the old refresh token is spent once the provider rotated it, and
-/// sending it again would revoke the grant. So the session ends, as after
-/// `invalid_grant` (the user logs in again), and the answer's new refresh token is
-/// revoked at the provider in the background so that it doesn't outlive the session.
-async fn refused_id_token(
-    gw: &Arc<Gateway>,
-    record: &SessionRecord,
-    frontend: &Arc<crate::frontend::Frontend>,
-    response: crate::oidc::TokenResponse,
-    error: OidcError,
-    started: Instant,
-) -> Outcome {
-    tracing::error!(
-        session = %record.key.log_label(),
-        error = %error,
-        "the provider's refreshed ID token failed validation (OIDC Core 12.2); nothing of this refresh is kept and the session ends"
-    );
-    record
-        .audited(|who| crate::telemetry::audit_refresh(who, "invalid_id_token", started.elapsed()));
-    if let Some(refresh_token) = response.refresh_token {
-        let frontend = frontend.clone();
-        let (sub, session) = (record.sub.clone(), record.key.log_label());
-        tokio::spawn(async move {
-            use crate::telemetry::audit_revocation as audit;
-            match frontend.oidc.revoke_refresh_token(&refresh_token).await {
-                Ok(true) => audit(&sub, &session, "revoked", None),
-                Ok(false) => audit(&sub, &session, "unsupported", None),
-                Err(e) => audit(&sub, &session, "failed", Some(&e.to_string())),
-            }
-        });
-    }
-    match gw
-        .sessions
-        .end(&record.key, EndReason::InvalidIdToken)
-        .await
-    {
-        Ok(_) => Outcome::Ended,
-        Err(e) => Outcome::StoreDown(e.to_string()),
+/// The session's part of the provider's answer (the token manager is the lowest
+/// layer that sees both the OIDC client's answer and the session's tokens).
+impl From<TokenResponse> for Issued {
+    fn from(r: TokenResponse) -> Self {
+        Self {
+            access_token: r.access_token,
+            token_type: r.token_type,
+            expires_in: r.expires_in,
+            refresh_token: r.refresh_token,
+            refresh_expires_in: r.refresh_expires_in,
+            id_token: r.id_token,
+            scope: r.scope,
+        }
     }
 }
 
 /// The session's DPoP key when DPoP is on and the session has one (sessions from
 /// before `oidc.dpop` was turned on have none and keep Bearer tokens).
 pub fn session_dpop_key(
-    oidc: &crate::oidc::Oidc,
+    oidc: &Oidc,
     tokens: &Tokens,
 ) -> Result<Option<crate::oidc::DpopKey>, String> {
     match &tokens.dpop_key {
@@ -538,7 +562,7 @@ mod tests {
 
     #[test]
     fn refresh_ahead_is_capped_at_half_the_lifetime() {
-        let m = TokenManager::new(
+        let m = Timings::new(
             Duration::from_secs(60),
             Duration::from_secs(10),
             Duration::from_secs(60),

@@ -33,11 +33,10 @@ use std::time::Instant;
 use axum::http::HeaderValue;
 use tokio::sync::watch;
 
-use super::{Outcome, REFUSED_BACKOFF, TokenManager, UNAVAILABLE_BACKOFF};
+use super::{Outcome, REFUSED_BACKOFF, Timings, TokenManager, UNAVAILABLE_BACKOFF};
 use crate::config::{RouteConfig, TokenKind};
 use crate::error::ApiError;
-use crate::gateway::Gateway;
-use crate::oidc::OidcError;
+use crate::oidc::{Oidc, OidcError};
 use crate::primitives::now_secs;
 use crate::session::{EndReason, RouteToken, SessionKey, SessionRecord, SessionStore, Tokens};
 
@@ -109,18 +108,19 @@ impl Audience {
 
 impl TokenManager {
     /// The `Authorization` value of `audience`'s token for the session of `record`,
-    /// obtained or renewed if needed.
+    /// obtained or renewed if needed. `oidc` is the session's own client (its
+    /// frontend's).
     pub async fn route_token(
-        &self,
-        gw: &Arc<Gateway>,
+        self: &Arc<Self>,
+        oidc: &Arc<Oidc>,
         record: &SessionRecord,
         audience: &Arc<Audience>,
     ) -> Result<HeaderValue, ApiError> {
-        let tokens = self.open(gw, record).await?;
+        let tokens = self.open(record).await?;
         let now = now_secs();
         let current = tokens.route_token(&audience.key);
         if let Some(t) = current
-            && !self.due(t.issued_at, t.expires_at, now)
+            && !self.timings.due(t.issued_at, t.expires_at, now)
         {
             return bearer(&t.access_token);
         }
@@ -131,7 +131,7 @@ impl TokenManager {
             // The subject token: the login's, fresh (this may refresh it, and ends the
             // session on invalid_grant as any user route would).
             Grant::Exchange => {
-                self.user_tokens(gw, record).await?;
+                self.user_tokens(oidc, record).await?;
             }
             Grant::Refresh if tokens.refresh_token.is_none() => {
                 return match still_valid {
@@ -162,7 +162,7 @@ impl TokenManager {
         {
             return bearer(t);
         }
-        match self.obtain(gw, record.key, audience).await {
+        match self.obtain(oidc, record.key, audience).await {
             Outcome::Fresh(fresh) => {
                 self.route_backoff.remove(&backoff_key);
                 self.route_refused.remove(&backoff_key);
@@ -221,8 +221,8 @@ impl TokenManager {
 
     /// Joins the (session, audience) grant in this process, or starts it.
     async fn obtain(
-        &self,
-        gw: &Arc<Gateway>,
+        self: &Arc<Self>,
+        oidc: &Arc<Oidc>,
         key: SessionKey,
         audience: &Arc<Audience>,
     ) -> Outcome {
@@ -237,15 +237,15 @@ impl TokenManager {
                 None => {
                     let (tx, rx) = watch::channel(None);
                     inflight.insert(flight.clone(), rx.clone());
-                    let (gw, audience) = (gw.clone(), audience.clone());
+                    let (this, oidc) = (self.clone(), oidc.clone());
+                    let audience = audience.clone();
                     let span = tracing::Span::current();
                     tokio::spawn(tracing::Instrument::instrument(
                         async move {
                             let target = super::Target::Route(audience);
-                            let outcome = super::refresh_session(&gw, key, &target).await;
+                            let outcome = this.refresh_session(&oidc, key, &target).await;
                             let _ = tx.send(Some(outcome));
-                            gw.tokens
-                                .route_inflight
+                            this.route_inflight
                                 .lock()
                                 .unwrap_or_else(|p| p.into_inner())
                                 .remove(&flight);
@@ -256,143 +256,142 @@ impl TokenManager {
                 }
             }
         };
-        match tokio::time::timeout(self.wait, rx.wait_for(Option::is_some)).await {
+        match tokio::time::timeout(self.timings.wait, rx.wait_for(Option::is_some)).await {
             Ok(Ok(outcome)) => outcome.clone().expect("waited for Some"),
             Ok(Err(_)) => Outcome::ProviderDown("the token task ended without a result".into()),
             Err(_) => Outcome::ProviderDown("the provider has not answered yet".into()),
         }
     }
-}
 
-/// Does the stored session hold a fresh token for `audience`?
-pub(super) fn is_fresh(m: &TokenManager, tokens: &Tokens, audience: &Audience, now: i64) -> bool {
-    tokens
-        .route_token(&audience.key)
-        .is_some_and(|t| !m.due(t.issued_at, t.expires_at, now))
-}
-
-/// The grant for `audience`, under the session's refresh lock (see the module docs).
-pub(super) async fn obtain_locked(
-    gw: &Arc<Gateway>,
-    key: &SessionKey,
-    audience: &Audience,
-) -> Outcome {
-    let record = match gw.sessions.store().get(key).await {
-        Ok(Some(r)) => r,
-        Ok(None) => return Outcome::Ended,
-        Err(e) => return Outcome::StoreDown(e.to_string()),
-    };
-    let Ok(mut tokens) = gw.sessions.open_tokens(&record) else {
-        return Outcome::Ended;
-    };
-    if is_fresh(&gw.tokens, &tokens, audience, now_secs()) {
-        return Outcome::Fresh(Arc::new(tokens));
-    }
-    let Some(frontend) = gw.frontends.named(&record.frontend) else {
-        return Outcome::Ended;
-    };
-    let started = Instant::now();
-    let answer = match audience.grant {
-        Grant::Refresh => {
-            let Some(refresh_token) = tokens.refresh_token.as_deref() else {
-                return Outcome::Refused("the session has no refresh token".into());
-            };
-            frontend
-                .oidc
-                .refresh_for(
+    /// The grant for `audience`, under the session's refresh lock (see the module docs).
+    pub(super) async fn obtain_locked(
+        &self,
+        oidc: &Oidc,
+        key: &SessionKey,
+        audience: &Audience,
+    ) -> Outcome {
+        let record = match self.sessions.store().get(key).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return Outcome::Ended,
+            Err(e) => return Outcome::StoreDown(e.to_string()),
+        };
+        let Ok(mut tokens) = self.sessions.open_tokens(&record) else {
+            return Outcome::Ended;
+        };
+        if is_fresh(&self.timings, &tokens, audience, now_secs()) {
+            return Outcome::Fresh(Arc::new(tokens));
+        }
+        let started = Instant::now();
+        let answer = match audience.grant {
+            Grant::Refresh => {
+                let Some(refresh_token) = tokens.refresh_token.as_deref() else {
+                    return Outcome::Refused("the session has no refresh token".into());
+                };
+                oidc.refresh_for(
                     refresh_token,
                     audience.resource.as_deref(),
                     audience.scope.as_deref(),
-                    gw.tokens.refresh_timeout,
+                    self.timings.refresh_timeout,
                 )
                 .await
-        }
-        Grant::Exchange => {
-            frontend
-                .oidc
-                .exchange_token(
+            }
+            Grant::Exchange => {
+                oidc.exchange_token(
                     &tokens.access_token,
                     audience.audience.as_deref(),
                     audience.resource.as_deref(),
                     audience.scope.as_deref(),
                 )
                 .await
-        }
-    };
-    let outcome_label = |o: &'static str| match audience.grant {
-        Grant::Refresh => o,
-        Grant::Exchange => "exchange",
-    };
-    match answer {
-        Ok(response) => {
-            let now = now_secs();
-            let mut refresh_expires_at = None;
-            if audience.grant == Grant::Refresh {
-                // Rotated: from now on the session's only refresh token, for every audience.
-                if let Some(rotated) = response.refresh_token {
-                    tokens.refresh_token = Some(rotated);
+            }
+        };
+        let outcome_label = |o: &'static str| match audience.grant {
+            Grant::Refresh => o,
+            Grant::Exchange => "exchange",
+        };
+        match answer {
+            Ok(response) => {
+                let now = now_secs();
+                let mut refresh_expires_at = None;
+                if audience.grant == Grant::Refresh {
+                    // Rotated: from now on the session's only refresh token, for every audience.
+                    if let Some(rotated) = response.refresh_token {
+                        tokens.refresh_token = Some(rotated);
+                    }
+                    refresh_expires_at = response
+                        .refresh_expires_in
+                        .filter(|s| *s > 0)
+                        .map(|s| now + s);
                 }
-                refresh_expires_at = response
-                    .refresh_expires_in
-                    .filter(|s| *s > 0)
-                    .map(|s| now + s);
-            }
-            let mismatch = audience
-                .expected_aud()
-                .and_then(|want| wrong_audience(&response.access_token, want));
-            if mismatch.is_none() {
-                tokens.set_route_token(RouteToken {
-                    key: audience.key.clone(),
-                    access_token: response.access_token,
-                    expires_at: response.expires_in.map(|s| now + s),
-                    issued_at: Some(now),
+                let mismatch = audience
+                    .expected_aud()
+                    .and_then(|want| wrong_audience(&response.access_token, want));
+                if mismatch.is_none() {
+                    tokens.set_route_token(RouteToken {
+                        key: audience.key.clone(),
+                        access_token: response.access_token,
+                        expires_at: response.expires_in.map(|s| now + s),
+                        issued_at: Some(now),
+                    });
+                }
+                // Stored even when the token is refused: the refresh token may have rotated.
+                let updated = self
+                    .sessions
+                    .with_tokens(&record, &tokens, refresh_expires_at);
+                match self.sessions.store().update(Arc::new(updated)).await {
+                    Ok(true) => {}
+                    Ok(false) => return Outcome::Ended,
+                    Err(e) => return Outcome::StoreDown(e.to_string()),
+                }
+                if let Some(why) = mismatch {
+                    record.audited(|who| {
+                        crate::telemetry::audit_refresh(who, "refused", started.elapsed())
+                    });
+                    return Outcome::Refused(why);
+                }
+                record.audited(|who| {
+                    crate::telemetry::audit_refresh(
+                        who,
+                        outcome_label("success"),
+                        started.elapsed(),
+                    )
                 });
+                tracing::info!(route = %audience.route, session = %record.key.log_label(), "route token obtained");
+                Outcome::Fresh(Arc::new(tokens))
             }
-            // Stored even when the token is refused: the refresh token may have rotated.
-            let updated = gw
-                .sessions
-                .with_tokens(&record, &tokens, refresh_expires_at);
-            match gw.sessions.store().update(Arc::new(updated)).await {
-                Ok(true) => {}
-                Ok(false) => return Outcome::Ended,
-                Err(e) => return Outcome::StoreDown(e.to_string()),
+            Err(e) if e.is_invalid_grant() && audience.grant == Grant::Refresh => {
+                record.audited(|who| {
+                    crate::telemetry::audit_refresh(who, "invalid_grant", started.elapsed())
+                });
+                match self.sessions.end(key, EndReason::GrantRevoked).await {
+                    Ok(_) => Outcome::Ended,
+                    Err(e) => Outcome::StoreDown(e.to_string()),
+                }
             }
-            if let Some(why) = mismatch {
+            Err(e @ OidcError::Refused { .. }) => {
                 record.audited(|who| {
                     crate::telemetry::audit_refresh(who, "refused", started.elapsed())
                 });
-                return Outcome::Refused(why);
+                Outcome::Refused(e.to_string())
             }
-            record.audited(|who| {
-                crate::telemetry::audit_refresh(who, outcome_label("success"), started.elapsed())
-            });
-            tracing::info!(route = %audience.route, session = %record.key.log_label(), "route token obtained");
-            Outcome::Fresh(Arc::new(tokens))
-        }
-        Err(e) if e.is_invalid_grant() && audience.grant == Grant::Refresh => {
-            record.audited(|who| {
-                crate::telemetry::audit_refresh(who, "invalid_grant", started.elapsed())
-            });
-            match gw.sessions.end(key, EndReason::GrantRevoked).await {
-                Ok(_) => Outcome::Ended,
-                Err(e) => Outcome::StoreDown(e.to_string()),
+            Err(e) => {
+                if let OidcError::InvalidResponse(_) = e {
+                    tracing::error!(route = %audience.route, error = %e, "the provider's answer for a route token is not usable");
+                }
+                record.audited(|who| {
+                    crate::telemetry::audit_refresh(who, "provider_unavailable", started.elapsed())
+                });
+                Outcome::ProviderDown(e.to_string())
             }
-        }
-        Err(e @ OidcError::Refused { .. }) => {
-            record
-                .audited(|who| crate::telemetry::audit_refresh(who, "refused", started.elapsed()));
-            Outcome::Refused(e.to_string())
-        }
-        Err(e) => {
-            if let OidcError::InvalidResponse(_) = e {
-                tracing::error!(route = %audience.route, error = %e, "the provider's answer for a route token is not usable");
-            }
-            record.audited(|who| {
-                crate::telemetry::audit_refresh(who, "provider_unavailable", started.elapsed())
-            });
-            Outcome::ProviderDown(e.to_string())
         }
     }
+}
+
+/// Does the stored session hold a fresh token for `audience`?
+pub(super) fn is_fresh(t: &Timings, tokens: &Tokens, audience: &Audience, now: i64) -> bool {
+    tokens
+        .route_token(&audience.key)
+        .is_some_and(|rt| !t.due(rt.issued_at, rt.expires_at, now))
 }
 
 /// `Some(why)` when `token` is a JWT whose `aud` does not name `want` — the provider
