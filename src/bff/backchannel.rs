@@ -7,7 +7,7 @@ use http_body_util::BodyExt;
 use crate::error::ApiError;
 use crate::gateway::AppState;
 use crate::gateway::Current;
-use crate::session::{EndReason, SessionFilter, SessionKey, SessionStore};
+use crate::session::{EndReason, SessionFilter, SessionStore, StoreKey};
 
 /// Largest accepted back-channel logout request body.
 const MAX_BODY: usize = 16 * 1024;
@@ -48,7 +48,7 @@ pub async fn backchannel_logout(
     };
     // Replay defence: a `jti` is accepted once (per issuer), in every instance sharing the store.
     let once =
-        SessionKey::hash(format!("{}\n{}\n{}", fe.oidc.issuer(), fe.name, logout.jti).as_bytes());
+        StoreKey::hash(format!("{}\n{}\n{}", fe.oidc.issuer(), fe.name, logout.jti).as_bytes());
     match gw
         .sessions
         .store()

@@ -14,8 +14,8 @@ use crate::oidc::{DpopKey, IdTokenClaims, OidcError, TokenResponse};
 use crate::primitives::{constant_time_eq, now_secs, random_token, sha256_b64url};
 use crate::security::limits::ClientNetwork;
 use crate::session::{
-    EndReason, Issued, NewSession, PendingCaps, PendingLogin, SessionId, SessionKey, SessionStore,
-    StoreError, Tokens, cookie,
+    EndReason, Issued, NewSession, PendingCaps, PendingLogin, SessionId, SessionStore, StoreError,
+    StoreKey, Tokens, cookie,
 };
 
 #[derive(Deserialize)]
@@ -198,7 +198,7 @@ pub async fn login(
     let evicted = gw
         .sessions
         .store()
-        .put_pending(SessionKey::hash(login_state.as_bytes()), pending, caps)
+        .put_pending(StoreKey::hash(login_state.as_bytes()), pending, caps)
         .await
         .map_err(|e| {
             if matches!(e, StoreError::PendingFull) {
@@ -321,7 +321,7 @@ async fn claim_login(
     let pending = gw
         .sessions
         .store()
-        .take_pending(&SessionKey::hash(login_state.as_bytes()), now_secs())
+        .take_pending(&StoreKey::hash(login_state.as_bytes()), now_secs())
         .await
         .map_err(ApiError::from)?
         .ok_or_else(expired)?;

@@ -26,7 +26,7 @@ use crate::config::TokenKind;
 use crate::error::ApiError;
 use crate::frontend::Frontend;
 use crate::gateway::{AppState, Gateway};
-use crate::session::{SessionKey, Tokens};
+use crate::session::{StoreKey, Tokens};
 use crate::upstream::{Route, UpstreamClient, UpstreamProtocol, rewrite};
 
 /// Phase: the runtime's client that speaks `route`'s upstream protocol.
@@ -98,10 +98,10 @@ pub(crate) enum Credential {
     /// A ready `Authorization` value (the gateway's client-credentials token).
     Header(HeaderValue),
     /// The session's tokens (the route uses the user's token), and the session's key.
-    User(Arc<Tokens>, SessionKey),
+    User(Arc<Tokens>, StoreKey),
     /// The route's own user token (per-route audience, token exchange), ready, and the
     /// session's key.
-    RouteUser(HeaderValue, SessionKey),
+    RouteUser(HeaderValue, StoreKey),
 }
 
 /// How a request that uses the session proves it isn't cross-site.
@@ -140,7 +140,7 @@ pub async fn authorize(
 impl Credential {
     /// The session whose token goes upstream, if one does (its answer is then the
     /// user's alone, and ends with the session).
-    pub(crate) fn session(&self) -> Option<SessionKey> {
+    pub(crate) fn session(&self) -> Option<StoreKey> {
         match self {
             Self::User(_, key) | Self::RouteUser(_, key) => Some(*key),
             Self::None | Self::Header(_) => None,

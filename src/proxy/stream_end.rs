@@ -18,7 +18,7 @@ use axum::http::{HeaderMap, header};
 use axum::response::Response;
 use http_body::{Frame, SizeHint};
 
-use crate::session::SessionKey;
+use crate::session::StoreKey;
 use crate::session::streams::{Ended, Streams};
 
 /// Answers longer than this (by `Content-Length`) are registered as streams.
@@ -41,7 +41,7 @@ pub fn may_run_long(headers: &HeaderMap) -> bool {
 pub fn bind(
     response: Response,
     streams: &std::sync::Arc<Streams>,
-    key: SessionKey,
+    key: StoreKey,
     route: &'static str,
 ) -> Response {
     let Ok(mut guard) = streams.open(key, route, None) else {
@@ -66,7 +66,7 @@ struct SessionBound {
     body: Body,
     ended: Pin<Box<dyn Future<Output = Ended> + Send>>,
     route: &'static str,
-    session: SessionKey,
+    session: StoreKey,
     opened: Instant,
     /// What the audit event says when the body is dropped.
     outcome: &'static str,

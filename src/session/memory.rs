@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 
 use super::{
-    PendingCaps, PendingLogin, SessionFilter, SessionKey, SessionRecord, SessionStore, StoreError,
+    PendingCaps, PendingLogin, SessionFilter, SessionRecord, SessionStore, StoreError, StoreKey,
 };
 
 /// SipHash of a SHA-256 output buys nothing: see [`super::record::KeyHasher`].
@@ -16,14 +16,14 @@ type KeyHasher = std::hash::BuildHasherDefault<super::record::KeyHasher>;
 /// indexed by (a hash of) `sid` and `sub` so logouts don't scan.
 #[derive(Default)]
 pub struct MemoryStore {
-    sessions: DashMap<SessionKey, Arc<SessionRecord>, KeyHasher>,
+    sessions: DashMap<StoreKey, Arc<SessionRecord>, KeyHasher>,
     by_sid: NameIndex,
     by_sub: NameIndex,
     /// Hashes `sub`s and `sid`s for the indexes (random keys per store).
     names: std::hash::RandomState,
     pending: Mutex<PendingTable>,
-    refresh_locks: DashMap<SessionKey, (String, Instant)>,
-    seen_once: DashMap<SessionKey, i64>,
+    refresh_locks: DashMap<StoreKey, (String, Instant)>,
+    seen_once: DashMap<StoreKey, i64>,
 }
 
 /// Pending logins and, per client network, their keys oldest first. One lock: the
@@ -31,12 +31,12 @@ pub struct MemoryStore {
 /// the proxy path, and never held across an await).
 #[derive(Default)]
 struct PendingTable {
-    logins: HashMap<SessionKey, PendingLogin, KeyHasher>,
+    logins: HashMap<StoreKey, PendingLogin, KeyHasher>,
     by_network: HashMap<String, BTreeSet<(i64, [u8; 32])>>,
 }
 
 impl PendingTable {
-    fn insert(&mut self, key: SessionKey, pending: PendingLogin) {
+    fn insert(&mut self, key: StoreKey, pending: PendingLogin) {
         self.remove(&key);
         self.by_network
             .entry(pending.network.clone())
@@ -45,7 +45,7 @@ impl PendingTable {
         self.logins.insert(key, pending);
     }
 
-    fn remove(&mut self, key: &SessionKey) -> Option<PendingLogin> {
+    fn remove(&mut self, key: &StoreKey) -> Option<PendingLogin> {
         let pending = self.logins.remove(key)?;
         if let Some(keys) = self.by_network.get_mut(&pending.network) {
             keys.remove(&(pending.expires_at, *key.as_bytes()));
@@ -76,7 +76,7 @@ impl PendingTable {
             .values()
             .filter_map(|keys| Some((keys.len(), keys.first()?)))
             .max_by(|(n1, a), (n2, b)| n1.cmp(n2).then(b.cmp(a)))
-            .map(|(_, (_, key))| SessionKey::from_bytes(*key));
+            .map(|(_, (_, key))| StoreKey::from_bytes(*key));
         victim.map_or(0, |key| usize::from(self.remove(&key).is_some()))
     }
 }
@@ -89,12 +89,12 @@ type NameIndex = DashMap<u64, Keys, KeyHasher>;
 /// The sessions under one name hash: most users have one session (and a provider
 /// session one login), kept in the entry itself.
 enum Keys {
-    One(SessionKey),
-    Many(Vec<SessionKey>),
+    One(StoreKey),
+    Many(Vec<StoreKey>),
 }
 
 impl Keys {
-    fn as_slice(&self) -> &[SessionKey] {
+    fn as_slice(&self) -> &[StoreKey] {
         match self {
             Self::One(key) => std::slice::from_ref(key),
             Self::Many(keys) => keys,
@@ -102,7 +102,7 @@ impl Keys {
     }
 }
 
-fn index_add(index: &NameIndex, name: u64, key: SessionKey) {
+fn index_add(index: &NameIndex, name: u64, key: StoreKey) {
     index
         .entry(name)
         .and_modify(|keys| {
@@ -115,7 +115,7 @@ fn index_add(index: &NameIndex, name: u64, key: SessionKey) {
         .or_insert(Keys::One(key));
 }
 
-fn index_remove(index: &NameIndex, name: u64, key: &SessionKey) {
+fn index_remove(index: &NameIndex, name: u64, key: &StoreKey) {
     index.remove_if_mut(&name, |_, keys| {
         match keys {
             Keys::One(k) => return k == key,
@@ -176,7 +176,7 @@ impl MemoryStore {
 }
 
 impl SessionStore for MemoryStore {
-    async fn get(&self, key: &SessionKey) -> Result<Option<Arc<SessionRecord>>, StoreError> {
+    async fn get(&self, key: &StoreKey) -> Result<Option<Arc<SessionRecord>>, StoreError> {
         Ok(self.sessions.get(key).map(|r| r.clone()))
     }
 
@@ -203,7 +203,7 @@ impl SessionStore for MemoryStore {
         Ok(true)
     }
 
-    async fn touch(&self, key: &SessionKey, last_seen: i64) -> Result<(), StoreError> {
+    async fn touch(&self, key: &StoreKey, last_seen: i64) -> Result<(), StoreError> {
         if let Some(mut entry) = self.sessions.get_mut(key) {
             let record = Arc::make_mut(entry.value_mut());
             record.last_seen = record.last_seen.max(last_seen);
@@ -211,7 +211,7 @@ impl SessionStore for MemoryStore {
         Ok(())
     }
 
-    async fn remove(&self, key: &SessionKey) -> Result<Option<Arc<SessionRecord>>, StoreError> {
+    async fn remove(&self, key: &StoreKey) -> Result<Option<Arc<SessionRecord>>, StoreError> {
         let removed = self.sessions.remove(key).map(|(_, r)| r);
         if let Some(record) = &removed {
             self.unindex(record);
@@ -248,7 +248,7 @@ impl SessionStore for MemoryStore {
 
     async fn put_pending(
         &self,
-        key: SessionKey,
+        key: StoreKey,
         pending: PendingLogin,
         caps: PendingCaps,
     ) -> Result<usize, StoreError> {
@@ -276,7 +276,7 @@ impl SessionStore for MemoryStore {
 
     async fn take_pending(
         &self,
-        key: &SessionKey,
+        key: &StoreKey,
         now: i64,
     ) -> Result<Option<PendingLogin>, StoreError> {
         Ok(self
@@ -287,7 +287,7 @@ impl SessionStore for MemoryStore {
 
     async fn try_lock_refresh(
         &self,
-        key: &SessionKey,
+        key: &StoreKey,
         owner: &str,
         lease_ms: u64,
     ) -> Result<bool, StoreError> {
@@ -309,13 +309,13 @@ impl SessionStore for MemoryStore {
         Ok(taken)
     }
 
-    async fn unlock_refresh(&self, key: &SessionKey, owner: &str) -> Result<(), StoreError> {
+    async fn unlock_refresh(&self, key: &StoreKey, owner: &str) -> Result<(), StoreError> {
         self.refresh_locks
             .remove_if(key, |_, (holder, _)| holder == owner);
         Ok(())
     }
 
-    async fn remember_once(&self, key: SessionKey, expires_at: i64) -> Result<bool, StoreError> {
+    async fn remember_once(&self, key: StoreKey, expires_at: i64) -> Result<bool, StoreError> {
         let now = super::now_secs();
         let mut first = false;
         self.seen_once

@@ -2,7 +2,7 @@
 //! encryption of tokens at rest.
 //!
 //! The browser holds only an opaque 256-bit random id ([`SessionId`]). Stores never
-//! see that id: they key sessions by its SHA-256 ([`SessionKey`]), so a copy of the
+//! see that id: they key sessions by its SHA-256 ([`StoreKey`]), so a copy of the
 //! store can't be replayed as cookies. Tokens are sealed with AES-256-GCM
 //! ([`cipher`]) before they reach any store, bound to the session key. This module
 //! must never log an id, a cookie value or a token.
@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use memory::MemoryStore;
-pub use record::{Issued, PendingLogin, RouteToken, SessionId, SessionKey, SessionRecord, Tokens};
+pub use record::{Issued, PendingLogin, RouteToken, SessionId, SessionRecord, StoreKey, Tokens};
 pub use redis::{RedisAddress, RedisStore};
 pub use sqlite::{SqliteOptions, SqliteStore};
 pub use store::{PendingCaps, SessionFilter, SessionStore, Store, StoreError};
@@ -289,7 +289,7 @@ impl Sessions {
     /// Ends a session. Returns the removed record, if it was there.
     pub async fn end(
         &self,
-        key: &SessionKey,
+        key: &StoreKey,
         reason: EndReason,
     ) -> Result<Option<Arc<SessionRecord>>, StoreError> {
         token_cache::forget(self.cache_owner, key);
@@ -358,7 +358,7 @@ impl Sessions {
         Ok(tokens)
     }
 
-    fn seal_tokens(&self, key: &SessionKey, tokens: &Tokens) -> Vec<u8> {
+    fn seal_tokens(&self, key: &StoreKey, tokens: &Tokens) -> Vec<u8> {
         self.cipher.seal(&packed::pack(tokens), key.as_bytes())
     }
 

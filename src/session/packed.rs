@@ -356,7 +356,7 @@ mod tests {
     /// files and Redis databases written before the upgrade hold.
     #[test]
     fn a_record_sealed_by_the_json_version_still_opens() {
-        use crate::session::{MemoryStore, SessionKey, SessionRecord, Sessions, Store};
+        use crate::session::{MemoryStore, SessionRecord, Sessions, Store, StoreKey};
         let hex = include_str!("fixtures/tokens_v1_json.hex").trim();
         let blob: Vec<u8> = (0..hex.len())
             .step_by(2)
@@ -369,7 +369,7 @@ mod tests {
             &Default::default(),
         );
         let record = SessionRecord {
-            key: SessionKey::hash(b"fixture session"),
+            key: StoreKey::hash(b"fixture session"),
             sub: "alice".into(),
             sid: None,
             frontend: String::new(),

@@ -28,8 +28,8 @@ impl SessionId {
     }
 
     /// The key under which stores keep this session: SHA-256 of the id.
-    pub fn key(&self) -> SessionKey {
-        SessionKey::hash(&self.0)
+    pub fn key(&self) -> StoreKey {
+        StoreKey::hash(&self.0)
     }
 }
 
@@ -39,11 +39,14 @@ impl std::fmt::Debug for SessionId {
     }
 }
 
-/// SHA-256 of a session id (or of a login `state`): what stores key by.
+/// What a store files a record under: SHA-256 of a secret id — a session id, a
+/// pending login's `state`, a logout token's `jti` in the replay cache — so a store's
+/// contents never hold the id a browser presents. (Named `SessionKey` before: it keys
+/// more than sessions.)
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct SessionKey([u8; 32]);
+pub struct StoreKey([u8; 32]);
 
-impl SessionKey {
+impl StoreKey {
     pub fn hash(secret: &[u8]) -> Self {
         let mut key = [0u8; 32];
         key.copy_from_slice(digest::digest(&digest::SHA256, secret).as_ref());
@@ -66,7 +69,7 @@ impl SessionKey {
     }
 }
 
-/// A `Hasher` for maps keyed by [`SessionKey`]. Session keys are SHA-256 outputs
+/// A `Hasher` for maps keyed by [`StoreKey`]. Session keys are SHA-256 outputs
 /// already: their first bytes are a fine hash (and a
 /// client can't choose keys: they are hashes of ids, and only Portcullis inserts).
 #[derive(Default)]
@@ -90,16 +93,16 @@ impl std::hash::Hasher for KeyHasher {
     }
 }
 
-impl std::fmt::Debug for SessionKey {
+impl std::fmt::Debug for StoreKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "SessionKey({})", self.log_label())
+        write!(f, "StoreKey({})", self.log_label())
     }
 }
 
 /// A session as stores keep it. Tokens are sealed; claims are plain JSON text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionRecord {
-    pub key: SessionKey,
+    pub key: StoreKey,
     /// The user's subject identifier at the provider.
     pub sub: String,
     /// The provider's session id (`sid` claim), for back-channel logout.

@@ -58,7 +58,7 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Cmd, Pipeline, RedisFuture, Script, Value};
 
 use super::{
-    PendingCaps, PendingLogin, SessionFilter, SessionKey, SessionRecord, SessionStore, StoreError,
+    PendingCaps, PendingLogin, SessionFilter, SessionRecord, SessionStore, StoreError, StoreKey,
 };
 pub use crate::config::values::RedisAddress;
 
@@ -111,7 +111,7 @@ struct Shared {
     generation: AtomicU64,
     connecting: tokio::sync::Mutex<Option<Instant>>,
     idle: i64,
-    cache: DashMap<SessionKey, (Arc<SessionRecord>, Instant)>,
+    cache: DashMap<StoreKey, (Arc<SessionRecord>, Instant)>,
     cache_live: AtomicBool,
     /// Bumped by every invalidation: a read that raced one is not cached.
     invalidations: AtomicU64,
@@ -133,11 +133,11 @@ fn connection_was_dead(e: &redis::RedisError) -> bool {
     e.is_connection_dropped() && !e.is_timeout()
 }
 
-fn hex(key: &SessionKey) -> String {
+fn hex(key: &StoreKey) -> String {
     key.as_bytes().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn unhex(text: &str) -> Option<SessionKey> {
+fn unhex(text: &str) -> Option<StoreKey> {
     if text.len() != 64 {
         return None;
     }
@@ -145,10 +145,10 @@ fn unhex(text: &str) -> Option<SessionKey> {
     for (i, chunk) in text.as_bytes().chunks(2).enumerate() {
         out[i] = u8::from_str_radix(std::str::from_utf8(chunk).ok()?, 16).ok()?;
     }
-    Some(SessionKey::from_bytes(out))
+    Some(StoreKey::from_bytes(out))
 }
 
-fn session_key(key: &SessionKey) -> String {
+fn session_key(key: &StoreKey) -> String {
     format!("{PREFIX}s:{}", hex(key))
 }
 
@@ -310,12 +310,12 @@ impl Shared {
         Ok(())
     }
 
-    fn evict(&self, key: &SessionKey) {
+    fn evict(&self, key: &StoreKey) {
         self.invalidations.fetch_add(1, Ordering::AcqRel);
         self.cache.remove(key);
     }
 
-    async fn publish_invalidation(&self, conn: &mut Conn, key: &SessionKey) {
+    async fn publish_invalidation(&self, conn: &mut Conn, key: &StoreKey) {
         let r: redis::RedisResult<i64> = conn.publish(CHANNEL, hex(key)).await;
         if let Err(e) = r {
             tracing::warn!(error = %e, "redis invalidation publish failed");
@@ -393,7 +393,7 @@ async fn invalidation_listener(shared: std::sync::Weak<Shared>) {
 }
 
 fn record_from_hash(
-    key: SessionKey,
+    key: StoreKey,
     mut h: std::collections::HashMap<String, Vec<u8>>,
 ) -> Option<SessionRecord> {
     let text = |v: Vec<u8>| String::from_utf8(v).ok();
@@ -431,10 +431,7 @@ fn hash_fields(r: &SessionRecord) -> Vec<(&'static str, Vec<u8>)> {
     f
 }
 
-async fn read_record(
-    conn: &mut Conn,
-    key: &SessionKey,
-) -> redis::RedisResult<Option<SessionRecord>> {
+async fn read_record(conn: &mut Conn, key: &StoreKey) -> redis::RedisResult<Option<SessionRecord>> {
     let h: std::collections::HashMap<String, Vec<u8>> = conn.hgetall(session_key(key)).await?;
     if h.is_empty() {
         return Ok(None);
@@ -545,7 +542,7 @@ const PENDING_C: &str = "portcullis:{pending}:c";
 const ALL: &str = "portcullis:all";
 
 impl SessionStore for RedisStore {
-    async fn get(&self, key: &SessionKey) -> Result<Option<Arc<SessionRecord>>, StoreError> {
+    async fn get(&self, key: &StoreKey) -> Result<Option<Arc<SessionRecord>>, StoreError> {
         let s = &self.shared;
         let live = s.cache_live.load(Ordering::Acquire);
         if live
@@ -636,7 +633,7 @@ impl SessionStore for RedisStore {
         Ok(updated == 1)
     }
 
-    async fn touch(&self, key: &SessionKey, last_seen: i64) -> Result<(), StoreError> {
+    async fn touch(&self, key: &StoreKey, last_seen: i64) -> Result<(), StoreError> {
         let s = &self.shared;
         let mut invocation = TOUCH.key(session_key(key));
         invocation.arg(last_seen).arg(s.idle);
@@ -652,7 +649,7 @@ impl SessionStore for RedisStore {
         Ok(())
     }
 
-    async fn remove(&self, key: &SessionKey) -> Result<Option<Arc<SessionRecord>>, StoreError> {
+    async fn remove(&self, key: &StoreKey) -> Result<Option<Arc<SessionRecord>>, StoreError> {
         let s = &self.shared;
         let record = s
             .run(|mut conn, _| async move { read_record(&mut conn, key).await })
@@ -755,7 +752,7 @@ impl SessionStore for RedisStore {
 
     async fn put_pending(
         &self,
-        key: SessionKey,
+        key: StoreKey,
         pending: PendingLogin,
         caps: PendingCaps,
     ) -> Result<usize, StoreError> {
@@ -785,7 +782,7 @@ impl SessionStore for RedisStore {
 
     async fn take_pending(
         &self,
-        key: &SessionKey,
+        key: &StoreKey,
         now: i64,
     ) -> Result<Option<PendingLogin>, StoreError> {
         let mut invocation = TAKE_PENDING.prepare_invoke();
@@ -810,7 +807,7 @@ impl SessionStore for RedisStore {
 
     async fn try_lock_refresh(
         &self,
-        key: &SessionKey,
+        key: &StoreKey,
         owner: &str,
         lease_ms: u64,
     ) -> Result<bool, StoreError> {
@@ -847,7 +844,7 @@ impl SessionStore for RedisStore {
             })
     }
 
-    async fn unlock_refresh(&self, key: &SessionKey, owner: &str) -> Result<(), StoreError> {
+    async fn unlock_refresh(&self, key: &StoreKey, owner: &str) -> Result<(), StoreError> {
         let mut invocation = UNLOCK.key(format!("{PREFIX}lock:{}", hex(key)));
         invocation.arg(owner);
         let invocation = &invocation;
@@ -858,7 +855,7 @@ impl SessionStore for RedisStore {
         Ok(())
     }
 
-    async fn remember_once(&self, key: SessionKey, expires_at: i64) -> Result<bool, StoreError> {
+    async fn remember_once(&self, key: StoreKey, expires_at: i64) -> Result<bool, StoreError> {
         if expires_at <= super::now_secs() {
             return Ok(true); // already past its memory: nothing to remember
         }
@@ -943,7 +940,7 @@ mod tests {
 
     #[test]
     fn keys_round_trip_through_hex() {
-        let k = SessionKey::hash(b"x");
+        let k = StoreKey::hash(b"x");
         assert_eq!(unhex(&hex(&k)), Some(k));
         assert_eq!(unhex("zz"), None);
     }

@@ -52,7 +52,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
-    PendingCaps, PendingLogin, SessionFilter, SessionKey, SessionRecord, SessionStore, StoreError,
+    PendingCaps, PendingLogin, SessionFilter, SessionRecord, SessionStore, StoreError, StoreKey,
 };
 use cache::RecordCache;
 
@@ -160,7 +160,7 @@ struct Shared {
     pool: Pool,
     cache: RecordCache,
     /// `last_seen` values not yet written (see [`FLUSH_EVERY`]).
-    touches: Mutex<HashMap<SessionKey, i64, KeyHasher>>,
+    touches: Mutex<HashMap<StoreKey, i64, KeyHasher>>,
     idle: i64,
     /// Session reads that went to the file (diagnostics, tests, benchmarks).
     file_reads: AtomicU64,
@@ -466,7 +466,7 @@ fn follow_changes(shared: Weak<Shared>, mut after: i64) {
                 if complete {
                     for (_, key) in &rows {
                         if let Ok(key) = <[u8; 32]>::try_from(key.as_slice()) {
-                            s.cache.evict(&SessionKey::from_bytes(key));
+                            s.cache.evict(&StoreKey::from_bytes(key));
                         }
                     }
                 } else {
@@ -554,7 +554,7 @@ fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRecord> {
         )
     })?;
     Ok(SessionRecord {
-        key: SessionKey::from_bytes(key),
+        key: StoreKey::from_bytes(key),
         sub: row.get(1)?,
         sid: row.get(2)?,
         claims: row.get(3)?,
@@ -568,7 +568,7 @@ fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRecord> {
 }
 
 impl SessionStore for SqliteStore {
-    async fn get(&self, key: &SessionKey) -> Result<Option<Arc<SessionRecord>>, StoreError> {
+    async fn get(&self, key: &StoreKey) -> Result<Option<Arc<SessionRecord>>, StoreError> {
         let s = &self.shared;
         let now = super::now_secs();
         let followed = s.cache.is_followed(TRUST_WINDOW.as_millis() as u64);
@@ -672,7 +672,7 @@ impl SessionStore for SqliteStore {
 
     /// Not on the request path: the cached copy moves now, the file within
     /// [`FLUSH_EVERY`] (see the module docs).
-    async fn touch(&self, key: &SessionKey, last_seen: i64) -> Result<(), StoreError> {
+    async fn touch(&self, key: &StoreKey, last_seen: i64) -> Result<(), StoreError> {
         let s = &self.shared;
         s.cache.touch(key, last_seen);
         let mut touches = s.touches.lock().unwrap_or_else(|p| p.into_inner());
@@ -681,7 +681,7 @@ impl SessionStore for SqliteStore {
         Ok(())
     }
 
-    async fn remove(&self, key: &SessionKey) -> Result<Option<Arc<SessionRecord>>, StoreError> {
+    async fn remove(&self, key: &StoreKey) -> Result<Option<Arc<SessionRecord>>, StoreError> {
         let k = *key;
         let removed = self
             .blocking(Access::Durable, move |c| {
@@ -767,7 +767,7 @@ impl SessionStore for SqliteStore {
             .await?;
         for key in &removed {
             if let Ok(key) = <[u8; 32]>::try_from(key.as_slice()) {
-                self.shared.cache.evict(&SessionKey::from_bytes(key));
+                self.shared.cache.evict(&StoreKey::from_bytes(key));
             }
         }
         Ok(removed.len())
@@ -775,7 +775,7 @@ impl SessionStore for SqliteStore {
 
     async fn put_pending(
         &self,
-        key: SessionKey,
+        key: StoreKey,
         pending: PendingLogin,
         caps: PendingCaps,
     ) -> Result<usize, StoreError> {
@@ -839,7 +839,7 @@ impl SessionStore for SqliteStore {
 
     async fn take_pending(
         &self,
-        key: &SessionKey,
+        key: &StoreKey,
         now: i64,
     ) -> Result<Option<PendingLogin>, StoreError> {
         let key = *key;
@@ -859,7 +859,7 @@ impl SessionStore for SqliteStore {
 
     async fn try_lock_refresh(
         &self,
-        key: &SessionKey,
+        key: &StoreKey,
         owner: &str,
         lease_ms: u64,
     ) -> Result<bool, StoreError> {
@@ -889,7 +889,7 @@ impl SessionStore for SqliteStore {
         Ok(taken)
     }
 
-    async fn unlock_refresh(&self, key: &SessionKey, owner: &str) -> Result<(), StoreError> {
+    async fn unlock_refresh(&self, key: &StoreKey, owner: &str) -> Result<(), StoreError> {
         let key = *key;
         let owner = owner.to_owned();
         self.blocking(Access::Write, move |c| {
@@ -900,7 +900,7 @@ impl SessionStore for SqliteStore {
         .await
     }
 
-    async fn remember_once(&self, key: SessionKey, expires_at: i64) -> Result<bool, StoreError> {
+    async fn remember_once(&self, key: StoreKey, expires_at: i64) -> Result<bool, StoreError> {
         let now = super::now_secs();
         self.blocking(Access::Write, move |c| {
             // Insert, or take over an entry that has expired; otherwise it's a replay.
@@ -986,7 +986,7 @@ mod tests {
         }
         let store = SqliteStore::open(&path).await.unwrap();
         let record = store
-            .get(&SessionKey::from_bytes([7; 32]))
+            .get(&StoreKey::from_bytes([7; 32]))
             .await
             .unwrap()
             .expect("the old session is still there");
@@ -994,7 +994,7 @@ mod tests {
         assert_eq!(record.frontend, "");
         // A login pending across the upgrade finishes, from the unknown network "".
         let pending = store
-            .take_pending(&SessionKey::from_bytes([8; 32]), now_ms() / 1000)
+            .take_pending(&StoreKey::from_bytes([8; 32]), now_ms() / 1000)
             .await
             .unwrap()
             .expect("the old pending login is still there");
@@ -1004,7 +1004,7 @@ mod tests {
             per_network: 10,
         };
         store
-            .put_pending(SessionKey::from_bytes([9; 32]), pending, caps)
+            .put_pending(StoreKey::from_bytes([9; 32]), pending, caps)
             .await
             .unwrap();
         // The change log came with the migration: a delete by anyone is logged.
@@ -1060,7 +1060,7 @@ mod tests {
 
     /// Waits until `store` answers `key` from memory: two reads, no file read. (Only
     /// while its change-log reader keeps up, which a busy machine may delay a moment.)
-    async fn assert_cached(store: &SqliteStore, key: &SessionKey) {
+    async fn assert_cached(store: &SqliteStore, key: &StoreKey) {
         eventually(Duration::from_secs(5), || async {
             store.get(key).await.unwrap().unwrap();
             let before = store.file_reads();
@@ -1070,7 +1070,7 @@ mod tests {
         .await;
     }
 
-    fn file_last_seen(path: &Path, key: &SessionKey) -> i64 {
+    fn file_last_seen(path: &Path, key: &StoreKey) -> i64 {
         Connection::open(path)
             .unwrap()
             .query_row(

@@ -1,7 +1,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use super::{MemoryStore, PendingLogin, RedisStore, SessionKey, SessionRecord, SqliteStore};
+use super::{MemoryStore, PendingLogin, RedisStore, SessionRecord, SqliteStore, StoreKey};
 
 /// A store failure: the store is unreachable or broken. Never "not found".
 #[derive(Debug, thiserror::Error)]
@@ -64,7 +64,7 @@ impl SessionFilter {
 pub trait SessionStore: Send + Sync + 'static {
     fn get(
         &self,
-        key: &SessionKey,
+        key: &StoreKey,
     ) -> impl Future<Output = Result<Option<Arc<SessionRecord>>, StoreError>> + Send;
 
     /// Inserts or replaces the session with this key.
@@ -86,14 +86,14 @@ pub trait SessionStore: Send + Sync + 'static {
     /// its own reads see it at once.
     fn touch(
         &self,
-        key: &SessionKey,
+        key: &StoreKey,
         last_seen: i64,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Removes a session and returns it, if it was there.
     fn remove(
         &self,
-        key: &SessionKey,
+        key: &StoreKey,
     ) -> impl Future<Output = Result<Option<Arc<SessionRecord>>, StoreError>> + Send;
 
     /// The sessions matching `filter`, in no particular order.
@@ -117,7 +117,7 @@ pub trait SessionStore: Send + Sync + 'static {
     /// calls, also from other instances, never exceed either cap.
     fn put_pending(
         &self,
-        key: SessionKey,
+        key: StoreKey,
         pending: PendingLogin,
         caps: PendingCaps,
     ) -> impl Future<Output = Result<usize, StoreError>> + Send;
@@ -125,7 +125,7 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Removes and returns the pending login under `key`, unless it has expired by `now`.
     fn take_pending(
         &self,
-        key: &SessionKey,
+        key: &StoreKey,
         now: i64,
     ) -> impl Future<Output = Result<Option<PendingLogin>, StoreError>> + Send;
 
@@ -134,7 +134,7 @@ pub trait SessionStore: Send + Sync + 'static {
     /// so a crashed holder can't block the session for longer than the lease.
     fn try_lock_refresh(
         &self,
-        key: &SessionKey,
+        key: &StoreKey,
         owner: &str,
         lease_ms: u64,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
@@ -142,7 +142,7 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Releases the refresh lock if `owner` still holds it (compare-and-delete).
     fn unlock_refresh(
         &self,
-        key: &SessionKey,
+        key: &StoreKey,
         owner: &str,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
@@ -150,7 +150,7 @@ pub trait SessionStore: Send + Sync + 'static {
     /// until `expires_at`. Returns `true` the first time, `false` for a replay.
     fn remember_once(
         &self,
-        key: SessionKey,
+        key: StoreKey,
         expires_at: i64,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
@@ -199,7 +199,7 @@ impl Store {
 }
 
 impl SessionStore for Store {
-    async fn get(&self, key: &SessionKey) -> Result<Option<Arc<SessionRecord>>, StoreError> {
+    async fn get(&self, key: &StoreKey) -> Result<Option<Arc<SessionRecord>>, StoreError> {
         dispatch!(self, "get", s => s.get(key))
     }
     async fn insert(&self, record: Arc<SessionRecord>) -> Result<(), StoreError> {
@@ -208,10 +208,10 @@ impl SessionStore for Store {
     async fn update(&self, record: Arc<SessionRecord>) -> Result<bool, StoreError> {
         dispatch!(self, "update", s => s.update(record))
     }
-    async fn touch(&self, key: &SessionKey, last_seen: i64) -> Result<(), StoreError> {
+    async fn touch(&self, key: &StoreKey, last_seen: i64) -> Result<(), StoreError> {
         dispatch!(self, "touch", s => s.touch(key, last_seen))
     }
-    async fn remove(&self, key: &SessionKey) -> Result<Option<Arc<SessionRecord>>, StoreError> {
+    async fn remove(&self, key: &StoreKey) -> Result<Option<Arc<SessionRecord>>, StoreError> {
         dispatch!(self, "remove", s => s.remove(key))
     }
     async fn find(&self, filter: &SessionFilter) -> Result<Vec<Arc<SessionRecord>>, StoreError> {
@@ -222,7 +222,7 @@ impl SessionStore for Store {
     }
     async fn put_pending(
         &self,
-        key: SessionKey,
+        key: StoreKey,
         pending: PendingLogin,
         caps: PendingCaps,
     ) -> Result<usize, StoreError> {
@@ -230,23 +230,23 @@ impl SessionStore for Store {
     }
     async fn take_pending(
         &self,
-        key: &SessionKey,
+        key: &StoreKey,
         now: i64,
     ) -> Result<Option<PendingLogin>, StoreError> {
         dispatch!(self, "take_pending", s => s.take_pending(key, now))
     }
     async fn try_lock_refresh(
         &self,
-        key: &SessionKey,
+        key: &StoreKey,
         owner: &str,
         lease_ms: u64,
     ) -> Result<bool, StoreError> {
         dispatch!(self, "try_lock_refresh", s => s.try_lock_refresh(key, owner, lease_ms))
     }
-    async fn unlock_refresh(&self, key: &SessionKey, owner: &str) -> Result<(), StoreError> {
+    async fn unlock_refresh(&self, key: &StoreKey, owner: &str) -> Result<(), StoreError> {
         dispatch!(self, "unlock_refresh", s => s.unlock_refresh(key, owner))
     }
-    async fn remember_once(&self, key: SessionKey, expires_at: i64) -> Result<bool, StoreError> {
+    async fn remember_once(&self, key: StoreKey, expires_at: i64) -> Result<bool, StoreError> {
         dispatch!(self, "remember_once", s => s.remember_once(key, expires_at))
     }
     async fn ping(&self) -> Result<(), StoreError> {

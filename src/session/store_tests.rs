@@ -174,7 +174,7 @@ pub async fn expired_sessions_are_swept(store: impl SessionStore) {
 
 pub async fn pending_logins_are_single_use(store: impl SessionStore) {
     let now = now_secs();
-    let key = SessionKey::hash(b"state-1");
+    let key = StoreKey::hash(b"state-1");
     store
         .put_pending(key, pending(now + 600), ROOMY)
         .await
@@ -190,7 +190,7 @@ pub async fn pending_logins_are_single_use(store: impl SessionStore) {
         per_network: 1,
     };
     for i in 0..3u8 {
-        let key = SessionKey::hash(&[b's', i]);
+        let key = StoreKey::hash(&[b's', i]);
         store
             .put_pending(key, pending(now + 600), one)
             .await
@@ -201,7 +201,7 @@ pub async fn pending_logins_are_single_use(store: impl SessionStore) {
 
 pub async fn pending_logins_expire(store: impl SessionStore) {
     let now = now_secs();
-    let key = SessionKey::hash(b"state-2");
+    let key = StoreKey::hash(b"state-2");
     store
         .put_pending(key, pending(now + 5), ROOMY)
         .await
@@ -219,13 +219,13 @@ pub async fn pending_logins_are_capped_per_network(store: impl SessionStore) {
     };
     // One of them has already expired: it counts for nothing.
     store
-        .put_pending(SessionKey::hash(b"stale"), pending_from("a", now - 1), caps)
+        .put_pending(StoreKey::hash(b"stale"), pending_from("a", now - 1), caps)
         .await
         .unwrap();
     for i in 0..3u8 {
         let evicted = store
             .put_pending(
-                SessionKey::hash(&[b'a', i]),
+                StoreKey::hash(&[b'a', i]),
                 pending_from("a", now + 600),
                 caps,
             )
@@ -235,24 +235,24 @@ pub async fn pending_logins_are_capped_per_network(store: impl SessionStore) {
     }
     let err = store
         .put_pending(
-            SessionKey::hash(b"a more"),
+            StoreKey::hash(b"a more"),
             pending_from("a", now + 600),
             caps,
         )
         .await;
     assert!(matches!(err, Err(StoreError::PendingFull)), "{err:?}");
     store
-        .put_pending(SessionKey::hash(b"b"), pending_from("b", now + 600), caps)
+        .put_pending(StoreKey::hash(b"b"), pending_from("b", now + 600), caps)
         .await
         .expect("another network is not affected");
     store
-        .take_pending(&SessionKey::hash(&[b'a', 0]), now)
+        .take_pending(&StoreKey::hash(&[b'a', 0]), now)
         .await
         .unwrap()
         .unwrap();
     store
         .put_pending(
-            SessionKey::hash(b"a more"),
+            StoreKey::hash(b"a more"),
             pending_from("a", now + 600),
             caps,
         )
@@ -262,7 +262,7 @@ pub async fn pending_logins_are_capped_per_network(store: impl SessionStore) {
     for i in 1..3u8 {
         assert!(
             store
-                .take_pending(&SessionKey::hash(&[b'a', i]), now)
+                .take_pending(&StoreKey::hash(&[b'a', i]), now)
                 .await
                 .unwrap()
                 .is_some()
@@ -279,15 +279,15 @@ pub async fn a_full_store_evicts_from_the_heaviest_network(store: impl SessionSt
         total: 5,
         per_network: 100,
     };
-    let flood = |i: u8| SessionKey::hash(&[b'f', i]);
-    let user = SessionKey::hash(b"user");
+    let flood = |i: u8| StoreKey::hash(&[b'f', i]);
+    let user = StoreKey::hash(b"user");
     // The user's login is the oldest of all.
     store
         .put_pending(user, pending_from("user", now + 500), caps)
         .await
         .unwrap();
     store
-        .put_pending(SessionKey::hash(b"x"), pending_from("x", now + 550), caps)
+        .put_pending(StoreKey::hash(b"x"), pending_from("x", now + 550), caps)
         .await
         .unwrap();
     // An expired login is dropped before anything live is evicted.
@@ -326,21 +326,21 @@ pub async fn a_full_store_evicts_from_the_heaviest_network(store: impl SessionSt
     }
     // Another new network evicts from the flood too.
     let evicted = store
-        .put_pending(SessionKey::hash(b"y"), pending_from("y", now + 700), caps)
+        .put_pending(StoreKey::hash(b"y"), pending_from("y", now + 700), caps)
         .await
         .unwrap();
     assert_eq!(evicted, 1);
     assert!(store.take_pending(&user, now).await.unwrap().is_some());
     assert!(
         store
-            .take_pending(&SessionKey::hash(b"x"), now)
+            .take_pending(&StoreKey::hash(b"x"), now)
             .await
             .unwrap()
             .is_some()
     );
     assert!(
         store
-            .take_pending(&SessionKey::hash(b"y"), now)
+            .take_pending(&StoreKey::hash(b"y"), now)
             .await
             .unwrap()
             .is_some()
@@ -362,7 +362,7 @@ pub async fn pending_caps_hold_under_concurrency(store: impl SessionStore) {
             tokio::spawn(async move {
                 store
                     .put_pending(
-                        SessionKey::hash(&[b'c', i]),
+                        StoreKey::hash(&[b'c', i]),
                         pending_from("c", now + 600),
                         caps,
                     )
@@ -483,7 +483,7 @@ pub async fn refresh_lock_admits_one_of_many(store: impl SessionStore) {
 
 pub async fn one_time_ids_are_seen_once(store: impl SessionStore) {
     let now = now_secs();
-    let jti = SessionKey::hash(b"iss|jti-1");
+    let jti = StoreKey::hash(b"iss|jti-1");
     assert!(store.remember_once(jti, now + 600).await.unwrap());
     assert!(
         !store.remember_once(jti, now + 600).await.unwrap(),
@@ -491,11 +491,11 @@ pub async fn one_time_ids_are_seen_once(store: impl SessionStore) {
     );
     assert!(
         store
-            .remember_once(SessionKey::hash(b"iss|jti-2"), now + 600)
+            .remember_once(StoreKey::hash(b"iss|jti-2"), now + 600)
             .await
             .unwrap()
     );
-    let old = SessionKey::hash(b"iss|jti-old");
+    let old = StoreKey::hash(b"iss|jti-old");
     assert!(store.remember_once(old, now - 1).await.unwrap());
     assert!(
         store.remember_once(old, now + 600).await.unwrap(),

@@ -25,7 +25,7 @@ use std::time::Duration;
 use dashmap::DashMap;
 use tokio::sync::watch;
 
-use super::{EndReason, SessionKey};
+use super::{EndReason, StoreKey};
 
 /// How often the sessions with open streams are looked at (see the module docs).
 pub const WATCH_EVERY: Duration = Duration::from_millis(250);
@@ -51,7 +51,7 @@ impl Ended {
 /// The registry (one per `Sessions`).
 pub struct Streams {
     open: AtomicUsize,
-    by_session: DashMap<SessionKey, Entry>,
+    by_session: DashMap<StoreKey, Entry>,
     /// Set when the process shuts down: relayed WebSockets close (1001).
     closing: watch::Sender<bool>,
     /// Relayed sockets open now, with or without a session ([`Streams::relay`]).
@@ -103,7 +103,7 @@ impl Streams {
     /// open there. The stream stays registered until the guard drops.
     pub fn open(
         self: &Arc<Self>,
-        key: SessionKey,
+        key: StoreKey,
         route: &'static str,
         cap: Option<u32>,
     ) -> Result<StreamGuard, TooManyStreams> {
@@ -134,7 +134,7 @@ impl Streams {
     }
 
     /// Ends every stream of `key` (a no-op when it has none).
-    pub fn end(&self, key: &SessionKey, why: Ended) {
+    pub fn end(&self, key: &StoreKey, why: Ended) {
         if self.open.load(Ordering::Relaxed) == 0 {
             return;
         }
@@ -167,7 +167,7 @@ impl Streams {
     }
 
     /// The sessions with open streams, not yet told to end.
-    pub fn sessions(&self) -> Vec<SessionKey> {
+    pub fn sessions(&self) -> Vec<StoreKey> {
         if self.count() == 0 {
             return Vec::new();
         }
@@ -182,7 +182,7 @@ impl Streams {
 /// One open stream's place in the registry (see [`Streams::open`]).
 pub struct StreamGuard {
     streams: Arc<Streams>,
-    key: SessionKey,
+    key: StoreKey,
     route: &'static str,
     ended: watch::Receiver<Option<Ended>>,
 }
@@ -232,8 +232,8 @@ impl Drop for StreamGuard {
 mod tests {
     use super::*;
 
-    fn key(b: u8) -> SessionKey {
-        SessionKey::from_bytes([b; 32])
+    fn key(b: u8) -> StoreKey {
+        StoreKey::from_bytes([b; 32])
     }
 
     #[tokio::test]

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::record::KeyHasher;
-use super::{SessionKey, Tokens};
+use super::{StoreKey, Tokens};
 
 /// How long an entry may be used after it was opened.
 pub const TTL: Duration = Duration::from_secs(60);
@@ -66,7 +66,7 @@ struct Entry {
     opened: Instant,
 }
 
-type Map = HashMap<(u64, SessionKey), Entry, BuildHasherDefault<KeyHasher>>;
+type Map = HashMap<(u64, StoreKey), Entry, BuildHasherDefault<KeyHasher>>;
 
 #[derive(Default)]
 struct Cache {
@@ -81,24 +81,18 @@ thread_local! {
 
 /// The tokens opened from `fingerprint` for session `key` of the `Sessions` instance
 /// `owner`, if this thread opened them less than [`TTL`] ago.
-pub fn get(owner: u64, key: &SessionKey, fingerprint: &Fingerprint) -> Option<Arc<Tokens>> {
+pub fn get(owner: u64, key: &StoreKey, fingerprint: &Fingerprint) -> Option<Arc<Tokens>> {
     CACHE.with_borrow(|c| {
         let e = c.map.get(&(owner, *key))?;
         (e.fingerprint == *fingerprint && e.opened.elapsed() < TTL).then(|| e.tokens.clone())
     })
 }
 
-pub fn put(owner: u64, key: SessionKey, fingerprint: Fingerprint, tokens: Arc<Tokens>) {
+pub fn put(owner: u64, key: StoreKey, fingerprint: Fingerprint, tokens: Arc<Tokens>) {
     put_at(owner, key, fingerprint, tokens, Instant::now());
 }
 
-fn put_at(
-    owner: u64,
-    key: SessionKey,
-    fingerprint: Fingerprint,
-    tokens: Arc<Tokens>,
-    now: Instant,
-) {
+fn put_at(owner: u64, key: StoreKey, fingerprint: Fingerprint, tokens: Arc<Tokens>, now: Instant) {
     CACHE.with_borrow_mut(|c| {
         let sweep_due = c.swept.is_none_or(|t| now.duration_since(t) >= TTL);
         let full = c.map.len() >= CAPACITY && !c.map.contains_key(&(owner, key));
@@ -120,7 +114,7 @@ fn put_at(
     });
 }
 
-pub fn forget(owner: u64, key: &SessionKey) {
+pub fn forget(owner: u64, key: &StoreKey) {
     CACHE.with_borrow_mut(|c| c.map.remove(&(owner, *key)));
 }
 
@@ -156,10 +150,10 @@ mod tests {
     #[test]
     fn expired_entries_are_dropped_by_a_later_opening() {
         use super::{CACHE, Fingerprint, TTL, put_at};
-        use crate::session::SessionKey;
+        use crate::session::StoreKey;
         let blob = [7u8; 64];
         let f = Fingerprint::of(&blob).unwrap();
-        let (old, new) = (SessionKey::hash(b"old"), SessionKey::hash(b"new"));
+        let (old, new) = (StoreKey::hash(b"old"), StoreKey::hash(b"new"));
         let t0 = std::time::Instant::now();
         put_at(1, old, f, tokens("AT-old").into(), t0);
         put_at(1, new, f, tokens("AT-new").into(), t0 + TTL / 2);

@@ -9,7 +9,7 @@
 //! `event` field: `login`, `refresh`, `revocation`, `session_ended` (logout,
 //! back-channel logout, revocation, timeouts…), `backchannel_logout`,
 //! `csrf_rejected`, `rate_limited`. They carry the `sub` and `session`, a short
-//! non-reversible label of the session key (`SessionKey::log_label`) — never a
+//! non-reversible label of the session key (`StoreKey::log_label`) — never a
 //! session id, a cookie, a token, a client secret or a key. Select them with
 //! `RUST_LOG=portcullis::audit=info`.
 //!

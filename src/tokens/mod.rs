@@ -46,9 +46,7 @@ pub use route::{Audience, Grant};
 use crate::error::ApiError;
 use crate::oidc::{Oidc, OidcError, TokenResponse};
 use crate::primitives::now_secs;
-use crate::session::{
-    EndReason, Issued, SessionKey, SessionRecord, SessionStore, Sessions, Tokens,
-};
+use crate::session::{EndReason, Issued, SessionRecord, SessionStore, Sessions, StoreKey, Tokens};
 
 /// After the provider failed a refresh, sessions with a still-valid token don't
 /// retry for this long (so an outage doesn't slow every request down by a timeout).
@@ -134,14 +132,14 @@ impl Timings {
 pub struct TokenManager {
     sessions: Arc<Sessions>,
     timings: Timings,
-    inflight: Mutex<HashMap<SessionKey, watch::Receiver<Option<Outcome>>>>,
-    backoff: DashMap<SessionKey, Instant>,
+    inflight: Mutex<HashMap<StoreKey, watch::Receiver<Option<Outcome>>>>,
+    backoff: DashMap<StoreKey, Instant>,
     /// Grants of routes' own tokens in flight, per session and audience key.
-    route_inflight: Mutex<HashMap<(SessionKey, String), Flight>>,
-    route_backoff: DashMap<(SessionKey, String), Instant>,
+    route_inflight: Mutex<HashMap<(StoreKey, String), Flight>>,
+    route_backoff: DashMap<(StoreKey, String), Instant>,
     /// A route token the provider refused (`invalid_target`, …): until when, and why —
     /// a misconfigured route is not sent to the provider on every request.
-    route_refused: DashMap<(SessionKey, String), (Instant, String)>,
+    route_refused: DashMap<(StoreKey, String), (Instant, String)>,
 }
 
 impl TokenManager {
@@ -230,7 +228,7 @@ impl TokenManager {
     }
 
     /// Joins the session's refresh in this process, or starts it.
-    async fn refresh(self: &Arc<Self>, oidc: &Arc<Oidc>, key: SessionKey) -> Outcome {
+    async fn refresh(self: &Arc<Self>, oidc: &Arc<Oidc>, key: StoreKey) -> Outcome {
         let mut rx = {
             let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
             match inflight.get(&key) {
@@ -268,7 +266,7 @@ impl TokenManager {
 
     /// One refresh of one session's `target` token, under the store's refresh lock
     /// (one lock per session: the login's and every route's grants take turns).
-    async fn refresh_session(&self, oidc: &Arc<Oidc>, key: SessionKey, target: &Target) -> Outcome {
+    async fn refresh_session(&self, oidc: &Arc<Oidc>, key: StoreKey, target: &Target) -> Outcome {
         let store = self.sessions.store();
         let owner = crate::primitives::random_token();
         let lease = self.timings.lease;
@@ -322,7 +320,7 @@ impl TokenManager {
     /// or is gone.
     async fn fresh_tokens_in_store(
         &self,
-        key: &SessionKey,
+        key: &StoreKey,
         target: &Target,
     ) -> Result<Option<Outcome>, crate::session::StoreError> {
         let Some(record) = self.sessions.store().get(key).await? else {
@@ -344,7 +342,7 @@ impl TokenManager {
         }
     }
 
-    async fn refresh_locked(&self, oidc: &Arc<Oidc>, key: &SessionKey) -> Outcome {
+    async fn refresh_locked(&self, oidc: &Arc<Oidc>, key: &StoreKey) -> Outcome {
         // Re-read under the lock: the tokens we were asked about may already be replaced.
         let record = match self.sessions.store().get(key).await {
             Ok(Some(r)) => r,

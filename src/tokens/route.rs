@@ -38,7 +38,7 @@ use crate::config::{RouteConfig, TokenKind};
 use crate::error::ApiError;
 use crate::oidc::{Oidc, OidcError};
 use crate::primitives::now_secs;
-use crate::session::{EndReason, RouteToken, SessionKey, SessionRecord, SessionStore, Tokens};
+use crate::session::{EndReason, RouteToken, SessionRecord, SessionStore, StoreKey, Tokens};
 
 /// How a route's own token is obtained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -223,7 +223,7 @@ impl TokenManager {
     async fn obtain(
         self: &Arc<Self>,
         oidc: &Arc<Oidc>,
-        key: SessionKey,
+        key: StoreKey,
         audience: &Arc<Audience>,
     ) -> Outcome {
         let flight = (key, audience.key.clone());
@@ -267,7 +267,7 @@ impl TokenManager {
     pub(super) async fn obtain_locked(
         &self,
         oidc: &Oidc,
-        key: &SessionKey,
+        key: &StoreKey,
         audience: &Audience,
     ) -> Outcome {
         let record = match self.sessions.store().get(key).await {

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use super::super::{SessionKey, SessionRecord};
+use super::super::{SessionRecord, StoreKey};
 
 type KeyHasher = std::hash::BuildHasherDefault<super::super::record::KeyHasher>;
 
@@ -35,7 +35,7 @@ pub(super) struct RecordCache {
 }
 
 struct Shard {
-    index: HashMap<SessionKey, usize, KeyHasher>,
+    index: HashMap<StoreKey, usize, KeyHasher>,
     slots: Vec<Slot>,
     hand: usize,
     capacity: usize,
@@ -44,7 +44,7 @@ struct Shard {
 }
 
 struct Slot {
-    key: SessionKey,
+    key: StoreKey,
     record: Arc<SessionRecord>,
     referenced: bool,
 }
@@ -74,14 +74,14 @@ impl RecordCache {
         }
     }
 
-    fn shard(&self, key: &SessionKey) -> MutexGuard<'_, Shard> {
+    fn shard(&self, key: &StoreKey) -> MutexGuard<'_, Shard> {
         // Keys are SHA-256 outputs: the last byte is as good a shard index as any (the
         // maps inside hash the first bytes).
         let i = key.as_bytes()[31] as usize % SHARDS;
         self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(super) fn get(&self, key: &SessionKey) -> Option<Arc<SessionRecord>> {
+    pub(super) fn get(&self, key: &StoreKey) -> Option<Arc<SessionRecord>> {
         let mut shard = self.shard(key);
         let i = *shard.index.get(key)?;
         let slot = &mut shard.slots[i];
@@ -89,7 +89,7 @@ impl RecordCache {
         Some(slot.record.clone())
     }
 
-    pub(super) fn snapshot(&self, key: &SessionKey) -> Snapshot {
+    pub(super) fn snapshot(&self, key: &StoreKey) -> Snapshot {
         Snapshot(self.shard(key).generation)
     }
 
@@ -137,7 +137,7 @@ impl RecordCache {
 
     /// Moves a cached copy's `last_seen` forward (this process used the session). The
     /// copy is replaced, not changed in place: readers may hold it.
-    pub(super) fn touch(&self, key: &SessionKey, last_seen: i64) {
+    pub(super) fn touch(&self, key: &StoreKey, last_seen: i64) {
         let Some(current) = self.get(key) else { return };
         if current.last_seen >= last_seen {
             return;
@@ -153,7 +153,7 @@ impl RecordCache {
         }
     }
 
-    pub(super) fn evict(&self, key: &SessionKey) {
+    pub(super) fn evict(&self, key: &StoreKey) {
         let mut shard = self.shard(key);
         shard.generation += 1;
         let Some(i) = shard.index.remove(key) else {
