@@ -217,11 +217,6 @@ impl RedisStore {
         tokio::spawn(invalidation_listener(Arc::downgrade(&shared)));
         Ok(Self { shared })
     }
-
-    /// Whether the in-process cache is in use (the invalidation channel is live).
-    pub fn cache_is_live(&self) -> bool {
-        self.shared.cache_live.load(Ordering::Acquire)
-    }
 }
 
 impl Shared {
