@@ -67,30 +67,19 @@ pub async fn backchannel_logout(
         (None, Some(sub)) => SessionFilter::Sub(sub.clone()),
         (None, None) => unreachable!("validated: sub or sid"),
     };
-    let sessions = match gw.sessions.store().find(&filter).await {
-        Ok(s) => s,
+    let matches = |record: &crate::session::SessionRecord| {
+        // With both claims, both must match. Another frontend's client: its own
+        // logout token will come to its own endpoint.
+        logout.sub.as_ref().is_none_or(|sub| *sub == record.sub) && record.frontend == fe.name
+    };
+    let ended = match gw
+        .sessions
+        .end_matching(&filter, matches, EndReason::BackchannelLogout)
+        .await
+    {
+        Ok(n) => n,
         Err(e) => return ApiError::from(e).into_response(),
     };
-    let mut ended = 0;
-    for record in sessions {
-        // With both claims, both must match.
-        if logout.sub.as_ref().is_some_and(|sub| *sub != record.sub) {
-            continue;
-        }
-        // Another frontend's client: its own logout token will come to its own endpoint.
-        if record.frontend != fe.name {
-            continue;
-        }
-        match gw
-            .sessions
-            .end(&record.key, EndReason::BackchannelLogout)
-            .await
-        {
-            Ok(Some(_)) => ended += 1,
-            Ok(None) => {}
-            Err(e) => return ApiError::from(e).into_response(),
-        }
-    }
     tracing::info!(
         target: "portcullis::audit",
         event = "backchannel_logout",

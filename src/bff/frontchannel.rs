@@ -24,7 +24,7 @@ use serde::Deserialize;
 use crate::error::ApiError;
 use crate::gateway::AppState;
 use crate::gateway::Current;
-use crate::session::{EndReason, SessionFilter, SessionStore};
+use crate::session::{EndReason, SessionFilter};
 
 #[derive(Deserialize)]
 pub struct FrontchannelQuery {
@@ -54,30 +54,18 @@ pub async fn frontchannel_logout(
         return ApiError::invalid("sid is not a valid value").into_response();
     }
     let gw = &state.gw;
-    let sessions = match gw
+    let ended = match gw
         .sessions
-        .store()
-        .find(&SessionFilter::Sid(sid.to_owned()))
+        .end_matching(
+            &SessionFilter::Sid(sid.to_owned()),
+            |record| record.frontend == fe.name && record.sid.as_deref() == Some(sid),
+            EndReason::FrontchannelLogout,
+        )
         .await
     {
-        Ok(s) => s,
+        Ok(n) => n,
         Err(e) => return ApiError::from(e).into_response(),
     };
-    let mut ended = 0;
-    for record in sessions {
-        if record.frontend != fe.name || record.sid.as_deref() != Some(sid) {
-            continue;
-        }
-        match gw
-            .sessions
-            .end(&record.key, EndReason::FrontchannelLogout)
-            .await
-        {
-            Ok(Some(_)) => ended += 1,
-            Ok(None) => {}
-            Err(e) => return ApiError::from(e).into_response(),
-        }
-    }
     tracing::info!(
         target: "portcullis::audit",
         event = "frontchannel_logout",

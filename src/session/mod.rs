@@ -301,6 +301,24 @@ impl Sessions {
         Ok(removed)
     }
 
+    /// Ends every session the store finds for `filter` that `matches` says to end
+    /// (a logout's other conditions: its frontend, its `sub`). Returns how many ended.
+    /// A store failure stops there: the sessions ended so far stay ended.
+    pub async fn end_matching(
+        &self,
+        filter: &SessionFilter,
+        matches: impl Fn(&SessionRecord) -> bool,
+        reason: EndReason,
+    ) -> Result<usize, StoreError> {
+        let mut ended = 0;
+        for record in self.store.find(filter).await? {
+            if matches(&record) && self.end(&record.key, reason).await?.is_some() {
+                ended += 1;
+            }
+        }
+        Ok(ended)
+    }
+
     /// The registry of the sessions' open streams.
     pub fn streams(&self) -> &Arc<streams::Streams> {
         &self.streams
