@@ -77,23 +77,7 @@ start "$RUN/nginx.log" nginx -p "$RUN" -c "$RUN/proxy.conf" -e stderr -g 'daemon
 NGX_PID=$LAST_PID
 wait_http "http://127.0.0.1:$NGX_PORT/"
 
-PROVIDER_CONFIG=$(python3 - "$UP_PORT" "$GW_PORT" "$BASE_PORT" <<'EOF'
-import json, sys
-up, gw, base = sys.argv[1:]
-print(json.dumps({
-    "port": 0, "host": "127.0.0.1", "accessTokenTTL": 3600, "refreshTokenTTL": 86400,
-    "resourceIndicators": {"defaultResource": f"http://127.0.0.1:{up}/", "useGrantedResource": True,
-                           "accessTokenTTL": 3600},
-    "clients": [{
-        "client_id": "portcullis-bench", "client_secret": "portcullis-bench-secret-0123456789",
-        "token_endpoint_auth_method": "client_secret_basic",
-        "grant_types": ["authorization_code", "refresh_token"], "response_types": ["code"],
-        "redirect_uris": [f"http://127.0.0.1:{p}/bff/callback" for p in (gw, base)],
-        "post_logout_redirect_uris": [f"http://127.0.0.1:{p}/" for p in (gw, base)],
-    }],
-}))
-EOF
-)
+PROVIDER_CONFIG=$(python3 bench/bench.py provider-config "$UP_PORT" "$GW_PORT" "$BASE_PORT")
 export PROVIDER_CONFIG
 start "$RUN/provider.log" node demo/provider/provider.mjs
 ISSUER=""
@@ -105,31 +89,10 @@ done
 [[ -n $ISSUER ]] || { echo "provider not ready" >&2; exit 1; }
 
 WORKERS=""
-[[ $MODE == callgrind ]] && WORKERS="workers = 1"
+[[ $MODE == callgrind ]] && WORKERS=1
 KEY=$("$BIN" keygen)
-gateway_config() { # PORT
-cat <<EOF
-[server]
-listen = "127.0.0.1:$1"
-public_origin = "http://127.0.0.1:$1"
-drain_timeout = "1s"
-$WORKERS
-[oidc]
-issuer = "$ISSUER"
-client_id = "portcullis-bench"
-client_secret = "portcullis-bench-secret-0123456789"
-auth_method = "client_secret_basic"
-scopes = ["openid", "profile", "email", "offline_access"]
-userinfo = false
-[session]
-store = "$STORE"
-sqlite_path = "$RUN/sessions.db"
-keys = ["$KEY"]
-[[routes]]
-prefix = "/api"
-upstream = "http://127.0.0.1:$UP_PORT"
-token = "user"
-EOF
+gateway_config() { # PORT [SQLITE_PATH]: bench/bench.py writes it, as for bench/run.sh
+  python3 bench/bench.py config "$STORE" "$1" "$ISSUER" "$KEY" "$UP_PORT" "${2:-$RUN/sessions.db}" "$WORKERS"
 }
 gateway_config "$GW_PORT" >"$RUN/portcullis.toml"
 if [[ $MODE == callgrind ]]; then
@@ -143,7 +106,7 @@ wait_http "http://127.0.0.1:$GW_PORT/healthz"
 # PROFILE_BASE_BIN: another build (e.g. before a change), measured in the same rounds.
 TARGETS=(nginx portcullis)
 if [[ -n ${PROFILE_BASE_BIN:-} && $MODE == cpu ]]; then
-  gateway_config "$BASE_PORT" | sed "s#sessions.db#sessions-base.db#" >"$RUN/base.toml"
+  gateway_config "$BASE_PORT" "$RUN/sessions-base.db" >"$RUN/base.toml"
   start "$RUN/base.log" "$PROFILE_BASE_BIN" serve --config "$RUN/base.toml"
   BASE_PID=$LAST_PID
   wait_http "http://127.0.0.1:$BASE_PORT/healthz"
@@ -195,7 +158,12 @@ if [[ $MODE == callgrind ]]; then
   exit 0
 fi
 
-[[ -n ${PROFILE_HOLD:-} ]] && { echo "HOLD gw=$GW_PORT pid=$GW_PID cookie=$COOKIE"; sleep "$PROFILE_HOLD"; }
+# PROFILE_HOLD=seconds: print where everything runs, then wait (for strace, perf, oha by hand).
+if [[ -n ${PROFILE_HOLD:-} ]]; then
+  echo "HOLD gw=$GW_PORT pid=$GW_PID cookie=$COOKIE nginx=$NGX_PORT nginx_pid=$NGX_PID"
+  [[ -n ${BASE_PID:-} ]] && echo "HOLD base=$BASE_PORT base_pid=$BASE_PID base_cookie=$BASE_COOKIE"
+  sleep "$PROFILE_HOLD"
+fi
 for ((r = 1; r <= ROUNDS; r++)); do
   for t in "${TARGETS[@]}"; do
     hdr=("${HDR[@]}")

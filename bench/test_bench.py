@@ -201,6 +201,24 @@ class PlanTest(unittest.TestCase):
         cfg = bench.provider_config(7, [9, 10])
         self.assertEqual(cfg["clients"][0]["redirect_uris"],
                          ["http://127.0.0.1:9/bff/callback", "http://127.0.0.1:10/bff/callback"])
+        self.assertNotIn("workers", toml)
+        self.assertIn("\nworkers = 1\n", bench.portcullis_config("memory", 9, "i", "K", 7, "/s", 6, 1))
+
+    def test_profile_sh_gets_its_configs_from_the_same_generator(self):
+        import io
+        from contextlib import redirect_stdout
+        out = io.StringIO()
+        with redirect_stdout(out):
+            rc = bench.main(["config", "memory", "9", "http://127.0.0.1:5/", "KEY", "7", "/tmp/s.db", "1"])
+        self.assertEqual(rc, 0)
+        self.assertEqual(out.getvalue(),
+                         bench.portcullis_config("memory", 9, "http://127.0.0.1:5/", "KEY", 7, "/tmp/s.db",
+                                                 6379, 1))
+        out = io.StringIO()
+        with redirect_stdout(out):
+            rc = bench.main(["provider-config", "7", "9", "10"])
+        self.assertEqual(rc, 0)
+        self.assertEqual(json.loads(out.getvalue()), bench.provider_config(7, [9, 10]))
 
 
 def run_cells():
