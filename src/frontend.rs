@@ -12,6 +12,17 @@ use crate::oidc::Oidc;
 use crate::upstream::RouteTable;
 use crate::upstream::rewrite::RewriteConfig;
 
+/// The endpoints under every frontend's `{prefix}/bff`: the `/bff` router's paths
+/// (`bff::router`).
+pub const BFF_ENDPOINTS: [&str; 6] = [
+    "/login",
+    "/callback",
+    "/user",
+    "/logout",
+    "/backchannel-logout",
+    "/frontchannel-logout",
+];
+
 /// One frontend, prepared for requests.
 pub struct Frontend {
     /// The `[[frontends]]` name; "" for the single frontend.
@@ -89,6 +100,13 @@ impl Frontend {
         (rest.is_empty() || rest.starts_with('/')).then_some(rest)
     }
 
+    /// Is `path` one of this frontend's `/bff` endpoints, a path the `/bff` router
+    /// serves ([`BFF_ENDPOINTS`])?
+    pub fn is_bff_endpoint(&self, path: &str) -> bool {
+        self.bff_path(path)
+            .is_some_and(|rest| BFF_ENDPOINTS.contains(&rest))
+    }
+
     /// `{prefix}{path}`: a path of this frontend (`path` starts with '/').
     pub fn path(&self, path: &str) -> String {
         format!("{}{path}", self.prefix)
@@ -162,6 +180,11 @@ impl Frontends {
 
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Frontend>> {
         self.all.iter()
+    }
+
+    /// Is `path` a `/bff` endpoint of any frontend (one the `/bff` router serves)?
+    pub fn is_bff_endpoint(&self, path: &str) -> bool {
+        self.all.iter().any(|f| f.is_bff_endpoint(path))
     }
 
     /// The distinct path prefixes, each with a `/bff` of its own.

@@ -128,6 +128,11 @@ impl Gateway {
         };
         let kind = if let Some(bff) = frontend.bff_path(path) {
             TargetKind::Bff(Endpoint::of(bff))
+        } else if self.frontends.is_bff_endpoint(path) {
+            // Another frontend's `/bff` endpoint (its prefix is a path of this one's):
+            // the router's, never this frontend's API route. Its handler answers 404
+            // (the request's frontend is this one, whose endpoint it is not).
+            TargetKind::Other
         } else if let Some(route) = frontend.routes.position(path) {
             TargetKind::Api(route)
         } else if frontend.static_files().is_some() {

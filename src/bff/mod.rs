@@ -62,17 +62,11 @@ pub fn router(state: AppState, prefixes: &[&str]) -> Router<AppState> {
 /// `http.route`, what axum's `MatchedPath` names).
 #[cfg(feature = "otel")]
 pub fn paths<'a>(prefixes: &'a [&str]) -> impl Iterator<Item = String> + 'a {
-    const ENDPOINTS: [&str; 6] = [
-        "login",
-        "callback",
-        "user",
-        "logout",
-        "backchannel-logout",
-        "frontchannel-logout",
-    ];
-    prefixes
-        .iter()
-        .flat_map(|p| ENDPOINTS.iter().map(move |e| format!("{p}/bff/{e}")))
+    prefixes.iter().flat_map(|p| {
+        crate::frontend::BFF_ENDPOINTS
+            .iter()
+            .map(move |e| format!("{p}/bff{e}"))
+    })
 }
 
 /// Middleware on `/bff/login` and `/bff/callback`: the per-network rate limit.

@@ -135,10 +135,11 @@ impl tower::Service<Request> for App {
 }
 
 /// Phase 5: the handler. An API route's request can't be one of the router's
-/// (those are `{prefix}/bff/*` and the health checks, whose targets are never an API
-/// route's), so the router would only hand it to its fallback: it goes there directly.
+/// (those are every frontend's `/bff` endpoints and the health checks, whose targets
+/// are never an API route's: see `Gateway::target_of`), so the router would only hand
+/// it to its fallback: it goes there directly.
 async fn handle(state: &AppState, router: Router, target: &Target, request: Request) -> Response {
-    if matches!(target.kind, TargetKind::Api(_)) && !request.uri().path().contains("/bff/") {
+    if matches!(target.kind, TargetKind::Api(_)) {
         return dispatch_to(state, target, request).await;
     }
     match router.oneshot(request).await {
