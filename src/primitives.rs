@@ -1,5 +1,5 @@
-//! The primitives every layer uses: randomness, hashing, constant-time comparison and
-//! the clock. One home, so there is one generator, one hash and one clock to reason
+//! The primitives every layer uses: randomness, hashing, constant-time comparison,
+//! the clock and text formatted on the stack. One home, so there is one generator, one hash and one clock to reason
 //! about (and to replace in a test). Depends on no module of the crate.
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -22,6 +22,49 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
 /// binding cookie, `jti`, lock owner.
 pub fn random_token() -> String {
     URL_SAFE_NO_PAD.encode(random_bytes::<32>())
+}
+
+/// Text formatted on the stack, up to `N` bytes: `write!` into it costs no
+/// allocation. A write that doesn't fit fails (`fmt::Error`) and leaves what fit.
+pub struct StackStr<const N: usize> {
+    buf: [u8; N],
+    len: usize,
+}
+
+impl<const N: usize> StackStr<N> {
+    pub const fn new() -> Self {
+        Self {
+            buf: [0; N],
+            len: 0,
+        }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only whole `str`s are ever copied in.
+        std::str::from_utf8(self.as_bytes()).unwrap_or_default()
+    }
+}
+
+impl<const N: usize> Default for StackStr<N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<const N: usize> std::fmt::Write for StackStr<N> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        self.buf
+            .get_mut(self.len..end)
+            .ok_or(std::fmt::Error)?
+            .copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
 }
 
 /// SHA-256 of `data`.

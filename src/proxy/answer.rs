@@ -187,16 +187,10 @@ static PRIVATE: HeaderValue = HeaderValue::from_static("private");
 
 fn make_private(headers: &mut HeaderMap) {
     // CDN-targeted controls (RFC 9213) override Cache-Control at the CDN.
-    headers.remove(&SURROGATE_CONTROL);
-    if headers
-        .keys()
-        .any(|k| k.as_str().ends_with("cdn-cache-control"))
-    {
-        let cdn: Vec<HeaderName> = headers
-            .keys()
-            .filter(|k| k.as_str().ends_with("cdn-cache-control"))
-            .cloned()
-            .collect();
+    let cdn_control =
+        |k: &HeaderName| k == SURROGATE_CONTROL || k.as_str().ends_with("cdn-cache-control");
+    if headers.keys().any(cdn_control) {
+        let cdn: Vec<HeaderName> = headers.keys().filter(|k| cdn_control(k)).cloned().collect();
         for k in cdn {
             headers.remove(k);
         }

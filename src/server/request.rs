@@ -55,8 +55,8 @@ where
     let span = tracing::info_span!(
         "request",
         request_id = id.to_str().unwrap_or_default(),
-        method = %request.method(),
-        path = %request.uri().path(),
+        method = request.method().as_str(),
+        path = request.uri().path(),
     );
     let mut response = inner(request, target).instrument(span).await;
     record(label, endpoint, &response, started.elapsed());

@@ -22,6 +22,12 @@ pub struct JsonSpanFields;
 
 impl<'w> FormatFields<'w> for JsonSpanFields {
     fn format_fields<R: RecordFields>(&self, mut writer: Writer<'w>, fields: R) -> fmt::Result {
+        // Composed on the stack and handed over in one write: the writer is a fresh
+        // `String` behind `dyn Write`, which would otherwise grow piece by piece.
+        let mut text = crate::primitives::StackStr::<384>::new();
+        if write_object(&mut text, &fields).is_ok() {
+            return writer.write_str(text.as_str());
+        }
         write_object(&mut writer, fields)
     }
 
@@ -97,7 +103,15 @@ impl<W: Write> Visitor<'_, W> {
 
 impl<W: Write> Visit for Visitor<'_, W> {
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.string(field, format_args!("{value}"));
+        // Straight into the escaper: no formatting machinery (the `request` span's
+        // three fields are strings, recorded on every request).
+        if self.result.is_ok() {
+            self.result = self.key(field).and_then(|()| {
+                self.out.write_char('"')?;
+                Escape(&mut *self.out).write_str(value)?;
+                self.out.write_char('"')
+            });
+        }
     }
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         self.string(field, format_args!("{value:?}"));
@@ -126,6 +140,10 @@ struct Escape<'a, W: Write>(&'a mut W);
 
 impl<W: Write> Write for Escape<'_, W> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
+        // The usual text (ids, methods, paths, field names) needs no escape: one write.
+        if !s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+            return self.0.write_str(s);
+        }
         let mut start = 0;
         for (i, b) in s.bytes().enumerate() {
             let escaped = match b {

@@ -38,7 +38,10 @@ struct Idle {
 
 #[derive(Default)]
 struct Pool {
-    hosts: HashMap<Key, VecDeque<Idle>>,
+    /// A fast hasher: the keys are the configured upstreams' (no one else chooses
+    /// them), and SipHash of the authority, byte by byte, cost ~1,000 instructions per
+    /// checkout and as many per check-in.
+    hosts: HashMap<Key, VecDeque<Idle>, foldhash::fast::RandomState>,
     /// The reaper task, while one runs (on this thread's runtime).
     reaper: Option<tokio::task::JoinHandle<()>>,
 }

@@ -39,9 +39,45 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 
+/// Is `name` hop-by-hop by itself (not only because `Connection` names it)?
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TE
+        || name == header::TRAILER
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name == KEEP_ALIVE
+        || name.as_str() == "proxy"
+        || name.as_str().starts_with("proxy-")
+}
+
 /// Removes hop-by-hop headers, including those `Connection` names.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(header::CONNECTION) {
+    // Most messages carry none, or only `Connection`: one look at the names decides,
+    // instead of a lookup per hop-by-hop name.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
+    let mut connection = headers.get_all(header::CONNECTION).iter();
+    if let (Some(_), None) = (connection.next(), connection.next()) {
+        // One `Connection` line (the usual `keep-alive` or `close`): taken out, then
+        // what it names removed by name, with nothing collected on the way.
+        if let Some(value) = headers.remove(header::CONNECTION) {
+            for name in value.as_bytes().split(|&b| b == b',') {
+                let name = name.trim_ascii();
+                // By `&str`, looked up without an allocation (any casing; a name that
+                // isn't one finds nothing).
+                match std::str::from_utf8(name) {
+                    Ok(name) => drop(headers.remove(name)),
+                    Err(_) => {
+                        if let Ok(name) = HeaderName::from_bytes(name) {
+                            headers.remove(name);
+                        }
+                    }
+                }
+            }
+        }
+    } else if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
@@ -54,23 +90,15 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
         }
         headers.remove(header::CONNECTION);
     }
-    for name in [
-        &KEEP_ALIVE,
-        &header::TE,
-        &header::TRAILER,
-        &header::TRANSFER_ENCODING,
-        &header::UPGRADE,
-    ] {
-        headers.remove(name);
-    }
-    // `Proxy-*` (Proxy-Authorization, Proxy-Connection, …) is for the proxy, never the
-    // upstream; a bare `Proxy` header is the "httpoxy" vector (CGI's HTTP_PROXY).
-    let proxy: Vec<HeaderName> = headers
+    // The rest of [`is_hop_by_hop`]: `Proxy-*` (Proxy-Authorization, Proxy-Connection,
+    // …) is for the proxy, never the upstream; a bare `Proxy` header is the "httpoxy"
+    // vector (CGI's HTTP_PROXY).
+    let rest: Vec<HeaderName> = headers
         .keys()
-        .filter(|n| n.as_str() == "proxy" || n.as_str().starts_with("proxy-"))
+        .filter(|n| is_hop_by_hop(n))
         .cloned()
         .collect();
-    for name in proxy {
+    for name in rest {
         headers.remove(name);
     }
 }
@@ -202,10 +230,28 @@ pub fn is_proxy_set(name: &str) -> bool {
         )
         || name.ends_with("-ip")
         || name.ends_with("-ipv6")
-        || name.contains("method-override")
-        || name.contains("client-cert")
-        || name.contains("clientcert")
-        || PROXY_SET_PREFIXES.iter().any(|p| name.starts_with(p))
+        || has(name, "method-override")
+        || has(name, "client-cert")
+        || has(name, "clientcert")
+        || (name
+            .as_bytes()
+            .first()
+            .is_some_and(|b| PREFIX_FIRST_BYTES.contains(b))
+            && PROXY_SET_PREFIXES.iter().any(|p| name.starts_with(p)))
+}
+
+/// The first letters of [`PROXY_SET_PREFIXES`]: a name starting otherwise has none of
+/// them (most names; checked by a test).
+const PREFIX_FIRST_BYTES: &[u8] = b"xsfrca";
+
+/// `name` contains `part` (names are short: a plain window search beats `str::contains`'s
+/// searcher set-up).
+fn has(name: &str, part: &str) -> bool {
+    name.len() >= part.len()
+        && name
+            .as_bytes()
+            .windows(part.len())
+            .any(|w| w == part.as_bytes())
 }
 
 fn append_forwarded_for(headers: &mut HeaderMap, peer: Option<IpAddr>) {
@@ -229,13 +275,8 @@ fn append_forwarded_for(headers: &mut HeaderMap, peer: Option<IpAddr>) {
         }
     }
     if value.is_empty() {
-        // The usual case: only the peer. Formatted on the stack, one copy into the header.
-        let mut buf = IpBuf {
-            buf: [0; 48],
-            len: 0,
-        };
-        let _ = write!(buf, "{ip}");
-        if let Ok(v) = HeaderValue::from_bytes(buf.as_bytes()) {
+        // The usual case: only the peer.
+        if let Some(v) = peer_value(ip) {
             headers.insert(X_FORWARDED_FOR.clone(), v);
         }
         return;
@@ -246,28 +287,29 @@ fn append_forwarded_for(headers: &mut HeaderMap, peer: Option<IpAddr>) {
     }
 }
 
-/// Room for any IP address's text (IPv6 with an embedded IPv4: 45 bytes).
-struct IpBuf {
-    buf: [u8; 48],
-    len: usize,
+thread_local! {
+    /// The last peer's address as a header value: a keep-alive connection's requests
+    /// come from one peer, and formatting an address costs ~1,000 instructions.
+    static LAST_PEER: std::cell::RefCell<Option<(IpAddr, HeaderValue)>> =
+        const { std::cell::RefCell::new(None) };
 }
 
-impl IpBuf {
-    fn as_bytes(&self) -> &[u8] {
-        &self.buf[..self.len]
-    }
-}
-
-impl std::fmt::Write for IpBuf {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        let end = self.len + s.len();
-        self.buf
-            .get_mut(self.len..end)
-            .ok_or(std::fmt::Error)?
-            .copy_from_slice(s.as_bytes());
-        self.len = end;
-        Ok(())
-    }
+/// `ip` as a header value (formatted on the stack, or this thread's last one again).
+fn peer_value(ip: IpAddr) -> Option<HeaderValue> {
+    LAST_PEER.with_borrow_mut(|last| {
+        if let Some((seen, v)) = last
+            && *seen == ip
+        {
+            return Some(v.clone());
+        }
+        use std::fmt::Write;
+        // Room for any IP address's text (IPv6 with an embedded IPv4: 45 bytes).
+        let mut buf = crate::primitives::StackStr::<48>::new();
+        write!(buf, "{ip}").ok()?;
+        let v = HeaderValue::from_bytes(buf.as_bytes()).ok()?;
+        *last = Some((ip, v.clone()));
+        Some(v)
+    })
 }
 
 /// Removes the session and login-binding cookies (`own`) from `Cookie`, keeping the others.
@@ -363,6 +405,44 @@ pub fn clean_response(headers: &mut HeaderMap) {
 mod tests {
     use super::*;
     use crate::config::TokenKind;
+
+    #[test]
+    fn every_proxy_set_prefix_starts_with_a_listed_first_letter() {
+        for p in PROXY_SET_PREFIXES {
+            assert!(
+                PREFIX_FIRST_BYTES.contains(&p.as_bytes()[0]),
+                "{p}: add its first letter to PREFIX_FIRST_BYTES"
+            );
+        }
+    }
+
+    #[test]
+    fn connection_named_headers_go_whatever_their_casing_or_spelling() {
+        for connection in [
+            "keep-alive",
+            "Keep-Alive, X-Secret",
+            " x-secret ,close",
+            "X-SECRET",
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(
+                header::CONNECTION,
+                HeaderValue::from_str(connection).unwrap(),
+            );
+            h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+            h.insert("x-secret", HeaderValue::from_static("1"));
+            h.insert("x-kept", HeaderValue::from_static("1"));
+            remove_hop_by_hop(&mut h);
+            assert!(!h.contains_key(header::CONNECTION), "{connection}");
+            assert!(!h.contains_key("keep-alive"), "{connection}");
+            assert_eq!(
+                h.contains_key("x-secret"),
+                !connection.to_ascii_lowercase().contains("x-secret"),
+                "{connection}"
+            );
+            assert!(h.contains_key("x-kept"), "{connection}");
+        }
+    }
 
     fn route(prefix: &str, upstream: &str, strip: bool) -> Route {
         crate::upstream::routes::test_route(prefix, upstream, strip, TokenKind::User)
