@@ -20,6 +20,10 @@
 #      is left in bench/results/callgrind-<store>.txt (top functions, inclusive).
 #
 # PROFILE_BIN=path: measure that binary instead of the fresh build (PROFILE_LABEL names it).
+# PROFILE_MINIMAL=1: also measure examples/minimal_proxy.rs (the least a hyper proxy does
+# on this path: cookie, SHA-256, session map, X-CSRF, header strip, Bearer, forward), the
+# yardstick of what hyper and tokio cost by themselves; in callgrind mode, measure it
+# instead of Portcullis.
 # PROFILE_BASE_BIN=path: also measure that binary (e.g. a copy of the build before a
 # change) in the same rounds, for a before/after within one run.
 # Environment: PROFILE_STORE [memory], PROFILE_DURATION [cpu 6, callgrind 20],
@@ -38,6 +42,11 @@ for tool in wrk nginx node python3 curl; do
 done
 [[ $MODE == callgrind ]] && ! command -v valgrind >/dev/null && { echo "valgrind is required" >&2; exit 1; }
 [[ ${PROFILE_NO_BUILD:-0} == 1 ]] || cargo build --release --bin portcullis
+MINIMAL=${PROFILE_MINIMAL:-0}
+if [[ $MINIMAL == 1 ]]; then
+  [[ ${PROFILE_NO_BUILD:-0} == 1 ]] || cargo build --release --example minimal_proxy
+  MIN_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/minimal_proxy"
+fi
 BIN=${PROFILE_BIN:-"${CARGO_TARGET_DIR:-$ROOT/target}/release/portcullis"}
 
 RUN=$(mktemp -d "${TMPDIR:-/tmp}/portcullis-profile.XXXXXX")
@@ -61,9 +70,9 @@ wait_http() {
   tail -n 20 "$RUN"/*.log >&2
   exit 1
 }
-read -r UP_PORT NGX_PORT GW_PORT BASE_PORT < <(python3 -c '
+read -r UP_PORT NGX_PORT GW_PORT BASE_PORT MIN_PORT < <(python3 -c '
 import socket
-socks = [socket.socket() for _ in range(4)]
+socks = [socket.socket() for _ in range(5)]
 for s in socks: s.bind(("127.0.0.1", 0))
 print(" ".join(str(s.getsockname()[1]) for s in socks))')
 render() { sed -e "s#@RUN@#$RUN#g" -e "s#@UPSTREAM_PORT@#$UP_PORT#g" -e "s#@PROXY_PORT@#$NGX_PORT#g" "$1" >"$2"; }
@@ -95,7 +104,22 @@ gateway_config() { # PORT [SQLITE_PATH]: bench/bench.py writes it, as for bench/
   python3 bench/bench.py config "$STORE" "$1" "$ISSUER" "$KEY" "$UP_PORT" "${2:-$RUN/sessions.db}" "$WORKERS"
 }
 gateway_config "$GW_PORT" >"$RUN/portcullis.toml"
-if [[ $MODE == callgrind ]]; then
+MIN_COOKIE=$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')
+if [[ $MINIMAL == 1 ]]; then
+  if [[ $MODE == callgrind ]]; then
+    start "$RUN/minimal.log" valgrind --tool=callgrind --callgrind-out-file="$RUN/callgrind.out" \
+      "$MIN_BIN" "127.0.0.1:$MIN_PORT" "127.0.0.1:$UP_PORT" "$MIN_COOKIE"
+  else
+    start "$RUN/minimal.log" "$MIN_BIN" "127.0.0.1:$MIN_PORT" "127.0.0.1:$UP_PORT" "$MIN_COOKIE"
+  fi
+  MIN_PID=$LAST_PID
+  for ((i = 0; i < 300; i++)); do
+    [[ $(curl -s -o /dev/null -w '%{http_code}' -H "Cookie: __Host-portcullis=$MIN_COOKIE" -H "X-CSRF: 1" \
+      "http://127.0.0.1:$MIN_PORT/api/items/42" || true) == 200 ]] && break
+    sleep 0.1
+  done
+fi
+if [[ $MODE == callgrind && $MINIMAL == 0 ]]; then
   start "$RUN/portcullis.log" valgrind --tool=callgrind --callgrind-out-file="$RUN/callgrind.out" \
     "$BIN" serve --config "$RUN/portcullis.toml"
 else
@@ -105,6 +129,7 @@ GW_PID=$LAST_PID
 wait_http "http://127.0.0.1:$GW_PORT/healthz"
 # PROFILE_BASE_BIN: another build (e.g. before a change), measured in the same rounds.
 TARGETS=(nginx portcullis)
+[[ $MINIMAL == 1 ]] && TARGETS+=(minimal)
 if [[ -n ${PROFILE_BASE_BIN:-} && $MODE == cpu ]]; then
   gateway_config "$BASE_PORT" "$RUN/sessions-base.db" >"$RUN/base.toml"
   start "$RUN/base.log" "$PROFILE_BASE_BIN" serve --config "$RUN/base.toml"
@@ -141,11 +166,16 @@ record() {
 }
 
 if [[ $MODE == callgrind ]]; then
-  wrk -t1 -c4 -d5s "${HDR[@]}" "http://127.0.0.1:$GW_PORT/api/items/42" >/dev/null
-  callgrind_control -z "$GW_PID" >/dev/null 2>&1
-  wrk -t1 -c4 -d"${DURATION}s" --timeout 10s "${HDR[@]}" "http://127.0.0.1:$GW_PORT/api/items/42" >"$RUN/wrk.txt"
+  CG_PID=$GW_PID CG_URL="http://127.0.0.1:$GW_PORT/api/items/42" CG_HDR=("${HDR[@]}")
+  if [[ $MINIMAL == 1 ]]; then
+    CG_PID=$MIN_PID CG_URL="http://127.0.0.1:$MIN_PORT/api/items/42" STORE=minimal
+    CG_HDR=(-H "Cookie: __Host-portcullis=$MIN_COOKIE" -H "X-CSRF: 1")
+  fi
+  wrk -t1 -c4 -d5s "${CG_HDR[@]}" "$CG_URL" >/dev/null
+  callgrind_control -z "$CG_PID" >/dev/null 2>&1
+  wrk -t1 -c4 -d"${DURATION}s" --timeout 10s "${CG_HDR[@]}" "$CG_URL" >"$RUN/wrk.txt"
   sleep 1
-  callgrind_control -d "$GW_PID" >/dev/null 2>&1
+  callgrind_control -d "$CG_PID" >/dev/null 2>&1
   sleep 1
   n=$(requests_of "$RUN/wrk.txt")
   dump=$(ls -t "$RUN"/callgrind.out* | head -n 1)
@@ -172,6 +202,8 @@ for ((r = 1; r <= ROUNDS; r++)); do
       portcullis) url="http://127.0.0.1:$GW_PORT/api/items/42" pid=$GW_PID ;;
       base) url="http://127.0.0.1:$BASE_PORT/api/items/42" pid=$BASE_PID
         hdr=(-H "Cookie: __Host-portcullis=$BASE_COOKIE" -H "X-CSRF: 1") ;;
+      minimal) url="http://127.0.0.1:$MIN_PORT/api/items/42" pid=$MIN_PID
+        hdr=(-H "Cookie: __Host-portcullis=$MIN_COOKIE" -H "X-CSRF: 1") ;;
     esac
     a=$(ticks "$pid")
     wrk -t2 -c"$CONNS" -d"${DURATION}s" "${hdr[@]}" "$url" >"$RUN/$t.txt"
@@ -192,5 +224,9 @@ for ((r = 1; r <= ROUNDS; r++)); do
   done
   if [[ -n ${rps_base:-} ]]; then
     awk -v a="$rps_base" -v b="$rps_nginx" 'BEGIN { printf "           round ratio base/nginx: %.2fx\n", a / b }'
+  fi
+  if [[ -n ${rps_minimal:-} ]]; then
+    awk -v a="$rps_minimal" -v b="$rps_nginx" 'BEGIN { printf "           round ratio minimal/nginx: %.2fx\n", a / b }'
+    record "{\"mode\":\"cpu\",\"store\":\"minimal\",\"connections\":$CONNS,\"round\":$r,\"rps\":$rps_minimal,\"cpu_s_per_100k\":$cpu_minimal,\"nginx_rps\":$rps_nginx,\"nginx_cpu_s_per_100k\":$cpu_nginx}" "minimal_proxy@$LABEL"
   fi
 done
