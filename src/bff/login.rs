@@ -280,7 +280,7 @@ async fn finish_login(
     let id = verify_id_token(fe, &response, &pending)
         .await
         .map_err(fail)?;
-    check_step_up(&pending, &id.all)?;
+    check_step_up(&pending, &id.all).map_err(fail)?;
     let claims = user_claims_of(fe, &response, dpop.as_ref(), id.all, &id.sub)
         .await
         .map_err(fail)?;

@@ -7,13 +7,6 @@ use std::time::Duration;
 
 use crate::harness::*;
 
-/// What Chromium sends with a top-level navigation.
-const NAVIGATE: &[(&str, &str)] = &[
-    ("sec-fetch-mode", "navigate"),
-    ("sec-fetch-dest", "document"),
-    ("accept", "text/html,application/xhtml+xml,*/*;q=0.8"),
-];
-
 /// Asserts a failed login navigation: a 302 to `to`, no session, not cached.
 fn assert_lands(r: &Answer, to: &str) {
     assert_eq!(r.status, 302, "body: {}", r.text());

@@ -345,6 +345,18 @@ async fn a_route_requiring_acr_answers_before_the_upstream_and_a_provider_that_i
         .await
         .assert_error(401, "step_up_required");
     assert!(env.gateway.logs().contains("step_up_refused"));
+    // As a navigation, the refusal lands on the login's own returnUrl (like every
+    // other failed login), not on the SPA's root; the old session still stays.
+    let refused = login_url.replace("returnUrl=%2F", "returnUrl=%2Fvault%2Fpage%3Ftab%3D2");
+    let r = browser.get(&env.url(&refused)).await;
+    assert_eq!(r.status, 302, "{}", r.text());
+    let callback = browser
+        .provider_login(&r.location(), "alice", "alice")
+        .await;
+    let r = browser.get_with(&callback, NAVIGATE).await;
+    assert_eq!(r.status, 302, "{}", r.text());
+    assert_eq!(r.location(), "/vault/page?tab=2&bff_error=login_failed");
+    assert_eq!(browser.session_cookie(&env).unwrap(), cookie);
 
     // Honoured again: gold, and the route passes.
     reqwest::Client::new()

@@ -49,6 +49,12 @@ pub const CLIENT_SECRET: &str = "portcullis-test-secret-0123456789";
 pub const API_CLIENT_ID: &str = "test-api";
 pub const API_CLIENT_SECRET: &str = "test-api-secret";
 pub const COOKIE: &str = "__Host-portcullis";
+/// The headers Chromium sends with a top-level navigation.
+pub const NAVIGATE: &[(&str, &str)] = &[
+    ("sec-fetch-mode", "navigate"),
+    ("sec-fetch-dest", "document"),
+    ("accept", "text/html,application/xhtml+xml,*/*;q=0.8"),
+];
 
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
