@@ -26,6 +26,10 @@
 //!
 //! The modules, in that order:
 
+// (The request future borrows the router across its phases' awaits, `server::App`;
+// proving that future `Send` walks axum's router types deeper than the default 128.)
+#![recursion_limit = "256"]
+
 /// The contract's JSON errors.
 pub mod error;
 

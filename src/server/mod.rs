@@ -38,14 +38,22 @@ use crate::gateway::{AppState, Target, TargetKind};
 ///    [`Target`] is already decided); everything else goes through the router.
 ///
 /// Tests drive it with `oneshot` (it is a `tower::Service`), no socket.
+///
+/// Cloned per request: one count on an `Arc` of this worker's own (each worker
+/// runtime builds its `App`), never the gateway's shared counts, which every core
+/// would write on every request.
 #[derive(Clone)]
 pub struct App {
+    inner: std::sync::Arc<AppInner>,
+}
+
+struct AppInner {
     state: AppState,
     router: Router,
     /// The router's paths (what axum's `MatchedPath` would say), the server span's
     /// `http.route`.
     #[cfg(feature = "otel")]
-    paths: std::sync::Arc<std::collections::HashSet<String>>,
+    paths: std::collections::HashSet<String>,
 }
 
 /// The browser-facing application (see [`App`]).
@@ -60,14 +68,14 @@ pub fn app(state: AppState) -> App {
         .fallback(dispatch)
         .with_state(state.clone());
     App {
-        #[cfg(feature = "otel")]
-        paths: std::sync::Arc::new(
-            crate::bff::paths(&prefixes)
+        inner: std::sync::Arc::new(AppInner {
+            #[cfg(feature = "otel")]
+            paths: crate::bff::paths(&prefixes)
                 .chain(["/healthz".to_owned(), "/readyz".to_owned()])
                 .collect(),
-        ),
-        state,
-        router,
+            state,
+            router,
+        }),
     }
 }
 
@@ -84,13 +92,14 @@ impl App {
     /// Phase 1: the OpenTelemetry server span around the other phases.
     #[cfg(feature = "otel")]
     async fn serve_traced(self, mut request: Request) -> Response {
-        let trusted = request::from_trusted_proxy(&self.state, &request);
-        let target = Target::of(&self.state.gw, &mut request);
+        let trusted = request::from_trusted_proxy(&self.inner.state, &request);
+        let target = Target::of(&self.inner.state.gw, &mut request);
         // Low cardinality: an API route's prefix, else the router's path (`/bff/user`),
         // else nothing (static files, unknown paths).
         let route = match target.route() {
             Some(r) => r.prefix.clone(),
             None => self
+                .inner
                 .paths
                 .get(request.uri().path())
                 .cloned()
@@ -101,8 +110,7 @@ impl App {
 
     /// Phases 2 to 5.
     async fn serve_logged(self, request: Request) -> Response {
-        let Self { state, router, .. } = self;
-        let state = &state;
+        let AppInner { state, router, .. } = &*self.inner;
         request::around(state, request, |request, target| async move {
             crate::security::headers::around(request, |request| {
                 guard::guard(state, request, &target, |request| {
@@ -138,11 +146,11 @@ impl tower::Service<Request> for App {
 /// (those are every frontend's `/bff` endpoints and the health checks, whose targets
 /// are never an API route's: see `Gateway::target_of`), so the router would only hand
 /// it to its fallback: it goes there directly.
-async fn handle(state: &AppState, router: Router, target: &Target, request: Request) -> Response {
+async fn handle(state: &AppState, router: &Router, target: &Target, request: Request) -> Response {
     if matches!(target.kind, TargetKind::Api(_)) {
         return dispatch_to(state, target, request).await;
     }
-    match router.oneshot(request).await {
+    match router.clone().oneshot(request).await {
         Ok(response) => response,
         Err(never) => match never {},
     }
