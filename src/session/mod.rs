@@ -293,7 +293,16 @@ impl Sessions {
         reason: EndReason,
     ) -> Result<Option<Arc<SessionRecord>>, StoreError> {
         token_cache::forget(self.cache_owner, key);
-        let removed = self.store.remove(key).await?;
+        // Announced first: the stream watcher may find the session gone before the
+        // streams are told why, and must not call it an end from elsewhere.
+        self.streams.ending(key, reason);
+        let removed = match self.store.remove(key).await {
+            Ok(removed) => removed,
+            Err(e) => {
+                self.streams.not_ending(key);
+                return Err(e);
+            }
+        };
         if let Some(record) = &removed {
             record.audited(|who| crate::telemetry::audit_session_ended(reason.as_str(), who));
         }

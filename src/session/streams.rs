@@ -90,6 +90,10 @@ impl Drop for Relaying {
 
 struct Entry {
     ended: watch::Sender<Option<Ended>>,
+    /// Set by [`Streams::ending`] while this process ends the session: what the
+    /// streams are told if the watcher finds the session gone before the end is
+    /// through (it is this process's logout, not one from elsewhere).
+    ending: Option<EndReason>,
     /// Open streams of this session, by route label.
     per_route: Vec<(&'static str, u32)>,
 }
@@ -109,6 +113,7 @@ impl Streams {
     ) -> Result<StreamGuard, TooManyStreams> {
         let mut entry = self.by_session.entry(key).or_insert_with(|| Entry {
             ended: watch::channel(None).0,
+            ending: None,
             per_route: Vec::new(),
         });
         let slot = match entry.per_route.iter().position(|(r, _)| *r == route) {
@@ -139,7 +144,30 @@ impl Streams {
             return;
         }
         if let Some(entry) = self.by_session.get(key) {
+            let why = match (why, entry.ending) {
+                (Ended::Elsewhere, Some(reason)) => Ended::Here(reason),
+                _ => why,
+            };
             entry.ended.send_replace(Some(why));
+        }
+    }
+
+    /// This process is ending `key`'s session for `reason` (before the store removes
+    /// it): until [`Streams::end`] or [`Streams::not_ending`], a watcher that finds the
+    /// session gone reports `reason`, not [`Ended::Elsewhere`].
+    pub fn ending(&self, key: &StoreKey, reason: EndReason) {
+        if self.open.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        if let Some(mut entry) = self.by_session.get_mut(key) {
+            entry.ending = Some(reason);
+        }
+    }
+
+    /// The end [`Streams::ending`] announced did not happen (the store failed).
+    pub fn not_ending(&self, key: &StoreKey) {
+        if let Some(mut entry) = self.by_session.get_mut(key) {
+            entry.ending = None;
         }
     }
 
@@ -248,6 +276,23 @@ mod tests {
         drop((a, b));
         assert_eq!(streams.count(), 0);
         assert!(streams.by_session.is_empty());
+    }
+
+    /// The watcher finding a session gone while this process is ending it (between
+    /// the store's removal and the streams being told) reports this process's reason;
+    /// an end announced and then not done (the store failed) leaves it "elsewhere".
+    #[tokio::test]
+    async fn an_end_in_progress_here_is_not_reported_as_one_from_elsewhere() {
+        let streams = Arc::new(Streams::default());
+        let mut a = streams.open(key(1), "/ws", None).unwrap();
+        let mut b = streams.open(key(2), "/ws", None).unwrap();
+        streams.ending(&key(1), EndReason::Logout);
+        streams.end(&key(1), Ended::Elsewhere);
+        assert_eq!(a.ended().await, Ended::Here(EndReason::Logout));
+        streams.ending(&key(2), EndReason::Logout);
+        streams.not_ending(&key(2));
+        streams.end(&key(2), Ended::Elsewhere);
+        assert_eq!(b.ended().await, Ended::Elsewhere);
     }
 
     #[test]
