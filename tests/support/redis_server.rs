@@ -22,8 +22,39 @@ use std::time::{Duration, Instant};
 /// What to install when `redis-server` is missing.
 const MISSING: &str = "redis-server is required for these tests (./scripts/test.sh installs it: apt-get install redis-server redis-tools)";
 
-/// A free TCP port on 127.0.0.1 (bound then released).
+/// A free TCP port on 127.0.0.1 for a server a test starts (bound then released).
+///
+/// Drawn at random from below the kernel's ephemeral range, which every bind to port
+/// 0 and every outgoing connection draw from: a port handed out by the kernel (bound
+/// then released) can be handed out again at once to the next process that binds
+/// port 0 — the test provider, an upstream — before the server meant for it binds
+/// it (seen: the gateway's port given to the provider). Another test choosing the
+/// same port in the same instant is the remaining, far smaller, chance.
 pub fn free_port() -> u16 {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    // 20000..low when the range leaves room below it, else anywhere above 1024.
+    let (from, to) = if low > 21000 {
+        (20000, low)
+    } else {
+        (1025, low.max(1100))
+    };
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+        ^ (u64::from(std::process::id()) << 32);
+    for _ in 0..1000 {
+        // xorshift: any spread will do; uniqueness comes from binding.
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let port = from + (seed % u64::from(to - from)) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

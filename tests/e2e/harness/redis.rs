@@ -5,7 +5,8 @@
 
 #[path = "../../support/redis_server.rs"]
 mod redis_server;
-pub use redis_server::RedisServer;
+/// A free port for a server a test starts (see its docs: outside the ephemeral range).
+pub use redis_server::{RedisServer, free_port};
 #[path = "../../support/redis_cluster.rs"]
 mod redis_cluster;
 pub use redis_cluster::RedisCluster;
