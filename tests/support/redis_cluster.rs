@@ -3,14 +3,14 @@
 //! Its nodes are started by redis_server.rs, which the includer includes next to
 //! this file as `redis_server`.
 
-use super::redis_server::RedisProcess;
+use super::redis_server::{RedisProcess, free_port};
 
-/// A port for a cluster node: below 55535 (its bus port is 10000 higher, and a node
-/// refuses a bus port above 65535), both free.
+/// A port for a cluster node, drawn by [`free_port`] (not one the kernel handed out
+/// for port 0), whose bus port (10000 higher; a node refuses one above 65535) is free
+/// too.
 fn cluster_port() -> u16 {
     loop {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
+        let port = free_port();
         if port < 55535 && std::net::TcpListener::bind(("127.0.0.1", port + 10000)).is_ok() {
             return port;
         }
