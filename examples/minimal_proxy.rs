@@ -205,13 +205,8 @@ impl hyper::body::Body for ReturnOnEnd {
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
         let frame = std::pin::Pin::new(&mut this.body).poll_frame(cx);
-        if let std::task::Poll::Ready(None) = frame
-            && let Some(sender) = this.sender.take()
-        {
-            IDLE.with_borrow_mut(|idle| idle.push(sender));
-        } else if this.body.is_end_stream()
-            && let Some(sender) = this.sender.take()
-        {
+        let done = matches!(frame, std::task::Poll::Ready(None)) || this.body.is_end_stream();
+        if done && let Some(sender) = this.sender.take() {
             IDLE.with_borrow_mut(|idle| idle.push(sender));
         }
         frame
