@@ -248,16 +248,7 @@ async fn check(
         .unwrap()
         .clone()
         .expect("use_provider first");
-    let info: Value = reqwest::Client::new()
-        .post(endpoint)
-        .basic_auth(API_CLIENT_ID, Some(API_CLIENT_SECRET))
-        .form(&[("token", token.as_str())])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info = introspect_at(&endpoint, &token).await;
     if info["active"] != true {
         return Err(("invalid_token", "token not active".to_owned()));
     }

@@ -69,16 +69,7 @@ async fn api_answer(
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or_default()
         .to_owned();
-    let info: Value = reqwest::Client::new()
-        .post(introspection)
-        .basic_auth(API_CLIENT_ID, Some(API_CLIENT_SECRET))
-        .form(&[("token", token.as_str())])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info = introspect_at(introspection, &token).await;
     if info["active"] != true {
         return (
             StatusCode::UNAUTHORIZED,

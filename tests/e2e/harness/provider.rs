@@ -69,16 +69,7 @@ impl Provider {
             .as_str()
             .unwrap()
             .to_owned();
-        reqwest::Client::new()
-            .post(endpoint)
-            .basic_auth(API_CLIENT_ID, Some(API_CLIENT_SECRET))
-            .form(&[("token", token)])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        introspect_at(&endpoint, token).await
     }
 
     /// Token endpoint grants of `client_id`, counted by the provider itself:
@@ -182,4 +173,19 @@ impl Drop for Provider {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// RFC 7662 introspection of `token` at `endpoint`, as the API client (what a test
+/// API does with the bearer token it was sent).
+pub async fn introspect_at(endpoint: &str, token: &str) -> Value {
+    reqwest::Client::new()
+        .post(endpoint)
+        .basic_auth(API_CLIENT_ID, Some(API_CLIENT_SECRET))
+        .form(&[("token", token)])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }
