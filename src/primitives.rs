@@ -67,6 +67,24 @@ impl<const N: usize> std::fmt::Write for StackStr<N> {
     }
 }
 
+/// `text` as a `'static` string, leaked once per distinct text (for the configuration's
+/// few strings the hot path clones: a `'static` label or `Bytes` is copied without a
+/// reference count, which two cores would otherwise hand back and forth per request).
+pub fn intern(text: &str) -> &'static str {
+    static TEXTS: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<&'static str>>> =
+        std::sync::OnceLock::new();
+    let mut texts = TEXTS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if let Some(t) = texts.get(text) {
+        return t;
+    }
+    let leaked: &'static str = Box::leak(text.to_owned().into_boxed_str());
+    texts.insert(leaked);
+    leaked
+}
+
 /// SHA-256 of `data`.
 pub fn sha256(data: &[u8]) -> digest::Digest {
     digest::digest(&digest::SHA256, data)

@@ -6,20 +6,18 @@
 //! `server.trusted_proxies` (and only when it is a short token of safe characters),
 //! so a browser can't plant ids in the logs; otherwise a random UUID-shaped id is
 //! generated. The id is set on the request (so proxied upstreams receive it), on
-//! every log line of the request (the `request` span), and on the response.
-//!
-//! The span carries the method and the path, never the query: `/bff/callback`'s
-//! query holds the authorization code and the state.
+//! every log line of the request (with its method and path, never its query:
+//! `telemetry::scope`), and on the response.
 
 use std::time::Instant;
 
 use axum::extract::Request;
 use axum::response::Response;
-use tracing::Instrument;
 
 use crate::gateway::{AppState, Target};
 use crate::telemetry::request::{acceptable_id, generate_id, record};
-use crate::telemetry::{RequestId, X_REQUEST_ID};
+use crate::telemetry::scope::{InRequest, RequestFields};
+use crate::telemetry::X_REQUEST_ID;
 
 /// Whether the request comes from a trusted proxy (whose request id and trace
 /// context are believed).
@@ -48,17 +46,12 @@ where
     request
         .headers_mut()
         .insert(X_REQUEST_ID.clone(), id.clone());
-    request.extensions_mut().insert(RequestId(id.clone()));
     let target = Target::of(&state.gw, &mut request);
     let (label, endpoint) = (target.label(), target.endpoint());
 
-    let span = tracing::info_span!(
-        "request",
-        request_id = id.to_str().unwrap_or_default(),
-        method = request.method().as_str(),
-        path = request.uri().path(),
-    );
-    let mut response = inner(request, target).instrument(span).await;
+    // Every line logged while serving it names the request (never its query).
+    let fields = RequestFields::new(id.clone(), request.method().clone(), request.uri());
+    let mut response = InRequest::new(Some(fields), inner(request, target)).await;
     record(label, endpoint, &response, started.elapsed());
     response.headers_mut().insert(X_REQUEST_ID.clone(), id);
     response

@@ -425,24 +425,11 @@ pub fn route_label(prefix: &str) -> &'static str {
     if let Some(l) = CACHE.with(|c| c.borrow().get(prefix).copied()) {
         return l;
     }
-    let l = intern(prefix);
+    let l = crate::primitives::intern(prefix);
     CACHE.with(|c| c.borrow_mut().insert(prefix.to_owned(), l));
     l
 }
 
-fn intern(prefix: &str) -> &'static str {
-    static LABELS: OnceLock<Mutex<HashMap<String, &'static str>>> = OnceLock::new();
-    let mut labels = LABELS
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
-    if let Some(l) = labels.get(prefix) {
-        return l;
-    }
-    let leaked: &'static str = Box::leak(prefix.to_owned().into_boxed_str());
-    labels.insert(prefix.to_owned(), leaked);
-    leaked
-}
 
 /// `2xx`, `4xx`, … for a status code.
 pub fn status_class(status: u16) -> &'static str {

@@ -38,11 +38,10 @@ use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing::Instrument;
 use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer;
 use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{Layer, fmt};
 
 /// The target of every span meant for export (and only for export).
 const TARGET: &str = "portcullis::otel";
@@ -139,7 +138,7 @@ pub fn shutdown() {
 
 /// Installs the global subscriber with the span exporter beside the log output.
 /// When export is off, gives the filter back: the caller installs the plain subscriber.
-pub fn init_subscriber(filter: EnvFilter, json: bool) -> Option<EnvFilter> {
+pub fn init_subscriber(filter: super::LogFilter, json: bool) -> Option<super::LogFilter> {
     let Some(provider) = PROVIDER.get() else {
         return Some(filter);
     };
@@ -151,26 +150,14 @@ pub fn init_subscriber(filter: EnvFilter, json: bool) -> Option<EnvFilter> {
         .with_level(false)
         .with_target(false)
         .with_filter(filter_fn(|meta| meta.target() == TARGET));
-    // Our spans stay out of the logs: the log line's span is still `request`.
-    let filter = match format!("{TARGET}=off").parse() {
-        Ok(directive) => filter.add_directive(directive),
-        Err(_) => filter,
-    };
-    let logs = fmt::layer().with_writer(std::io::stderr);
-    let registry = tracing_subscriber::registry().with(spans);
-    let _ = if json {
-        registry
-            .with(
-                logs.json()
-                    .flatten_event(true)
-                    .with_current_span(true)
-                    .with_span_list(false)
-                    .with_filter(filter),
-            )
-            .try_init()
-    } else {
-        registry.with(logs.with_filter(filter)).try_init()
-    };
+    // Our spans stay out of the logs: a line logged while serving a request carries
+    // the request's fields (`scope`), not a span.
+    let filter = filter.without(TARGET);
+    let logs = super::log_lines(json, std::io::stderr).with_filter(filter.into_filter());
+    let _ = tracing_subscriber::registry()
+        .with(spans)
+        .with(logs)
+        .try_init();
     None
 }
 

@@ -24,10 +24,6 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// Longest inbound request id accepted from a trusted proxy.
 const MAX_REQUEST_ID: usize = 128;
 
-/// The request id of the current request, as an extension (handlers may read it).
-#[derive(Debug, Clone)]
-pub struct RequestId(pub HeaderValue);
-
 /// The metrics of one answered request: its `route` label, its `/bff` endpoint, the
 /// answer and how long it took.
 pub fn record(route: &'static str, endpoint: Endpoint, response: &Response, took: Duration) {

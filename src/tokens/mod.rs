@@ -237,21 +237,17 @@ impl TokenManager {
                     let (tx, rx) = watch::channel(None);
                     inflight.insert(key, rx.clone());
                     let (this, oidc) = (self.clone(), oidc.clone());
-                    // In the span of the request that started it, for the request id.
-                    let span = tracing::Span::current();
-                    tokio::spawn(tracing::Instrument::instrument(
-                        async move {
-                            let outcome = this.refresh_session(&oidc, key, &Target::Login).await;
-                            // Publish, then forget: a request that starts after this finds no
-                            // entry, and its own refresh re-reads the (already updated) session.
-                            let _ = tx.send(Some(outcome));
-                            this.inflight
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .remove(&key);
-                        },
-                        span,
-                    ));
+                    // Logged as the request that started it.
+                    crate::telemetry::scope::spawn(async move {
+                        let outcome = this.refresh_session(&oidc, key, &Target::Login).await;
+                        // Publish, then forget: a request that starts after this finds no
+                        // entry, and its own refresh re-reads the (already updated) session.
+                        let _ = tx.send(Some(outcome));
+                        this.inflight
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .remove(&key);
+                    });
                     rx
                 }
             }

@@ -239,19 +239,16 @@ impl TokenManager {
                     inflight.insert(flight.clone(), rx.clone());
                     let (this, oidc) = (self.clone(), oidc.clone());
                     let audience = audience.clone();
-                    let span = tracing::Span::current();
-                    tokio::spawn(tracing::Instrument::instrument(
-                        async move {
-                            let target = super::Target::Route(audience);
-                            let outcome = this.refresh_session(&oidc, key, &target).await;
-                            let _ = tx.send(Some(outcome));
-                            this.route_inflight
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .remove(&flight);
-                        },
-                        span,
-                    ));
+                    // Logged as the request that started it.
+                    crate::telemetry::scope::spawn(async move {
+                        let target = super::Target::Route(audience);
+                        let outcome = this.refresh_session(&oidc, key, &target).await;
+                        let _ = tx.send(Some(outcome));
+                        this.route_inflight
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .remove(&flight);
+                    });
                     rx
                 }
             }
