@@ -175,7 +175,7 @@ impl AppState {
 /// What a request is for: its frontend (if any claims it) and which of the
 /// frontend's parts serves it. Decided once, by the first layer that asks
 /// ([`Target::of`]), and kept in the request's extensions for every layer, extractor
-/// and handler after it.
+/// and handler after it (an API route's is handed along instead).
 #[derive(Clone)]
 pub struct Target {
     pub frontend: Option<Arc<Frontend>>,
@@ -205,7 +205,11 @@ impl Target {
             return t.clone();
         }
         let t = gw.target_of(request.uri(), request.headers());
-        request.extensions_mut().insert(t.clone());
+        // An API route's request goes from the first layer straight to its handler
+        // (`server::handle`), which is given the target: no one reads it back.
+        if !matches!(t.kind, TargetKind::Api(_)) {
+            request.extensions_mut().insert(t.clone());
+        }
         t
     }
 

@@ -15,9 +15,9 @@ use axum::extract::Request;
 use axum::response::Response;
 
 use crate::gateway::{AppState, Target};
+use crate::telemetry::X_REQUEST_ID;
 use crate::telemetry::request::{acceptable_id, generate_id, record};
 use crate::telemetry::scope::{InRequest, RequestFields};
-use crate::telemetry::X_REQUEST_ID;
 
 /// Whether the request comes from a trusted proxy (whose request id and trace
 /// context are believed).

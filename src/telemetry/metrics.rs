@@ -430,7 +430,6 @@ pub fn route_label(prefix: &str) -> &'static str {
     l
 }
 
-
 /// `2xx`, `4xx`, … for a status code.
 pub fn status_class(status: u16) -> &'static str {
     match status {

@@ -185,14 +185,11 @@ fn host_header(authority: &http::uri::Authority) -> &str {
     }
 }
 
-/// An HTTP/1.1 request line carries the path and query only.
+/// An HTTP/1.1 request line carries the path and query only (moved, not copied).
 fn origin_form(uri: &mut Uri) {
-    *uri = match uri.path_and_query() {
-        Some(path) if path.as_str() != "/" => {
-            let mut parts = http::uri::Parts::default();
-            parts.path_and_query = Some(path.clone());
-            Uri::from_parts(parts).expect("a path and query is a URI")
-        }
+    let path = std::mem::take(uri).into_parts().path_and_query;
+    *uri = match path {
+        Some(path) if path.as_str() != "/" => Uri::from(path),
         _ => Uri::from_static("/"),
     };
 }

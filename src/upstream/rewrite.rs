@@ -114,8 +114,9 @@ pub fn rewrite_request(
     parts.uri = upstream_uri(&parts.uri, route)?;
     parts.version = axum::http::Version::HTTP_11;
     let headers = &mut parts.headers;
-    // The upstream's Host comes from its URI; the browser's is not the public origin's
-    // (a client chooses it freely), so it goes nowhere, not even into X-Forwarded-Host.
+    // The upstream's Host is its own (set last, so no header of the browser's can
+    // take it away); the browser's is not the public origin's (a client chooses it
+    // freely), so it goes nowhere, not even into X-Forwarded-Host.
     headers.remove(header::HOST);
     // `TE: trailers` says the client takes trailers: gRPC needs it end to end, and it is
     // the only `TE` HTTP/2 allows. Kept for upstreams that may speak HTTP/2; to an
@@ -145,6 +146,11 @@ pub fn rewrite_request(
         append_forwarded_for(headers, peer);
         headers.insert(X_FORWARDED_PROTO.clone(), config.public_proto.clone());
         headers.insert(X_FORWARDED_HOST.clone(), config.public_host.clone());
+    }
+    // An HTTP/1.1 `http://` upstream's, ready-made; the others' comes from the URI (by
+    // the pooled client, or HTTP/2's `:authority`).
+    if route.protocol == super::UpstreamProtocol::Http1 {
+        headers.insert(header::HOST, route.host.clone());
     }
     Ok(())
 }
@@ -525,16 +531,50 @@ mod tests {
             "proxy-authorization",
             "proxy-anything",
             "forwarded",
-            "host",
         ] {
             assert!(!h.contains_key(gone), "{gone} forwarded");
         }
+        assert_eq!(h["host"], "up:1", "the upstream's own");
         assert_eq!(h["authorization"], "Bearer AT");
         assert_eq!(h["cookie"], "theme=dark");
         assert_eq!(h["x-forwarded-for"], "192.0.2.1");
         assert_eq!(h["x-forwarded-host"], "app.example.com");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-end-to-end"], "kept");
+    }
+
+    #[test]
+    fn the_upstream_gets_its_own_host_whatever_the_browser_sends() {
+        for (upstream, host) in [
+            ("http://up:1", Some("up:1")),
+            ("http://up", Some("up")),
+            ("http://[::1]:8080/base", Some("[::1]:8080")),
+            ("https://up:8443", None),
+            ("h2c://up:9", None),
+        ] {
+            let mut req = axum::http::Request::builder()
+                .uri("/api/x")
+                .header("host", "evil.example")
+                .header("connection", "host")
+                .header("x-forwarded-host", "evil.example")
+                .body(())
+                .unwrap()
+                .into_parts()
+                .0;
+            rewrite_request(
+                &mut req,
+                &route("/api", upstream, false),
+                None,
+                None,
+                &config(),
+            )
+            .unwrap();
+            let sent: Vec<_> = req.headers.get_all("host").iter().collect();
+            match host {
+                Some(host) => assert_eq!(sent, [host], "{upstream}"),
+                None => assert!(sent.is_empty(), "{upstream}: {sent:?}"),
+            }
+        }
     }
 
     #[test]
@@ -708,12 +748,14 @@ mod tests {
         assert_eq!(
             names,
             [
+                "host",
                 "x-forwarded-for",
                 "x-forwarded-host",
                 "x-forwarded-proto",
                 "x-kept"
             ]
         );
+        assert_eq!(req.headers["host"], "up:1", "the upstream's, not the browser's");
         assert_eq!(req.headers["x-forwarded-host"], "app.example.com");
         assert_eq!(req.headers["x-forwarded-for"], "192.0.2.1");
     }

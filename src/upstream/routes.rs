@@ -1,6 +1,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::http::HeaderValue;
 use axum::http::uri::{Authority, Scheme};
 
 use crate::config::{RouteConfig, TokenKind};
@@ -19,7 +20,10 @@ pub struct Route {
     pub csrf: bool,
     pub timeout: Duration,
     pub scheme: Scheme,
+    /// `'static`: a request's URI clones it without a reference count.
     pub authority: Authority,
+    /// The upstream's `Host` (`authority`, without `:80` for `http`), `'static` too.
+    pub host: HeaderValue,
     /// The upstream URL's path without a trailing slash ("" for the root).
     pub base_path: String,
     /// The client-credentials token cache of `client` / `user_or_client` routes.
@@ -100,7 +104,14 @@ impl Route {
             Some(port) => format!("{host}:{port}"),
             None => host.to_owned(),
         };
-        let authority = Authority::try_from(authority.as_str()).map_err(|e| e.to_string())?;
+        // Checked, then `'static` (cloned per request without a shared count).
+        Authority::try_from(authority.as_str()).map_err(|e| e.to_string())?;
+        let authority = Authority::from_static(crate::primitives::intern(&authority));
+        let host = match (&scheme, authority.port_u16()) {
+            (s, Some(80)) if *s == Scheme::HTTP => authority.host(),
+            _ => authority.as_str(),
+        };
+        let host = HeaderValue::from_static(crate::primitives::intern(host));
         Ok(Self {
             prefix: c.prefix.clone(),
             label: crate::telemetry::metrics::route_label(&c.prefix),
@@ -110,6 +121,7 @@ impl Route {
             timeout: c.timeout,
             scheme,
             authority,
+            host,
             base_path: c.upstream.path().trim_end_matches('/').to_owned(),
             client_token: None,
             user_token: None,
