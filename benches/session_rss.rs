@@ -24,6 +24,10 @@ mod common;
 
 use std::time::Instant;
 
+/// The binary's allocator (src/main.rs): the memory per session is the product's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use portcullis::config::{SessionConfig, StoreKind};
 use portcullis::session::{MemoryStore, SessionId, Sessions, SqliteOptions, SqliteStore, Store};
 
