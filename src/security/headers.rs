@@ -90,21 +90,43 @@ fn check_host(request: &Request) -> Result<(), ApiError> {
     if host.is_empty() {
         return Ok(());
     }
-    let valid = std::str::from_utf8(host.as_bytes())
-        .ok()
-        .filter(|h| !h.contains('@'))
-        .and_then(|h| h.parse::<Authority>().ok())
-        .filter(|a| !a.host().is_empty() && (!has_port(a.as_str()) || a.port_u16().is_some()));
-    let Some(authority) = valid else {
+    let Some(authority) = valid_host(host.as_bytes()) else {
         return Err(ApiError::invalid("the Host header is not host[:port]"));
     };
     if request.version() >= Version::HTTP_2
         && let Some(target) = request.uri().authority()
-        && !target.as_str().eq_ignore_ascii_case(authority.as_str())
+        && !target.as_str().eq_ignore_ascii_case(authority)
     {
         return Err(ApiError::invalid("the Host header differs from :authority"));
     }
     Ok(())
+}
+
+/// `host` as text when it is `host[:port]`. The last valid value this thread saw is
+/// remembered (a frontend's requests all carry the same `Host`): parsing one as an
+/// `Authority` copies it into a new buffer, per request.
+fn valid_host(host: &[u8]) -> Option<&str> {
+    thread_local! {
+        static LAST_VALID: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let text = std::str::from_utf8(host).ok()?;
+    if !host.is_empty() && LAST_VALID.with_borrow(|last| last.as_slice() == host) {
+        return Some(text);
+    }
+    let valid = !text.contains('@')
+        && text.parse::<Authority>().is_ok_and(|a| {
+            !a.host().is_empty() && (!has_port(a.as_str()) || a.port_u16().is_some())
+        });
+    if !valid {
+        return None;
+    }
+    if host.len() <= 256 {
+        LAST_VALID.with_borrow_mut(|last| {
+            last.clear();
+            last.extend_from_slice(host);
+        });
+    }
+    Some(text)
 }
 
 /// Does `authority` end in `:port` (an IPv6 literal's colons are inside brackets)?
@@ -175,6 +197,11 @@ mod tests {
                 "{:?}",
                 String::from_utf8_lossy(bad)
             );
+            // The remembered last valid Host answers only for exactly that value.
+            assert!(ok(Version::HTTP_11, "/", &[b"a.example"]));
+            assert!(ok(Version::HTTP_11, "/", &[b"a.example"]));
+            assert!(!ok(Version::HTTP_11, "/", &[bad]));
+            assert!(!ok(Version::HTTP_2, "https://b.example/", &[b"a.example"]));
         }
     }
 }
