@@ -755,7 +755,10 @@ mod tests {
                 "x-kept"
             ]
         );
-        assert_eq!(req.headers["host"], "up:1", "the upstream's, not the browser's");
+        assert_eq!(
+            req.headers["host"], "up:1",
+            "the upstream's, not the browser's"
+        );
         assert_eq!(req.headers["x-forwarded-host"], "app.example.com");
         assert_eq!(req.headers["x-forwarded-for"], "192.0.2.1");
     }
