@@ -29,8 +29,8 @@ use crate::gateway::{AppState, Target, TargetKind};
 /// The phases are plain function calls inside one future, not `from_fn` layers (which
 /// box a future and clone the state and the inner service per layer per request):
 /// 1. (feature `otel`) the OpenTelemetry server span (`request::otel`);
-/// 2. the request id, the `request` log span and the metrics (`request::around`) —
-///    they see every answer, refusals included;
+/// 2. the request id, the request's log fields (`telemetry::scope`) and the metrics
+///    (`request::around`) — they see every answer, refusals included;
 /// 3. methods and `Host` refused before anything else, nosniff on every answer
 ///    (`security::headers::around`);
 /// 4. the guard (`guard::guard`);

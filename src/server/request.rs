@@ -1,4 +1,4 @@
-//! The outermost layers: the request id, the request's log span and metrics
+//! The outermost layers: the request id, the request's log fields and metrics
 //! (`telemetry::request`), and with the `otel` feature its OpenTelemetry server span
 //! (`telemetry::otel`). Both read the request's [`Target`], decided once.
 //!

@@ -3,7 +3,7 @@
 //! **Logs** go through `tracing` to stderr: JSON when stderr is not a terminal (or
 //! `server.log_format = "json"`), human-readable otherwise; the level comes from
 //! `RUST_LOG`, else `server.log_level`, else `info`. Every line logged while serving
-//! a request carries the request's id (the `request` span, see [`request`]).
+//! a request carries the request's id, method and path (see [`scope`]).
 //!
 //! **Audit events** are `info` events with `target: "portcullis::audit"` and an
 //! `event` field: `login`, `refresh`, `revocation`, `session_ended` (logout,

@@ -5,9 +5,9 @@
 //! `server.trusted_proxies` (and only when it is a short token of safe characters),
 //! so a browser can't plant ids in the logs; otherwise a random UUID-shaped id is
 //! generated. The id is set on the request (so proxied upstreams receive it), on
-//! every log line of the request (the `request` span), and on the response.
+//! every log line of the request (`telemetry::scope`), and on the response.
 //!
-//! The span carries the method and the path, never the query: `/bff/callback`'s
+//! The log lines carry the method and the path, never the query: `/bff/callback`'s
 //! query holds the authorization code and the state.
 
 use std::time::Duration;
