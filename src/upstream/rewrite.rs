@@ -461,6 +461,25 @@ mod tests {
         }
     }
 
+    /// `request` (`/api/x`, body-less) as rewritten for `upstream`'s `/api` route, from `peer`.
+    fn rewritten(
+        request: axum::http::request::Builder,
+        upstream: &str,
+        peer: Option<&str>,
+    ) -> Parts {
+        let mut parts = request.uri("/api/x").body(()).unwrap().into_parts().0;
+        let peer = peer.map(|p| p.parse().unwrap());
+        rewrite_request(
+            &mut parts,
+            &route("/api", upstream, false),
+            None,
+            peer,
+            &config(),
+        )
+        .unwrap();
+        parts
+    }
+
     #[test]
     fn uris_keep_path_and_query() {
         let r = route("/api", "http://up:9100", false);
@@ -552,23 +571,14 @@ mod tests {
             ("https://up:8443", None),
             ("h2c://up:9", None),
         ] {
-            let mut req = axum::http::Request::builder()
-                .uri("/api/x")
-                .header("host", "evil.example")
-                .header("connection", "host")
-                .header("x-forwarded-host", "evil.example")
-                .body(())
-                .unwrap()
-                .into_parts()
-                .0;
-            rewrite_request(
-                &mut req,
-                &route("/api", upstream, false),
+            let req = rewritten(
+                axum::http::Request::builder()
+                    .header("host", "evil.example")
+                    .header("connection", "host")
+                    .header("x-forwarded-host", "evil.example"),
+                upstream,
                 None,
-                None,
-                &config(),
-            )
-            .unwrap();
+            );
             let sent: Vec<_> = req.headers.get_all("host").iter().collect();
             match host {
                 Some(host) => assert_eq!(sent, [host], "{upstream}"),
@@ -608,22 +618,13 @@ mod tests {
         }
 
         // A trusted proxy's X-Forwarded-For in several field lines is one list.
-        let mut req = axum::http::Request::builder()
-            .uri("/api/x")
-            .header("x-forwarded-for", "198.51.100.7")
-            .header("x-forwarded-for", "203.0.113.9")
-            .body(())
-            .unwrap()
-            .into_parts()
-            .0;
-        rewrite_request(
-            &mut req,
-            &route("/api", "http://up:1", false),
-            None,
-            Some("10.1.2.3".parse().unwrap()),
-            &config(),
-        )
-        .unwrap();
+        let req = rewritten(
+            axum::http::Request::builder()
+                .header("x-forwarded-for", "198.51.100.7")
+                .header("x-forwarded-for", "203.0.113.9"),
+            "http://up:1",
+            Some("10.1.2.3"),
+        );
         assert_eq!(
             req.headers["x-forwarded-for"],
             "198.51.100.7, 203.0.113.9, 10.1.2.3"
