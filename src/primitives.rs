@@ -1,6 +1,7 @@
 //! The primitives every layer uses: randomness, hashing, constant-time comparison,
-//! the clock and text formatted on the stack. One home, so there is one generator, one hash and one clock to reason
-//! about (and to replace in a test). Depends on no module of the crate.
+//! the clock, text formatted on the stack and interned text. One home, so there is
+//! one generator, one hash and one clock to reason about (and to replace in a test).
+//! Depends on no module of the crate.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

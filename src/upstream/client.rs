@@ -178,7 +178,7 @@ async fn send(
 }
 
 /// `Host` of an `http://` authority: the port only when it isn't 80.
-fn host_header(authority: &http::uri::Authority) -> &str {
+pub(super) fn host_header(authority: &http::uri::Authority) -> &str {
     match authority.port_u16() {
         Some(80) => authority.host(),
         _ => authority.as_str(),

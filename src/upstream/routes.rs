@@ -22,7 +22,7 @@ pub struct Route {
     pub scheme: Scheme,
     /// `'static`: a request's URI clones it without a reference count.
     pub authority: Authority,
-    /// The upstream's `Host` (`authority`, without `:80` for `http`), `'static` too.
+    /// The upstream's `Host` for `http://` (`authority` without `:80`), `'static` too.
     pub host: HeaderValue,
     /// The upstream URL's path without a trailing slash ("" for the root).
     pub base_path: String,
@@ -107,11 +107,10 @@ impl Route {
         // Checked, then `'static` (cloned per request without a shared count).
         Authority::try_from(authority.as_str()).map_err(|e| e.to_string())?;
         let authority = Authority::from_static(crate::primitives::intern(&authority));
-        let host = match (&scheme, authority.port_u16()) {
-            (s, Some(80)) if *s == Scheme::HTTP => authority.host(),
-            _ => authority.as_str(),
-        };
-        let host = HeaderValue::from_static(crate::primitives::intern(host));
+        // Sent only to `http://` HTTP/1.1 upstreams (`rewrite::rewrite_request`).
+        let host = HeaderValue::from_static(crate::primitives::intern(super::client::host_header(
+            &authority,
+        )));
         Ok(Self {
             prefix: c.prefix.clone(),
             label: crate::telemetry::metrics::route_label(&c.prefix),
