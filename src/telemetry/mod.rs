@@ -25,7 +25,6 @@ pub mod scope;
 use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
-use tracing_subscriber::Registry;
 use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::layer::{Filter, Layer, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
@@ -50,24 +49,21 @@ pub fn init_logging_with(format: LogFormat, level: Option<&str>) {
     let _ = subscriber(filter, json, std::io::stderr).try_init();
 }
 
-/// The global filter, then the log lines: JSON (one object per line, the event's
-/// fields flattened) or text, each line logged while serving a request carrying it
-/// ([`scope`]).
-type Logs = tracing_subscriber::layer::Layered<Box<dyn Layer<Filtered> + Send + Sync>, Filtered>;
-type Filtered =
-    tracing_subscriber::layer::Layered<Box<dyn Layer<Registry> + Send + Sync>, Registry>;
-
-/// The subscriber of [`init_logging_with`], writing to `writer`.
-fn subscriber<W>(filter: LogFilter, json: bool, writer: W) -> Logs
+/// The log lines (see [`log_lines`]) under `filter`, written to `writer`.
+fn subscriber<W>(
+    filter: LogFilter,
+    json: bool,
+    writer: W,
+) -> impl tracing::Subscriber + Send + Sync + 'static
 where
     W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
 {
-    tracing_subscriber::registry()
-        .with(filter.into_layer())
-        .with(log_lines(json, writer))
+    tracing_subscriber::registry().with(log_lines(json, writer).with_filter(filter.into_filter()))
 }
 
-/// The layer writing log lines to `writer` (see [`subscriber`]).
+/// The layer writing log lines to `writer`: JSON (one object per line, the event's
+/// fields flattened) or text, each line logged while serving a request carrying it
+/// ([`scope`]).
 fn log_lines<S, W>(json: bool, writer: W) -> Box<dyn Layer<S> + Send + Sync>
 where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
@@ -127,7 +123,7 @@ impl LogFilter {
     }
 
     /// Also turns `target` off.
-    #[cfg_attr(not(feature = "otel"), allow(dead_code))]
+    #[cfg(feature = "otel")]
     fn without(self, target: &str) -> Self {
         match self {
             Self::Targets(t) => Self::Targets(t.with_target(target, LevelFilter::OFF)),
@@ -138,19 +134,7 @@ impl LogFilter {
         }
     }
 
-    /// As the subscriber's global filter.
-    fn into_layer<S>(self) -> Box<dyn Layer<S> + Send + Sync>
-    where
-        S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
-    {
-        match self {
-            Self::Targets(t) => Box::new(t),
-            Self::Env(e) => Box::new(e),
-        }
-    }
-
-    /// As one layer's filter.
-    #[cfg_attr(not(feature = "otel"), allow(dead_code))]
+    /// As the log layer's filter.
     fn into_filter<S>(self) -> Box<dyn Filter<S> + Send + Sync>
     where
         S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
@@ -324,10 +308,10 @@ mod tests {
                     .push(format!("{}:{}", m.target(), m.level()));
             }
         }
+        use tracing_subscriber::Layer;
         let filter = LogFilter::parse("warn,portcullis::audit=info").unwrap();
         let subscriber = tracing_subscriber::registry()
-            .with(filter.into_layer())
-            .with(Record(seen.clone()));
+            .with(Record(seen.clone()).with_filter(filter.into_filter()));
         tracing::subscriber::with_default(subscriber, || {
             tracing::info!(target: "portcullis::audit", "kept");
             tracing::debug!(target: "portcullis::audit", "dropped");
