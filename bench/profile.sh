@@ -11,7 +11,7 @@
 # `X-CSRF: 1` (a `user` route: session lookup, CSRF, token injection, header rewrite).
 #
 # cpu: wrk -t2 -cPROFILE_CONNECTIONS for PROFILE_DURATION s against nginx (a plain
-#      reverse proxy) and Portcullis, alternating, PROFILE_ROUNDS times; prints req/s,
+#      reverse proxy) and Portcullis, alternating (the order rotating per round), PROFILE_ROUNDS times; prints req/s,
 #      the ratio to nginx, and each proxy's CPU seconds (user+system, from /proc) per
 #      100,000 requests.
 # callgrind: Portcullis runs under `valgrind --tool=callgrind` with one worker; after
@@ -195,7 +195,11 @@ if [[ -n ${PROFILE_HOLD:-} ]]; then
   sleep "$PROFILE_HOLD"
 fi
 for ((r = 1; r <= ROUNDS; r++)); do
-  for t in "${TARGETS[@]}"; do
+  # The order rotates from round to round: whatever runs just after another load (a
+  # warm or a tired machine) is a different target each time, not always the same one.
+  shift_by=$(((r - 1) % ${#TARGETS[@]}))
+  ORDER=("${TARGETS[@]:shift_by}" "${TARGETS[@]:0:shift_by}")
+  for t in "${ORDER[@]}"; do
     hdr=("${HDR[@]}")
     case $t in
       nginx) url="http://127.0.0.1:$NGX_PORT/api/items/42" pid=$NGX_PID ;;

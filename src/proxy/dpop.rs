@@ -28,7 +28,6 @@ use crate::frontend::Frontend;
 use crate::gateway::{AppState, Gateway};
 use crate::oidc::DpopKey;
 use crate::oidc::dpop::{self, NonceSlot};
-use crate::session::Tokens;
 use crate::upstream::Route;
 
 static DPOP: HeaderName = HeaderName::from_static(dpop::DPOP_HEADER);
@@ -140,7 +139,7 @@ enum Bound {
     },
     /// The user's DPoP-bound tokens and the session's key.
     Yes {
-        tokens: Arc<Tokens>,
+        tokens: Arc<crate::session::OpenedTokens>,
         key: Box<DpopKey>,
     },
 }

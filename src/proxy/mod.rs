@@ -26,7 +26,7 @@ use crate::config::TokenKind;
 use crate::error::ApiError;
 use crate::frontend::Frontend;
 use crate::gateway::{AppState, Gateway};
-use crate::session::{StoreKey, Tokens};
+use crate::session::{OpenedTokens, StoreKey};
 use crate::upstream::{Route, UpstreamClient, UpstreamProtocol, rewrite};
 
 /// Phase: the runtime's client that speaks `route`'s upstream protocol.
@@ -98,7 +98,7 @@ pub(crate) enum Credential {
     /// A ready `Authorization` value (the gateway's client-credentials token).
     Header(HeaderValue),
     /// The session's tokens (the route uses the user's token), and the session's key.
-    User(Arc<Tokens>, StoreKey),
+    User(Arc<OpenedTokens>, StoreKey),
     /// The route's own user token (per-route audience, token exchange), ready, and the
     /// session's key.
     RouteUser(HeaderValue, StoreKey),
@@ -152,7 +152,12 @@ impl Credential {
         Ok(match self {
             Self::None => None,
             Self::Header(value) | Self::RouteUser(value, _) => Some(value),
-            Self::User(tokens, _) => Some(bearer(&tokens.access_token)?),
+            // Built once per opened tokens, shared after (see `OpenedTokens`).
+            Self::User(tokens, _) => {
+                Some(tokens.bearer().ok_or_else(|| {
+                    ApiError::Internal("access token is not a header value".into())
+                })?)
+            }
         })
     }
 }
@@ -171,7 +176,7 @@ pub(crate) async fn credential(
         let slot = route
             .client_token
             .as_ref()
-            .ok_or(ApiError::Internal("route has no client token".into()))?;
+            .ok_or_else(|| ApiError::Internal("route has no client token".into()))?;
         slot.authorization(&frontend.oidc, gw.config.tokens.refresh_before)
             .await
             .map(Credential::Header)
@@ -227,10 +232,6 @@ pub(crate) fn authorization(scheme: &str, token: &str) -> Result<HeaderValue, Ap
         .map_err(|_| ApiError::Internal("access token is not a header value".into()))?;
     value.set_sensitive(true);
     Ok(value)
-}
-
-fn bearer(token: &str) -> Result<HeaderValue, ApiError> {
-    authorization("Bearer", token)
 }
 
 /// Phase: the browser's request made the upstream's (see [`rewrite::rewrite_request`]),

@@ -101,15 +101,16 @@ fn other_host_redirect(
     request: &Request,
 ) -> Option<Response> {
     let canonical = config.canonical_host.as_deref()?;
+    // The target first: an API route's request (the proxy path) asks nothing more.
+    match kind {
+        TargetKind::Bff(Endpoint::Login) | TargetKind::Static | TargetKind::Other => {}
+        TargetKind::Bff(_) | TargetKind::Api(_) | TargetKind::Health => return None,
+    }
     if frontend.host.is_some()
         || !matches!(*request.method(), Method::GET | Method::HEAD)
         || !crate::security::is_navigation(request.headers())
     {
         return None;
-    }
-    match kind {
-        TargetKind::Bff(Endpoint::Login) | TargetKind::Static | TargetKind::Other => {}
-        TargetKind::Bff(_) | TargetKind::Api(_) | TargetKind::Health => return None,
     }
     let host = request
         .uri()

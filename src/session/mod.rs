@@ -22,7 +22,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use memory::MemoryStore;
-pub use record::{Issued, PendingLogin, RouteToken, SessionId, SessionRecord, StoreKey, Tokens};
+pub use record::{
+    Issued, OpenedTokens, PendingLogin, RouteToken, SessionId, SessionRecord, StoreKey, Tokens,
+};
 pub use redis::{RedisAddress, RedisStore};
 pub use sqlite::{SqliteOptions, SqliteStore};
 pub use store::{PendingCaps, SessionFilter, SessionStore, Store, StoreError};
@@ -371,14 +373,17 @@ impl Sessions {
     /// [`Self::open_tokens`], answered from this thread's cache of opened tokens when
     /// the record's sealed blob is the one opened there less than a minute ago (see
     /// [`token_cache`]): the proxy's per-request call.
-    pub fn open_tokens_cached(&self, record: &SessionRecord) -> Result<Arc<Tokens>, CipherError> {
+    pub fn open_tokens_cached(
+        &self,
+        record: &SessionRecord,
+    ) -> Result<Arc<OpenedTokens>, CipherError> {
         let fingerprint = token_cache::Fingerprint::of(&record.sealed_tokens);
         if let Some(f) = &fingerprint
             && let Some(tokens) = token_cache::get(self.cache_owner, &record.key, f)
         {
             return Ok(tokens);
         }
-        let tokens = Arc::new(self.open_tokens(record)?);
+        let tokens = Arc::new(OpenedTokens::new(self.open_tokens(record)?));
         if let Some(f) = fingerprint {
             token_cache::put(self.cache_owner, record.key, f, tokens.clone());
         }

@@ -400,10 +400,7 @@ mod tests {
             }],
         };
         assert_eq!(opened, expected);
-        assert_eq!(
-            sessions.open_tokens_cached(&record).unwrap().as_ref(),
-            &expected
-        );
+        assert_eq!(&**sessions.open_tokens_cached(&record).unwrap(), &expected);
         // Refreshed, the same tokens are sealed packed, and open the same.
         let refreshed = sessions.with_tokens(&record, &opened, None);
         let plain = sessions

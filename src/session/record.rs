@@ -163,6 +163,60 @@ pub struct Tokens {
     pub route_tokens: Vec<RouteToken>,
 }
 
+/// [`Tokens`] opened from a session's sealed blob, shared by the requests that use
+/// them (`Sessions::open_tokens_cached`, a refresh's answer), with the
+/// `Authorization: Bearer` value of the access token built on first use and shared
+/// after it: a request clones it (a reference count) instead of copying ~1 KiB of
+/// token into a new header value. Derefs to the [`Tokens`]; `Debug` prints none.
+pub struct OpenedTokens {
+    tokens: Tokens,
+    bearer: std::sync::OnceLock<Option<http::HeaderValue>>,
+}
+
+impl OpenedTokens {
+    pub fn new(tokens: Tokens) -> Self {
+        Self {
+            tokens,
+            bearer: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// `Bearer <access token>`, marked sensitive (never logged by hyper); `None` when
+    /// the token can't be a header value.
+    pub fn bearer(&self) -> Option<http::HeaderValue> {
+        self.bearer
+            .get_or_init(|| {
+                let token = &self.tokens.access_token;
+                let mut value = String::with_capacity(7 + token.len());
+                value.push_str("Bearer ");
+                value.push_str(token);
+                let mut value = http::HeaderValue::try_from(value).ok()?;
+                value.set_sensitive(true);
+                Some(value)
+            })
+            .clone()
+    }
+}
+
+impl std::ops::Deref for OpenedTokens {
+    type Target = Tokens;
+    fn deref(&self) -> &Tokens {
+        &self.tokens
+    }
+}
+
+impl std::fmt::Debug for OpenedTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.tokens.fmt(f)
+    }
+}
+
+impl From<Tokens> for OpenedTokens {
+    fn from(tokens: Tokens) -> Self {
+        Self::new(tokens)
+    }
+}
+
 /// An access token for one audience (one route kind of token), kept in [`Tokens`].
 #[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct RouteToken {
@@ -359,5 +413,49 @@ mod tests {
         };
         let shown = format!("{t:?}");
         assert!(!shown.contains("secret"), "{shown}");
+    }
+}
+
+#[cfg(test)]
+mod opened_tests {
+    use super::{OpenedTokens, Tokens};
+
+    fn opened(access: &str) -> OpenedTokens {
+        OpenedTokens::new(Tokens {
+            access_token: access.into(),
+            token_type: "Bearer".into(),
+            access_expires_at: None,
+            access_issued_at: None,
+            refresh_token: None,
+            id_token: None,
+            scope: None,
+            dpop_key: None,
+            route_tokens: Vec::new(),
+        })
+    }
+
+    #[test]
+    fn bearer_is_built_once_and_marked_sensitive() {
+        let tokens = opened("eyJhbGciOi.eyJzdWIi.c2ln");
+        let first = tokens.bearer().unwrap();
+        assert_eq!(first, "Bearer eyJhbGciOi.eyJzdWIi.c2ln");
+        assert!(first.is_sensitive(), "never logged by hyper");
+        let again = tokens.bearer().unwrap();
+        assert_eq!(again, first);
+        assert!(again.is_sensitive());
+        // The shared value, not a copy: the same bytes.
+        assert_eq!(first.as_bytes().as_ptr(), again.as_bytes().as_ptr());
+        assert_eq!(
+            tokens.access_token, "eyJhbGciOi.eyJzdWIi.c2ln",
+            "derefs to the tokens"
+        );
+    }
+
+    #[test]
+    fn a_token_that_is_no_header_value_has_no_bearer() {
+        for bad in ["a\r\nX-Injected: 1", "a\nb", "a\0b", "a\x7fb"] {
+            assert!(opened(bad).bearer().is_none(), "{bad:?}");
+        }
+        assert!(!format!("{:?}", opened("secret-token")).contains("secret-token"));
     }
 }

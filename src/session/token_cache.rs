@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::record::KeyHasher;
-use super::{StoreKey, Tokens};
+use super::{OpenedTokens, StoreKey};
 
 /// How long an entry may be used after it was opened.
 pub const TTL: Duration = Duration::from_secs(60);
@@ -62,7 +62,7 @@ impl Fingerprint {
 
 struct Entry {
     fingerprint: Fingerprint,
-    tokens: Arc<Tokens>,
+    tokens: Arc<OpenedTokens>,
     opened: Instant,
 }
 
@@ -81,18 +81,24 @@ thread_local! {
 
 /// The tokens opened from `fingerprint` for session `key` of the `Sessions` instance
 /// `owner`, if this thread opened them less than [`TTL`] ago.
-pub fn get(owner: u64, key: &StoreKey, fingerprint: &Fingerprint) -> Option<Arc<Tokens>> {
+pub fn get(owner: u64, key: &StoreKey, fingerprint: &Fingerprint) -> Option<Arc<OpenedTokens>> {
     CACHE.with_borrow(|c| {
         let e = c.map.get(&(owner, *key))?;
         (e.fingerprint == *fingerprint && e.opened.elapsed() < TTL).then(|| e.tokens.clone())
     })
 }
 
-pub fn put(owner: u64, key: StoreKey, fingerprint: Fingerprint, tokens: Arc<Tokens>) {
+pub fn put(owner: u64, key: StoreKey, fingerprint: Fingerprint, tokens: Arc<OpenedTokens>) {
     put_at(owner, key, fingerprint, tokens, Instant::now());
 }
 
-fn put_at(owner: u64, key: StoreKey, fingerprint: Fingerprint, tokens: Arc<Tokens>, now: Instant) {
+fn put_at(
+    owner: u64,
+    key: StoreKey,
+    fingerprint: Fingerprint,
+    tokens: Arc<OpenedTokens>,
+    now: Instant,
+) {
     CACHE.with_borrow_mut(|c| {
         let sweep_due = c.swept.is_none_or(|t| now.duration_since(t) >= TTL);
         let full = c.map.len() >= CAPACITY && !c.map.contains_key(&(owner, key));
@@ -155,11 +161,23 @@ mod tests {
         let f = Fingerprint::of(&blob).unwrap();
         let (old, new) = (StoreKey::hash(b"old"), StoreKey::hash(b"new"));
         let t0 = std::time::Instant::now();
-        put_at(1, old, f, tokens("AT-old").into(), t0);
-        put_at(1, new, f, tokens("AT-new").into(), t0 + TTL / 2);
+        put_at(1, old, f, std::sync::Arc::new(tokens("AT-old").into()), t0);
+        put_at(
+            1,
+            new,
+            f,
+            std::sync::Arc::new(tokens("AT-new").into()),
+            t0 + TTL / 2,
+        );
         let held = |k| CACHE.with_borrow(|c| c.map.contains_key(&(1, k)));
         assert!(held(old) && held(new), "within a TTL nothing is dropped");
-        put_at(1, new, f, tokens("AT-new").into(), t0 + TTL + TTL / 2);
+        put_at(
+            1,
+            new,
+            f,
+            std::sync::Arc::new(tokens("AT-new").into()),
+            t0 + TTL + TTL / 2,
+        );
         assert!(!held(old), "an entry past its TTL is dropped");
         assert!(held(new));
     }

@@ -149,7 +149,10 @@ pub fn generate_id() -> HeaderValue {
         out[at + 1] = HEX[usize::from(byte & 0x0f)];
         at += 2;
     }
-    HeaderValue::from_bytes(&out).expect("hex is a header value")
+    // One allocation holding the bytes and their count: the id goes on the request,
+    // into the log fields and on the response, and a clone is a count, where a
+    // `Vec`-backed value would allocate again on its first clone.
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(out)).expect("hex is a header value")
 }
 
 #[cfg(test)]

@@ -46,7 +46,9 @@ pub use route::{Audience, Grant};
 use crate::error::ApiError;
 use crate::oidc::{Oidc, OidcError, TokenResponse};
 use crate::primitives::now_secs;
-use crate::session::{EndReason, Issued, SessionRecord, SessionStore, Sessions, StoreKey, Tokens};
+use crate::session::{
+    EndReason, Issued, OpenedTokens, SessionRecord, SessionStore, Sessions, StoreKey, Tokens,
+};
 
 /// After the provider failed a refresh, sessions with a still-valid token don't
 /// retry for this long (so an outage doesn't slow every request down by a timeout).
@@ -64,7 +66,7 @@ const STORE_RETRY_EVERY: Duration = Duration::from_millis(200);
 /// The result of one refresh, shared with every waiter.
 #[derive(Clone, Debug)]
 enum Outcome {
-    Fresh(Arc<Tokens>),
+    Fresh(Arc<OpenedTokens>),
     /// The grant is gone (`invalid_grant`) or the session ended meanwhile.
     Ended,
     ProviderDown(String),
@@ -157,7 +159,7 @@ impl TokenManager {
     }
 
     /// The session's opened tokens; a session whose tokens can't be opened ends.
-    async fn open(&self, record: &SessionRecord) -> Result<Arc<Tokens>, ApiError> {
+    async fn open(&self, record: &SessionRecord) -> Result<Arc<OpenedTokens>, ApiError> {
         match self.sessions.open_tokens_cached(record) {
             Ok(tokens) => Ok(tokens),
             Err(e) => {
@@ -178,7 +180,7 @@ impl TokenManager {
         self: &Arc<Self>,
         oidc: &Arc<Oidc>,
         record: &SessionRecord,
-    ) -> Result<Arc<Tokens>, ApiError> {
+    ) -> Result<Arc<OpenedTokens>, ApiError> {
         let tokens = self.open(record).await?;
         let now = now_secs();
         if !self.timings.needs_refresh(&tokens, now) {
@@ -334,7 +336,7 @@ impl TokenManager {
         if !fresh {
             Ok(None)
         } else {
-            Ok(Some(Outcome::Fresh(Arc::new(tokens))))
+            Ok(Some(Outcome::Fresh(Arc::new(tokens.into()))))
         }
     }
 
@@ -349,7 +351,7 @@ impl TokenManager {
             return Outcome::Ended;
         };
         if !self.timings.needs_refresh(&tokens, now_secs()) {
-            return Outcome::Fresh(Arc::new(tokens));
+            return Outcome::Fresh(Arc::new(tokens.into()));
         }
         let Some(refresh_token) = tokens.refresh_token.as_deref() else {
             return Outcome::Ended;
@@ -424,7 +426,7 @@ impl TokenManager {
                             record.audited(|who| {
                                 crate::telemetry::audit_refresh(who, "success", started.elapsed())
                             });
-                            break Outcome::Fresh(Arc::new(fresh));
+                            break Outcome::Fresh(Arc::new(fresh.into()));
                         }
                         Ok(false) => break Outcome::Ended,
                         Err(e) if Instant::now() + STORE_RETRY_EVERY < retry_until => {

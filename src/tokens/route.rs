@@ -276,7 +276,7 @@ impl TokenManager {
             return Outcome::Ended;
         };
         if is_fresh(&self.timings, &tokens, audience, now_secs()) {
-            return Outcome::Fresh(Arc::new(tokens));
+            return Outcome::Fresh(Arc::new(tokens.into()));
         }
         let started = Instant::now();
         let answer = match audience.grant {
@@ -354,7 +354,7 @@ impl TokenManager {
                     )
                 });
                 tracing::info!(route = %audience.route, session = %record.key.log_label(), "route token obtained");
-                Outcome::Fresh(Arc::new(tokens))
+                Outcome::Fresh(Arc::new(tokens.into()))
             }
             Err(e) if e.is_invalid_grant() && audience.grant == Grant::Refresh => {
                 record.audited(|who| {

@@ -389,11 +389,17 @@ pub fn upstream_uri(uri: &Uri, route: &Route) -> Result<Uri, ApiError> {
     };
     crate::path::check(rest.as_bytes())
         .map_err(|why| ApiError::invalid(format!("invalid request path: {why}")))?;
+    // Exactly the length: a `String` with spare capacity would cost `PathAndQuery`
+    // (`Bytes::from`) a second allocation.
+    let slash = !rest.starts_with('/');
     let mut pq = String::with_capacity(
-        route.base_path.len() + rest.len() + 1 + uri.query().map_or(0, str::len),
+        route.base_path.len()
+            + usize::from(slash)
+            + rest.len()
+            + uri.query().map_or(0, |q| 1 + q.len()),
     );
     pq.push_str(&route.base_path);
-    if !rest.starts_with('/') {
+    if slash {
         pq.push('/');
     }
     pq.push_str(rest);
