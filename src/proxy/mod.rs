@@ -256,9 +256,13 @@ async fn forward(
     route: &Route,
     request: Request,
 ) -> Result<axum::http::Response<crate::upstream::UpstreamBody>, ApiError> {
-    let started = std::time::Instant::now();
-    let result =
-        tokio::time::timeout(route.timeout, client_for(state, route).request(request)).await;
+    let started = tokio::time::Instant::now();
+    // The deadline from the same clock reading as the measurement.
+    let result = tokio::time::timeout_at(
+        started + route.timeout,
+        client_for(state, route).request(request),
+    )
+    .await;
     crate::telemetry::metrics().upstream_call(route.label, started.elapsed(), &result);
     match result {
         Err(_) => Err(ApiError::UpstreamTimeout),

@@ -170,32 +170,52 @@ pub struct Tokens {
 /// token into a new header value. Derefs to the [`Tokens`]; `Debug` prints none.
 pub struct OpenedTokens {
     tokens: Tokens,
-    bearer: std::sync::OnceLock<Option<http::HeaderValue>>,
+    bearer: Bearer,
+    /// One per [`Tokens::route_tokens`], in their order.
+    route_bearers: Box<[Bearer]>,
 }
+
+type Bearer = std::sync::OnceLock<Option<http::HeaderValue>>;
 
 impl OpenedTokens {
     pub fn new(tokens: Tokens) -> Self {
         Self {
+            route_bearers: tokens.route_tokens.iter().map(|_| Bearer::new()).collect(),
             tokens,
-            bearer: std::sync::OnceLock::new(),
+            bearer: Bearer::new(),
         }
     }
 
     /// `Bearer <access token>`, marked sensitive (never logged by hyper); `None` when
     /// the token can't be a header value.
     pub fn bearer(&self) -> Option<http::HeaderValue> {
-        self.bearer
-            .get_or_init(|| {
-                let token = &self.tokens.access_token;
-                let mut value = String::with_capacity(7 + token.len());
-                value.push_str("Bearer ");
-                value.push_str(token);
-                let mut value = http::HeaderValue::try_from(value).ok()?;
-                value.set_sensitive(true);
-                Some(value)
-            })
-            .clone()
+        bearer_of(&self.bearer, &self.tokens.access_token)
     }
+
+    /// [`Self::bearer`] of the route token for the audience `key`
+    /// ([`Tokens::route_token`]); `None` when there is none, or it can't be a header
+    /// value.
+    pub fn route_bearer(&self, key: &str) -> Option<http::HeaderValue> {
+        let i = self.tokens.route_tokens.iter().position(|t| t.key == key)?;
+        bearer_of(
+            &self.route_bearers[i],
+            &self.tokens.route_tokens[i].access_token,
+        )
+    }
+}
+
+fn bearer_of(slot: &Bearer, token: &str) -> Option<http::HeaderValue> {
+    slot.get_or_init(|| {
+        // Exactly the length: a `String` with room to spare would cost `Bytes` a
+        // second allocation.
+        let mut value = String::with_capacity(7 + token.len());
+        value.push_str("Bearer ");
+        value.push_str(token);
+        let mut value = http::HeaderValue::try_from(value).ok()?;
+        value.set_sensitive(true);
+        Some(value)
+    })
+    .clone()
 }
 
 impl std::ops::Deref for OpenedTokens {
@@ -449,6 +469,27 @@ mod opened_tests {
             tokens.access_token, "eyJhbGciOi.eyJzdWIi.c2ln",
             "derefs to the tokens"
         );
+    }
+
+    #[test]
+    fn each_route_token_has_its_own_bearer() {
+        let mut tokens = opened("AT").tokens;
+        for (key, token) in [("orders", "RT-orders"), ("billing", "RT-billing")] {
+            tokens.set_route_token(super::RouteToken {
+                key: key.into(),
+                access_token: token.into(),
+                expires_at: None,
+                issued_at: None,
+            });
+        }
+        let tokens = OpenedTokens::new(tokens);
+        for _ in 0..2 {
+            assert_eq!(tokens.route_bearer("orders").unwrap(), "Bearer RT-orders");
+            assert_eq!(tokens.route_bearer("billing").unwrap(), "Bearer RT-billing");
+            assert!(tokens.route_bearer("billing").unwrap().is_sensitive());
+            assert_eq!(tokens.bearer().unwrap(), "Bearer AT");
+        }
+        assert!(tokens.route_bearer("other").is_none());
     }
 
     #[test]

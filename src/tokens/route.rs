@@ -122,7 +122,10 @@ impl TokenManager {
         if let Some(t) = current
             && !self.timings.due(t.issued_at, t.expires_at, now)
         {
-            return bearer(&t.access_token);
+            // Built once per opened tokens, shared after (see `OpenedTokens`).
+            return tokens
+                .route_bearer(&audience.key)
+                .ok_or_else(|| ApiError::Internal("access token is not a header value".into()));
         }
         let still_valid = current
             .filter(|t| t.expires_at.is_none_or(|e| e > now))
