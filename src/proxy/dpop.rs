@@ -22,12 +22,13 @@ use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::response::Response;
 use http_body::Body as _;
 
-use super::{Credential, authorization, credential, finish, forward, prepare};
+use super::{Credential, authorization, bearer, credential, finish, forward, prepare};
 use crate::error::ApiError;
 use crate::frontend::Frontend;
 use crate::gateway::{AppState, Gateway};
 use crate::oidc::DpopKey;
 use crate::oidc::dpop::{self, NonceSlot};
+use crate::session::OpenedTokens;
 use crate::upstream::Route;
 
 static DPOP: HeaderName = HeaderName::from_static(dpop::DPOP_HEADER);
@@ -139,7 +140,7 @@ enum Bound {
     },
     /// The user's DPoP-bound tokens and the session's key.
     Yes {
-        tokens: Arc<crate::session::OpenedTokens>,
+        tokens: Arc<OpenedTokens>,
         key: Box<DpopKey>,
     },
 }
@@ -189,7 +190,7 @@ async fn bind(
         }
     }
     Ok(Bound::No {
-        token: Some(authorization("Bearer", &tokens.access_token)?),
+        token: Some(bearer(&tokens)?),
         session: true,
     })
 }

@@ -152,12 +152,7 @@ impl Credential {
         Ok(match self {
             Self::None => None,
             Self::Header(value) | Self::RouteUser(value, _) => Some(value),
-            // Built once per opened tokens, shared after (see `OpenedTokens`).
-            Self::User(tokens, _) => {
-                Some(tokens.bearer().ok_or_else(|| {
-                    ApiError::Internal("access token is not a header value".into())
-                })?)
-            }
+            Self::User(tokens, _) => Some(bearer(&tokens)?),
         })
     }
 }
@@ -222,16 +217,15 @@ pub(crate) async fn credential(
     }
 }
 
-/// `Authorization: <scheme> <token>`, marked sensitive (never logged by hyper).
+/// `Authorization: <scheme> <token>` (see [`crate::session::authorization`]).
 pub(crate) fn authorization(scheme: &str, token: &str) -> Result<HeaderValue, ApiError> {
-    let mut value = String::with_capacity(scheme.len() + 1 + token.len());
-    value.push_str(scheme);
-    value.push(' ');
-    value.push_str(token);
-    let mut value = HeaderValue::try_from(value)
-        .map_err(|_| ApiError::Internal("access token is not a header value".into()))?;
-    value.set_sensitive(true);
-    Ok(value)
+    crate::session::authorization(scheme, token).ok_or_else(crate::tokens::unusable_token)
+}
+
+/// The session's `Authorization: Bearer` value: built once per opened tokens, shared
+/// after (see [`OpenedTokens`]).
+pub(crate) fn bearer(tokens: &OpenedTokens) -> Result<HeaderValue, ApiError> {
+    tokens.bearer().ok_or_else(crate::tokens::unusable_token)
 }
 
 /// Phase: the browser's request made the upstream's (see [`rewrite::rewrite_request`]),

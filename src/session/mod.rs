@@ -24,6 +24,7 @@ use std::time::Duration;
 pub use memory::MemoryStore;
 pub use record::{
     Issued, OpenedTokens, PendingLogin, RouteToken, SessionId, SessionRecord, StoreKey, Tokens,
+    authorization,
 };
 pub use redis::{RedisAddress, RedisStore};
 pub use sqlite::{SqliteOptions, SqliteStore};

@@ -205,17 +205,22 @@ impl OpenedTokens {
 }
 
 fn bearer_of(slot: &Bearer, token: &str) -> Option<http::HeaderValue> {
-    slot.get_or_init(|| {
-        // Exactly the length: a `String` with room to spare would cost `Bytes` a
-        // second allocation.
-        let mut value = String::with_capacity(7 + token.len());
-        value.push_str("Bearer ");
-        value.push_str(token);
-        let mut value = http::HeaderValue::try_from(value).ok()?;
-        value.set_sensitive(true);
-        Some(value)
-    })
-    .clone()
+    slot.get_or_init(|| authorization("Bearer", token)).clone()
+}
+
+/// `Authorization: <scheme> <token>`, marked sensitive (never logged by hyper); `None`
+/// when the token can't be a header value. Every such value is built here: the
+/// cached Bearer values above, a DPoP-bound token's, a route token's.
+pub fn authorization(scheme: &str, token: &str) -> Option<http::HeaderValue> {
+    // Exactly the length: a `String` with room to spare would cost `Bytes` a second
+    // allocation.
+    let mut value = String::with_capacity(scheme.len() + 1 + token.len());
+    value.push_str(scheme);
+    value.push(' ');
+    value.push_str(token);
+    let mut value = http::HeaderValue::try_from(value).ok()?;
+    value.set_sensitive(true);
+    Some(value)
 }
 
 impl std::ops::Deref for OpenedTokens {

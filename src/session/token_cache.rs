@@ -142,6 +142,10 @@ mod tests {
         }
     }
 
+    fn opened(access: &str) -> std::sync::Arc<crate::session::OpenedTokens> {
+        std::sync::Arc::new(tokens(access).into())
+    }
+
     fn sessions() -> Sessions {
         let config = crate::config::SessionConfig {
             keys: vec![crate::config::Secret::new(cipher::generate_key())],
@@ -161,23 +165,11 @@ mod tests {
         let f = Fingerprint::of(&blob).unwrap();
         let (old, new) = (StoreKey::hash(b"old"), StoreKey::hash(b"new"));
         let t0 = std::time::Instant::now();
-        put_at(1, old, f, std::sync::Arc::new(tokens("AT-old").into()), t0);
-        put_at(
-            1,
-            new,
-            f,
-            std::sync::Arc::new(tokens("AT-new").into()),
-            t0 + TTL / 2,
-        );
+        put_at(1, old, f, opened("AT-old"), t0);
+        put_at(1, new, f, opened("AT-new"), t0 + TTL / 2);
         let held = |k| CACHE.with_borrow(|c| c.map.contains_key(&(1, k)));
         assert!(held(old) && held(new), "within a TTL nothing is dropped");
-        put_at(
-            1,
-            new,
-            f,
-            std::sync::Arc::new(tokens("AT-new").into()),
-            t0 + TTL + TTL / 2,
-        );
+        put_at(1, new, f, opened("AT-new"), t0 + TTL + TTL / 2);
         assert!(!held(old), "an entry past its TTL is dropped");
         assert!(held(new));
     }

@@ -528,6 +528,11 @@ impl From<TokenResponse> for Issued {
 
 /// The session's DPoP key when DPoP is on and the session has one (sessions from
 /// before `oidc.dpop` was turned on have none and keep Bearer tokens).
+/// A token that can't be sent: it is not a header value.
+pub fn unusable_token() -> ApiError {
+    ApiError::Internal("access token is not a header value".into())
+}
+
 pub fn session_dpop_key(
     oidc: &Oidc,
     tokens: &Tokens,

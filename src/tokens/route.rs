@@ -125,7 +125,7 @@ impl TokenManager {
             // Built once per opened tokens, shared after (see `OpenedTokens`).
             return tokens
                 .route_bearer(&audience.key)
-                .ok_or_else(|| ApiError::Internal("access token is not a header value".into()));
+                .ok_or_else(super::unusable_token);
         }
         let still_valid = current
             .filter(|t| t.expires_at.is_none_or(|e| e > now))
@@ -431,10 +431,7 @@ fn refused(audience: &Audience, detail: &str) -> ApiError {
 }
 
 fn bearer(token: &str) -> Result<HeaderValue, ApiError> {
-    let mut value = HeaderValue::try_from(format!("Bearer {token}"))
-        .map_err(|_| ApiError::Internal("access token is not a header value".into()))?;
-    value.set_sensitive(true);
-    Ok(value)
+    crate::session::authorization("Bearer", token).ok_or_else(super::unusable_token)
 }
 
 #[cfg(test)]
