@@ -46,11 +46,16 @@ where
         Ok(()) => next(request).await,
         Err(e) => e.into_response(),
     };
+    nosniff(&mut response);
+    response
+}
+
+/// The way out of the module docs: `X-Content-Type-Options: nosniff`.
+pub fn nosniff(response: &mut Response) {
     response.headers_mut().insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    response
 }
 
 /// The method and `Host` rules of the module docs.

@@ -15,12 +15,23 @@ use crate::security::guard::{
 };
 use crate::telemetry::Endpoint;
 
-/// The guard (see the module docs) around `next`, for the request's `target`.
-pub async fn guard<F, Fut>(state: &AppState, request: Request, target: &Target, next: F) -> Response
-where
-    F: FnOnce(Request) -> Fut,
-    Fut: Future<Output = Response>,
-{
+/// What the guard decided on the way in.
+pub enum Admission {
+    /// The request goes on to its handler; its answer goes through [`answer`].
+    Admitted(Admitted),
+    /// This is the request's answer (a refusal, a preflight's answer, a redirect).
+    Answered(Response),
+}
+
+/// A request the guard let through: what its answer gets on the way out ([`answer`]).
+pub struct Admitted {
+    /// The allowed cross origin the request came from, if any (CORS headers).
+    cross: Option<HeaderValue>,
+}
+
+/// The guard (see the module docs) on the way in, for the request's `target`. A plain function, not a future around the
+/// handler's (see `server::request::begin`).
+pub fn admit(state: &AppState, request: &Request, target: &Target) -> Admission {
     let gw = &state.gw;
     let config = &gw.guard;
     let framing = match request.extensions().get::<AmbiguousFraming>() {
@@ -30,11 +41,11 @@ where
         None => check_framing(request.headers()),
     };
     if let Err(e) = framing {
-        return framing_refused(e, request.version());
+        return Admission::Answered(framing_refused(e, request.version()));
     }
     // hyper's read buffer limit only bounds a head that arrives in pieces; this is exact.
-    if head_size(&request) > config.max_head {
-        return ApiError::HeadTooLarge.into_response();
+    if head_size(request) > config.max_head {
+        return Admission::Answered(ApiError::HeadTooLarge.into_response());
     }
     let is_protected = protected(target, request.method());
     let cross = config
@@ -47,7 +58,7 @@ where
             .headers()
             .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
     {
-        return match &cross {
+        return Admission::Answered(match &cross {
             Some(origin) if is_protected || matches!(target.kind, TargetKind::Api(_)) => {
                 preflight(origin, request.headers())
             }
@@ -55,7 +66,7 @@ where
                 crate::security::audit_csrf_rejected("preflight from a foreign origin");
                 ApiError::Csrf("cross-origin requests are not allowed").into_response()
             }
-        };
+        });
     }
     let own_origin = target
         .frontend
@@ -65,20 +76,27 @@ where
         && let Err(e) = check_request_origin(own_origin, request.headers(), cross.is_some())
     {
         crate::security::audit_csrf_rejected(e.to_string().as_str());
-        return with_cors(e.into_response(), cross.as_ref(), config.hsts);
+        return Admission::Answered(with_cors(e.into_response(), cross.as_ref(), config.hsts));
     }
     if matches!(target.kind, TargetKind::Bff(_))
         && content_length(request.headers()).is_some_and(|n| n > config.max_bff_body)
     {
-        return ApiError::invalid("the request body is too large").into_response();
+        return Admission::Answered(
+            ApiError::invalid("the request body is too large").into_response(),
+        );
     }
     if let Some(f) = &target.frontend
-        && let Some(redirect) = other_host_redirect(config, f, target.kind, &request)
+        && let Some(redirect) = other_host_redirect(config, f, target.kind, request)
     {
-        return with_cors(redirect, cross.as_ref(), config.hsts);
+        return Admission::Answered(with_cors(redirect, cross.as_ref(), config.hsts));
     }
-    let response = next(request).await;
-    with_cors(response, cross.as_ref(), config.hsts)
+    Admission::Admitted(Admitted { cross })
+}
+
+/// The guard on the way out: the CORS headers of an admitted cross-origin request,
+/// and HSTS.
+pub fn answer(state: &AppState, response: Response, admitted: Admitted) -> Response {
+    with_cors(response, admitted.cross.as_ref(), state.gw.guard.hsts)
 }
 
 /// A browser navigation that reached this gateway under another loopback name

@@ -22,18 +22,21 @@ pub use listen::{Server, serve};
 
 use crate::error::not_found;
 use crate::gateway::{AppState, Target, TargetKind};
+use crate::telemetry::scope::InRequest;
 
 /// The whole browser-facing application: the phases every request goes through, in
 /// order, then the `/bff` router, the health checks, an API route or the SPA's files.
 ///
-/// The phases are plain function calls inside one future, not `from_fn` layers (which
-/// box a future and clone the state and the inner service per layer per request):
+/// The phases are plain function calls before and after one future, the handler's:
+/// not `from_fn` layers (which box a future and clone the state and the inner service
+/// per layer per request), nor futures around futures (each of which keeps its own
+/// copy of the request, and the whole is copied into hyper's task per request):
 /// 1. (feature `otel`) the OpenTelemetry server span (`request::otel`);
 /// 2. the request id, the request's log fields (`telemetry::scope`) and the metrics
-///    (`request::around`) — they see every answer, refusals included;
+///    (`request::begin` and `request::end`) — they see every answer, refusals included;
 /// 3. methods and `Host` refused before anything else, nosniff on every answer
-///    (`security::headers::around`);
-/// 4. the guard (`guard::guard`);
+///    (`security::headers::check_request` and `nosniff`);
+/// 4. the guard (`guard::admit` and `guard::answer`);
 /// 5. the handler: an API route's request goes straight to [`dispatch_to`] (its
 ///    [`Target`] is already decided); everything else goes through the router.
 ///
@@ -81,12 +84,19 @@ pub fn app(state: AppState) -> App {
 
 impl App {
     /// Serves one request through every phase (see [`App`]).
+    #[cfg(feature = "otel")]
     pub async fn serve(self, request: Request) -> Response {
-        #[cfg(feature = "otel")]
         if crate::telemetry::otel::enabled() {
             return self.serve_traced(request).await;
         }
         self.serve_logged(request).await
+    }
+
+    /// Serves one request through every phase (see [`App`]). Not a future around
+    /// [`Self::serve_logged`]'s, which would keep another copy of the request.
+    #[cfg(not(feature = "otel"))]
+    pub fn serve(self, request: Request) -> impl Future<Output = Response> + Send {
+        self.serve_logged(request)
     }
 
     /// Phase 1: the OpenTelemetry server span around the other phases.
@@ -108,19 +118,32 @@ impl App {
         crate::telemetry::otel::serve(request, |r| self.serve_logged(r), &route, trusted).await
     }
 
-    /// Phases 2 to 5.
-    async fn serve_logged(self, request: Request) -> Response {
+    /// Phases 2 to 5: each phase's way in and way out are plain calls around one
+    /// future (see `request::begin`), the handler's.
+    async fn serve_logged(self, mut request: Request) -> Response {
         let AppInner { state, router, .. } = &*self.inner;
-        request::around(state, request, |request, target| async move {
-            crate::security::headers::around(request, |request| {
-                guard::guard(state, request, &target, |request| {
-                    handle(state, router, &target, request)
-                })
-            })
-            .await
-        })
-        .await
+        let (begun, target, fields) = request::begin(state, &mut request);
+        let mut response =
+            InRequest::new(Some(fields), phases(state, router, &target, request)).await;
+        request::end(begun, &mut response);
+        response
     }
+}
+
+/// Phases 3 to 5, inside the request's log fields.
+async fn phases(state: &AppState, router: &Router, target: &Target, request: Request) -> Response {
+    let mut response = match crate::security::headers::check_request(&request) {
+        Err(e) => e.into_response(),
+        Ok(()) => match guard::admit(state, &request, target) {
+            guard::Admission::Answered(answer) => answer,
+            guard::Admission::Admitted(admitted) => {
+                let response = handle(state, router, target, request).await;
+                guard::answer(state, response, admitted)
+            }
+        },
+    };
+    crate::security::headers::nosniff(&mut response);
+    response
 }
 
 impl tower::Service<Request> for App {

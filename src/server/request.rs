@@ -12,12 +12,13 @@
 use std::time::Instant;
 
 use axum::extract::Request;
+use axum::http::HeaderValue;
 use axum::response::Response;
 
 use crate::gateway::{AppState, Target};
-use crate::telemetry::X_REQUEST_ID;
 use crate::telemetry::request::{acceptable_id, generate_id, record};
-use crate::telemetry::scope::{InRequest, RequestFields};
+use crate::telemetry::scope::RequestFields;
+use crate::telemetry::{Endpoint, X_REQUEST_ID};
 
 /// Whether the request comes from a trusted proxy (whose request id and trace
 /// context are believed).
@@ -28,15 +29,24 @@ pub(super) fn from_trusted_proxy(state: &AppState, request: &Request) -> bool {
     )
 }
 
-/// The request id, span and metrics phase, outermost (see [`super::App`]): `inner`
-/// serves the request, with its [`Target`], inside the request's span.
-pub async fn around<F, Fut>(state: &AppState, mut request: Request, inner: F) -> Response
-where
-    F: FnOnce(Request, Target) -> Fut,
-    Fut: Future<Output = Response>,
-{
+/// What [`begin`] measured and decided, for [`end`].
+pub struct Begun {
+    started: Instant,
+    id: HeaderValue,
+    label: &'static str,
+    endpoint: Endpoint,
+}
+
+/// The request id, log fields and metrics phase, outermost (see [`super::App`]), on
+/// the way in: the clock started, the request id set on the request, its [`Target`]
+/// decided, and the fields every line logged while serving it carries (never its
+/// query). Plain functions around the one future that serves the request (not a
+/// future wrapping another): a request's future is moved by `memcpy` on its way into
+/// hyper's connection task, and each async layer that takes the request by value
+/// keeps a copy of it in its state.
+pub fn begin(state: &AppState, request: &mut Request) -> (Begun, Target, RequestFields) {
     let started = Instant::now();
-    let trusted = from_trusted_proxy(state, &request);
+    let trusted = from_trusted_proxy(state, request);
     let id = request
         .headers()
         .get(&X_REQUEST_ID)
@@ -46,13 +56,26 @@ where
     request
         .headers_mut()
         .insert(X_REQUEST_ID.clone(), id.clone());
-    let target = Target::of(&state.gw, &mut request);
-    let (label, endpoint) = (target.label(), target.endpoint());
-
-    // Every line logged while serving it names the request (never its query).
+    let target = Target::of(&state.gw, request);
     let fields = RequestFields::new(id.clone(), request.method().clone(), request.uri());
-    let mut response = InRequest::new(Some(fields), inner(request, target)).await;
-    record(label, endpoint, &response, started.elapsed());
-    response.headers_mut().insert(X_REQUEST_ID.clone(), id);
+    let begun = Begun {
+        started,
+        id,
+        label: target.label(),
+        endpoint: target.endpoint(),
+    };
+    (begun, target, fields)
+}
+
+/// The same phase on the way out: the metrics recorded, the request id on the answer.
+pub fn end(begun: Begun, response: &mut Response) {
+    record(
+        begun.label,
+        begun.endpoint,
+        response,
+        begun.started.elapsed(),
+    );
     response
+        .headers_mut()
+        .insert(X_REQUEST_ID.clone(), begun.id);
 }

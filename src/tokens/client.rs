@@ -52,6 +52,17 @@ impl ClientSlot {
         if let Some(c) = self.cached().filter(|c| Instant::now() < c.refresh_at) {
             return Ok(c.header);
         }
+        // Boxed: the provider call's future is large, and the cached answer above is
+        // what nearly every request takes (see `proxy::proxy`).
+        Box::pin(self.obtain(oidc, refresh_before)).await
+    }
+
+    /// The token from the provider, one fetch at a time.
+    async fn obtain(
+        &self,
+        oidc: &Oidc,
+        refresh_before: std::time::Duration,
+    ) -> Result<HeaderValue, ApiError> {
         let _one_fetch = self.fetch.lock().await;
         if let Some(c) = self.cached().filter(|c| Instant::now() < c.refresh_at) {
             return Ok(c.header);

@@ -158,7 +158,7 @@ async fn send(
         request.headers_mut().insert(header::HOST, host);
     }
     origin_form(request.uri_mut());
-    let key: Key = (false, authority);
+    let key = Key::new(false, authority);
     if let Some(mut sender) = pool::checkout(&key, settings) {
         match sender.try_send_request(request).await {
             Ok(response) => return Ok(answer(response, sender, key, settings)),
@@ -170,7 +170,9 @@ async fn send(
             },
         }
     }
-    let mut sender = connect(&key.1).await?;
+    // Boxed: connecting (resolution, TCP, handshake) is rare next to a pooled
+    // connection, and its future would make every request's larger (see `proxy::proxy`).
+    let mut sender = Box::pin(connect(key.authority())).await?;
     match sender.try_send_request(request).await {
         Ok(response) => Ok(answer(response, sender, key, settings)),
         Err(e) => Err(UpstreamError::Send(e.into_error())),

@@ -135,7 +135,7 @@ async fn fetch(client: &UpstreamClient, url: &str) -> Result<(u16, String), Stri
 }
 
 fn key(upstream: &Upstream) -> Key {
-    (
+    Key::new(
         false,
         format!("127.0.0.1:{}", upstream.port).parse().unwrap(),
     )
