@@ -29,8 +29,8 @@ pub struct Admitted {
     cross: Option<HeaderValue>,
 }
 
-/// The guard (see the module docs) on the way in, for the request's `target`. A plain function, not a future around the
-/// handler's (see `server::request::begin`).
+/// The guard (see the module docs) on the way in, for the request's `target`: a plain
+/// function, not a future around the handler's (see `server::request::begin`).
 pub fn admit(state: &AppState, request: &Request, target: &Target) -> Admission {
     let gw = &state.gw;
     let config = &gw.guard;

@@ -125,7 +125,7 @@ impl App {
         let (begun, target, fields) = request::begin(state, &mut request);
         let mut response =
             InRequest::new(Some(fields), phases(state, router, &target, request)).await;
-        request::end(begun, &mut response);
+        request::end(begun, &target, &mut response);
         response
     }
 }

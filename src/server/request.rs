@@ -16,9 +16,9 @@ use axum::http::HeaderValue;
 use axum::response::Response;
 
 use crate::gateway::{AppState, Target};
+use crate::telemetry::X_REQUEST_ID;
 use crate::telemetry::request::{acceptable_id, generate_id, record};
 use crate::telemetry::scope::RequestFields;
-use crate::telemetry::{Endpoint, X_REQUEST_ID};
 
 /// Whether the request comes from a trusted proxy (whose request id and trace
 /// context are believed).
@@ -33,8 +33,6 @@ pub(super) fn from_trusted_proxy(state: &AppState, request: &Request) -> bool {
 pub struct Begun {
     started: Instant,
     id: HeaderValue,
-    label: &'static str,
-    endpoint: Endpoint,
 }
 
 /// The request id, log fields and metrics phase, outermost (see [`super::App`]), on
@@ -58,23 +56,14 @@ pub fn begin(state: &AppState, request: &mut Request) -> (Begun, Target, Request
         .insert(X_REQUEST_ID.clone(), id.clone());
     let target = Target::of(&state.gw, request);
     let fields = RequestFields::new(id.clone(), request.method().clone(), request.uri());
-    let begun = Begun {
-        started,
-        id,
-        label: target.label(),
-        endpoint: target.endpoint(),
-    };
-    (begun, target, fields)
+    (Begun { started, id }, target, fields)
 }
 
-/// The same phase on the way out: the metrics recorded, the request id on the answer.
-pub fn end(begun: Begun, response: &mut Response) {
-    record(
-        begun.label,
-        begun.endpoint,
-        response,
-        begun.started.elapsed(),
-    );
+/// The same phase on the way out, for the request's `target`: the metrics recorded,
+/// the request id on the answer.
+pub fn end(begun: Begun, target: &Target, response: &mut Response) {
+    let took = begun.started.elapsed();
+    record(target.label(), target.endpoint(), response, took);
     response
         .headers_mut()
         .insert(X_REQUEST_ID.clone(), begun.id);
