@@ -229,33 +229,67 @@ const PROXY_SET_PREFIXES: &[&str] = &[
 /// and the prefixes of [`PROXY_SET_PREFIXES`]. An application's own headers
 /// (`X-Payment-Method`, `X-Hostname`, `X-Client-Version`) pass.
 pub fn is_proxy_set(name: &str) -> bool {
-    name.contains('_')
+    let b = name.as_bytes();
+    b.contains(&b'_')
         || matches!(
             name,
             "forwarded" | "client-ip" | "x-host" | "x-http-host" | "x-http-method" | "x-method"
         )
-        || name.ends_with("-ip")
-        || name.ends_with("-ipv6")
+        || b.ends_with(b"-ip")
+        || b.ends_with(b"-ipv6")
         || has(name, b"method-override")
         || has(name, b"client-cert")
         || has(name, b"clientcert")
-        || (name
-            .as_bytes()
-            .first()
-            .is_some_and(|&b| PREFIX_FIRST_BYTES[usize::from(b)])
-            && PROXY_SET_PREFIXES.iter().any(|p| name.starts_with(p)))
+        || has_proxy_set_prefix(b)
 }
 
-/// Per byte, whether one of [`PROXY_SET_PREFIXES`] starts with it (derived from the
-/// list at compile time): a name starting otherwise has none of them (most names).
-const PREFIX_FIRST_BYTES: [bool; 256] = {
-    let mut first = [false; 256];
+/// Does `name` start with one of [`PROXY_SET_PREFIXES`]? Only the prefixes that share
+/// its [`prefix_slot`] are compared (usually none or one, instead of all 33).
+fn has_proxy_set_prefix(name: &[u8]) -> bool {
+    let Some(slot) = prefix_slot(name) else {
+        return false;
+    };
+    let mut candidates = PREFIXES_BY_SLOT[slot];
+    while candidates != 0 {
+        let i = candidates.trailing_zeros() as usize;
+        if name.starts_with(PROXY_SET_PREFIXES[i].as_bytes()) {
+            return true;
+        }
+        candidates &= candidates - 1;
+    }
+    false
+}
+
+/// Which slot of [`PREFIXES_BY_SLOT`] `bytes` (a name, or a prefix) falls in: its third
+/// byte after `x-`, else its first. A name starting with a prefix falls in the prefix's
+/// slot (no prefix is `x` or `x-` itself, which the table's construction checks).
+const fn prefix_slot(bytes: &[u8]) -> Option<usize> {
+    match bytes {
+        [b'x', b'-', third, ..] => Some(256 + *third as usize),
+        [first, ..] => Some(*first as usize),
+        [] => None,
+    }
+}
+
+/// Per [`prefix_slot`], the indexes in [`PROXY_SET_PREFIXES`] of the prefixes in that
+/// slot, as bits (derived from the list at compile time).
+const PREFIXES_BY_SLOT: [u64; 512] = {
+    assert!(PROXY_SET_PREFIXES.len() <= 64);
+    let mut table = [0u64; 512];
     let mut i = 0;
     while i < PROXY_SET_PREFIXES.len() {
-        first[PROXY_SET_PREFIXES[i].as_bytes()[0] as usize] = true;
+        let p = PROXY_SET_PREFIXES[i].as_bytes();
+        assert!(
+            !matches!(p, [b'x'] | [b'x', b'-']),
+            "a prefix `x` or `x-` would need every `x-` slot"
+        );
+        match prefix_slot(p) {
+            Some(slot) => table[slot] |= 1 << i,
+            None => panic!("an empty prefix"),
+        }
         i += 1;
     }
-    first
+    table
 };
 
 /// `name` contains `part` (names are short: a plain window search beats `str::contains`'s
@@ -723,6 +757,55 @@ mod tests {
         ] {
             assert!(!is_proxy_set(name), "{name}");
         }
+    }
+
+    #[test]
+    fn the_indexed_prefix_check_agrees_with_the_whole_list() {
+        let whole = |name: &[u8]| {
+            PROXY_SET_PREFIXES
+                .iter()
+                .any(|p| name.starts_with(p.as_bytes()))
+        };
+        let mut names: Vec<Vec<u8>> = vec![
+            b"".to_vec(),
+            b"x".to_vec(),
+            b"x-".to_vec(),
+            b"xy".to_vec(),
+            b"x-a".to_vec(),
+            b"c".to_vec(),
+        ];
+        for p in PROXY_SET_PREFIXES {
+            let p = p.as_bytes();
+            names.push(p.to_vec());
+            names.push([p, b"anything"].concat());
+            // One byte short, and each byte changed in turn: none of these may match
+            // unless another prefix says so.
+            names.push(p[..p.len() - 1].to_vec());
+            for i in 0..p.len() {
+                let mut changed = [p, b"-x"].concat();
+                changed[i] = if changed[i] == b'q' { b'z' } else { b'q' };
+                names.push(changed);
+            }
+        }
+        // Every two-byte start and `x-` + every byte, then a common tail.
+        for a in 0..=255u8 {
+            names.push(vec![b'x', b'-', a, b'-', b'y']);
+            for b in [b'-', b'f', b's', b'x'] {
+                names.push(vec![a, b, b'-', b'z']);
+            }
+        }
+        let mut matched = 0;
+        for name in &names {
+            assert_eq!(
+                has_proxy_set_prefix(name),
+                whole(name),
+                "{}",
+                String::from_utf8_lossy(name)
+            );
+            matched += usize::from(whole(name));
+        }
+        // The comparison saw both answers, many times.
+        assert!(matched > 2 * PROXY_SET_PREFIXES.len(), "{matched}");
     }
 
     #[test]
