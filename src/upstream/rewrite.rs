@@ -55,7 +55,14 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages carry none, or only `Connection`: one look at the names decides,
     // instead of a lookup per hop-by-hop name.
-    if !headers.keys().any(is_hop_by_hop) {
+    let (mut connection_only, mut any) = (true, false);
+    for name in headers.keys() {
+        if is_hop_by_hop(name) {
+            any = true;
+            connection_only &= name == header::CONNECTION;
+        }
+    }
+    if !any {
         return;
     }
     let mut connection = headers.get_all(header::CONNECTION).iter();
@@ -65,6 +72,11 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
         if let Some(value) = headers.remove(header::CONNECTION) {
             for name in value.as_bytes().split(|&b| b == b',') {
                 let name = name.trim_ascii();
+                // A `Keep-Alive` header is hop-by-hop itself: if there is one, the
+                // rest below removes it (no lookup by this name needed).
+                if name.eq_ignore_ascii_case(b"keep-alive") {
+                    continue;
+                }
                 // By `&str`, looked up without an allocation (any casing; a name that
                 // isn't one finds nothing).
                 match std::str::from_utf8(name) {
@@ -89,6 +101,10 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
         headers.remove(header::CONNECTION);
+    }
+    if connection_only {
+        // `Connection` was the only hop-by-hop header, and it is gone.
+        return;
     }
     // The rest of [`is_hop_by_hop`]: `Proxy-*` (Proxy-Authorization, Proxy-Connection,
     // …) is for the proxy, never the upstream; a bare `Proxy` header is the "httpoxy"
@@ -460,6 +476,18 @@ mod tests {
     use super::*;
     use crate::config::TokenKind;
 
+    /// `Connection: <connection>`, an `x-secret` it may name and an `x-kept` it doesn't.
+    fn with_connection(connection: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_str(connection).unwrap(),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        h
+    }
+
     #[test]
     fn connection_named_headers_go_whatever_their_casing_or_spelling() {
         for connection in [
@@ -468,14 +496,8 @@ mod tests {
             " x-secret ,close",
             "X-SECRET",
         ] {
-            let mut h = HeaderMap::new();
-            h.insert(
-                header::CONNECTION,
-                HeaderValue::from_str(connection).unwrap(),
-            );
+            let mut h = with_connection(connection);
             h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-            h.insert("x-secret", HeaderValue::from_static("1"));
-            h.insert("x-kept", HeaderValue::from_static("1"));
             remove_hop_by_hop(&mut h);
             assert!(!h.contains_key(header::CONNECTION), "{connection}");
             assert!(!h.contains_key("keep-alive"), "{connection}");
@@ -485,6 +507,44 @@ mod tests {
                 "{connection}"
             );
             assert!(h.contains_key("x-kept"), "{connection}");
+        }
+    }
+
+    /// With `Connection` the only hop-by-hop header (an upstream's usual
+    /// `Connection: keep-alive`), what it names still goes, and nothing else does;
+    /// with another hop-by-hop header beside it, that goes too.
+    #[test]
+    fn a_lone_connection_header_still_removes_what_it_names() {
+        for connection in [
+            "keep-alive",
+            "Keep-Alive",
+            "keep-alive, x-secret",
+            "KEEP-ALIVE ,\tX-Secret ",
+            "close",
+            "x-secret, keep-alive",
+            "keep-alive,keep-alive",
+        ] {
+            for other in [
+                None,
+                Some("proxy-connection"),
+                Some("keep-alive"),
+                Some("upgrade"),
+            ] {
+                let mut h = with_connection(connection);
+                h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+                if let Some(other) = other {
+                    h.insert(other, HeaderValue::from_static("1"));
+                }
+                remove_hop_by_hop(&mut h);
+                let mut names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+                names.sort_unstable();
+                let secret = connection.to_ascii_lowercase().contains("x-secret");
+                let expected: Vec<&str> = ["content-type", "x-kept", "x-secret"]
+                    .into_iter()
+                    .filter(|n| !(secret && *n == "x-secret"))
+                    .collect();
+                assert_eq!(names, expected, "{connection} {other:?}");
+            }
         }
     }
 
