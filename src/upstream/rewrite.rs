@@ -847,7 +847,7 @@ mod tests {
                 names.push(changed);
             }
         }
-        // Every two-byte start and `x-` + every byte, then a common tail.
+        // Every first byte (with four second bytes), and `x-` + every byte, then a tail.
         for a in 0..=255u8 {
             names.push(vec![b'x', b'-', a, b'-', b'y']);
             for b in [b'-', b'f', b's', b'x'] {
