@@ -48,9 +48,14 @@ static SURROGATE_CONTROL: HeaderName = HeaderName::from_static("surrogate-contro
 /// Phase: the upstream's headers made safe to hand to the browser. `own` are every
 /// frontend's cookie names; `session` says whether the session's token went upstream.
 pub fn clean(headers: &mut HeaderMap, route: &Route, own: &[String], session: bool) {
+    // Taken before anything is removed: a name seen here may be gone by the time it is
+    // looked at (the lookup then finds nothing); a name not seen is not there.
+    let present = Present::of(headers);
     crate::upstream::rewrite::clean_response(headers);
-    drop_own_set_cookies(headers, own, route.label);
-    if headers.contains_key(&CLEAR_SITE_DATA) && clears_cookies(headers) {
+    if present.set_cookie {
+        drop_own_set_cookies(headers, own, route.label);
+    }
+    if present.clear_site_data && clears_cookies(headers) {
         tracing::warn!(
             route = route.label,
             "dropped an upstream Clear-Site-Data that would delete Portcullis's cookies"
@@ -58,10 +63,10 @@ pub fn clean(headers: &mut HeaderMap, route: &Route, own: &[String], session: bo
         headers.remove(&CLEAR_SITE_DATA);
     }
     if session {
-        make_private(headers);
+        make_private(headers, present);
     }
     if matches!(route.token, TokenKind::UserOrNone | TokenKind::UserOrClient) || session {
-        vary_on_cookie(headers);
+        vary_on_cookie(headers, present);
     }
     if route.html_sandbox && is_document(headers) {
         headers.append(
@@ -69,6 +74,50 @@ pub fn clean(headers: &mut HeaderMap, route: &Route, own: &[String], session: bo
             HeaderValue::from_static(SANDBOX_CSP),
         );
     }
+}
+
+/// Which of the names [`clean`] acts on an answer carries, from one pass over its
+/// names: an upstream's answer usually carries none of them, and a lookup by name
+/// (hash and probe) per name cost more than the pass.
+#[derive(Clone, Copy)]
+struct Present {
+    set_cookie: bool,
+    clear_site_data: bool,
+    cache_control: bool,
+    /// A CDN-targeted cache control (`Surrogate-Control`, `*CDN-Cache-Control`).
+    cdn_control: bool,
+    vary: bool,
+}
+
+impl Present {
+    fn of(headers: &HeaderMap) -> Self {
+        let mut p = Self {
+            set_cookie: false,
+            clear_site_data: false,
+            cache_control: false,
+            cdn_control: false,
+            vary: false,
+        };
+        for name in headers.keys() {
+            if name == header::SET_COOKIE {
+                p.set_cookie = true;
+            } else if name == header::CACHE_CONTROL {
+                p.cache_control = true;
+            } else if name == header::VARY {
+                p.vary = true;
+            } else if name == CLEAR_SITE_DATA {
+                p.clear_site_data = true;
+            } else if is_cdn_control(name) {
+                p.cdn_control = true;
+            }
+        }
+        p
+    }
+}
+
+/// A CDN-targeted cache control (RFC 9213), which overrides `Cache-Control` at the CDN.
+fn is_cdn_control(name: &HeaderName) -> bool {
+    name == SURROGATE_CONTROL || name.as_str().ends_with("cdn-cache-control")
 }
 
 /// The name a `Set-Cookie` value sets, as a browser reads it: before the first `=` of
@@ -185,15 +234,20 @@ fn is_bare_private(d: &str) -> bool {
 
 static PRIVATE: HeaderValue = HeaderValue::from_static("private");
 
-fn make_private(headers: &mut HeaderMap) {
-    // CDN-targeted controls (RFC 9213) override Cache-Control at the CDN.
-    let cdn_control =
-        |k: &HeaderName| k == SURROGATE_CONTROL || k.as_str().ends_with("cdn-cache-control");
-    if headers.keys().any(cdn_control) {
-        let cdn: Vec<HeaderName> = headers.keys().filter(|k| cdn_control(k)).cloned().collect();
+fn make_private(headers: &mut HeaderMap, present: Present) {
+    if present.cdn_control {
+        let cdn: Vec<HeaderName> = headers
+            .keys()
+            .filter(|k| is_cdn_control(k))
+            .cloned()
+            .collect();
         for k in cdn {
             headers.remove(k);
         }
+    }
+    if !present.cache_control {
+        headers.insert(header::CACHE_CONTROL, PRIVATE.clone());
+        return;
     }
     let values = headers.get_all(header::CACHE_CONTROL);
     let mut iter = values.iter();
@@ -226,13 +280,14 @@ fn make_private(headers: &mut HeaderMap) {
 
 static COOKIE_VARY: HeaderValue = HeaderValue::from_static("Cookie");
 
-fn vary_on_cookie(headers: &mut HeaderMap) {
-    let covered = headers.get_all(header::VARY).iter().any(|v| {
-        v.as_bytes()
-            .split(|&b| b == b',')
-            .map(<[u8]>::trim_ascii)
-            .any(|f| f == b"*" || f.eq_ignore_ascii_case(b"cookie"))
-    });
+fn vary_on_cookie(headers: &mut HeaderMap, present: Present) {
+    let covered = present.vary
+        && headers.get_all(header::VARY).iter().any(|v| {
+            v.as_bytes()
+                .split(|&b| b == b',')
+                .map(<[u8]>::trim_ascii)
+                .any(|f| f == b"*" || f.eq_ignore_ascii_case(b"cookie"))
+        });
     if !covered {
         headers.append(header::VARY, COOKIE_VARY.clone());
     }
@@ -313,12 +368,107 @@ mod tests {
         }
     }
 
+    /// `headers` as [`clean`] leaves a session's answer on a `user` route.
+    fn cleaned(headers: &mut HeaderMap) {
+        let route = crate::upstream::test_route("/api", "http://up:1", false, TokenKind::User);
+        clean(headers, &route, &own(), true);
+    }
+
+    #[test]
+    fn an_answer_is_cleaned_whatever_it_carries_and_wherever_it_names_it() {
+        // Each case: the upstream's headers, then the names and values left.
+        type Lines = &'static [(&'static str, &'static str)];
+        let cases: &[(Lines, Lines)] = &[
+            // The usual answer: nothing to drop; private, Vary: Cookie.
+            (
+                &[
+                    ("content-type", "application/json"),
+                    ("content-length", "2"),
+                ],
+                &[
+                    ("cache-control", "private"),
+                    ("content-length", "2"),
+                    ("content-type", "application/json"),
+                    ("vary", "Cookie"),
+                ],
+            ),
+            // Everything at once, in other casings, beside lines that stay.
+            (
+                &[
+                    ("content-type", "application/json"),
+                    ("Set-Cookie", "__HOST-portcullis=planted; Path=/"),
+                    ("set-cookie", "theme=dark"),
+                    ("Clear-Site-Data", "\"cache\", \"COOKIES\""),
+                    ("Cache-Control", "public, max-age=60"),
+                    ("VARY", "Accept"),
+                    ("Surrogate-Control", "max-age=600"),
+                    ("Fastly-CDN-Cache-Control", "max-age=600"),
+                ],
+                &[
+                    ("cache-control", "private, max-age=60"),
+                    ("content-type", "application/json"),
+                    ("set-cookie", "theme=dark"),
+                    ("vary", "Accept"),
+                    ("vary", "Cookie"),
+                ],
+            ),
+            // A Clear-Site-Data that spares cookies stays; a Vary that covers Cookie is
+            // enough; a private Cache-Control is kept as it is.
+            (
+                &[
+                    ("content-type", "application/json"),
+                    ("clear-site-data", "\"cache\""),
+                    ("vary", "accept, cookie"),
+                    ("cache-control", "no-store"),
+                ],
+                &[
+                    ("cache-control", "no-store"),
+                    ("clear-site-data", "\"cache\""),
+                    ("content-type", "application/json"),
+                    ("vary", "accept, cookie"),
+                ],
+            ),
+            // Headers the upstream's Connection names go first; what is left of the
+            // rest is still made safe.
+            (
+                &[
+                    ("content-type", "application/json"),
+                    ("connection", "keep-alive, cache-control, vary, set-cookie"),
+                    ("cache-control", "public"),
+                    ("vary", "Cookie"),
+                    ("set-cookie", "__Host-portcullis=planted"),
+                ],
+                &[
+                    ("cache-control", "private"),
+                    ("content-type", "application/json"),
+                    ("vary", "Cookie"),
+                ],
+            ),
+        ];
+        for (given, left) in cases {
+            let mut h = HeaderMap::new();
+            for (name, value) in *given {
+                h.append(
+                    HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                    HeaderValue::from_str(value).unwrap(),
+                );
+            }
+            cleaned(&mut h);
+            let mut got: Vec<(&str, &str)> = h
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.to_str().unwrap()))
+                .collect();
+            got.sort_unstable();
+            assert_eq!(got, *left, "{given:?}");
+        }
+    }
+
     fn cc(values: &[&str]) -> String {
         let mut h = HeaderMap::new();
         for v in values {
             h.append(header::CACHE_CONTROL, HeaderValue::from_str(v).unwrap());
         }
-        make_private(&mut h);
+        cleaned(&mut h);
         let all: Vec<_> = h
             .get_all(header::CACHE_CONTROL)
             .iter()
@@ -358,10 +508,11 @@ mod tests {
         );
         h.insert("surrogate-control", HeaderValue::from_static("max-age=600"));
         h.insert("x-kept", HeaderValue::from_static("1"));
-        make_private(&mut h);
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        cleaned(&mut h);
         let mut names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         names.sort_unstable();
-        assert_eq!(names, ["cache-control", "x-kept"]);
+        assert_eq!(names, ["cache-control", "content-type", "vary", "x-kept"]);
     }
 
     #[test]
@@ -371,7 +522,7 @@ mod tests {
             for v in values {
                 h.append(header::VARY, HeaderValue::from_str(v).unwrap());
             }
-            vary_on_cookie(&mut h);
+            cleaned(&mut h);
             h.get_all(header::VARY)
                 .iter()
                 .map(|v| v.to_str().unwrap().to_owned())

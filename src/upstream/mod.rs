@@ -16,4 +16,6 @@ pub mod tls;
 mod path_tests;
 
 pub use client::{ProtocolClients, UpstreamBody, UpstreamClient, UpstreamError, client};
+#[cfg(test)]
+pub(crate) use routes::test_route;
 pub use routes::{Route, RouteTable, UpstreamProtocol, WebSocketPolicy};

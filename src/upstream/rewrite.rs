@@ -130,10 +130,9 @@ pub fn rewrite_request(
     parts.uri = upstream_uri(&parts.uri, route)?;
     parts.version = axum::http::Version::HTTP_11;
     let headers = &mut parts.headers;
-    // The upstream's Host is its own (set last, so no header of the browser's can
-    // take it away); the browser's is not the public origin's (a client chooses it
+    // The upstream's Host is its own (set last, below, so no header of the browser's
+    // can take it away); the browser's is not the public origin's (a client chooses it
     // freely), so it goes nowhere, not even into X-Forwarded-Host.
-    headers.remove(header::HOST);
     // `TE: trailers` says the client takes trailers: gRPC needs it end to end, and it is
     // the only `TE` HTTP/2 allows. Kept for upstreams that may speak HTTP/2; to an
     // `http://` (HTTP/1.1) upstream `TE` is hop-by-hop like any other, and dropped.
@@ -142,10 +141,12 @@ pub fn rewrite_request(
     if trailers {
         headers.insert(header::TE, TRAILERS.clone());
     }
-    headers.remove(header::AUTHORIZATION);
     strip_own_cookies(headers, &config.own_cookies);
-    if let Some(token) = token {
-        headers.insert(header::AUTHORIZATION, token);
+    // The browser's `Authorization` never goes upstream: the route's token replaces
+    // every line of it (`insert` drops them all), or it goes.
+    match token {
+        Some(token) => drop(headers.insert(header::AUTHORIZATION, token)),
+        None => drop(headers.remove(header::AUTHORIZATION)),
     }
 
     let trusted = crate::security::is_trusted_proxy(&config.trusted_proxies, peer);
@@ -159,14 +160,20 @@ pub fn rewrite_request(
         }
     } else {
         remove_proxy_set(headers);
-        append_forwarded_for(headers, peer);
+        // The client's X-Forwarded-For went with the rest: the peer is the whole chain.
+        if let Some(v) = peer.and_then(peer_value) {
+            headers.insert(X_FORWARDED_FOR.clone(), v);
+        }
         headers.insert(X_FORWARDED_PROTO.clone(), config.public_proto.clone());
         headers.insert(X_FORWARDED_HOST.clone(), config.public_host.clone());
     }
     // An HTTP/1.1 `http://` upstream's, ready-made; the others' comes from the URI (by
     // the pooled client, or HTTP/2's `:authority`).
+    // (`insert` replaces every `Host` line the browser sent.)
     if route.protocol == super::UpstreamProtocol::Http1 {
         headers.insert(header::HOST, route.host.clone());
+    } else {
+        headers.remove(header::HOST);
     }
     Ok(())
 }
@@ -683,6 +690,58 @@ mod tests {
             match host {
                 Some(host) => assert_eq!(sent, [host], "{upstream}"),
                 None => assert!(sent.is_empty(), "{upstream}: {sent:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn every_line_of_the_browsers_host_authorization_and_forwarded_for_is_replaced_or_dropped() {
+        for upstream in ["http://up:1", "https://up:8443", "h2c://up:9"] {
+            for token in [Some("Bearer AT"), None] {
+                for peer in ["192.0.2.1", "10.1.2.3"] {
+                    let mut parts = axum::http::Request::builder()
+                        .uri("/api/x")
+                        .header("host", "evil.example")
+                        .header("Host", "evil2.example")
+                        .header("authorization", "Bearer from-browser")
+                        .header("Authorization", "Basic ZXZpbDpldmls")
+                        .header("x-forwarded-for", "6.6.6.6")
+                        .header("X-Forwarded-For", "7.7.7.7")
+                        .body(())
+                        .unwrap()
+                        .into_parts()
+                        .0;
+                    rewrite_request(
+                        &mut parts,
+                        &route("/api", upstream, false),
+                        token.map(HeaderValue::from_static),
+                        Some(peer.parse().unwrap()),
+                        &config(),
+                    )
+                    .unwrap();
+                    let h = &parts.headers;
+                    let all = |name: &str| -> Vec<&str> {
+                        h.get_all(name)
+                            .iter()
+                            .map(|v| v.to_str().unwrap())
+                            .collect()
+                    };
+                    let case = format!("{upstream} {token:?} from {peer}");
+                    let host: &[&str] = if upstream == "http://up:1" {
+                        &["up:1"]
+                    } else {
+                        &[]
+                    };
+                    assert_eq!(all("host"), host, "{case}");
+                    assert_eq!(all("authorization"), Vec::from_iter(token), "{case}");
+                    // Only a trusted proxy's (10.0.0.0/8) chain is kept.
+                    let chain = if peer == "10.1.2.3" {
+                        "6.6.6.6, 7.7.7.7, 10.1.2.3"
+                    } else {
+                        peer
+                    };
+                    assert_eq!(all("x-forwarded-for"), [chain], "{case}");
+                }
             }
         }
     }
