@@ -276,7 +276,7 @@ fn check_origin(
     if !own && !allowed {
         return refuse("a WebSocket handshake from a foreign origin refused (Origin)");
     }
-    if let Some(site) = headers.get("sec-fetch-site")
+    if let Some(site) = headers.get(&crate::security::SEC_FETCH_SITE)
         && !matches!(site.as_bytes(), b"same-origin" | b"none")
         && !allowed
     {

@@ -99,7 +99,7 @@ pub fn check_request_origin(
     headers: &HeaderMap,
     cross_allowed: bool,
 ) -> Result<(), ApiError> {
-    if let Some(site) = headers.get("sec-fetch-site") {
+    if let Some(site) = headers.get(&crate::security::SEC_FETCH_SITE) {
         let ok = matches!(site.as_bytes(), b"same-origin" | b"none") || cross_allowed;
         if !ok {
             return Err(ApiError::Csrf(

@@ -45,10 +45,11 @@ pub struct Begun {
 pub fn begin(state: &AppState, request: &mut Request) -> (Begun, Target, RequestFields) {
     let started = Instant::now();
     let trusted = from_trusted_proxy(state, request);
-    let id = request
-        .headers()
-        .get(&X_REQUEST_ID)
-        .filter(|v| trusted && acceptable_id(v.as_bytes()))
+    // Only a trusted proxy's id is looked at (no lookup for anyone else's).
+    let id = trusted
+        .then(|| request.headers().get(&X_REQUEST_ID))
+        .flatten()
+        .filter(|v| acceptable_id(v.as_bytes()))
         .cloned()
         .unwrap_or_else(generate_id);
     request
