@@ -142,6 +142,11 @@ pub fn rewrite_request(
         headers.insert(header::TE, TRAILERS.clone());
     }
     strip_own_cookies(headers, &config.own_cookies);
+    let trusted = crate::security::is_trusted_proxy(&config.trusted_proxies, peer);
+    if !trusted {
+        // Before the headers set below are added: fewer names to judge.
+        remove_proxy_set(headers);
+    }
     // The browser's `Authorization` never goes upstream: the route's token replaces
     // every line of it (`insert` drops them all), or it goes.
     match token {
@@ -149,7 +154,6 @@ pub fn rewrite_request(
         None => drop(headers.remove(header::AUTHORIZATION)),
     }
 
-    let trusted = crate::security::is_trusted_proxy(&config.trusted_proxies, peer);
     if trusted {
         append_forwarded_for(headers, peer);
         if !headers.contains_key(&X_FORWARDED_PROTO) {
@@ -159,7 +163,6 @@ pub fn rewrite_request(
             headers.insert(X_FORWARDED_HOST.clone(), config.public_host.clone());
         }
     } else {
-        remove_proxy_set(headers);
         // The client's X-Forwarded-For went with the rest: the peer is the whole chain.
         if let Some(v) = peer.and_then(peer_value) {
             headers.insert(X_FORWARDED_FOR.clone(), v);
@@ -385,9 +388,10 @@ fn peer_value(ip: IpAddr) -> Option<HeaderValue> {
 
 /// Removes the session and login-binding cookies (`own`) from `Cookie`, keeping the others.
 pub fn strip_own_cookies(headers: &mut HeaderMap, own: &[String]) {
-    if !headers.contains_key(header::COOKIE) {
+    let mut lines = headers.get_all(header::COOKIE).iter();
+    let (Some(_), single) = (lines.next(), lines.next().is_none()) else {
         return;
-    }
+    };
     let is_ours = |pair: &str| {
         let name = pair.split_once('=').map_or(pair, |(n, _)| n).trim();
         own.iter().any(|o| o == name)
@@ -414,7 +418,7 @@ pub fn strip_own_cookies(headers: &mut HeaderMap, own: &[String]) {
             kept.push_str(pair);
         }
     }
-    if !any_ours && headers.get_all(header::COOKIE).iter().count() == 1 {
+    if !any_ours && single {
         return;
     }
     headers.remove(header::COOKIE);
@@ -743,6 +747,41 @@ mod tests {
                     assert_eq!(all("x-forwarded-for"), [chain], "{case}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn own_cookies_are_stripped_from_every_cookie_line() {
+        let own = config().own_cookies;
+        // The browser's Cookie lines, then the lines sent upstream.
+        let cases: &[(&[&[u8]], &[&str])] = &[
+            (&[], &[]),
+            (&[b"theme=dark"], &["theme=dark"]),
+            (&[b"theme=dark;lang=en"], &["theme=dark;lang=en"]),
+            (&[b"__Host-portcullis=s"], &[]),
+            (&[b" __Host-portcullis = s ; theme=dark"], &["theme=dark"]),
+            (&[b"theme=dark", b"lang=en"], &["theme=dark; lang=en"]),
+            (
+                &[b"theme=dark", b"__Host-portcullis-login=b; lang=en"],
+                &["theme=dark; lang=en"],
+            ),
+            (&[b"__Host-portcullis=s", b"__Host-portcullis-login=b"], &[]),
+            // Unreadable: dropped, not forwarded uninspected.
+            (&[b"theme=dark", b"x=\xff"], &["theme=dark"]),
+            (&[b"x=\xff"], &[]),
+        ];
+        for (lines, sent) in cases {
+            let mut h = HeaderMap::new();
+            for line in *lines {
+                h.append(header::COOKIE, HeaderValue::from_bytes(line).unwrap());
+            }
+            strip_own_cookies(&mut h, &own);
+            let got: Vec<&str> = h
+                .get_all(header::COOKIE)
+                .iter()
+                .map(|v| v.to_str().unwrap())
+                .collect();
+            assert_eq!(got, *sent, "{lines:?}");
         }
     }
 
