@@ -28,7 +28,9 @@
 //! **Framing** (HTTP/1.1): [`Guarded`] also reads every request head as it passes
 //! (the same parser as hyper, `httparse`), because hyper resolves a request with
 //! both `Content-Length` and `Transfer-Encoding` itself (it drops the length) and
-//! the handlers can no longer see that the framing was ambiguous. Such a request is
+//! the handlers can no longer see that the framing was ambiguous (a head none of
+//! whose lines starts with either name is only measured, to its first empty line, not
+//! parsed: see [`unframed_head_len`]). Such a request is
 //! marked ([`AmbiguousFraming`](crate::security::guard::AmbiguousFraming)) and refused by the guard, and the
 //! connection is closed. The inspector follows `Content-Length` bodies; after a
 //! chunked request it stops, and that request's answer closes the connection, so
