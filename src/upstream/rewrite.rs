@@ -521,6 +521,43 @@ mod tests {
         }
     }
 
+    /// Every `Connection` line names headers, and every one goes, with or without other
+    /// hop-by-hop headers beside them.
+    #[test]
+    fn every_connection_line_removes_what_it_names() {
+        let cases: &[(&[&[u8]], bool)] = &[
+            (&[b"keep-alive", b"x-secret"], false),
+            (&[b"X-Secret", b"close"], false),
+            (&[b"close", b"keep-alive", b" x-secret , x-other"], false),
+            (&[b"x-other", b"x-secret"], true),
+            (&[b"keep-alive", b"x-\xff, x-secret"], true),
+        ];
+        for (lines, with_upgrade) in cases {
+            let mut h = HeaderMap::new();
+            for line in *lines {
+                h.append(header::CONNECTION, HeaderValue::from_bytes(line).unwrap());
+            }
+            h.insert("x-secret", HeaderValue::from_static("1"));
+            h.insert("x-other", HeaderValue::from_static("1"));
+            h.insert("x-kept", HeaderValue::from_static("1"));
+            if *with_upgrade {
+                h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            }
+            remove_hop_by_hop(&mut h);
+            let named_other = lines
+                .iter()
+                .any(|l| String::from_utf8_lossy(l).contains("x-other"));
+            let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+            left.sort_unstable();
+            let expected: &[&str] = if named_other {
+                &["x-kept"]
+            } else {
+                &["x-kept", "x-other"]
+            };
+            assert_eq!(left, expected, "{lines:?}");
+        }
+    }
+
     /// With `Connection` the only hop-by-hop header (an upstream's usual
     /// `Connection: keep-alive`), what it names still goes, and nothing else does;
     /// with another hop-by-hop header beside it, that goes too.
