@@ -79,7 +79,7 @@ pub fn clean(headers: &mut HeaderMap, route: &Route, own: &[String], session: bo
 /// Which of the names [`clean`] acts on an answer carries, from one pass over its
 /// names: an upstream's answer usually carries none of them, and a lookup by name
 /// (hash and probe) per name cost more than the pass.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 struct Present {
     set_cookie: bool,
     clear_site_data: bool,
@@ -91,13 +91,7 @@ struct Present {
 
 impl Present {
     fn of(headers: &HeaderMap) -> Self {
-        let mut p = Self {
-            set_cookie: false,
-            clear_site_data: false,
-            cache_control: false,
-            cdn_control: false,
-            vary: false,
-        };
+        let mut p = Self::default();
         for name in headers.keys() {
             if name == header::SET_COOKIE {
                 p.set_cookie = true;

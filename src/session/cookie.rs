@@ -21,17 +21,66 @@ use crate::config::SameSite as ConfigSameSite;
 /// Name of the login-binding cookie (without `[[frontends]]`).
 pub use crate::config::values::LOGIN_COOKIE;
 
-/// Finds the first cookie named `name` in the request's `Cookie` headers.
+/// Finds the first cookie named `name` in the request's `Cookie` headers: the value of
+/// the first `name=value` pair of any line, spaces and tabs around the name and the
+/// value and the value's surrounding `"` left out.
+///
+/// Read as bytes, pair by pair (`memchr` finds each `;`), rather than as `str` —
+/// which checks every byte of the line first. A value that is not visible ASCII (spaces and tabs inside allowed) is not
+/// returned, but another cookie's bytes outside it don't hide it: a browser that keeps
+/// a script's UTF-8 cookie beside the session's still sends a session.
+///
+/// `name` is a cookie name as the configuration allows (a token: no `=`, `;` or blank).
 pub fn find<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    debug_assert!(
+        !name.contains(['=', ';', ' ', '\t']),
+        "{name:?} is not a cookie name"
+    );
+    if name.is_empty() {
+        return None;
+    }
     headers
         .get_all(header::COOKIE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
+        .find_map(|line| in_line(line.as_bytes(), name.as_bytes()))
+}
+
+/// The value of the first pair named `name` in one `Cookie` line.
+fn in_line<'a>(line: &'a [u8], name: &[u8]) -> Option<&'a str> {
+    let after_blanks =
+        |b: &'a [u8]| &b[b.iter().take_while(|&&c| c == b' ' || c == b'\t').count()..];
+    pairs(line)
         .find_map(|pair| {
-            let (n, value) = pair.trim().split_once('=')?;
-            (n.trim() == name).then(|| value.trim().trim_matches('"'))
+            after_blanks(pair)
+                .strip_prefix(name)
+                .and_then(|after| after_blanks(after).strip_prefix(b"="))
         })
+        .and_then(|value| {
+            let quote = |c: &u8| *c == b'"';
+            let value = value.trim_ascii();
+            let value = &value[value.iter().take_while(|c| quote(c)).count()..];
+            let value = &value[..value.len() - value.iter().rev().take_while(|c| quote(c)).count()];
+            // Header bytes are visible ASCII, blanks or obs-text: ASCII is readable.
+            std::str::from_utf8(value).ok().filter(|v| v.is_ascii())
+        })
+}
+
+/// The `;`-separated parts of a `Cookie` line, as they are (`memchr` finds each `;`).
+pub fn pairs(line: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = Some(line);
+    std::iter::from_fn(move || {
+        let line = rest?;
+        Some(match memchr::memchr(b';', line) {
+            Some(end) => {
+                rest = Some(&line[end + 1..]);
+                &line[..end]
+            }
+            None => {
+                rest = None;
+                line
+            }
+        })
+    })
 }
 
 fn build(name: &str, value: &str, same_site: SameSite, max_age: Option<i64>) -> HeaderValue {
@@ -113,5 +162,96 @@ mod tests {
             HeaderValue::from_static(";;=;noequals; a = 5 "),
         );
         assert_eq!(find(&odd, "a"), Some("5"));
+    }
+
+    /// The reading `find` had before it searched bytes: every line as `str`, split into
+    /// pairs. It is the reference for every line it could read.
+    fn split_reference<'a>(lines: &[&'a str], name: &str) -> Option<&'a str> {
+        lines.iter().flat_map(|v| v.split(';')).find_map(|pair| {
+            let (n, value) = pair.trim().split_once('=')?;
+            (n.trim() == name).then(|| value.trim().trim_matches('"'))
+        })
+    }
+
+    #[test]
+    fn find_agrees_with_splitting_the_line_into_pairs_over_spellings() {
+        let name = "__Host-portcullis";
+        let names = [
+            name,
+            "__Host-portcullis-login",
+            "x__Host-portcullis",
+            "__Host-portculli",
+            "a",
+            "",
+        ];
+        let values = [
+            "v1",
+            "\"q\"",
+            "\"\"qq\"\"",
+            " sp ace ",
+            "a=b",
+            "",
+            name,
+            "=x",
+        ];
+        let joins = [";", "; ", " ;", ";\t", " ; ", ";;"];
+        let around = ["=", " =", "= ", "\t=\t"];
+        let mut pairs = Vec::new();
+        for n in names {
+            for v in values {
+                for a in around {
+                    pairs.push(format!("{n}{a}{v}"));
+                }
+            }
+        }
+        pairs.push("noequals".into());
+        pairs.push(name.to_owned());
+        pairs.push(format!("x={name}=inside"));
+        let mut checked = 0;
+        for (i, first) in pairs.iter().enumerate() {
+            for (j, second) in pairs.iter().enumerate().step_by(7) {
+                let join = joins[(i + j) % joins.len()];
+                let line = format!("{first}{join}{second}");
+                for lines in [vec![line.as_str()], vec![first.as_str(), second.as_str()]] {
+                    let mut h = HeaderMap::new();
+                    for l in &lines {
+                        h.append(header::COOKIE, HeaderValue::from_str(l).unwrap());
+                    }
+                    for n in [name, "a"] {
+                        assert_eq!(find(&h, n), split_reference(&lines, n), "{lines:?} {n}");
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert!(checked > 5_000, "{checked}");
+    }
+
+    #[test]
+    fn another_cookies_bytes_dont_hide_the_session_but_its_own_bytes_must_be_readable() {
+        let line = |bytes: &[u8]| {
+            let mut h = HeaderMap::new();
+            h.append(header::COOKIE, HeaderValue::from_bytes(bytes).unwrap());
+            h
+        };
+        let name = "__Host-portcullis";
+        let found = |bytes: &[u8]| find(&line(bytes), name).map(str::to_owned);
+        assert_eq!(
+            found("x=caf\u{e9}; __Host-portcullis=abc".as_bytes()).as_deref(),
+            Some("abc")
+        );
+        assert_eq!(
+            found(b"x=\xff; __Host-portcullis=abc; y=\x80").as_deref(),
+            Some("abc")
+        );
+        assert_eq!(found(b"__Host-portcullis=ab\xffc"), None);
+        assert_eq!(found(b"__Host-portcullis=\x80abc"), None);
+        assert_eq!(
+            found(b"__Host-portcullis=a b\tc").as_deref(),
+            Some("a b\tc")
+        );
+        // Not a name that starts a pair: after a byte that isn't `;` or blank.
+        assert_eq!(found(b"x\xff__Host-portcullis=abc"), None);
+        assert_eq!(found(b"\xff;__Host-portcullis=abc").as_deref(), Some("abc"));
     }
 }

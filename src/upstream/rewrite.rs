@@ -388,42 +388,46 @@ fn peer_value(ip: IpAddr) -> Option<HeaderValue> {
 
 /// Removes the session and login-binding cookies (`own`) from `Cookie`, keeping the others.
 pub fn strip_own_cookies(headers: &mut HeaderMap, own: &[String]) {
-    let mut lines = headers.get_all(header::COOKIE).iter();
-    let (Some(_), single) = (lines.next(), lines.next().is_none()) else {
-        return;
-    };
-    let is_ours = |pair: &str| {
-        let name = pair.split_once('=').map_or(pair, |(n, _)| n).trim();
-        own.iter().any(|o| o == name)
-    };
-    let mut kept = String::new();
-    let mut any_ours = false;
-    for value in headers.get_all(header::COOKIE) {
-        let Ok(value) = value.to_str() else {
-            any_ours = true; // unreadable: drop rather than forward something we can't inspect
-            continue;
+    // One lookup of the lines, for the count and the reading.
+    let kept = {
+        let lines = headers.get_all(header::COOKIE);
+        let mut count = lines.iter();
+        let (Some(_), single) = (count.next(), count.next().is_none()) else {
+            return;
         };
-        for pair in value.split(';') {
-            let pair = pair.trim();
-            if pair.is_empty() {
+        let mut kept = Vec::new();
+        let mut any_ours = false;
+        for value in &lines {
+            let line = value.as_bytes();
+            // A header value is visible ASCII, blanks or obs-text.
+            if !line.is_ascii() {
+                any_ours = true; // unreadable: drop rather than forward something we can't inspect
                 continue;
             }
-            if is_ours(pair) {
-                any_ours = true;
-                continue;
+            for pair in crate::session::cookie::pairs(line) {
+                let pair = pair.trim_ascii();
+                if pair.is_empty() {
+                    continue;
+                }
+                let name = memchr::memchr(b'=', pair).map_or(pair, |end| &pair[..end]);
+                if own.iter().any(|o| o.as_bytes() == name.trim_ascii()) {
+                    any_ours = true;
+                    continue;
+                }
+                if !kept.is_empty() {
+                    kept.extend_from_slice(b"; ");
+                }
+                kept.extend_from_slice(pair);
             }
-            if !kept.is_empty() {
-                kept.push_str("; ");
-            }
-            kept.push_str(pair);
         }
-    }
-    if !any_ours && single {
-        return;
-    }
+        if !any_ours && single {
+            return;
+        }
+        kept
+    };
     headers.remove(header::COOKIE);
     if !kept.is_empty()
-        && let Ok(v) = HeaderValue::try_from(kept)
+        && let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(kept))
     {
         headers.insert(header::COOKIE, v);
     }
@@ -787,6 +791,59 @@ mod tests {
         }
     }
 
+    /// What the own-cookie strip did before it read bytes: each line as `str`, split
+    /// into pairs, names compared after `str::trim`. The reference for readable lines.
+    fn strip_reference(lines: &[&str], own: &[String]) -> Option<String> {
+        let mut kept = Vec::new();
+        let mut any_ours = false;
+        for line in lines {
+            for pair in line.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+                let name = pair.split_once('=').map_or(pair, |(n, _)| n).trim();
+                if own.iter().any(|o| o == name) {
+                    any_ours = true;
+                } else {
+                    kept.push(pair);
+                }
+            }
+        }
+        if !any_ours && lines.len() == 1 {
+            return Some(lines[0].to_owned());
+        }
+        (!kept.is_empty()).then(|| kept.join("; "))
+    }
+
+    #[test]
+    fn the_own_cookie_strip_agrees_with_splitting_lines_into_pairs_over_spellings() {
+        let own = config().own_cookies;
+        let mut names: Vec<String> = own.clone();
+        names.extend(own.iter().map(|o| format!("x{o}")));
+        names.extend(own.iter().map(|o| format!("{o}x")));
+        names.extend(["theme".into(), "a".into(), String::new()]);
+        let values = ["v", "", "\"q\"", "a=b", "sp ace"];
+        let blanks = ["", " ", "\t", " \t "];
+        let mut pairs = Vec::new();
+        for (i, n) in names.iter().enumerate() {
+            for (j, v) in values.iter().enumerate() {
+                let b = blanks[(i + j) % blanks.len()];
+                pairs.push(format!("{b}{n}{b}={b}{v}{b}"));
+            }
+            pairs.push(n.clone());
+        }
+        let mut checked = 0;
+        for (i, first) in pairs.iter().enumerate() {
+            for second in pairs.iter().skip(i % 5).step_by(5) {
+                let joined = format!("{first};{second}");
+                for lines in [vec![joined.as_str()], vec![first.as_str(), second.as_str()]] {
+                    let bytes: Vec<&[u8]> = lines.iter().map(|l| l.as_bytes()).collect();
+                    let expected = strip_reference(&lines, &own);
+                    assert_eq!(cookies_sent(&bytes, &own), expected.as_slice(), "{lines:?}");
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 1_000, "{checked}");
+    }
+
     #[test]
     fn own_cookies_are_stripped_from_every_cookie_line() {
         let own = config().own_cookies;
@@ -808,18 +865,21 @@ mod tests {
             (&[b"x=\xff"], &[]),
         ];
         for (lines, sent) in cases {
-            let mut h = HeaderMap::new();
-            for line in *lines {
-                h.append(header::COOKIE, HeaderValue::from_bytes(line).unwrap());
-            }
-            strip_own_cookies(&mut h, &own);
-            let got: Vec<&str> = h
-                .get_all(header::COOKIE)
-                .iter()
-                .map(|v| v.to_str().unwrap())
-                .collect();
-            assert_eq!(got, *sent, "{lines:?}");
+            assert_eq!(cookies_sent(lines, &own), *sent, "{lines:?}");
         }
+    }
+
+    /// The `Cookie` lines sent upstream for the browser's `lines`.
+    fn cookies_sent(lines: &[&[u8]], own: &[String]) -> Vec<String> {
+        let mut h = HeaderMap::new();
+        for line in lines {
+            h.append(header::COOKIE, HeaderValue::from_bytes(line).unwrap());
+        }
+        strip_own_cookies(&mut h, own);
+        h.get_all(header::COOKIE)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect()
     }
 
     #[test]
