@@ -454,31 +454,40 @@ pub fn upstream_uri(uri: &Uri, route: &Route) -> Result<Uri, ApiError> {
     };
     crate::path::check(rest.as_bytes())
         .map_err(|why| ApiError::invalid(format!("invalid request path: {why}")))?;
-    // Exactly the length: a `String` with spare capacity would cost `PathAndQuery`
-    // (`Bytes::from`) a second allocation.
-    let slash = !rest.starts_with('/');
-    let mut pq = String::with_capacity(
-        route.base_path.len()
-            + usize::from(slash)
-            + rest.len()
-            + uri.query().map_or(0, |q| 1 + q.len()),
-    );
-    pq.push_str(&route.base_path);
-    if slash {
-        pq.push('/');
-    }
-    pq.push_str(rest);
-    if let Some(q) = uri.query() {
-        pq.push('?');
-        pq.push_str(q);
-    }
-    let pq = PathAndQuery::try_from(pq).map_err(|_| ApiError::invalid("invalid request path"))?;
+    let pq = match uri.path_and_query() {
+        // The upstream's path is the browser's (no base path, nothing stripped): the
+        // same bytes, shared, not copied and parsed again.
+        Some(pq) if route.base_path.is_empty() && !route.strip_prefix && rest.starts_with('/') => {
+            pq.clone()
+        }
+        _ => joined_path(rest, uri.query(), route)?,
+    };
     Uri::builder()
         .scheme(route.scheme.clone())
         .authority(route.authority.clone())
         .path_and_query(pq)
         .build()
         .map_err(|_| ApiError::invalid("invalid request path"))
+}
+
+/// The route's base path, `rest` and the query, in one exact allocation.
+fn joined_path(rest: &str, query: Option<&str>, route: &Route) -> Result<PathAndQuery, ApiError> {
+    // Exactly the length: a `String` with spare capacity would cost `PathAndQuery`
+    // (`Bytes::from`) a second allocation.
+    let slash = !rest.starts_with('/');
+    let mut pq = String::with_capacity(
+        route.base_path.len() + usize::from(slash) + rest.len() + query.map_or(0, |q| 1 + q.len()),
+    );
+    pq.push_str(&route.base_path);
+    if slash {
+        pq.push('/');
+    }
+    pq.push_str(rest);
+    if let Some(q) = query {
+        pq.push('?');
+        pq.push_str(q);
+    }
+    PathAndQuery::try_from(pq).map_err(|_| ApiError::invalid("invalid request path"))
 }
 
 /// Phase: clean the upstream's response headers.
@@ -630,6 +639,38 @@ mod tests {
         )
         .unwrap();
         parts
+    }
+
+    #[test]
+    fn a_route_without_base_path_or_strip_forwards_the_browsers_path_and_query_byte_for_byte() {
+        let shared = route("/api", "http://up:9100", false);
+        let based = route("/api", "http://up:9100/v1", false);
+        for path in [
+            "/api",
+            "/api/",
+            "/api/items/42",
+            "/api//a;b=1/%7e",
+            "/api/100%25/~u",
+        ] {
+            for query in ["", "?", "?a=1&b=%2F..%2F", "?../../etc", "?x=%00"] {
+                let uri: Uri = format!("{path}{query}").parse().unwrap();
+                let up = upstream_uri(&uri, &shared).unwrap();
+                assert_eq!(up.to_string(), format!("http://up:9100{path}{query}"));
+                // The same path and query after a base path (built, not shared).
+                let up = upstream_uri(&uri, &based).unwrap();
+                assert_eq!(up.to_string(), format!("http://up:9100/v1{path}{query}"));
+            }
+        }
+        // Checked before it is shared.
+        for refused in [
+            "/api/../admin",
+            "/api/%2e%2e/admin",
+            "/api/a%2fb",
+            "/api/a\\b",
+        ] {
+            let uri: Uri = refused.parse().unwrap();
+            assert!(upstream_uri(&uri, &shared).is_err(), "{refused} accepted");
+        }
     }
 
     #[test]
