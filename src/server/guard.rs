@@ -10,8 +10,8 @@ use crate::error::ApiError;
 use crate::frontend::Frontend;
 use crate::gateway::{AppState, Target, TargetKind};
 use crate::security::guard::{
-    AmbiguousFraming, GuardConfig, check_framing, check_request_origin, content_length, head_size,
-    is_loopback_name, preflight, with_cors,
+    AmbiguousFraming, GuardConfig, HeadFacts, check_framing, check_request_origin, content_length,
+    head_size, is_loopback_name, preflight, with_cors,
 };
 use crate::telemetry::Endpoint;
 
@@ -34,23 +34,22 @@ pub struct Admitted {
 pub fn admit(state: &AppState, request: &Request, target: &Target) -> Admission {
     let gw = &state.gw;
     let config = &gw.guard;
+    let head = HeadFacts::of(request.headers());
     let framing = match request.extensions().get::<AmbiguousFraming>() {
         Some(_) => Err(ApiError::invalid(
             "Content-Length together with Transfer-Encoding",
         )),
-        None => check_framing(request.headers()),
+        None => check_framing(&head),
     };
     if let Err(e) = framing {
         return Admission::Answered(framing_refused(e, request.version()));
     }
     // hyper's read buffer limit only bounds a head that arrives in pieces; this is exact.
-    if head_size(request) > config.max_head {
+    if head_size(request, &head) > config.max_head {
         return Admission::Answered(ApiError::HeadTooLarge.into_response());
     }
     let is_protected = protected(target, request.method());
-    let cross = config
-        .allowed_cross_origin(request.headers().get(header::ORIGIN))
-        .cloned();
+    let cross = config.allowed_cross_origin(head.origin).cloned();
 
     // CORS preflight.
     if request.method() == Method::OPTIONS
@@ -72,9 +71,7 @@ pub fn admit(state: &AppState, request: &Request, target: &Target) -> Admission 
         .frontend
         .as_ref()
         .map_or(config.public_origin.as_str(), |f| &f.origin_text);
-    if is_protected
-        && let Err(e) = check_request_origin(own_origin, request.headers(), cross.is_some())
-    {
+    if is_protected && let Err(e) = check_request_origin(own_origin, &head, cross.is_some()) {
         crate::security::audit_csrf_rejected(e.to_string().as_str());
         return Admission::Answered(with_cors(e.into_response(), cross.as_ref(), config.hsts));
     }
