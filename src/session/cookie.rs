@@ -25,10 +25,11 @@ pub use crate::config::values::LOGIN_COOKIE;
 /// the first `name=value` pair of any line, spaces and tabs around the name and the
 /// value and the value's surrounding `"` left out.
 ///
-/// Read as bytes, pair by pair (`memchr` finds each `;`), rather than as `str` —
-/// which checks every byte of the line first. A value that is not visible ASCII (spaces and tabs inside allowed) is not
-/// returned, but another cookie's bytes outside it don't hide it: a browser that keeps
-/// a script's UTF-8 cookie beside the session's still sends a session.
+/// Read as bytes, pair by pair (`memchr` finds each `;`), rather than as `str`, which
+/// checks every byte of the line first. A value that is not visible ASCII (spaces and
+/// tabs inside allowed) is not returned, but another cookie's bytes outside it don't
+/// hide it: a browser that keeps a script's UTF-8 cookie beside the session's still
+/// sends a session.
 ///
 /// `name` is a cookie name as the configuration allows (a token: no `=`, `;` or blank).
 pub fn find<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -47,22 +48,27 @@ pub fn find<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 
 /// The value of the first pair named `name` in one `Cookie` line.
 fn in_line<'a>(line: &'a [u8], name: &[u8]) -> Option<&'a str> {
-    let after_blanks =
-        |b: &'a [u8]| &b[b.iter().take_while(|&&c| c == b' ' || c == b'\t').count()..];
     pairs(line)
-        .find_map(|pair| {
-            after_blanks(pair)
-                .strip_prefix(name)
-                .and_then(|after| after_blanks(after).strip_prefix(b"="))
+        .find_map(|pair| match name_and_value(pair) {
+            (n, value) if n == name => value,
+            _ => None,
         })
         .and_then(|value| {
             let quote = |c: &u8| *c == b'"';
-            let value = value.trim_ascii();
             let value = &value[value.iter().take_while(|c| quote(c)).count()..];
             let value = &value[..value.len() - value.iter().rev().take_while(|c| quote(c)).count()];
             // Header bytes are visible ASCII, blanks or obs-text: ASCII is readable.
             std::str::from_utf8(value).ok().filter(|v| v.is_ascii())
         })
+}
+
+/// A `Cookie` pair's name and, after its first `=`, its value, blanks around each
+/// left out (a pair without `=` is all name).
+pub fn name_and_value(pair: &[u8]) -> (&[u8], Option<&[u8]>) {
+    match memchr::memchr(b'=', pair) {
+        Some(at) => (pair[..at].trim_ascii(), Some(pair[at + 1..].trim_ascii())),
+        None => (pair.trim_ascii(), None),
+    }
 }
 
 /// The `;`-separated parts of a `Cookie` line, as they are (`memchr` finds each `;`).

@@ -22,6 +22,7 @@ use ipnet::IpNet;
 
 use super::Route;
 use crate::error::ApiError;
+use crate::session::cookie;
 
 /// What the rewrite needs from the configuration, prepared once.
 #[derive(Debug, Clone)]
@@ -58,21 +59,17 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 
 /// Removes hop-by-hop headers, including those `Connection` names.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none, or only `Connection`: one look at the names decides,
-    // instead of a lookup per hop-by-hop name.
-    // Every line, so that `Connection`'s are counted on the way.
-    let (mut connection_only, mut any, mut connections) = (true, false, 0usize);
+    // Most messages carry none, or only `Connection`: one look at every line decides,
+    // instead of a lookup per hop-by-hop name, and counts `Connection`'s lines.
+    let (mut connections, mut others) = (0usize, false);
     for (name, _) in headers.iter() {
-        if is_hop_by_hop(name) {
-            any = true;
-            if name == header::CONNECTION {
-                connections += 1;
-            } else {
-                connection_only = false;
-            }
+        if name == header::CONNECTION {
+            connections += 1;
+        } else {
+            others |= is_hop_by_hop(name);
         }
     }
-    if !any {
+    if connections == 0 && !others {
         return;
     }
     if connections == 1 {
@@ -111,7 +108,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
         }
         headers.remove(header::CONNECTION);
     }
-    if connection_only {
+    if !others {
         // `Connection` was the only hop-by-hop header, and it is gone.
         return;
     }
@@ -413,13 +410,13 @@ pub fn strip_own_cookies(headers: &mut HeaderMap, own: &[String]) {
                 any_ours = true; // unreadable: drop rather than forward something we can't inspect
                 continue;
             }
-            for pair in crate::session::cookie::pairs(line) {
+            for pair in cookie::pairs(line) {
                 let pair = pair.trim_ascii();
                 if pair.is_empty() {
                     continue;
                 }
-                let name = memchr::memchr(b'=', pair).map_or(pair, |end| &pair[..end]);
-                if own.iter().any(|o| o.as_bytes() == name.trim_ascii()) {
+                let (name, _) = cookie::name_and_value(pair);
+                if own.iter().any(|o| o.as_bytes() == name) {
                     any_ours = true;
                     continue;
                 }
