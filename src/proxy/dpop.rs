@@ -39,6 +39,7 @@ pub(super) async fn proxy(
     frontend: &Frontend,
     route: &Route,
     nonce: &NonceSlot,
+    peer: Option<std::net::IpAddr>,
     request: Request,
 ) -> Result<Response, ApiError> {
     let (mut parts, body) = request.into_parts();
@@ -47,7 +48,7 @@ pub(super) async fn proxy(
         Bound::No { token, session } => (token, None, session),
         Bound::Yes { tokens, key } => (None, Some((tokens, key)), true),
     };
-    prepare(&mut parts, frontend, route, bearer)?;
+    prepare(&mut parts, frontend, route, bearer, peer)?;
     let Some((tokens, key)) = bound else {
         let response = forward(state, route, Request::from_parts(parts, body)).await?;
         return Ok(finish(response, frontend, route, session));

@@ -15,6 +15,7 @@ pub mod step_up;
 mod stream_end;
 pub mod websocket;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -44,6 +45,7 @@ pub async fn proxy(
     state: &AppState,
     frontend: &Frontend,
     route: &Route,
+    peer: Option<IpAddr>,
     request: Request,
 ) -> Result<Response, ApiError> {
     access::check_method(route, request.method())?;
@@ -51,24 +53,25 @@ pub async fn proxy(
     // be part of every proxied request's, which is moved by `memcpy` on its way into
     // its box (see `server::dispatch_to`).
     if websocket::is_upgrade(request.headers()) {
-        return Box::pin(websocket::proxy(state, frontend, route, request)).await;
+        return Box::pin(websocket::proxy(state, frontend, route, peer, request)).await;
     }
     if grpc::is_grpc(request.headers()) {
-        return Ok(proxy_request(state, frontend, route, request)
+        return Ok(proxy_request(state, frontend, route, peer, request)
             .await
             .unwrap_or_else(grpc::error_response));
     }
-    proxy_request(state, frontend, route, request).await
+    proxy_request(state, frontend, route, peer, request).await
 }
 
 async fn proxy_request(
     state: &AppState,
     frontend: &Frontend,
     route: &Route,
+    peer: Option<IpAddr>,
     request: Request,
 ) -> Result<Response, ApiError> {
     if let Some(nonce) = &route.dpop {
-        return Box::pin(dpop::proxy(state, frontend, route, nonce, request)).await;
+        return Box::pin(dpop::proxy(state, frontend, route, nonce, peer, request)).await;
     }
     let (mut parts, body) = request.into_parts();
     let credential = credential(
@@ -83,7 +86,7 @@ async fn proxy_request(
     .await?;
     let session = credential.session();
     let token = credential.into_header()?;
-    prepare(&mut parts, frontend, route, token)?;
+    prepare(&mut parts, frontend, route, token, peer)?;
     let response = forward(state, route, Request::from_parts(parts, body)).await?;
     let response = finish(response, frontend, route, session.is_some());
     // The session's answer may stream: it ends with the session (see `stream_end`).
@@ -238,8 +241,8 @@ fn prepare(
     frontend: &Frontend,
     route: &Route,
     token: Option<HeaderValue>,
+    peer: Option<IpAddr>,
 ) -> Result<(), ApiError> {
-    let peer = crate::security::peer_ip(&parts.extensions);
     rewrite::rewrite_request(parts, route, token, peer, &frontend.rewrite)?;
     #[cfg(feature = "otel")]
     crate::telemetry::otel::inject(&parts.extensions, &mut parts.headers);

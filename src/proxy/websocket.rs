@@ -90,6 +90,7 @@ pub async fn proxy(
     state: &AppState,
     frontend: &Frontend,
     route: &Route,
+    peer: Option<std::net::IpAddr>,
     mut request: Request,
 ) -> Result<Response, ApiError> {
     let Some(policy) = route.websocket else {
@@ -136,7 +137,7 @@ pub async fn proxy(
     let token = credential.into_header()?;
     let protocol = parts.headers.get(header::SEC_WEBSOCKET_PROTOCOL).cloned();
     let version = parts.headers.get(header::SEC_WEBSOCKET_VERSION).cloned();
-    super::prepare(&mut parts, frontend, route, token)?;
+    super::prepare(&mut parts, frontend, route, token, peer)?;
     let h = &mut parts.headers;
     h.remove(header::SEC_WEBSOCKET_EXTENSIONS);
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));

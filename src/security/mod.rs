@@ -25,11 +25,17 @@ use crate::error::ApiError;
 /// Longest accepted `returnUrl`.
 const MAX_RETURN_URL: usize = 2048;
 
-/// The TCP peer of a request (what the listener recorded).
-pub fn peer_ip(extensions: &axum::http::Extensions) -> Option<std::net::IpAddr> {
+/// The TCP peer of a request that went through axum's router (`server` puts it
+/// there for the router's handlers; the API path is given it instead).
+pub fn peer_addr(extensions: &axum::http::Extensions) -> Option<std::net::SocketAddr> {
     extensions
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0.ip())
+        .map(|c| c.0)
+}
+
+/// [`peer_addr`]'s address.
+pub fn peer_ip(extensions: &axum::http::Extensions) -> Option<std::net::IpAddr> {
+    peer_addr(extensions).map(|p| p.ip())
 }
 
 /// Is `peer` one of `server.trusted_proxies`, whose `X-Forwarded-*`, `X-Request-Id`

@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -353,7 +352,7 @@ async fn worker(
 }
 
 /// The service of one connection: each request is counted in flight until its
-/// answer is done (the connection's idle timer), and carries the peer address.
+/// answer is done (the connection's idle timer), and is served as from `peer`.
 fn service(
     app: super::App,
     peer: SocketAddr,
@@ -369,12 +368,12 @@ fn service(
 > + Clone {
     hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
         let flight = shared.begin();
-        let extensions = request.extensions_mut();
-        extensions.insert(ConnectInfo(peer));
         if flight.ambiguous() {
-            extensions.insert(AmbiguousFraming);
+            request.extensions_mut().insert(AmbiguousFraming);
         }
-        let answer = app.clone().serve(request.map(Body::new));
+        // The peer is given, not put in the request's extensions: the first extension
+        // costs a map of them (three allocations) per request.
+        let answer = app.clone().serve(request.map(Body::new), Some(peer));
         async move {
             let mut response = answer.await;
             if response.status() == axum::http::StatusCode::SWITCHING_PROTOCOLS

@@ -11,7 +11,9 @@ pub mod tls;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Request, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -85,24 +87,28 @@ pub fn app(state: AppState) -> App {
 impl App {
     /// Serves one request through every phase (see [`App`]).
     #[cfg(feature = "otel")]
-    pub async fn serve(self, request: Request) -> Response {
+    pub async fn serve(self, request: Request, peer: Option<SocketAddr>) -> Response {
         if crate::telemetry::otel::enabled() {
-            return self.serve_traced(request).await;
+            return self.serve_traced(request, peer).await;
         }
-        self.serve_logged(request).await
+        self.serve_logged(request, peer).await
     }
 
     /// Serves one request through every phase (see [`App`]). Not a future around
     /// [`Self::serve_logged`]'s, which would keep another copy of the request.
     #[cfg(not(feature = "otel"))]
-    pub fn serve(self, request: Request) -> impl Future<Output = Response> + Send {
-        self.serve_logged(request)
+    pub fn serve(
+        self,
+        request: Request,
+        peer: Option<SocketAddr>,
+    ) -> impl Future<Output = Response> + Send {
+        self.serve_logged(request, peer)
     }
 
     /// Phase 1: the OpenTelemetry server span around the other phases.
     #[cfg(feature = "otel")]
-    async fn serve_traced(self, mut request: Request) -> Response {
-        let trusted = request::from_trusted_proxy(&self.inner.state, &request);
+    async fn serve_traced(self, mut request: Request, peer: Option<SocketAddr>) -> Response {
+        let trusted = request::from_trusted_proxy(&self.inner.state, peer);
         let target = Target::of(&self.inner.state.gw, &mut request);
         // Low cardinality: an API route's prefix, else the router's path (`/bff/user`),
         // else nothing (static files, unknown paths).
@@ -115,29 +121,36 @@ impl App {
                 .cloned()
                 .unwrap_or_default(),
         };
-        crate::telemetry::otel::serve(request, |r| self.serve_logged(r), &route, trusted).await
+        crate::telemetry::otel::serve(request, |r| self.serve_logged(r, peer), &route, trusted)
+            .await
     }
 
     /// Phases 2 to 5: each phase's way in and way out are plain calls around one
     /// future (see `request::begin`), the handler's.
-    async fn serve_logged(self, mut request: Request) -> Response {
+    async fn serve_logged(self, mut request: Request, peer: Option<SocketAddr>) -> Response {
         let AppInner { state, router, .. } = &*self.inner;
-        let (begun, target, fields) = request::begin(state, &mut request);
+        let (begun, target, fields) = request::begin(state, &mut request, peer);
         let mut response =
-            InRequest::new(Some(fields), phases(state, router, &target, request)).await;
+            InRequest::new(Some(fields), phases(state, router, &target, request, peer)).await;
         request::end(begun, &target, &mut response);
         response
     }
 }
 
 /// Phases 3 to 5, inside the request's log fields.
-async fn phases(state: &AppState, router: &Router, target: &Target, request: Request) -> Response {
+async fn phases(
+    state: &AppState,
+    router: &Router,
+    target: &Target,
+    request: Request,
+    peer: Option<SocketAddr>,
+) -> Response {
     let mut response = match crate::security::headers::check_request(&request) {
         Err(e) => e.into_response(),
         Ok(()) => match guard::admit(state, &request, target) {
             guard::Admission::Answered(answer) => answer,
             guard::Admission::Admitted(admitted) => {
-                let response = handle(state, router, target, request).await;
+                let response = handle(state, router, target, request, peer).await;
                 guard::answer(state, response, admitted)
             }
         },
@@ -159,19 +172,33 @@ impl tower::Service<Request> for App {
         std::task::Poll::Ready(Ok(()))
     }
 
+    /// The peer is the request's [`ConnectInfo`], when it has one.
     fn call(&mut self, request: Request) -> Self::Future {
         let app = self.clone();
-        Box::pin(async move { Ok(app.serve(request).await) })
+        let peer = crate::security::peer_addr(request.extensions());
+        Box::pin(async move { Ok(app.serve(request, peer).await) })
     }
 }
 
 /// Phase 5: the handler. An API route's request can't be one of the router's
 /// (those are every frontend's `/bff` endpoints and the health checks, whose targets
 /// are never an API route's: see `Gateway::target_of`), so the router would only hand
-/// it to its fallback: it goes there directly.
-async fn handle(state: &AppState, router: &Router, target: &Target, request: Request) -> Response {
+/// it to its fallback: it goes there directly, given the `peer`. The router's
+/// handlers find the peer where axum's extractors look, the request's [`ConnectInfo`]
+/// — put there only for them: it costs an extension map (three allocations) per
+/// request.
+async fn handle(
+    state: &AppState,
+    router: &Router,
+    target: &Target,
+    mut request: Request,
+    peer: Option<SocketAddr>,
+) -> Response {
     if matches!(target.kind, TargetKind::Api(_)) {
-        return dispatch_to(state, target, request).await;
+        return dispatch_to(state, target, request, peer).await;
+    }
+    if let Some(peer) = peer {
+        request.extensions_mut().insert(ConnectInfo(peer));
     }
     match router.clone().oneshot(request).await {
         Ok(response) => response,
@@ -193,11 +220,17 @@ async fn readyz(State(state): State<AppState>) -> Response {
 /// fallback).
 async fn dispatch(State(state): State<AppState>, mut request: Request) -> Response {
     let target = Target::of(&state.gw, &mut request);
-    dispatch_to(&state, &target, request).await
+    let peer = crate::security::peer_addr(request.extensions());
+    dispatch_to(&state, &target, request, peer).await
 }
 
-/// [`dispatch`], for the request's `target`.
-async fn dispatch_to(state: &AppState, target: &Target, request: Request) -> Response {
+/// [`dispatch`], for the request's `target`, from `peer`.
+async fn dispatch_to(
+    state: &AppState,
+    target: &Target,
+    request: Request,
+    peer: Option<SocketAddr>,
+) -> Response {
     let Some(frontend) = &target.frontend else {
         return not_found();
     };
@@ -208,7 +241,15 @@ async fn dispatch_to(state: &AppState, target: &Target, request: Request) -> Res
             // would make the whole request future large, copied by value several
             // times per request on its way into hyper's connection task (measured:
             // ~20 KB, a quarter of the instructions per request).
-            match Box::pin(crate::proxy::proxy(state, frontend, route, request)).await {
+            match Box::pin(crate::proxy::proxy(
+                state,
+                frontend,
+                route,
+                peer.map(|p| p.ip()),
+                request,
+            ))
+            .await
+            {
                 Ok(response) => response,
                 Err(e) => e.into_response(),
             }

@@ -9,6 +9,7 @@
 //! every log line of the request (with its method and path, never its query:
 //! `telemetry::scope`), and on the response.
 
+use std::net::SocketAddr;
 use std::time::Instant;
 
 use axum::extract::Request;
@@ -22,10 +23,10 @@ use crate::telemetry::scope::RequestFields;
 
 /// Whether the request comes from a trusted proxy (whose request id and trace
 /// context are believed).
-pub(super) fn from_trusted_proxy(state: &AppState, request: &Request) -> bool {
+pub(super) fn from_trusted_proxy(state: &AppState, peer: Option<SocketAddr>) -> bool {
     crate::security::is_trusted_proxy(
         &state.gw.config.server.trusted_proxies,
-        crate::security::peer_ip(request.extensions()),
+        peer.map(|p| p.ip()),
     )
 }
 
@@ -42,9 +43,13 @@ pub struct Begun {
 /// future wrapping another): a request's future is moved by `memcpy` on its way into
 /// hyper's connection task, and each async layer that takes the request by value
 /// keeps a copy of it in its state.
-pub fn begin(state: &AppState, request: &mut Request) -> (Begun, Target, RequestFields) {
+pub fn begin(
+    state: &AppState,
+    request: &mut Request,
+    peer: Option<SocketAddr>,
+) -> (Begun, Target, RequestFields) {
     let started = Instant::now();
-    let trusted = from_trusted_proxy(state, request);
+    let trusted = from_trusted_proxy(state, peer);
     // Only a trusted proxy's id is looked at (no lookup for anyone else's).
     let id = trusted
         .then(|| request.headers().get(&X_REQUEST_ID))

@@ -383,6 +383,7 @@ async fn dpop_bound_tokens_pass_a_verifying_upstream_and_captured_proofs_do_not(
             .starts_with("DPoP ")
     );
     assert!(seen.headers.contains_key("dpop"));
+    assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.1", "the TCP peer");
     // Public routes carry nothing.
     browser.get(&env.url("/public/p")).await;
     let seen = env.upstream.last();

@@ -339,6 +339,12 @@ async fn a_websocket_opens_echoes_and_carries_the_users_token_only() {
         "{seen:?}"
     );
     assert!(header(&seen, "x-csrf").is_none(), "{seen:?}");
+    // The TCP peer reaches the upstream as on every proxied request.
+    assert_eq!(
+        header(&seen, "x-forwarded-for"),
+        Some("127.0.0.1"),
+        "{seen:?}"
+    );
 
     // Echo rate through Portcullis and direct (reported, not asserted).
     let through = echo_round_trips(&mut ws, 2000).await;
