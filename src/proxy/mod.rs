@@ -50,8 +50,8 @@ pub async fn proxy(
 ) -> Result<Response, ApiError> {
     access::check_method(route, request.method())?;
     // The WebSocket and DPoP paths are boxed: their futures (~3–4 KB) would otherwise
-    // be part of every proxied request's, which is moved by `memcpy` on its way into
-    // its box (see `server::dispatch_to`).
+    // be part of every proxied request's, and every request's box that much larger
+    // (see `server::listen`).
     if websocket::is_upgrade(request.headers()) {
         return Box::pin(websocket::proxy(state, frontend, route, peer, request)).await;
     }

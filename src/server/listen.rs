@@ -372,8 +372,12 @@ fn service(
             request.extensions_mut().insert(AmbiguousFraming);
         }
         // The peer is given, not put in the request's extensions: the first extension
-        // costs a map of them (three allocations) per request.
-        let answer = app.clone().serve(request.map(Body::new), Some(peer));
+        // costs a map of them (three allocations) per request. The request's future
+        // (~5 KB, the proxy's included) is built in its box: hyper moves the future it
+        // is given into its connection's state, and a box moves as a pointer.
+        let answer = crate::primitives::pin_in_place(|| {
+            app.clone().serve(request.map(Body::new), Some(peer))
+        });
         async move {
             let mut response = answer.await;
             if response.status() == axum::http::StatusCode::SWITCHING_PROTOCOLS
