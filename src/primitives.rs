@@ -89,6 +89,7 @@ pub fn intern(text: &str) -> &'static str {
 /// `make()`'s value in a pinned box, written where it lives: the box is allocated
 /// before `make` runs, so the value is built in it, not built elsewhere and then
 /// moved in by `memcpy` (as `Box::pin(value)` does: a request's future is kilobytes).
+/// How the crate boxes a future.
 #[inline(always)]
 pub fn pin_in_place<T>(make: impl FnOnce() -> T) -> std::pin::Pin<Box<T>> {
     Box::into_pin(Box::write(Box::new_uninit(), make()))

@@ -53,7 +53,10 @@ pub async fn proxy(
     // be part of every proxied request's, and every request's box that much larger
     // (see `server::listen`).
     if websocket::is_upgrade(request.headers()) {
-        return Box::pin(websocket::proxy(state, frontend, route, peer, request)).await;
+        return crate::primitives::pin_in_place(|| {
+            websocket::proxy(state, frontend, route, peer, request)
+        })
+        .await;
     }
     if grpc::is_grpc(request.headers()) {
         return Ok(proxy_request(state, frontend, route, peer, request)
@@ -71,7 +74,10 @@ async fn proxy_request(
     request: Request,
 ) -> Result<Response, ApiError> {
     if let Some(nonce) = &route.dpop {
-        return Box::pin(dpop::proxy(state, frontend, route, nonce, peer, request)).await;
+        return crate::primitives::pin_in_place(|| {
+            dpop::proxy(state, frontend, route, nonce, peer, request)
+        })
+        .await;
     }
     let (mut parts, body) = request.into_parts();
     let credential = credential(

@@ -51,7 +51,7 @@ pub fn bind(
     let (parts, body) = response.into_parts();
     let bound = SessionBound {
         body,
-        ended: Box::pin(async move { guard.ended().await }),
+        ended: crate::primitives::pin_in_place(|| async move { guard.ended().await }),
         route,
         session: key,
         opened: Instant::now(),

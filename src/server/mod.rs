@@ -238,15 +238,15 @@ async fn dispatch_to(
         TargetKind::Api(_) => {
             let route = target.route().expect("an API target has its route");
             // Inline, not boxed: the whole request's future is built in its box (see
-            // `listen`), so the proxy's large one (every phase's state) is never
-            // moved; boxed on its own, it was built and then moved into its box.
+            // `listen`), the proxy's large one (every phase's state) with it; a box of
+            // its own would be a second allocation per request.
             match crate::proxy::proxy(state, frontend, route, peer.map(|p| p.ip()), request).await {
                 Ok(response) => response,
                 Err(e) => e.into_response(),
             }
         }
         TargetKind::Static => match frontend.static_files() {
-            Some(s) => Box::pin(serve_static(s, frontend, request)).await,
+            Some(s) => crate::primitives::pin_in_place(|| serve_static(s, frontend, request)).await,
             None => not_found(),
         },
         TargetKind::Health | TargetKind::Bff(_) | TargetKind::Other => not_found(),

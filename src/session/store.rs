@@ -176,12 +176,11 @@ pub enum Store {
 ///
 /// Redis's futures are boxed: the `redis` crate's are ~4 KB, and inline they would
 /// make every future that awaits the store that large whatever the backend — the
-/// session lookup, the token manager's, the proxy's, and so every request's (with the
-/// other rare paths boxed too, the proxy's went from 6,744 to 2,944 bytes:
-/// docs/performance.md), whose sub-futures are moved into place as they start. The
-/// memory store's (~24 bytes) and SQLite's (~100) stay inline; one allocation is
-/// nothing beside a Redis round trip. Built in its box ([`crate::primitives::pin_in_place`]),
-/// not moved into it.
+/// session lookup, the token manager's, the proxy's, and so every request's box (see
+/// `server::listen`; with the other rare paths boxed too, the proxy's future went
+/// from 6,744 to 2,944 bytes: docs/performance.md). The memory store's (~24 bytes)
+/// and SQLite's (~100) stay inline; one allocation is nothing beside a Redis round
+/// trip.
 macro_rules! dispatch {
     ($self:ident, $op:literal, $s:ident => $call:expr) => {{
         let started = std::time::Instant::now();

@@ -54,7 +54,7 @@ impl ClientSlot {
         }
         // Boxed: the provider call's future is large, and the cached answer above is
         // what nearly every request takes (see `proxy::proxy`).
-        Box::pin(self.obtain(oidc, refresh_before)).await
+        crate::primitives::pin_in_place(|| self.obtain(oidc, refresh_before)).await
     }
 
     /// The token from the provider, one fetch at a time.

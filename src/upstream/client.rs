@@ -172,7 +172,7 @@ async fn send(
     }
     // Boxed: connecting (resolution, TCP, handshake) is rare next to a pooled
     // connection, and its future would make every request's larger (see `proxy::proxy`).
-    let mut sender = Box::pin(connect(key.authority())).await?;
+    let mut sender = crate::primitives::pin_in_place(|| connect(key.authority())).await?;
     match sender.try_send_request(request).await {
         Ok(response) => Ok(answer(response, sender, key, settings)),
         Err(e) => Err(UpstreamError::Send(e.into_error())),
